@@ -1,0 +1,31 @@
+# The two commands of the README. Each one sets up everything it needs.
+#   make demo  - virtualenv + install + local Kafka and PostgreSQL + the reference app end to end
+#   make test  - virtualenv + install + the whole test suite (it starts and stops its own services)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv services-down clean bench
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m agents.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+services-down: $(STAMP)
+	$(BIN)/streams dev down
+
+clean: services-down
+	rm -rf .streams test-artifacts

@@ -1,0 +1,1 @@
+"""The reference application: the seeds' asynchronous integrations as agents built on ``streams``."""

@@ -1,0 +1,32 @@
+"""``streams``: a Kafka Streams-style consumer framework for reliable asynchronous
+integration between services, built on Faust (faust-streaming) and aiokafka."""
+
+from streams.app import Delivery, StreamsApp, StreamTopic
+from streams.db import Database
+from streams.envelope import Envelope, Kind, command, event, new_message_id
+from streams.errors import ConfigurationError, DecodeError, DecodeReason, StreamsError
+from streams.registry import MessageRegistry
+from streams.retry import PermanentError, RetryPolicy, TransientError
+from streams.settings import Settings, SettingsError, load_settings
+
+__all__ = [
+    "ConfigurationError",
+    "Database",
+    "DecodeError",
+    "DecodeReason",
+    "Delivery",
+    "Envelope",
+    "Kind",
+    "MessageRegistry",
+    "PermanentError",
+    "RetryPolicy",
+    "Settings",
+    "SettingsError",
+    "StreamTopic",
+    "StreamsApp",
+    "TransientError",
+    "command",
+    "event",
+    "load_settings",
+    "new_message_id",
+]

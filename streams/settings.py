@@ -1,0 +1,305 @@
+"""Settings: every knob of the framework, read from ``STREAMS_*`` variables or ``.env``.
+
+One prefix, one place. Values are validated when the settings are built, and a
+bad value raises :class:`SettingsError` naming the variable and what is wrong.
+Secrets (SASL and key passwords, the database URL) are ``SecretStr``: they print
+as ``**********`` and :meth:`Settings.safe_dict` masks them for logs.
+
+Two settings switch from the project's own local services to existing ones:
+
+* ``STREAMS_KAFKA_BOOTSTRAP`` — bootstrap servers of an existing Kafka cluster.
+  Unset: the project starts and uses its own single-node broker
+  (``streams dev kafka up``) on ``127.0.0.1:STREAMS_LOCAL_KAFKA_PORT``.
+* ``STREAMS_DATABASE_URL`` — a PostgreSQL URL. Unset: the project starts and
+  uses its own embedded PostgreSQL on ``127.0.0.1:STREAMS_LOCAL_POSTGRES_PORT``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMS_"
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+_APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
+
+
+class SettingsError(ValueError):
+    """Raised when settings are invalid; the message names each bad variable."""
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class ProcessingGuarantee(StrEnum):
+    AT_LEAST_ONCE = "at_least_once"
+    EXACTLY_ONCE = "exactly_once"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class Settings(BaseSettings):
+    """All framework settings. Environment variables use the ``STREAMS_`` prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- application -----------------------------------------------------
+    app_id: str = Field("streams-app", description="Faust app id; also the consumer group id.")
+    topic_prefix: str = Field(
+        "", description="Prefix added to every topic the app declares (environment namespacing)."
+    )
+    topic_partitions: int = Field(4, ge=1, le=10_000, description="Partitions of topics the app creates.")
+    topic_replication_factor: int = Field(1, ge=1, le=32)
+    processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE
+    log_level: LogLevel = LogLevel.INFO
+
+    # --- where things live ---------------------------------------------
+    home: Path = Field(Path(".streams"), description="Project-local folder for data, logs and caches.")
+
+    # --- Kafka ------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None, description="Existing cluster's bootstrap servers (host:port,...). Unset: local broker."
+    )
+    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_client_id: str = "streams"
+
+    # --- the project's own local broker --------------------------------
+    local_kafka_port: int = Field(9092, ge=1, le=65535)
+    local_kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    local_kafka_heap: str = Field("512m", description="JVM -Xmx for the local broker.")
+    local_kafka_start_timeout: float = Field(90.0, gt=0)
+
+    # --- PostgreSQL -------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:pass@host:port/db of an existing server. Unset: embedded."
+    )
+    local_postgres_port: int = Field(55432, ge=1, le=65535)
+    local_postgres_database: str = "streams"
+
+    # --- worker -------------------------------------------------------------
+    worker_app: str = Field("agents.main:app", description="module:attribute of the StreamsApp to run.")
+    worker_data_dir: Path | None = Field(
+        None, description="Local table state of this worker. Unset: <home>/worker/<app id>."
+    )
+    store: str = Field("rocksdb://", description="Faust table store URL.")
+    rocksdb_block_cache_mb: int = Field(64, ge=1, le=65536)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    web_enabled: bool = True
+    broker_commit_interval: float = Field(2.8, gt=0, description="Seconds between offset commits.")
+    stream_buffer_maxsize: int = Field(4096, ge=1)
+
+    # ----------------------------------------------------------------------
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        servers = [s.strip() for s in value.removeprefix("kafka://").split(",") if s.strip()]
+        bad = [s for s in servers if not _HOST_PORT.match(s)]
+        if not servers or bad:
+            raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        for server in servers:
+            port = int(server.rsplit(":", 1)[1])
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port out of range in {server!r}")
+        return ",".join(servers)
+
+    @field_validator("app_id")
+    @classmethod
+    def _check_app_id(cls, value: str) -> str:
+        if not _APP_ID.match(value):
+            raise ValueError(
+                "must start with a letter or digit and use only letters, digits, '.', '_' and '-'"
+            )
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_topic_prefix(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z0-9._\-]+$", value):
+            raise ValueError("may use only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("local_kafka_heap")
+    @classmethod
+    def _check_heap(cls, value: str) -> str:
+        if not re.match(r"^\d+[kmgKMG]$", value):
+            raise ValueError("expected a JVM size such as 512m or 1g")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if not re.match(r"^(rocksdb|memory|aerospike)://", value):
+            raise ValueError("expected rocksdb://, memory:// (tests only) or aerospike://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not re.match(r"^postgres(ql)?://", value.get_secret_value()):
+            raise ValueError("expected a postgresql://user:password@host:port/database URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> "Settings":
+        sasl = self.kafka_security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+        if sasl:
+            missing = [
+                name
+                for name, val in (
+                    ("STREAMS_KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                    ("STREAMS_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                    ("STREAMS_KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
+                )
+                if val is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"kafka_security_protocol={self.kafka_security_protocol.value} needs " + ", ".join(missing)
+                )
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}: file not found: {path}")
+        if self.local_kafka_port == self.local_kafka_controller_port:
+            raise ValueError("local_kafka_port and local_kafka_controller_port must differ")
+        return self
+
+    # ----------------------------------------------------------------------
+    @property
+    def uses_local_kafka(self) -> bool:
+        """True when no external cluster is configured and the project runs its own broker."""
+        return self.kafka_bootstrap is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Bootstrap servers to connect to (the external cluster, or the local broker)."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.local_kafka_port}"
+
+    @property
+    def uses_local_postgres(self) -> bool:
+        """True when no external database is configured and the embedded one is used."""
+        return self.database_url is None
+
+    @property
+    def dsn(self) -> str:
+        """Connection string for psycopg (contains the password: never log it)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"postgresql://postgres@127.0.0.1:{self.local_postgres_port}/{self.local_postgres_database}"
+
+    @property
+    def home_path(self) -> Path:
+        """Absolute project-local folder."""
+        return self.home.expanduser().resolve()
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection and security options for aiokafka clients (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol.value,
+            "client_id": self.kafka_client_id,
+        }
+        if self.kafka_security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+            kwargs["ssl_context"] = self.ssl_context()
+        if self.kafka_sasl_mechanism is not None:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism.value
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return kwargs
+
+    def ssl_context(self):  # -> ssl.SSLContext
+        """An SSL context built from the ``kafka_ssl_*`` settings."""
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+            certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+            keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            password=self.kafka_ssl_key_password.get_secret_value() if self.kafka_ssl_key_password else None,
+        )
+
+    def safe_dict(self) -> dict[str, Any]:
+        """Settings as a dict fit for logs: secrets masked, URL passwords removed."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, StrEnum):
+                value = value.value
+            out[name] = value
+        if self.database_url is not None:
+            out["database_url"] = redact_url(self.database_url.get_secret_value())
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Replace the password part of a URL with ``***``."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and overrides), turning validation errors
+    into one :class:`SettingsError` that names each ``STREAMS_*`` variable at fault."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        where = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        given = err.get("input")
+        shown = "" if loc and "password" in loc[0] or loc and loc[0] == "database_url" else f" (got {given!r})"
+        if isinstance(given, dict):
+            shown = ""
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        lines.append(f"  {where}: {msg}{shown}")
+    return "\n".join(lines)
