@@ -7,9 +7,12 @@ so a repeated call would show as a second row for the same ``message_id``.
 
 from __future__ import annotations
 
+import asyncio
+
 from streams import Database, Delivery, Envelope
 
 from agents.app import app, order_placed_topic
+from agents.config import agent_settings
 from agents.messages import OrderPlaced
 
 SCHEMA = """
@@ -32,8 +35,9 @@ CREATE INDEX IF NOT EXISTS seller_push_notifications_message_id
 class SellerNotifier:
     """Writes push notifications for sellers into PostgreSQL."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, latency_ms: float = 0.0) -> None:
         self.db = db
+        self.latency = latency_ms / 1000
         self._schema_ready = False
 
     async def ensure_schema(self) -> None:
@@ -43,6 +47,8 @@ class SellerNotifier:
 
     async def push(self, order: OrderPlaced, delivery: Delivery) -> None:
         await self.ensure_schema()
+        if self.latency:
+            await asyncio.sleep(self.latency)  # the seller API's round trip
         body = (
             f"New order {order.order_id}: {order.item_count} item(s), "
             f"{order.total_amount} {order.currency}"
@@ -55,7 +61,7 @@ class SellerNotifier:
         )
 
 
-notifier = SellerNotifier(Database(app.settings))
+notifier = SellerNotifier(Database(app.settings), agent_settings.seller_api_latency_ms)
 
 
 @app.handler(order_placed_topic, "OrderPlaced")

@@ -110,3 +110,18 @@ async def produce_envelopes(settings: Settings, topic: str, envelopes: Iterable[
     finally:
         await producer.stop()
     return count
+
+
+async def produce_raw(settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+                      headers: list[tuple[str, bytes]] | None = None) -> int:
+    """Publish raw (key, value) records, e.g. to test how consumers treat bad input."""
+    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", enable_idempotence=True)
+    await producer.start()
+    count = 0
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers or [])
+            count += 1
+    finally:
+        await producer.stop()
+    return count

@@ -124,6 +124,7 @@ class LocalPostgres:
                 f"port {self.host}:{self.port} is already in use by another process; "
                 "set STREAMS_LOCAL_POSTGRES_PORT to a free port or STREAMS_DATABASE_URL to use that server"
             )
+        self._clear_stale_lock()
         binaries = bin_dir()
         user = self._prepare_user_and_dirs(binaries)
         if not (self.data_dir / "PG_VERSION").exists():
@@ -184,6 +185,24 @@ class LocalPostgres:
         for sub in ("bin", "lib", "share"):
             _make_readable(binaries.parent / sub)
         return user
+
+    def _clear_stale_lock(self) -> None:
+        """After a crash the postmaster may linger as a zombie, which PostgreSQL takes for a
+        running server; wait for it to be reaped, then drop the stale lock file."""
+        lock = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return
+        if pid_alive(pid, "postgres"):
+            return
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return  # gone for good: PostgreSQL handles its own stale lock file
+            time.sleep(0.1)
+        lock.unlink(missing_ok=True)
 
     def _write_config(self) -> None:
         conf = self.data_dir / "postgresql.conf"

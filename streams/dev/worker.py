@@ -1,0 +1,89 @@
+"""Run a ``streams worker`` as a separate OS process (demo, tests, benchmarks).
+
+The process gets its own environment (settings travel as ``STREAMS_*``
+variables), writes its log to a file, and is stopped by its own pid: SIGTERM for
+a graceful stop, SIGKILL for a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streams.dev.process import ServiceError, tail
+
+READY_MARKER = "[^Worker]: Ready"
+
+
+class WorkerProcess:
+    """One worker process: ``start``, ``wait_ready``, ``stop`` / ``kill``."""
+
+    def __init__(self, env: dict[str, str], log_file: Path, *, args: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.env = {**os.environ, **env}
+        self.log_file = log_file
+        self.args = args or ["--without-web"]
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+        self._log_offset = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> "WorkerProcess":
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        log = open(self.log_file, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", *self.args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env, cwd=self.cwd, start_new_session=True,
+            )
+        finally:
+            log.close()
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_file, "rb") as fh:
+                fh.seek(self._log_offset)
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Wait until the worker reports it is ready (partitions assigned, tables recovered)."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if READY_MARKER in self.log_text():
+                return time.monotonic() - started
+            if not self.running():
+                raise ServiceError(f"worker exited with code {self.proc.returncode}:\n{tail(self.log_file, 40)}")
+            time.sleep(0.2)
+        raise ServiceError(f"worker not ready after {timeout:.0f}s:\n{tail(self.log_file, 40)}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """Graceful stop (SIGTERM: Faust commits what was processed); SIGKILL after ``timeout``."""
+        if not self.running():
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no commit, no clean-up."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(30)

@@ -1,0 +1,150 @@
+"""Test harness: one real Kafka broker and one real PostgreSQL server per test session.
+
+Both are the project's own (``streams.dev``), on free ports, with data under
+``.streams/test-session`` (wiped at start), and stopped at the end of the session.
+``STREAMS_KAFKA_BOOTSTRAP`` / ``STREAMS_DATABASE_URL`` in the environment make
+the suite use existing servers instead.
+
+Each test that needs isolation gets its own app id (= consumer group), topic
+prefix and database (:func:`isolated`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from streams.dev.kafka import LocalKafka
+from streams.dev.postgres import LocalPostgres
+from streams.dev.process import free_port
+from streams.dev.worker import WorkerProcess
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSION_HOME = ROOT / ".streams" / "test-session"
+ARTIFACTS = ROOT / "test-artifacts"
+
+# The suite's settings come from here, not from a developer's .env or shell.
+for _name in [n for n in os.environ if n.startswith("STREAMS_") and n not in
+              ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_DATABASE_URL")]:
+    del os.environ[_name]
+
+
+@dataclass
+class Servers:
+    """Where the session's Kafka and PostgreSQL answer."""
+
+    bootstrap: str
+    database_url: str
+    kafka: LocalKafka | None = None
+    postgres: LocalPostgres | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Servers:
+    """Start the session's broker and database (in parallel), stop them at the end."""
+    external_kafka = os.environ.get("STREAMS_KAFKA_BOOTSTRAP")
+    external_db = os.environ.get("STREAMS_DATABASE_URL")
+    if SESSION_HOME.exists():
+        shutil.rmtree(SESSION_HOME, ignore_errors=True)
+    SESSION_HOME.mkdir(parents=True)
+    kafka = None if external_kafka else LocalKafka(
+        data_dir=SESSION_HOME / "kafka", cache_dir=ROOT / ".streams" / "cache",
+        port=free_port(), controller_port=free_port(),
+    )
+    postgres = None if external_db else LocalPostgres(root=SESSION_HOME / "postgres", port=free_port())
+    out = Servers(
+        bootstrap=external_kafka or kafka.bootstrap,
+        database_url=external_db or postgres.url,
+        kafka=kafka,
+        postgres=postgres,
+    )
+    with ThreadPoolExecutor(2) as pool:
+        futures = {}
+        if kafka:
+            futures["kafka"] = pool.submit(kafka.up)
+        if postgres:
+            futures["postgres"] = pool.submit(postgres.up)
+        for name, fut in futures.items():
+            out.timings[name] = fut.result()
+    print(f"\n[servers] kafka {out.bootstrap} ({out.timings.get('kafka', 'external')}s), "
+          f"postgres ({out.timings.get('postgres', 'external')}s)")
+    try:
+        yield out
+    finally:
+        if postgres:
+            postgres.down()
+        if kafka:
+            kafka.down()
+
+
+@dataclass
+class Isolated:
+    """One test's private corner of the shared servers."""
+
+    name: str
+    settings: Settings
+    env: dict[str, str]
+    artifacts: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def worker(self, label: str | None = None, **extra_env: str) -> WorkerProcess:
+        """A worker process for this test's app (not started yet)."""
+        label = label or f"worker-{len(self.workers) + 1}"
+        env = {**self.env, "STREAMS_WORKER_DATA_DIR": str(self.settings.home_path / label), **extra_env}
+        proc = WorkerProcess(env, self.artifacts / f"{label}.log", cwd=ROOT)
+        self.workers.append(proc)
+        return proc
+
+    def topic(self, name: str) -> str:
+        return f"{self.settings.topic_prefix}{name}"
+
+    def sql(self, query: str, params=None) -> list[tuple]:
+        with psycopg.connect(self.settings.dsn, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
+    """Own app id / consumer group, topic prefix, database and state folder; workers stopped after."""
+    suffix = uuid.uuid4().hex[:8]
+    test_name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
+    dbname = f"t_{suffix}"
+    with psycopg.connect(_admin_url(servers.database_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    db_url = servers.database_url.rsplit("/", 1)[0] + f"/{dbname}"
+    env = {
+        "STREAMS_KAFKA_BOOTSTRAP": servers.bootstrap,
+        "STREAMS_DATABASE_URL": db_url,
+        "STREAMS_HOME": str(tmp_path / "home"),
+        "STREAMS_APP_ID": f"test-{suffix}",
+        "STREAMS_TOPIC_PREFIX": f"t{suffix}.",
+        "STREAMS_BROKER_COMMIT_INTERVAL": "0.5",
+    }
+    settings = Settings(**{k.removeprefix("STREAMS_").lower(): v for k, v in env.items()})
+    artifacts = ARTIFACTS / test_name
+    if artifacts.exists():
+        shutil.rmtree(artifacts)
+    artifacts.mkdir(parents=True)
+    iso = Isolated(test_name, settings, env, artifacts)
+    try:
+        yield iso
+    finally:
+        for w in iso.workers:
+            w.kill()
+        with psycopg.connect(_admin_url(servers.database_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _admin_url(url: str) -> str:
+    return url.rsplit("/", 1)[0] + "/postgres"

@@ -1,0 +1,180 @@
+"""The reference "push the seller" agent in a separate worker process, on real Kafka and PostgreSQL.
+
+Every claim is checked against the servers: seller pushes are rows in
+PostgreSQL, offsets are what the broker holds for the consumer group.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from agents.messages import OrderPlaced, registry
+from streams import Kind, MessageRegistry, StreamsApp
+from streams.kafka_admin import committed_offsets, end_offsets, produce_envelopes, produce_raw
+from tests.conftest import Isolated
+from tests.helpers import run, wait_for
+
+TOPIC = "orders.order-placed"
+PARTITIONS = 6  # as declared by agents.app
+
+
+def _orders(n: int, tag: str | None = None) -> list:
+    tag = tag or uuid.uuid4().hex[:6]
+    rng = random.Random(tag)
+    return [
+        registry.envelope(
+            OrderPlaced(order_id=f"{tag}-{i}", seller_id=f"s-{rng.randint(1, 9)}", buyer_id="b-1",
+                        total_amount=Decimal(rng.randint(1, 10_000))),
+            key=f"{tag}-{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def _create_topics(iso: Isolated) -> None:
+    # the producer side creates the app's topics (same declaration as the worker)
+    app = StreamsApp("reference-app", registry=MessageRegistry(), settings=iso.settings)
+    app.topic(TOPIC, kind=Kind.EVENT, partitions=PARTITIONS)
+    run(app.ensure_topics())
+
+
+def _push_counts(iso: Isolated) -> tuple[int, int]:
+    rows = iso.sql("SELECT to_regclass('seller_push_notifications') IS NOT NULL")
+    if not rows[0][0]:
+        return 0, 0
+    return iso.sql("SELECT count(*), count(DISTINCT message_id) FROM seller_push_notifications")[0]
+
+
+def _offsets(iso: Isolated) -> tuple[dict[int, int], dict[int, int]]:
+    topic = iso.topic(TOPIC)
+    ends = run(end_offsets(iso.settings, topic))
+    committed = {p: o for (_, p), o in run(committed_offsets(iso.settings, iso.settings.app_id, topic)).items()}
+    return ends, committed
+
+
+def _wait_committed_to_end(iso: Isolated, timeout: float = 60) -> dict[int, int]:
+    def done():
+        ends, committed = _offsets(iso)
+        return ends if ends and all(committed.get(p, 0) == e for p, e in ends.items()) else None
+    return wait_for(done, timeout, what="committed offsets == log-end offsets")
+
+
+def test_each_event_handled_once_and_offsets_committed_to_the_end(isolated: Isolated) -> None:
+    n = 1200
+    _create_topics(isolated)
+    worker = isolated.worker().start()
+    worker.wait_ready()
+    envelopes = _orders(n)
+    run(produce_envelopes(isolated.settings, isolated.topic(TOPIC), envelopes))
+
+    wait_for(lambda: _push_counts(isolated)[1] >= n, 120, what=f"{n} seller pushes")
+    ends = _wait_committed_to_end(isolated)
+    total, distinct = _push_counts(isolated)
+    assert (total, distinct) == (n, n), "every event handled exactly once"
+    ids = {r[0] for r in isolated.sql("SELECT message_id FROM seller_push_notifications")}
+    assert ids == {e.message_id for e in envelopes}
+    # events really spread over the partitions, and each partition's rows match its offsets
+    per_partition = dict(isolated.sql("SELECT partition, count(*) FROM seller_push_notifications GROUP BY 1"))
+    assert len(ends) == PARTITIONS and sum(ends.values()) == n
+    assert per_partition == {p: e for p, e in ends.items() if e}
+    assert len(per_partition) == PARTITIONS
+    # same key -> same partition (ordering key honoured)
+    by_order = isolated.sql("SELECT order_id, count(DISTINCT partition) FROM seller_push_notifications GROUP BY 1")
+    assert all(c == 1 for _, c in by_order)
+    worker.stop()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_stop_mid_stream_and_resume_from_committed_offsets(isolated: Isolated, how: str) -> None:
+    n = 6000
+    _create_topics(isolated)
+    envelopes = _orders(n)
+    run(produce_envelopes(isolated.settings, isolated.topic(TOPIC), envelopes))
+
+    # a slow seller API, so that the stop lands mid-stream
+    first = isolated.worker("first", AGENTS_SELLER_API_LATENCY_MS="2").start()
+    first.wait_ready()
+    wait_for(lambda: _push_counts(isolated)[0] >= n // 5, 120, what="some progress")
+    if how == "sigterm":
+        first.stop()
+    else:
+        first.kill()
+    done_before, _ = _push_counts(isolated)
+    _, committed_before = _offsets(isolated)
+    assert done_before < n, "the stop must land mid-stream"
+    assert sum(committed_before.values()) <= done_before
+
+    second = isolated.worker("second").start()
+    second.wait_ready()
+    wait_for(lambda: _push_counts(isolated)[1] >= n, 180, what="all events after restart")
+    _wait_committed_to_end(isolated)
+    total, distinct = _push_counts(isolated)
+    assert distinct == n, "nothing skipped"
+    repeats = total - distinct
+    # at-least-once: only records after the last commit can run twice
+    assert repeats <= done_before - sum(committed_before.values())
+    print(f"{how}: {done_before} done before the stop, committed {sum(committed_before.values())}, "
+          f"repeated after restart: {repeats}")
+    second.stop()
+
+
+def test_bad_records_are_parked_and_the_partition_moves_on(isolated: Isolated) -> None:
+    _create_topics(isolated)
+    topic = isolated.topic(TOPIC)
+    worker = isolated.worker().start()
+    worker.wait_ready()
+    good_before = _orders(5, "before")
+    good_after = _orders(5, "after")
+    bad = [
+        (b"k-bad-bytes", b"\x00\xff\xfe garbage"),
+        (b"k-not-envelope", b'{"hello": "world"}'),
+        (b"k-unknown", b'{"message_type": "OrderShipped", "kind": "event", "payload": {}}'),
+        (b"k-invalid", b'{"message_type": "OrderPlaced", "kind": "event", "payload": {"order_id": ""}}'),
+    ]
+    run(produce_envelopes(isolated.settings, topic, good_before))
+    run(produce_raw(isolated.settings, topic, bad))
+    run(produce_envelopes(isolated.settings, topic, good_after))
+
+    wait_for(lambda: _push_counts(isolated)[1] >= 10, 60, what="the good events")
+    _wait_committed_to_end(isolated)
+    parked = _read_all(isolated, f"{topic}.dlq", expected=len(bad))
+    reasons = {r.key: dict(r.headers)["dlq.reason"].decode() for r in parked}
+    assert reasons == {
+        b"k-bad-bytes": "not_json",
+        b"k-not-envelope": "not_envelope",
+        b"k-unknown": "unknown_type",
+        b"k-invalid": "invalid_payload",
+    }
+    for record in parked:
+        headers = dict(record.headers)
+        assert headers["dlq.original.topic"].decode() == topic
+        assert int(headers["dlq.original.offset"]) >= 0
+        assert headers["dlq.error.message"]
+    originals = {k: v for k, v in bad}
+    assert all(r.value == originals[r.key] for r in parked), "the original bytes are kept for replay"
+    worker.stop()
+
+
+def _read_all(iso: Isolated, topic: str, expected: int):
+    from aiokafka import AIOKafkaConsumer
+
+    async def read():
+        consumer = AIOKafkaConsumer(topic, **iso.settings.kafka_client_kwargs(), auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        out = []
+        try:
+            for _ in range(40):
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    out.extend(records)
+                if len(out) >= expected:
+                    break
+        finally:
+            await consumer.stop()
+        return out
+    return run(read())
