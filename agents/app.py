@@ -10,3 +10,7 @@ app = StreamsApp("reference-app", registry=registry)
 
 #: "order placed" events, keyed by order id; any service may subscribe.
 order_placed_topic = app.topic("orders.order-placed", kind=Kind.EVENT, partitions=6)
+
+#: order key -> the seller push made for it (message id, seller, when, where).
+#: Co-partitioned with the topic: same partitions, keyed by the record key (order id).
+order_push_status = app.table("order-push-status", partitions=6)

@@ -11,7 +11,7 @@ import asyncio
 
 from streams import Database, Delivery, Envelope
 
-from agents.app import app, order_placed_topic
+from agents.app import app, order_placed_topic, order_push_status
 from agents.config import agent_settings
 from agents.messages import OrderPlaced
 
@@ -66,5 +66,11 @@ notifier = SellerNotifier(Database(app.settings), agent_settings.seller_api_late
 
 @app.handler(order_placed_topic, "OrderPlaced")
 async def push_seller(message: Envelope[OrderPlaced], delivery: Delivery) -> None:
-    """Tell the seller about a new order."""
+    """Tell the seller about a new order, and remember it in the order's table row."""
     await notifier.push(message.payload, delivery)
+    order_push_status[message.key or message.payload.order_id] = {
+        "message_id": message.message_id,
+        "seller_id": message.payload.seller_id,
+        "partition": delivery.partition,
+        "offset": delivery.offset,
+    }

@@ -86,6 +86,15 @@ def test_each_event_handled_once_and_offsets_committed_to_the_end(isolated: Isol
     by_order = isolated.sql("SELECT order_id, count(DISTINCT partition) FROM seller_push_notifications GROUP BY 1")
     assert all(c == 1 for _, c in by_order)
     worker.stop()
+    # the order-push-status table: RocksDB files on disk, one entry per order in its compacted changelog
+    changelog = f"{isolated.settings.app_id}-order-push-status-changelog"
+    changelog_ends = run(end_offsets(isolated.settings, changelog))
+    assert len(changelog_ends) == PARTITIONS and sum(changelog_ends.values()) == n
+    assert changelog_ends == ends, "table writes go to the changelog partition of the message handled"
+    state = isolated.settings.home_path / "worker-1"
+    rocksdb_dirs = sorted(p.name for p in state.rglob("order-push-status-*.db"))
+    assert rocksdb_dirs == [f"order-push-status-{p}.db" for p in range(PARTITIONS)]
+    assert all((d / "CURRENT").exists() for d in state.rglob("order-push-status-*.db"))
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
