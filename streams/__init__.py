@@ -1,9 +1,10 @@
 """``streams``: a Kafka Streams-style consumer framework for reliable asynchronous
 integration between services, built on Faust (faust-streaming) and aiokafka."""
 
-from streams.app import Delivery, StreamsApp, StreamTopic
+from streams.app import StreamsApp, StreamTopic
 from streams.db import Database
 from streams.envelope import Envelope, Kind, command, event, new_message_id
+from streams.processing import Delivery
 from streams.errors import ConfigurationError, DecodeError, DecodeReason, StreamsError
 from streams.registry import MessageRegistry
 from streams.retry import PermanentError, RetryPolicy, TransientError

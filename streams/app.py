@@ -12,10 +12,13 @@ with typed topics and envelope handlers.
         ...
 
 Each handler becomes one Faust agent consuming its topic in the app's consumer
-group (group id = app id). Records are decoded through the registry; the
-handler sees only the message types it declared. A record that cannot be
-decoded, and a message whose handler keeps failing, is parked on the topic's
-dead-letter topic (see :mod:`streams.deadletter`) and the partition moves on.
+group (group id = app id), plus one per delayed-retry level. Records are decoded
+through the registry; the handler sees only the message types it declared and,
+being idempotent by default, each ``message_id`` once (processed-ID table, see
+:mod:`streams.processed`). A record that cannot be decoded, and a message whose
+handler keeps failing, is parked on the topic's dead-letter topic (see
+:mod:`streams.deadletter`) and the partition moves on. The whole path of one
+record is described in :mod:`streams.processing`.
 
 Topic conventions, enforced where they can be:
 
@@ -29,7 +32,6 @@ Topic conventions, enforced where they can be:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,26 +44,17 @@ from streams.deadletter import DeadLetters
 from streams.envelope import Envelope, Kind
 from streams.errors import ConfigurationError, DecodeError
 from streams.metrics import Metrics
+from streams.processed import ProcessedIds
+from streams.processing import Delivery, HandlerRunner
 from streams.registry import MessageRegistry
 from streams.retry import RetryPolicy
+from streams.retry_topics import RetryTopics, retry_topic_name
 from streams.settings import SecurityProtocol, Settings, load_settings
 
 if TYPE_CHECKING:
     from streams.kafka_admin import TopicSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """Where a message came from. ``idempotency_key`` is the message id: pass it
-    to downstream APIs so that a repeated delivery cannot repeat their effect."""
-
-    topic: str
-    partition: int
-    offset: int
-    attempt: int
-    idempotency_key: str
 
 
 Handler = Callable[[Envelope, Delivery], Awaitable[None]]
@@ -80,12 +73,15 @@ class StreamTopic:
 
 @dataclass
 class HandlerSpec:
+    """A declared handler: its topic, message types, policy and Faust agents."""
+
     name: str
     topic: StreamTopic
     message_types: frozenset[str]
     fn: Handler
     retry: RetryPolicy
-    agent: Any = field(default=None, repr=False)
+    processed: ProcessedIds | None = None
+    agents: list[Any] = field(default_factory=list, repr=False)
 
 
 class StreamsApp:
@@ -111,7 +107,11 @@ class StreamsApp:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.faust = faust.App(self.app_id, **{**self._faust_config(), **faust_options})
         self.dead_letters = DeadLetters(self)
-        self.faust.task(self._declare_dead_letter_topics)
+        self.retry_topics = RetryTopics(self)
+        self._outputs: list[Any] = []
+        self._runners: list[HandlerRunner] = []
+        self.faust.task(self._declare_topics)
+        self.faust.on_partitions_assigned.connect(self._on_assigned)
 
     # --- configuration --------------------------------------------------------
     @property
@@ -216,8 +216,14 @@ class StreamsApp:
         *message_types: str,
         name: str | None = None,
         retry: RetryPolicy | None = None,
+        idempotent: bool = True,
     ) -> Callable[[Handler], Handler]:
-        """Declare ``fn(envelope, delivery)`` as the handler of ``message_types`` on ``topic``."""
+        """Declare ``fn(envelope, delivery)`` as the handler of ``message_types`` on ``topic``.
+
+        ``idempotent`` (default) keeps a processed-ID table for the handler and
+        skips messages whose ``message_id`` it already handled. ``retry`` sets
+        in-place attempts and optional delayed retry topics.
+        """
         if not message_types:
             raise ConfigurationError("a handler needs at least one message type")
 
@@ -246,19 +252,53 @@ class StreamsApp:
                         )
                     self._command_owner[message_type] = handler_name
             self.dead_letters.topic_for(topic.name, topic.partitions)
-            spec_ = HandlerSpec(handler_name, topic, frozenset(message_types), fn, retry or RetryPolicy())
-            spec_.agent = self.faust.agent(topic.faust_topic, name=handler_name)(self._make_agent(spec_))
-            self.handlers[handler_name] = spec_
+            hspec = HandlerSpec(handler_name, topic, frozenset(message_types), fn, retry or RetryPolicy())
+            if idempotent:
+                hspec.processed = ProcessedIds(self, handler_name, topic.partitions,
+                                               retention=self.settings.dedup_retention)
+            runner = HandlerRunner(self, hspec)
+            self._runners.append(runner)
+            hspec.agents.append(self.faust.agent(topic.faust_topic, name=handler_name)(
+                _agent_fn(runner, handler_name, f"{handler_name} on {topic.name}")))
+            for level, retry_topic in enumerate(self.retry_topics.declare(hspec), start=1):
+                agent_name = f"{handler_name}-retry-{level}"
+                hspec.agents.append(self.faust.agent(retry_topic, name=agent_name)(
+                    _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic_name(topic.name, level)}",
+                              wait_until_due=True)))
+            self.handlers[handler_name] = hspec
             return fn
 
         return register
 
-    async def _declare_dead_letter_topics(self) -> None:
-        for dlq in self.dead_letters.topics():
-            await dlq.maybe_declare()
+    def output(self, name: str, *, kind: Kind, partitions: int | None = None) -> StreamTopic:
+        """Declare a topic the app only writes to (created by the worker on start)."""
+        topic = self.topic(name, kind=kind, partitions=partitions)
+        self._outputs.append(topic)
+        return topic
+
+    async def send(self, topic: StreamTopic, envelope: Envelope) -> None:
+        """Publish an envelope from a handler and wait for the broker's ack. Under
+        ``exactly_once`` it joins the transaction of the message being handled."""
+        key, value, headers = envelope.to_record()
+        fut = await topic.faust_topic.send(key=key, value=value, headers=headers)
+        await fut
+
+    async def _declare_topics(self) -> None:
+        """Create every topic this app writes to but does not consume (Faust only
+        creates the ones it subscribes to)."""
+        for t in [*self.dead_letters.topics(), *self.retry_topics.topics(), *(o.faust_topic for o in self._outputs)]:
+            await t.maybe_declare()
+
+    async def _on_assigned(self, sender: Any = None, assigned: Any = None, **kwargs: Any) -> None:
+        for hspec in self.handlers.values():
+            if hspec.processed is not None:
+                hspec.processed.forget_assignment()
+        for runner in self._runners:
+            for guard in runner.guards:
+                guard.reset()
 
     def topic_specs(self) -> list["TopicSpec"]:
-        """Every topic this app declares (sources and their dead-letter topics)."""
+        """Every topic this app declares (sources, outputs, retry and dead-letter topics)."""
         from streams.kafka_admin import TopicSpec
 
         rf = self.settings.topic_replication_factor
@@ -266,6 +306,9 @@ class StreamsApp:
         for t in self.topics.values():
             out.append(TopicSpec(t.name, t.partitions, rf))
             out.append(TopicSpec(t.dead_letter_name, t.partitions, rf))
+        for hspec in self.handlers.values():
+            for level in range(1, len(hspec.retry.delayed_retries) + 1):
+                out.append(TopicSpec(retry_topic_name(hspec.topic.name, level), hspec.topic.partitions, rf))
         return out
 
     async def ensure_topics(self) -> list[str]:
@@ -275,67 +318,6 @@ class StreamsApp:
 
         return await ensure_topics(self.settings, self.topic_specs())
 
-    # --- the agent loop -------------------------------------------------------
-    def _make_agent(self, spec: HandlerSpec):
-        async def agent(stream):
-            async for event in stream.events():
-                await self.process(spec, event)
-
-        agent.__name__ = spec.name
-        agent.__qualname__ = spec.name
-        agent.__doc__ = f"Envelope handler {spec.name} for {sorted(spec.message_types)} on {spec.topic.name}."
-        return agent
-
-    async def process(self, spec: HandlerSpec, event: Any) -> None:
-        """Decode one record and run the handler with retries; park it on failure."""
-        msg = event.message
-        tp = (msg.topic, msg.partition)
-        try:
-            envelope = self.registry.decode(event.value)
-        except DecodeError as exc:
-            exc.at(msg.topic, msg.partition, msg.offset)
-            log.error("undecodable record parked in %s: %s", spec.topic.dead_letter_name, exc)
-            await self.dead_letters.park(spec, msg, reason=exc.reason.value, error=exc, attempts=0)
-            self.metrics.inc("dead_lettered", spec.name, *tp)
-            return
-        if envelope.message_type not in spec.message_types:
-            self.metrics.inc("ignored", spec.name, *tp)
-            return
-        attempt = 0
-        first_failure: float | None = None
-        while True:
-            attempt += 1
-            delivery = Delivery(msg.topic, msg.partition, msg.offset, attempt, envelope.message_id)
-            try:
-                await spec.fn(envelope, delivery)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a handler error must not stop the partition
-                loop = asyncio.get_running_loop()
-                first_failure = first_failure or loop.time()
-                if spec.retry.should_retry(exc, attempt):
-                    delay = spec.retry.delay(attempt)
-                    self.metrics.inc("retried", spec.name, *tp)
-                    log.warning(
-                        "handler %s failed on %s %s (attempt %d/%d): %r; retrying in %.2fs",
-                        spec.name, envelope.message_type, envelope.message_id, attempt,
-                        spec.retry.max_attempts, exc, delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                log.error(
-                    "handler %s gave up on %s %s at %s[%d]@%d after %d attempt(s): %r",
-                    spec.name, envelope.message_type, envelope.message_id,
-                    msg.topic, msg.partition, msg.offset, attempt, exc,
-                )
-                await self.dead_letters.park(
-                    spec, msg, reason="handler_error", error=exc, attempts=attempt, envelope=envelope
-                )
-                self.metrics.inc("dead_lettered", spec.name, *tp)
-                return
-            self.metrics.inc("handled", spec.name, *tp)
-            return
-
     # --- running ------------------------------------------------------------
     def main(self, argv: list[str] | None = None) -> None:
         """Run Faust's command line for this app (``streams worker`` calls this)."""
@@ -344,3 +326,30 @@ class StreamsApp:
         if argv is not None:
             sys.argv = ["streams", *argv]
         self.faust.main()
+
+
+def _agent_fn(runner: HandlerRunner, name: str, doc: str, *, wait_until_due: bool = False):
+    """The Faust agent body: one record at a time, in partition order, acknowledged
+    only once it was handled (or parked), so a stop or crash mid-handler never
+    commits past it."""
+    guard = runner.guard(name)
+
+    async def agent(stream):
+        stream = stream.noack()
+        try:
+            async for event in stream.events():
+                for skipped in await guard.missing_before(event.message):
+                    if wait_until_due:
+                        await runner.wait_until_due(skipped)
+                    await runner.process(skipped)
+                    guard.acknowledge(event.message.tp, skipped.offset)
+                if wait_until_due:
+                    await runner.wait_until_due(event.message)
+                await runner.process(event.message)
+                await stream.ack(event)
+        finally:
+            await guard.close()
+
+    agent.__name__ = agent.__qualname__ = name.replace("-", "_")
+    agent.__doc__ = f"Envelope handler {doc}."
+    return agent

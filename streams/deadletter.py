@@ -15,18 +15,23 @@ with its ``message_id``) and gains ``dlq.*`` headers saying why and where:
 ``dlq.original.offset``     source offset
 ``dlq.attempts``            handler attempts made (0: never decoded)
 ``dlq.agent``               handler that gave up
-``dlq.failed_at``           ISO-8601 time it was parked
+``dlq.first_failed_at``     ISO-8601 time of the first failure
+``dlq.failed_at``           ISO-8601 time it was parked (last failure)
 ==========================  ==================================================
 
 The park waits for the broker's acknowledgement before the source offset can
 be committed, so a crash never loses the record: at worst it is parked twice.
+``streams dlq list|show|replay`` reads and replays them (:mod:`streams.dlq`).
 """
 
 from __future__ import annotations
 
+import time
 import traceback
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from streams.processing import H_REPLAY_OF, Origin, headers_dict
 
 if TYPE_CHECKING:
     from streams.app import HandlerSpec, StreamsApp
@@ -45,6 +50,10 @@ def traceback_digest(exc: BaseException, frames: int = 6) -> str:
     """The last ``frames`` frames of ``exc``'s traceback, one line each."""
     tb = traceback.extract_tb(exc.__traceback__)[-frames:]
     return " | ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in tb)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 class DeadLetters:
@@ -73,30 +82,32 @@ class DeadLetters:
         self,
         spec: "HandlerSpec",
         message: Any,
+        origin: Origin,
         *,
         reason: str,
         error: BaseException,
         attempts: int,
         envelope: "Envelope | None" = None,
+        first_failure: float | None = None,
     ) -> None:
         """Send ``message`` (a Faust Message) to its dead-letter topic and wait for the ack."""
-        now = datetime.now(UTC).isoformat()
-        headers: list[tuple[str, bytes]] = [
-            (k, v if isinstance(v, bytes) else str(v).encode())
-            for k, v in _headers_of(message)
-            if not k.startswith("dlq.")
+        now = time.time()
+        headers = [
+            (k, v) for k, v in headers_dict(message).items()
+            if not k.startswith(("dlq.", "retry.")) and k != H_REPLAY_OF
         ]
         extra = {
             "dlq.reason": reason,
             "dlq.error.type": type(error).__name__,
             "dlq.error.message": str(error)[:_MAX_TEXT],
             "dlq.traceback": traceback_digest(error),
-            "dlq.original.topic": message.topic,
-            "dlq.original.partition": str(message.partition),
-            "dlq.original.offset": str(message.offset),
+            "dlq.original.topic": origin.topic,
+            "dlq.original.partition": str(origin.partition),
+            "dlq.original.offset": str(origin.offset),
             "dlq.attempts": str(attempts),
             "dlq.agent": spec.name,
-            "dlq.failed_at": now,
+            "dlq.first_failed_at": _iso(first_failure or now),
+            "dlq.failed_at": _iso(now),
         }
         if envelope is not None and not any(k == "message_id" for k, _ in headers):
             headers.append(("message_id", envelope.message_id.encode()))
@@ -104,10 +115,3 @@ class DeadLetters:
         topic = self.topic_for(spec.topic.name, spec.topic.partitions)
         fut = await topic.send(key=message.key, value=message.value, headers=headers)
         await fut
-
-
-def _headers_of(message: Any) -> list[tuple[str, Any]]:
-    headers = getattr(message, "headers", None) or []
-    if isinstance(headers, dict):
-        return list(headers.items())
-    return list(headers)

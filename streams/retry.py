@@ -17,9 +17,10 @@ class TransientError(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """In-place retries with exponential backoff and jitter.
+    """In-place retries with exponential backoff and jitter, then optional
+    delayed retries on retry topics.
 
-    ``max_attempts`` counts the first try. Errors listed in ``permanent`` (and
+    ``max_attempts`` counts the first try (per level). Errors listed in ``permanent`` (and
     :class:`PermanentError`) are never retried; if ``retryable`` is given, only
     those errors are retried.
     """
@@ -31,12 +32,17 @@ class RetryPolicy:
     jitter: float = 0.1
     retryable: tuple[type[BaseException], ...] = ()
     permanent: tuple[type[BaseException], ...] = field(default=(PermanentError,))
+    #: delays (seconds) of non-blocking retry levels after the in-place attempts;
+    #: empty = no retry topics (see :mod:`streams.retry_topics`)
+    delayed_retries: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.initial_backoff < 0 or self.max_backoff < 0:
             raise ValueError("backoff must not be negative")
+        if any(d < 0 for d in self.delayed_retries):
+            raise ValueError("delayed retry delays must not be negative")
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, self.permanent) or isinstance(exc, PermanentError):

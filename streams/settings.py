@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     web_enabled: bool = True
+    dedup_retention: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Seconds a processed message id is remembered (default 7 days)."
+    )
     broker_commit_interval: float = Field(2.8, gt=0, description="Seconds between offset commits.")
     stream_buffer_maxsize: int = Field(4096, ge=1)
 

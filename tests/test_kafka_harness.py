@@ -96,7 +96,7 @@ def test_status_and_cli(own_broker: LocalKafka, tmp_path: Path) -> None:
     assert status.returncode == 1 and '"running": false' in status.stdout
     try:
         up = subprocess.run([*cli, "up"], env=env, capture_output=True, text=True, timeout=180)
-        assert up.returncode == 0, up.stderr
+        assert up.returncode == 0, f"exit {up.returncode}\n{up.stdout}\n{up.stderr[-3000:]}"
         assert "started in" in up.stdout
         again = subprocess.run([*cli, "up"], env=env, capture_output=True, text=True, timeout=60)
         assert "already running" in again.stdout

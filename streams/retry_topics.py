@@ -1,0 +1,78 @@
+"""Non-blocking retries through delay topics (Spring Kafka's retry-topic pattern).
+
+A policy ``RetryPolicy(delayed_retries=(5, 60))`` gives a handler's source topic
+``T`` two retry topics, ``T.retry.1`` (5 s) and ``T.retry.2`` (60 s). A message
+that still fails after its in-place attempts is copied to the next level with a
+due time and the source partition moves on at once; the level's agent waits
+until the record is due and runs the handler again. After the last level the
+message is dead-lettered.
+
+Each level has one fixed delay, so due times grow along a partition and the
+agent only ever waits for the head. Records are sent to the *same partition
+number* as their source record, which keeps them co-partitioned with the
+handler's processed-ID table.
+
+Ordering trade-off: while a message waits in a retry topic, later messages
+with the same key are handled from the source topic — per-key order is given
+up for the messages that needed a delayed retry. Use in-place retries only
+(the default) where per-key order matters more than partition throughput.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from streams.processing import (H_ORIGIN_OFFSET, H_ORIGIN_PARTITION, H_ORIGIN_TOPIC, H_RETRY_ATTEMPTS,
+                                H_RETRY_DUE, H_RETRY_FIRST_FAILURE, H_RETRY_LEVEL, Origin, headers_dict)
+
+if TYPE_CHECKING:
+    from streams.app import HandlerSpec, StreamsApp
+
+
+def retry_topic_name(topic: str, level: int) -> str:
+    return f"{topic}.retry.{level}"
+
+
+class RetryTopics:
+    """Declares the retry topics of handlers and schedules records onto them."""
+
+    def __init__(self, app: "StreamsApp") -> None:
+        self.app = app
+        self._topics: dict[str, Any] = {}
+
+    def declare(self, spec: "HandlerSpec") -> list[Any]:
+        """Faust topics of ``spec``'s retry levels (created by the worker on start)."""
+        out = []
+        for level in range(1, len(spec.retry.delayed_retries) + 1):
+            name = retry_topic_name(spec.topic.name, level)
+            if name not in self._topics:
+                self._topics[name] = self.app.faust.topic(
+                    name, partitions=spec.topic.partitions, key_serializer="raw", value_serializer="raw",
+                    internal=True,
+                )
+            out.append(self._topics[name])
+        return out
+
+    def topics(self) -> list[Any]:
+        return list(self._topics.values())
+
+    async def schedule(self, spec: "HandlerSpec", message: Any, origin: Origin, attempts: int,
+                       first_failure: float, error: BaseException) -> None:
+        level = origin.level + 1
+        delay = spec.retry.delayed_retries[origin.level]
+        headers = [(k, v) for k, v in headers_dict(message).items() if not k.startswith("retry.")]
+        headers += [
+            (H_RETRY_LEVEL, str(level).encode()),
+            (H_RETRY_DUE, f"{time.time() + delay:.3f}".encode()),
+            (H_RETRY_ATTEMPTS, str(attempts).encode()),
+            (H_RETRY_FIRST_FAILURE, f"{first_failure:.3f}".encode()),
+            (H_ORIGIN_TOPIC, origin.topic.encode()),
+            (H_ORIGIN_PARTITION, str(origin.partition).encode()),
+            (H_ORIGIN_OFFSET, str(origin.offset).encode()),
+            ("retry.error", f"{type(error).__name__}: {error}"[:1000].encode("utf-8", "replace")),
+        ]
+        topic = self._topics[retry_topic_name(spec.topic.name, level)]
+        fut = await topic.send(key=message.key, value=message.value, headers=headers,
+                               partition=origin.partition)
+        await fut
