@@ -15,5 +15,12 @@ class AgentSettings(BaseSettings):
         0.0, ge=0, description="Simulated latency of the seller push API per call (demos of slow sinks)."
     )
 
+    seller_api_failing_sellers: str = Field(
+        "", description="Comma-separated seller ids the simulated seller API fails for (outage drills)."
+    )
+
+    def failing_sellers(self) -> set[str]:
+        return {s.strip() for s in self.seller_api_failing_sellers.split(",") if s.strip()}
+
 
 agent_settings = AgentSettings()

@@ -23,3 +23,12 @@ class OrderPlaced(BaseModel):
     currency: str = Field("KRW", min_length=3, max_length=3)
     item_count: int = Field(1, ge=1)
     placed_at: datetime | None = None
+
+
+@registry.event("SellerNotified")
+class SellerNotified(BaseModel):
+    """The seller of an order was pushed (emitted by the seller-push agent)."""
+
+    order_id: str
+    seller_id: str
+    notification_id: int | None = None

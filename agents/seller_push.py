@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from streams import Database, Delivery, Envelope
+from streams import Database, Delivery, Envelope, TransientError
 
-from agents.app import app, order_placed_topic, order_push_status
+from agents.app import app, order_placed_topic, order_push_status, seller_notified_topic
 from agents.config import agent_settings
-from agents.messages import OrderPlaced
+from agents.messages import OrderPlaced, SellerNotified, registry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seller_push_notifications (
@@ -32,12 +32,17 @@ CREATE INDEX IF NOT EXISTS seller_push_notifications_message_id
 """
 
 
+class SellerApiUnavailable(TransientError):
+    """The seller push API failed (worth retrying)."""
+
+
 class SellerNotifier:
     """Writes push notifications for sellers into PostgreSQL."""
 
-    def __init__(self, db: Database, latency_ms: float = 0.0) -> None:
+    def __init__(self, db: Database, latency_ms: float = 0.0, failing_sellers: set[str] | None = None) -> None:
         self.db = db
         self.latency = latency_ms / 1000
+        self.failing_sellers = failing_sellers or set()
         self._schema_ready = False
 
     async def ensure_schema(self) -> None:
@@ -45,32 +50,44 @@ class SellerNotifier:
             await self.db.execute(SCHEMA)
             self._schema_ready = True
 
-    async def push(self, order: OrderPlaced, delivery: Delivery) -> None:
+    async def push(self, order: OrderPlaced, delivery: Delivery) -> int:
         await self.ensure_schema()
         if self.latency:
             await asyncio.sleep(self.latency)  # the seller API's round trip
+        if order.seller_id in self.failing_sellers:
+            raise SellerApiUnavailable(f"seller API returned 503 for seller {order.seller_id}")
         body = (
             f"New order {order.order_id}: {order.item_count} item(s), "
             f"{order.total_amount} {order.currency}"
         )
-        await self.db.execute(
+        rows = await self.db.fetch(
             'INSERT INTO seller_push_notifications (message_id, order_id, seller_id, body, topic, partition, "offset")'
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (delivery.idempotency_key, order.order_id, order.seller_id, body,
              delivery.topic, delivery.partition, delivery.offset),
         )
+        return rows[0][0]
 
 
-notifier = SellerNotifier(Database(app.settings), agent_settings.seller_api_latency_ms)
+notifier = SellerNotifier(Database(app.settings), agent_settings.seller_api_latency_ms,
+                          agent_settings.failing_sellers())
 
 
 @app.handler(order_placed_topic, "OrderPlaced")
 async def push_seller(message: Envelope[OrderPlaced], delivery: Delivery) -> None:
-    """Tell the seller about a new order, and remember it in the order's table row."""
-    await notifier.push(message.payload, delivery)
+    """Tell the seller about a new order, remember it in the order's table row and
+    announce it (``SellerNotified``, part of the Kafka transaction under exactly_once)."""
+    notification_id = await notifier.push(message.payload, delivery)
     order_push_status[message.key or message.payload.order_id] = {
         "message_id": message.message_id,
         "seller_id": message.payload.seller_id,
         "partition": delivery.partition,
         "offset": delivery.offset,
     }
+    notified = registry.envelope(
+        SellerNotified(order_id=message.payload.order_id, seller_id=message.payload.seller_id,
+                       notification_id=notification_id),
+        key=message.key, causation_id=message.message_id, correlation_id=message.correlation_id,
+        source=app.app_id,
+    )
+    await app.send(seller_notified_topic, notified)

@@ -45,7 +45,7 @@ from streams.envelope import Envelope, Kind
 from streams.errors import ConfigurationError, DecodeError
 from streams.metrics import Metrics
 from streams.processed import ProcessedIds
-from streams.processing import Delivery, HandlerRunner
+from streams.processing import Delivery, HandlerRunner, ack_when_durable
 from streams.registry import MessageRegistry
 from streams.retry import RetryPolicy
 from streams.retry_topics import RetryTopics, retry_topic_name
@@ -132,6 +132,8 @@ class StreamsApp:
             "topic_replication_factor": s.topic_replication_factor,
             "processing_guarantee": s.processing_guarantee.value,
             "broker_commit_interval": s.broker_commit_interval,
+            "broker_session_timeout": s.broker_session_timeout,
+            "broker_heartbeat_interval": s.broker_heartbeat_interval,
             "stream_buffer_maxsize": s.stream_buffer_maxsize,
             "web_enabled": s.web_enabled,
             "web_bind": s.web_host,
@@ -342,11 +344,13 @@ def _agent_fn(runner: HandlerRunner, name: str, doc: str, *, wait_until_due: boo
                     if wait_until_due:
                         await runner.wait_until_due(skipped)
                     await runner.process(skipped)
+                    for future in runner.take_pending():
+                        await future
                     guard.acknowledge(event.message.tp, skipped.offset)
                 if wait_until_due:
                     await runner.wait_until_due(event.message)
                 await runner.process(event.message)
-                await stream.ack(event)
+                await ack_when_durable(stream, event, runner.take_pending())
         finally:
             await guard.close()
 

@@ -125,3 +125,37 @@ async def produce_raw(settings: Settings, topic: str, records: Iterable[tuple[by
     finally:
         await producer.stop()
     return count
+
+
+async def read_topic(settings: Settings, topic: str, *, read_committed: bool = False) -> list:
+    """Every record of ``topic`` present now (beginning to the current end), without a group.
+
+    With ``read_committed`` only committed transactional records are returned and the end is the
+    last stable offset.
+    """
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed" if read_committed else "read_uncommitted")
+    await consumer.start()
+    out: list = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise LookupError(f"topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return out

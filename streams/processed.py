@@ -93,12 +93,21 @@ class ProcessedIds:
             return None
         return ProcessedEntry.from_value(message_id, value)
 
-    def record(self, message_id: str, outcome: str, partition: int, offset: int, attempts: int) -> None:
+    def record(self, message_id: str, outcome: str, partition: int, offset: int, attempts: int) -> Any:
+        """Write the entry locally and to the changelog; returns the changelog send's future.
+
+        The caller acknowledges the source message only once that future is done,
+        so a committed offset never runs ahead of the changelog (Faust's own table
+        writes do not give that: they are flushed independently of commits).
+        """
         now = time.time()
-        self.table[message_id] = {"at": now, "outcome": outcome, "p": partition, "o": offset, "attempts": attempts}
+        value = {"at": now, "outcome": outcome, "p": partition, "o": offset, "attempts": attempts}
+        self.table.data[message_id] = value  # local RocksDB (partition of the current event)
+        future = self.table.send_changelog(partition, message_id, value)
         index = self._index.get(partition)
         if index is not None:
             index.append((now, message_id))
+        return future
 
     # --- expiry -----------------------------------------------------------------
     def forget_assignment(self) -> None:

@@ -202,6 +202,12 @@ class HandlerRunner:
         self.spec = spec
         self.metrics = app.metrics
         self.guards: list[GapGuard] = []
+        self._pending: list[Any] = []
+
+    def take_pending(self) -> list[Any]:
+        """Futures of the changelog writes the last record made (see ``ack_when_durable``)."""
+        pending, self._pending = self._pending, []
+        return pending
 
     def guard(self, name: str) -> GapGuard:
         """A gap guard for one of this handler's agents (source or retry level)."""
@@ -282,13 +288,39 @@ class HandlerRunner:
                 await self.app.dead_letters.park(spec, msg, origin, reason="handler_error", error=exc,
                                                  attempts=attempts, envelope=envelope, first_failure=first_failure)
                 if processed is not None:
-                    processed.record(envelope.message_id, DEAD_LETTERED, msg.partition, origin.offset, attempts)
+                    self._pending.append(processed.record(envelope.message_id, DEAD_LETTERED, msg.partition,
+                                                          origin.offset, attempts))
                 self._count("dead_lettered", origin)
                 return "dead_lettered"
             if processed is not None:
-                processed.record(envelope.message_id, HANDLED, msg.partition, origin.offset, attempts)
+                self._pending.append(processed.record(envelope.message_id, HANDLED, msg.partition,
+                                                      origin.offset, attempts))
             self._count("handled", origin)
             return "handled"
+
+
+def ack_when_durable(stream: Any, event: Any, pending: list[Any]) -> Any:
+    """Acknowledge ``event`` once the changelog writes it caused are acknowledged by
+    the broker (at once if there are none). Returns an awaitable for the no-wait case."""
+    waiting = [f for f in pending if not f.done()]
+    if not waiting:
+        return stream.ack(event)
+
+    def on_done(_: Any) -> None:
+        if all(f.done() for f in waiting):
+            if any(f.cancelled() or f.exception() is not None for f in waiting):
+                log.error("changelog write failed for %s[%d]@%d; not acknowledging it",
+                          event.message.topic, event.message.partition, event.message.offset)
+                return
+            event.ack()
+
+    for f in waiting:
+        f.add_done_callback(on_done)
+    return _done()
+
+
+async def _done() -> None:
+    return None
 
 
 def iso(ts: float | None) -> str:

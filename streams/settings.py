@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     dedup_retention: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a processed message id is remembered (default 7 days)."
     )
+    broker_session_timeout: float = Field(
+        30.0, ge=6, le=1800, description="Seconds without heartbeat before the group drops a worker."
+    )
+    broker_heartbeat_interval: float = Field(3.0, gt=0, description="Seconds between consumer heartbeats.")
     broker_commit_interval: float = Field(2.8, gt=0, description="Seconds between offset commits.")
     stream_buffer_maxsize: int = Field(4096, ge=1)
 

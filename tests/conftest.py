@@ -130,6 +130,9 @@ def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
         "STREAMS_APP_ID": f"test-{suffix}",
         "STREAMS_TOPIC_PREFIX": f"t{suffix}.",
         "STREAMS_BROKER_COMMIT_INTERVAL": "0.5",
+        # a SIGKILLed worker leaves the group after this, not after 30 s
+        "STREAMS_BROKER_SESSION_TIMEOUT": "8",
+        "STREAMS_BROKER_HEARTBEAT_INTERVAL": "1",
     }
     settings = Settings(**{k.removeprefix("STREAMS_").lower(): v for k, v in env.items()})
     artifacts = ARTIFACTS / test_name

@@ -306,6 +306,7 @@ class LocalKafka:
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
             "log.cleaner.io.buffer.size": str(512 * 1024),
             "log.cleaner.enable": "true",
+            "log.cleaner.backoff.ms": "2000",
             # topics are created on purpose, with their partition count; a typo must fail loudly
             "auto.create.topics.enable": "false",
             "delete.topic.enable": "true",

@@ -1,0 +1,373 @@
+"""Consumer throughput benchmark: Faust agents of ``streams`` vs a raw aiokafka loop.
+
+    .venv/bin/python -m bench.consume [--messages 200000]
+
+Starts its own Kafka broker (``streams.dev.kafka.LocalKafka``, free ports, data
+in a temp dir), produces N small ``Ping`` envelopes once into one 6-partition
+topic, then runs each consumer variant as a separate OS process, one after the
+other, each in a fresh consumer group so it reads the topic from the start:
+
+* ``faust plain``        StreamsApp handler, ``idempotent=False`` (decode only)
+* ``faust dedup``        the same, ``idempotent=True`` (processed-ID table in RocksDB)
+* ``faust dedup + EOS``  the same with ``processing_guarantee=exactly_once``
+* ``raw aiokafka``       AIOKafkaConsumer + getmany + ``registry.decode`` + periodic commit
+
+Time = from the moment the consumer process is ready (Faust's ``Ready`` line; the
+raw consumer's first partition assignment) until the group's committed offsets,
+read from the broker, equal the log-end offsets on every partition.
+Peak RSS = the consumer process's VmHWM from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LOGS = ROOT / ".streams" / "bench"  # git-ignored; worker logs of each run are copied here
+
+# The benchmark's settings come from here, not from a developer's shell or .env.
+for _name in [n for n in os.environ if n.startswith("STREAMS_")]:
+    del os.environ[_name]
+
+from streams.dev.kafka import KAFKA_VERSION, LocalKafka  # noqa: E402
+from streams.dev.process import ServiceError, free_port, tail  # noqa: E402
+from streams.dev.worker import WorkerProcess  # noqa: E402
+from streams.kafka_admin import TopicSpec, committed_offsets, end_offsets, ensure_topics, produce_envelopes  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+from bench.messages import PARTITIONS, TOPIC, Ping, registry  # noqa: E402
+from bench.raw_consumer import READY_MARKER as RAW_READY  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    kind: str  # "faust" | "raw"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+VARIANTS = [
+    Variant("plain", "faust plain (idempotent=False)", "faust", {"BENCH_IDEMPOTENT": "0"}),
+    Variant("dedup", "faust + dedup (RocksDB)", "faust", {"BENCH_IDEMPOTENT": "1"}),
+    Variant("eos", "faust + dedup + exactly_once", "faust",
+            {"BENCH_IDEMPOTENT": "1", "STREAMS_PROCESSING_GUARANTEE": "exactly_once"}),
+    Variant("raw", "raw aiokafka loop", "raw"),
+]
+
+
+@dataclass
+class Result:
+    variant: str
+    key: str
+    messages: int
+    seconds: float | None = None
+    msgs_per_s: float | None = None
+    peak_rss_mib: float | None = None
+    ratio_vs_raw: float | None = None
+    startup_s: float | None = None   # process start -> ready
+    total_s: float | None = None     # process start -> all offsets committed
+    stop_s: float | None = None      # SIGTERM -> exit
+    exit_code: int | None = None
+    log_warnings: int | None = None
+    log_errors: int | None = None
+    log_file: str | None = None
+    loadavg_1m_max: float | None = None  # machine load seen while it ran (others' work skews numbers)
+    error: str | None = None
+
+
+# --- /proc ----------------------------------------------------------------------------
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class RssSampler:
+    """Peak resident set of one pid (VmHWM, and the max VmRSS seen, in KiB)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+
+    def sample(self) -> None:
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    @property
+    def mib(self) -> float:
+        return self.peak_kib / 1024
+
+
+# --- broker-side progress -------------------------------------------------------------
+def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    return {p: off for (_, p), off in asyncio.run(committed_offsets(settings, group, topic)).items()}
+
+
+def lag(ends: dict[int, int], done: dict[int, int]) -> int:
+    return sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
+
+
+# --- one consumer process ---------------------------------------------------------------
+class RawProcess:
+    """``python -m bench.raw_consumer`` with the same start/wait_ready/stop surface as WorkerProcess."""
+
+    def __init__(self, env: dict[str, str], log_file: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> "RawProcess":
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bench.raw_consumer"], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                                         cwd=ROOT, start_new_session=True)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if RAW_READY in self.log_file.read_text(errors="replace"):
+                return time.monotonic() - started
+            if not self.running():
+                raise ServiceError(f"raw consumer exited with code {self.proc.returncode}:\n{tail(self.log_file, 40)}")
+            time.sleep(0.05)
+        raise ServiceError(f"raw consumer not ready after {timeout:.0f}s:\n{tail(self.log_file, 40)}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if not self.running():
+            return self.proc.returncode if self.proc else None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings: Settings, topic: str,
+                ends: dict[int, int], tmp: Path, suffix: str, poll: float, timeout: float,
+                stall: float) -> Result:
+    group = f"bench-{variant.key}-{suffix}"
+    log_file = tmp / "logs" / f"{variant.key}.log"
+    env = {
+        **base_env,
+        "STREAMS_APP_ID": group,
+        "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / variant.key),
+        **variant.env,
+    }
+    result = Result(variant.label, variant.key, n, log_file=str(log_file))
+    if variant.kind == "faust":
+        proc = WorkerProcess(env, log_file, args=["--without-web", "--app", "bench.apps:app"], cwd=ROOT)
+    else:
+        proc = RawProcess(env, log_file)
+    t_start = time.monotonic()
+    proc.start()
+    rss = RssSampler(proc.pid)
+    load = loadavg()
+    try:
+        proc.wait_ready(timeout=180)
+        t_ready = time.monotonic()
+        rss.sample()
+        result.startup_s = t_ready - t_start
+        last_lag, last_progress = None, t_ready
+        while True:
+            rss.sample()
+            load = max(load, loadavg())
+            if not proc.running():
+                log_text = log_file.read_text(errors="replace")
+                why = (" after a SIGTERM the benchmark did not send (someone else signalled the process)"
+                       if "Signal received: 15" in log_text else "")
+                raise ServiceError(f"consumer exited with code {proc.proc.returncode} before catching up{why}:\n"
+                                   f"{tail(log_file, 40)}")
+            remaining = lag(ends, committed(settings, group, topic))
+            now = time.monotonic()
+            if remaining == 0:
+                break
+            if remaining != last_lag:
+                last_lag, last_progress = remaining, now
+            if now - last_progress > stall:
+                raise ServiceError(f"no committed progress for {stall:.0f}s (lag {remaining}):\n{tail(log_file, 40)}")
+            if now - t_ready > timeout:
+                raise ServiceError(f"not caught up after {timeout:.0f}s (lag {remaining}):\n{tail(log_file, 40)}")
+            time.sleep(poll)
+        t_done = time.monotonic()
+        rss.sample()
+        result.seconds = t_done - t_ready
+        result.total_s = t_done - t_start
+        result.msgs_per_s = n / result.seconds
+    except Exception as exc:  # noqa: BLE001 - a failed variant is reported, the others still run
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        rss.sample()
+        result.peak_rss_mib = rss.mib or None
+        result.loadavg_1m_max = load
+        t_stop = time.monotonic()
+        result.exit_code = proc.stop(timeout=60)
+        result.stop_s = time.monotonic() - t_stop
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        result.log_warnings = sum(1 for line in text.splitlines() if "[WARNING]" in line)
+        result.log_errors = sum(1 for line in text.splitlines() if "[ERROR]" in line or "Traceback" in line)
+    return result
+
+
+# --- output -----------------------------------------------------------------------------
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_table(results: list[Result], meta: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"consume benchmark: {meta['messages']:,} Ping envelopes, {PARTITIONS} partitions "
+                        f"(Kafka {KAFKA_VERSION}, {meta['cpus']} CPUs)")
+    for col in ("variant", "messages", "seconds", "msgs/s", "peak RSS MiB", "vs raw aiokafka"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in results:
+        table.add_row(r.variant, f"{r.messages:,}", fmt(r.seconds, ".2f"), fmt(r.msgs_per_s, ",.0f"),
+                      fmt(r.peak_rss_mib, ".1f"), fmt(r.ratio_vs_raw, ".2f") if r.ratio_vs_raw else "—")
+    console = Console(width=120)
+    console.print(table)
+    for r in results:
+        if r.error:
+            console.print(f"[bold red]{r.variant} failed:[/]", highlight=False)
+            console.print(r.error, markup=False, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.consume", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000, help="envelopes to produce (default 200000)")
+    parser.add_argument("--variants", default=",".join(v.key for v in VARIANTS),
+                        help="comma-separated subset of: " + ", ".join(v.key for v in VARIANTS))
+    parser.add_argument("--poll", type=float, default=0.25, help="seconds between committed-offset polls")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="max seconds per variant once ready")
+    parser.add_argument("--stall", type=float, default=120.0, help="fail a variant after this long without progress")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data, worker state)")
+    args = parser.parse_args(argv)
+    wanted = [k.strip() for k in args.variants.split(",") if k.strip()]
+    unknown = set(wanted) - {v.key for v in VARIANTS}
+    if unknown:
+        parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
+    variants = [v for v in VARIANTS if v.key in wanted]
+    n = args.messages
+
+    stamp = datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    suffix = uuid.uuid4().hex[:6]
+    tmp = Path(tempfile.mkdtemp(prefix="streams-bench-"))
+    broker = LocalKafka(data_dir=tmp / "kafka", cache_dir=ROOT / ".streams" / "cache",
+                        port=free_port(), controller_port=free_port())
+    results: list[Result] = []
+    meta: dict = {"date": stamp, "messages": n, "partitions": PARTITIONS, "cpus": os.cpu_count(),
+                  "python": platform.python_version(), "kafka": KAFKA_VERSION}
+    try:
+        import aiokafka
+        import faust
+
+        meta.update(faust=faust.__version__, aiokafka=aiokafka.__version__)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        print(f"[bench] temp dir {tmp}", flush=True)
+        meta["broker_start_s"] = round(broker.up(), 2)
+        print(f"[bench] Kafka {KAFKA_VERSION} up on {broker.bootstrap} in {meta['broker_start_s']}s", flush=True)
+        prefix = f"bench{suffix}."
+        settings = Settings(kafka_bootstrap=broker.bootstrap, app_id=f"bench-producer-{suffix}",
+                            topic_prefix=prefix, home=tmp / "home")
+        topic = f"{prefix}{TOPIC}"
+        asyncio.run(ensure_topics(settings, [TopicSpec(topic, PARTITIONS)]))
+
+        envelopes = (registry.envelope(Ping(n=i, note=f"ping {i}"), key=f"ping-{i}", source="bench")
+                     for i in range(n))
+        t0 = time.monotonic()
+        produced = asyncio.run(produce_envelopes(settings, topic, envelopes))
+        meta["produce_s"] = round(time.monotonic() - t0, 2)
+        ends = asyncio.run(end_offsets(settings, topic))
+        meta["partition_sizes"] = ends
+        if produced != n or sum(ends.values()) != n:
+            raise ServiceError(f"produced {produced}, log-end offsets sum to {sum(ends.values())}, expected {n}")
+        sample = registry.envelope(Ping(n=n - 1, note=f"ping {n - 1}"), key=f"ping-{n - 1}", source="bench")
+        meta["record_value_bytes"] = len(sample.to_json())
+        print(f"[bench] produced {n:,} envelopes in {meta['produce_s']}s "
+              f"({n / meta['produce_s']:,.0f}/s); per partition {ends}", flush=True)
+
+        base_env = {
+            "STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "STREAMS_TOPIC_PREFIX": prefix,
+            "STREAMS_HOME": str(tmp / "home"),
+            "STREAMS_BROKER_COMMIT_INTERVAL": "0.5",
+            "STREAMS_PROCESSING_GUARANTEE": "at_least_once",
+            "STREAMS_LOG_LEVEL": "info",
+            "BENCH_COMMIT_INTERVAL": "0.5",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for variant in variants:
+            print(f"[bench] {variant.label}: running ...", flush=True)
+            r = run_variant(variant, n=n, base_env=base_env, settings=settings, topic=topic, ends=ends,
+                            tmp=tmp, suffix=suffix, poll=args.poll, timeout=args.timeout, stall=args.stall)
+            results.append(r)
+            if r.error:
+                print(f"[bench] {variant.label}: FAILED ({r.error.splitlines()[0]})", flush=True)
+            else:
+                print(f"[bench] {variant.label}: {r.seconds:.2f}s, {r.msgs_per_s:,.0f} msgs/s, "
+                      f"peak RSS {r.peak_rss_mib:.1f} MiB (ready after {r.startup_s:.1f}s, "
+                      f"stopped in {r.stop_s:.1f}s, exit {r.exit_code})", flush=True)
+    finally:
+        broker.down()
+        log_dir = LOGS / f"consume-{stamp}"
+        if (tmp / "logs").exists():
+            shutil.copytree(tmp / "logs", log_dir, dirs_exist_ok=True)
+            if (tmp / "kafka" / "broker.log").exists():
+                shutil.copy2(tmp / "kafka" / "broker.log", log_dir / "broker.log")
+            for r in results:
+                r.log_file = str(log_dir / Path(r.log_file).name) if r.log_file else None
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    raw = next((r for r in results if r.key == "raw" and r.msgs_per_s), None)
+    for r in results:
+        if raw and r.msgs_per_s:
+            r.ratio_vs_raw = r.msgs_per_s / raw.msgs_per_s
+    print_table(results, meta)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"consume-{stamp}.json"
+    out.write_text(json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
+    print(f"[bench] results written to {out.relative_to(ROOT)}; worker logs in {LOGS.relative_to(ROOT)}/consume-{stamp}/")
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
