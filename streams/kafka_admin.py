@@ -149,10 +149,15 @@ async def read_topic(settings: Settings, topic: str, *, read_committed: bool = F
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        seen: set[tuple[int, int]] = set()
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < ends[tp])
+                for r in records:
+                    # a record is one (partition, offset): a re-fetch must not count it twice
+                    if r.offset < ends[tp] and (r.partition, r.offset) not in seen:
+                        seen.add((r.partition, r.offset))
+                        out.append(r)
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 import re
 import subprocess
 import sys
@@ -89,15 +90,23 @@ def test_crash_test_sigkill_five_times(isolated: Isolated, guarantee: str) -> No
     if guarantee == "exactly_once":
         # transactions a killed worker left open hold read_committed readers back until the
         # broker aborts them (aiokafka's 60 s transaction timeout), then everything is visible
+        seen_records: list = []
+
         def committed_output():
             records = read_topic(isolated, isolated.topic(OUTPUT), read_committed=True)
             found = [json.loads(r.value)["causation_id"] for r in records]
+            seen_records[:] = records
             return found if ids <= set(found) else None
         started = time.monotonic()
         causes = wait_for(committed_output, 150, interval=5, what="all outputs visible to read_committed")
         summary += f" (outputs fully visible after {time.monotonic() - started:.0f}s)"
         duplicates_out = len(causes) - len(set(causes))
         summary += f" output(read_committed)={len(causes)} duplicates in output={duplicates_out}"
+        if duplicates_out:
+            counts = Counter(causes)
+            summary += " duplicated records: " + ", ".join(
+                f"{r.partition}@{r.offset}" for r in seen_records
+                if counts[json.loads(r.value)["causation_id"]] > 1)
     print(summary)
     (isolated.artifacts / "crash-test.txt").write_text(summary + "\n")
     assert not lost, f"lost {len(lost)} messages"

@@ -29,10 +29,22 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (for tests and throwaway instances)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port that is free right now (for tests and throwaway instances).
+
+    Picked below Linux's ephemeral range (32768+), so that the client connections
+    opened between this call and the server's bind cannot take it.
+    """
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServiceError("no free TCP port found in 20000-32000")
 
 
 def read_pid(pid_file: Path) -> int | None:
