@@ -134,6 +134,7 @@ async def read_topic(settings: Settings, topic: str, *, read_committed: bool = F
     last stable offset.
     """
     consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest",
                                 isolation_level="read_committed" if read_committed else "read_uncommitted")
     await consumer.start()
     out: list = []
@@ -147,8 +148,10 @@ async def read_topic(settings: Settings, topic: str, *, read_committed: bool = F
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        starts = await consumer.beginning_offsets(tps)
+        for tp in tps:  # explicit positions: no lazy offset reset to race with
+            consumer.seek(tp, starts[tp])
+        remaining = {tp for tp in tps if ends[tp] > starts[tp]}
         seen: set[tuple[int, int]] = set()
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000)
