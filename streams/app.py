@@ -110,7 +110,6 @@ class StreamsApp:
         self.retry_topics = RetryTopics(self)
         self._outputs: list[Any] = []
         self._runners: list[HandlerRunner] = []
-        self._commit_lock: Any = None
         self.faust.task(self._declare_topics)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
 
@@ -321,25 +320,6 @@ class StreamsApp:
 
         return await ensure_topics(self.settings, self.topic_specs())
 
-    def commit_barrier(self) -> Any:
-        """A lock held while a record is handled; Faust's offset commit (under
-        exactly_once: the transaction commit) waits for it, so a commit never
-        splits one record's work (its outputs and processed-ID entry) in two."""
-        if self._commit_lock is None:
-            import asyncio
-
-            self._commit_lock = asyncio.Lock()
-            consumer = self.faust.consumer
-            original = consumer.commit
-            lock = self._commit_lock
-
-            async def commit(*args: Any, **kwargs: Any) -> Any:
-                async with lock:
-                    return await original(*args, **kwargs)
-
-            consumer.commit = commit
-        return self._commit_lock
-
     # --- running ------------------------------------------------------------
     def main(self, argv: list[str] | None = None) -> None:
         """Run Faust's command line for this app (``streams worker`` calls this).
@@ -360,19 +340,17 @@ def _agent_fn(runner: HandlerRunner, name: str, doc: str, *, wait_until_due: boo
 
     async def agent(stream):
         stream = stream.noack()
-        lock = runner.app.commit_barrier()
         try:
             async for event in stream.events():
-                if wait_until_due:  # never hold the commit barrier while waiting
+                if wait_until_due:
                     await runner.wait_until_due(event.message)
-                async with lock:
-                    for skipped in await guard.missing_before(event.message):
-                        await runner.process(skipped)
-                        for future in runner.take_pending():
-                            await future
-                        guard.acknowledge(event.message.tp, skipped.offset)
-                    await runner.process(event.message)
-                    await ack_when_durable(stream, event, runner.take_pending())
+                for skipped in await guard.missing_before(event.message):
+                    await runner.process(skipped)
+                    for future in runner.take_pending():
+                        await future
+                    guard.acknowledge(event.message.tp, skipped.offset)
+                await runner.process(event.message)
+                await ack_when_durable(stream, event, runner.take_pending())
         finally:
             await guard.close()
 

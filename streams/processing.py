@@ -248,6 +248,11 @@ class HandlerRunner:
             processed.maybe_sweep(msg.partition)
             entry = processed.get(envelope.message_id)
             if entry is not None and (entry.outcome == HANDLED or not origin.replayed):
+                if entry.partition == msg.partition and entry.offset == origin.offset:
+                    # this very record was handled by a worker that died before its changelog
+                    # write left the process (the local RocksDB kept it): write it again
+                    self._pending.append(processed.record(envelope.message_id, entry.outcome, msg.partition,
+                                                          origin.offset, entry.attempts))
                 self._count("duplicate", origin)
                 log.debug("duplicate %s %s skipped (%s at %s)", envelope.message_type, envelope.message_id,
                           entry.outcome, entry.at)
