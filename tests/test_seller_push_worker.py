@@ -6,61 +6,17 @@ PostgreSQL, offsets are what the broker holds for the consumer group.
 
 from __future__ import annotations
 
-import random
-import uuid
-from decimal import Decimal
-
 import pytest
 
-from agents.messages import OrderPlaced, registry
-from streams import Kind, MessageRegistry, StreamsApp
-from streams.kafka_admin import committed_offsets, end_offsets, produce_envelopes, produce_raw
+from streams.kafka_admin import end_offsets, produce_envelopes, produce_raw
 from tests.conftest import Isolated
 from tests.helpers import run, wait_for
-
-TOPIC = "orders.order-placed"
-PARTITIONS = 6  # as declared by agents.app
-
-
-def _orders(n: int, tag: str | None = None) -> list:
-    tag = tag or uuid.uuid4().hex[:6]
-    rng = random.Random(tag)
-    return [
-        registry.envelope(
-            OrderPlaced(order_id=f"{tag}-{i}", seller_id=f"s-{rng.randint(1, 9)}", buyer_id="b-1",
-                        total_amount=Decimal(rng.randint(1, 10_000))),
-            key=f"{tag}-{i}",
-        )
-        for i in range(n)
-    ]
-
-
-def _create_topics(iso: Isolated) -> None:
-    # the producer side creates the app's topics (same declaration as the worker)
-    app = StreamsApp("reference-app", registry=MessageRegistry(), settings=iso.settings)
-    app.topic(TOPIC, kind=Kind.EVENT, partitions=PARTITIONS)
-    run(app.ensure_topics())
-
-
-def _push_counts(iso: Isolated) -> tuple[int, int]:
-    rows = iso.sql("SELECT to_regclass('seller_push_notifications') IS NOT NULL")
-    if not rows[0][0]:
-        return 0, 0
-    return iso.sql("SELECT count(*), count(DISTINCT message_id) FROM seller_push_notifications")[0]
-
-
-def _offsets(iso: Isolated) -> tuple[dict[int, int], dict[int, int]]:
-    topic = iso.topic(TOPIC)
-    ends = run(end_offsets(iso.settings, topic))
-    committed = {p: o for (_, p), o in run(committed_offsets(iso.settings, iso.settings.app_id, topic)).items()}
-    return ends, committed
-
-
-def _wait_committed_to_end(iso: Isolated, timeout: float = 60) -> dict[int, int]:
-    def done():
-        ends, committed = _offsets(iso)
-        return ends if ends and all(committed.get(p, 0) == e for p, e in ends.items()) else None
-    return wait_for(done, timeout, what="committed offsets == log-end offsets")
+from tests.reference import PARTITIONS, TOPIC
+from tests.reference import create_topics as _create_topics
+from tests.reference import offsets as _offsets
+from tests.reference import orders as _orders
+from tests.reference import push_counts as _push_counts
+from tests.reference import wait_committed_to_end as _wait_committed_to_end
 
 
 def test_each_event_handled_once_and_offsets_committed_to_the_end(isolated: Isolated) -> None:
