@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -129,53 +128,10 @@ def lag(ends: dict[int, int], done: dict[int, int]) -> int:
 
 
 # --- one consumer process ---------------------------------------------------------------
-class RawProcess:
-    """``python -m bench.raw_consumer`` with the same start/wait_ready/stop surface as WorkerProcess."""
-
-    def __init__(self, env: dict[str, str], log_file: Path) -> None:
-        self.env = {**os.environ, **env}
-        self.log_file = log_file
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> "RawProcess":
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bench.raw_consumer"], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                                         cwd=ROOT, start_new_session=True)
-        return self
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if RAW_READY in self.log_file.read_text(errors="replace"):
-                return time.monotonic() - started
-            if not self.running():
-                raise ServiceError(f"raw consumer exited with code {self.proc.returncode}:\n{tail(self.log_file, 40)}")
-            time.sleep(0.05)
-        raise ServiceError(f"raw consumer not ready after {timeout:.0f}s:\n{tail(self.log_file, 40)}")
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        if not self.running():
-            return self.proc.returncode if self.proc else None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.running():
-            self.proc.kill()
-            self.proc.wait(30)
+def raw_process(env: dict[str, str], log_file: Path) -> WorkerProcess:
+    """``python -m bench.raw_consumer``, run and watched like a worker."""
+    return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.raw_consumer"],
+                         ready_marker=RAW_READY)
 
 
 def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings: Settings, topic: str,
@@ -193,7 +149,7 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
     if variant.kind == "faust":
         proc = WorkerProcess(env, log_file, args=["--without-web", "--app", "bench.apps:app"], cwd=ROOT)
     else:
-        proc = RawProcess(env, log_file)
+        proc = raw_process(env, log_file)
     t_start = time.monotonic()
     proc.start()
     rss = RssSampler(proc.pid)

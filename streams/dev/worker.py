@@ -23,11 +23,15 @@ class WorkerProcess:
     """One worker process: ``start``, ``wait_ready``, ``stop`` / ``kill``."""
 
     def __init__(self, env: dict[str, str], log_file: Path, *, args: list[str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, command: list[str] | None = None,
+                 ready_marker: str = READY_MARKER) -> None:
         self.env = {**os.environ, **env}
         self.log_file = log_file
         self.args = args or ["--without-web"]
         self.cwd = cwd
+        #: what to run; default ``python -m streams.cli worker <args>``
+        self.command = command
+        self.ready_marker = ready_marker
         self.proc: subprocess.Popen | None = None
         self._log_offset = 0
 
@@ -41,7 +45,7 @@ class WorkerProcess:
         log = open(self.log_file, "ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", *self.args],
+                self.command or [sys.executable, "-m", "streams.cli", "worker", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.env, cwd=self.cwd, start_new_session=True,
             )
@@ -64,7 +68,7 @@ class WorkerProcess:
         """Wait until the worker reports it is ready (partitions assigned, tables recovered)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if READY_MARKER in self.log_text():
+            if self.ready_marker in self.log_text():
                 return time.monotonic() - started
             if not self.running():
                 raise ServiceError(f"worker exited with code {self.proc.returncode}:\n{tail(self.log_file, 40)}")
