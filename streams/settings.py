@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -131,6 +131,20 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = Field(3.0, gt=0, description="Seconds between consumer heartbeats.")
     broker_commit_interval: float = Field(2.8, gt=0, description="Seconds between offset commits.")
     stream_buffer_maxsize: int = Field(4096, ge=1)
+
+    # --- transactional outbox and its relay --------------------------------
+    outbox_table: str = Field("streams_outbox", pattern=r"^[a-z_][a-z0-9_]{0,50}$",
+                              description="Outbox table name (public schema).")
+    relay_mode: Literal["status", "pointer"] = Field(
+        "status", description="status: mark rows done; pointer: record the last sent id.")
+    relay_batch_size: int = Field(500, ge=1, le=100_000, description="Rows claimed per batch.")
+    relay_poll_interval: float = Field(1.0, gt=0, description="Seconds between polls when no NOTIFY arrives.")
+    relay_max_attempts: int = Field(10, ge=1, description="Publish attempts before a row is parked (failed).")
+    relay_backoff_initial: float = Field(1.0, gt=0, description="First retry delay (s); doubles per attempt.")
+    relay_backoff_max: float = Field(300.0, gt=0, description="Longest retry delay (s).")
+    relay_publish_timeout: float = Field(15.0, gt=0, description="Seconds a batch may take to be acknowledged.")
+    relay_retention: float = Field(7 * 24 * 3600.0, gt=0, description="Seconds done rows are kept before purge.")
+    relay_purge_batch: int = Field(5000, ge=1, description="Rows deleted per purge statement.")
 
     # ----------------------------------------------------------------------
     @field_validator("kafka_bootstrap")

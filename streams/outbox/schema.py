@@ -1,0 +1,132 @@
+"""The outbox table and its migration.
+
+Columns (the seeds' names first): ``id`` (increasing bigint, allocated by a trigger
+*after* the writing transaction has its xid, which the pointer relay relies on),
+``message_id`` (unique), ``message_type``, ``payload`` (JSON), ``status``
+(pending → done, or failed when parked), ``fail_count``, ``occurred_at``,
+``processed_at``, ``failed_at``; routing: ``topic``, ``key``, ``headers``, ``kind``,
+``meta`` (the envelope's source/correlation/causation/trace ids); relay
+book-keeping: ``next_attempt_at``, ``last_error``, ``txid`` and ``lane`` (a hash of
+the key: all rows of a key share a lane, and one relay at a time owns a lane).
+
+``aggregatetype`` / ``aggregateid`` / ``type`` are generated copies of topic / key /
+message_type, so Debezium's outbox event router can read the same table with its
+default field names (set ``table.field.event.id=message_id``).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+#: rows are spread over this many lanes (the most relays that can share the work)
+LANES = 64
+
+_DDL = """
+CREATE SEQUENCE IF NOT EXISTS {seq} AS bigint;
+
+CREATE TABLE IF NOT EXISTS {table} (
+    id              bigint PRIMARY KEY,
+    message_id      text NOT NULL,
+    message_type    text NOT NULL,
+    kind            text NOT NULL DEFAULT 'event',
+    topic           text NOT NULL,
+    key             text,
+    payload         jsonb NOT NULL,
+    headers         jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+    meta            jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+    status          text NOT NULL DEFAULT 'pending',
+    fail_count      integer NOT NULL DEFAULT 0,
+    occurred_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    processed_at    timestamptz,
+    failed_at       timestamptz,
+    next_attempt_at timestamptz NOT NULL DEFAULT '-infinity',
+    last_error      text,
+    txid            xid8 NOT NULL,
+    lane            smallint GENERATED ALWAYS AS
+                        (((hashtext(coalesce(key, message_id)) & 2147483647) % {lanes})::smallint) STORED,
+    aggregatetype   text GENERATED ALWAYS AS (topic) STORED,
+    aggregateid     text GENERATED ALWAYS AS (key) STORED,
+    type            text GENERATED ALWAYS AS (message_type) STORED,
+    CONSTRAINT {uniq} UNIQUE (message_id),
+    CONSTRAINT {status_check} CHECK (status IN ('pending', 'done', 'failed'))
+);
+
+-- the relay claims pending rows in id order, per lane
+CREATE INDEX IF NOT EXISTS {ix_pending} ON {table} (lane, id) WHERE status = 'pending';
+-- "is an earlier row of this key waiting for a retry?"
+CREATE INDEX IF NOT EXISTS {ix_key} ON {table} (key, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {ix_done} ON {table} (processed_at) WHERE status = 'done';
+CREATE INDEX IF NOT EXISTS {ix_failed} ON {table} (failed_at) WHERE status = 'failed';
+
+-- pointer mode: the last id each named relay has published
+CREATE TABLE IF NOT EXISTS {cursor} (
+    name       text PRIMARY KEY,
+    last_id    bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- xid first, id second: an id is never taken by a transaction without an xid
+CREATE OR REPLACE FUNCTION {fn_assign}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.txid := pg_current_xact_id();
+    NEW.id := nextval({seq_literal});
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION {fn_notify}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify({channel}, '');
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS {trg_assign} ON {table};
+CREATE TRIGGER {trg_assign} BEFORE INSERT ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {fn_assign}();
+DROP TRIGGER IF EXISTS {trg_notify} ON {table};
+CREATE TRIGGER {trg_notify} AFTER INSERT ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {fn_notify}();
+"""
+
+
+def names(table: str) -> dict[str, sql.Composable]:
+    """SQL identifiers derived from the outbox table name."""
+    ident = sql.Identifier
+    return {
+        "table": ident(table),
+        "seq": ident(f"{table}_id_seq"),
+        "seq_literal": sql.Literal(f"{table}_id_seq"),
+        "cursor": ident(f"{table}_cursor"),
+        "uniq": ident(f"{table}_message_id_key"),
+        "status_check": ident(f"{table}_status_check"),
+        "ix_pending": ident(f"{table}_pending_lane_id"),
+        "ix_key": ident(f"{table}_pending_key_id"),
+        "ix_done": ident(f"{table}_done_processed_at"),
+        "ix_failed": ident(f"{table}_failed_failed_at"),
+        "fn_assign": ident(f"{table}_assign_id"),
+        "fn_notify": ident(f"{table}_notify"),
+        "trg_assign": ident(f"{table}_assign_id"),
+        "trg_notify": ident(f"{table}_notify"),
+        "channel": sql.Literal(channel(table)),
+        "lanes": sql.Literal(LANES),
+    }
+
+
+def channel(table: str) -> str:
+    """The LISTEN/NOTIFY channel that announces new rows."""
+    return table
+
+
+def migrate(conn: psycopg.Connection, table: str = "streams_outbox") -> None:
+    """Create (or bring up to date) the outbox table, its indexes and triggers. Idempotent."""
+    statement = sql.SQL(_DDL).format(**names(table))
+    with conn.transaction():
+        # one migration at a time (several relays may start together)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('streams-outbox-migrate'))")
+        conn.execute(statement)
+
+
+def exists(conn: psycopg.Connection, table: str = "streams_outbox") -> bool:
+    """Whether the outbox table has been created."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])

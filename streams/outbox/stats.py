@@ -1,0 +1,83 @@
+"""The relay's lag and health figures, read from the database (any process can ask)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """One reading of the outbox.
+
+    ``pending``: rows waiting to be published (``retrying`` of them after a failed
+    attempt); ``oldest_pending_age_s``: age of the oldest waiting row (0 when none);
+    ``failed``: parked rows (need ``streams outbox retry``); ``published_last_minute``
+    and ``publish_rate``: rows marked done in the last 60 s and that per second.
+    In pointer mode ``pending`` counts rows above the relay's last sent id.
+    """
+
+    table: str
+    exists: bool
+    pending: int = 0
+    retrying: int = 0
+    oldest_pending_age_s: float = 0.0
+    failed: int = 0
+    done: int = 0
+    published_last_minute: int = 0
+    publish_rate: float = 0.0
+    last_published_at: datetime | None = None
+    pointer: dict[str, int] | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["last_published_at"] = self.last_published_at.isoformat() if self.last_published_at else None
+        return out
+
+
+_QUERY = """
+SELECT
+  count(*) FILTER (WHERE status = 'pending'),
+  count(*) FILTER (WHERE status = 'pending' AND fail_count > 0),
+  coalesce(extract(epoch FROM now() - min(occurred_at) FILTER (WHERE status = 'pending')), 0),
+  count(*) FILTER (WHERE status = 'failed'),
+  count(*) FILTER (WHERE status = 'done'),
+  count(*) FILTER (WHERE status = 'done' AND processed_at > now() - interval '60 seconds'),
+  max(processed_at)
+FROM {table}
+"""
+
+
+async def outbox_stats(settings: Settings) -> OutboxStats:
+    """Figures for the configured outbox (``STREAMS_OUTBOX_TABLE`` in ``STREAMS_DATABASE_URL``)."""
+    async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
+        return await read_stats(conn, settings.outbox_table)
+
+
+async def read_stats(conn: psycopg.AsyncConnection, table: str = "streams_outbox") -> OutboxStats:
+    """Figures for ``table`` on an open async connection."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    if not (await cur.fetchone())[0]:
+        return OutboxStats(table=table, exists=False)
+    cur = await conn.execute(sql.SQL(_QUERY).format(table=sql.Identifier(table)))
+    row = await cur.fetchone()
+    cur = await conn.execute(sql.SQL("SELECT name, last_id FROM {}").format(sql.Identifier(f"{table}_cursor")))
+    pointers = dict(await cur.fetchall())
+    pending, oldest, done, recent = row[0], float(row[2]), row[4], row[5]
+    if pointers:  # pointer mode: rows above the lowest pointer are the ones not sent yet
+        cur = await conn.execute(sql.SQL(
+            "SELECT count(*) FILTER (WHERE id > %(low)s), "
+            "coalesce(extract(epoch FROM now() - min(occurred_at) FILTER (WHERE id > %(low)s)), 0), "
+            "count(*) FILTER (WHERE id <= %(low)s) "
+            "FROM {} WHERE status = 'pending'").format(sql.Identifier(table)), {"low": min(pointers.values())})
+        pending, oldest, done = (lambda r: (r[0], float(r[1]), done + r[2]))(await cur.fetchone())
+    return OutboxStats(
+        table=table, exists=True, pending=pending, retrying=row[1], oldest_pending_age_s=round(oldest, 3),
+        failed=row[3], done=done, published_last_minute=recent, publish_rate=round(recent / 60.0, 2),
+        last_published_at=row[6], pointer=pointers or None,
+    )
