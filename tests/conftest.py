@@ -29,7 +29,9 @@ from streams.dev.worker import WorkerProcess
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SESSION_HOME = ROOT / ".streams" / "test-session"
+SESSIONS = ROOT / ".streams" / "test-session"
+# one folder per pytest process, so sessions running side by side do not wipe each other
+SESSION_HOME = SESSIONS / str(os.getpid())
 ARTIFACTS = ROOT / "test-artifacts"
 
 # The suite's settings come from here, not from a developer's .env or shell.
@@ -54,8 +56,7 @@ def servers() -> Servers:
     """Start the session's broker and database (in parallel), stop them at the end."""
     external_kafka = os.environ.get("STREAMS_KAFKA_BOOTSTRAP")
     external_db = os.environ.get("STREAMS_DATABASE_URL")
-    if SESSION_HOME.exists():
-        shutil.rmtree(SESSION_HOME, ignore_errors=True)
+    _remove_dead_sessions()
     SESSION_HOME.mkdir(parents=True)
     kafka = None if external_kafka else LocalKafka(
         data_dir=SESSION_HOME / "kafka", cache_dir=ROOT / ".streams" / "cache",
@@ -147,6 +148,26 @@ def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
             w.kill()
         with psycopg.connect(_admin_url(servers.database_url), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _remove_dead_sessions() -> None:
+    """Delete the folders of earlier sessions whose pytest process is gone."""
+    if not SESSIONS.is_dir():
+        return
+    for child in SESSIONS.iterdir():
+        if child.name.isdigit() and child.name != str(os.getpid()):
+            try:
+                os.kill(int(child.name), 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif not child.name.isdigit():
+            pass  # left by an older layout
+        else:
+            continue
+        shutil.rmtree(child, ignore_errors=True)
 
 
 def _admin_url(url: str) -> str:
