@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     web_enabled: bool = True
+    web_token: SecretStr | None = Field(
+        None, description="Bearer token the web views require (all but /health/*). Unset: no auth.")
+    web_lag_cache: float = Field(1.0, ge=0, le=60, description="Seconds a lag reading is reused by the web views.")
     dedup_retention: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a processed message id is remembered (default 7 days)."
     )
@@ -190,6 +193,15 @@ class Settings(BaseSettings):
     def _check_store(cls, value: str) -> str:
         if not re.match(r"^(rocksdb|memory|aerospike)://", value):
             raise ValueError("expected rocksdb://, memory:// (tests only) or aerospike://")
+        return value
+
+    @field_validator("web_token")
+    @classmethod
+    def _check_web_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value()) < 8 or any(c.isspace() for c in value.get_secret_value()):
+            raise ValueError("expected at least 8 characters without spaces")
         return value
 
     @field_validator("database_url")
@@ -318,7 +330,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = [str(p) for p in err.get("loc", ())]
         where = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
         given = err.get("input")
-        shown = "" if loc and "password" in loc[0] or loc and loc[0] == "database_url" else f" (got {given!r})"
+        shown = "" if loc and ("password" in loc[0] or loc[0] in ("database_url", "web_token")) else f" (got {given!r})"
         if isinstance(given, dict):
             shown = ""
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
