@@ -1,0 +1,182 @@
+"""``streams outbox …`` and ``streams relay``: the transactional outbox from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from datetime import datetime
+
+import click
+import psycopg
+from rich.table import Table
+
+from streams.cli import Context, console, fail, pass_ctx
+
+log = logging.getLogger("streams.relay")
+
+
+def _connect(settings):
+    try:
+        return psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        from streams.settings import redact_url
+
+        fail(f"PostgreSQL at {redact_url(settings.dsn)} does not answer: {str(exc).strip()}")
+
+
+@click.group("outbox")
+def outbox() -> None:
+    """The transactional outbox table: migrate, status, list, retry, purge."""
+
+
+@outbox.command("migrate")
+@pass_ctx
+def migrate_cmd(ctx: Context) -> None:
+    """Create or update the outbox table, its indexes and triggers (idempotent)."""
+    from streams.outbox.schema import migrate
+
+    with _connect(ctx.settings) as conn:
+        migrate(conn, ctx.settings.outbox_table)
+    console.print(f"outbox table {ctx.settings.outbox_table!r} is ready")
+
+
+@outbox.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def status_cmd(ctx: Context, as_json: bool) -> None:
+    """Pending, oldest pending age, parked (failed) rows and publish rate."""
+    from streams.outbox.stats import outbox_stats
+
+    try:
+        stats = asyncio.run(outbox_stats(ctx.settings))
+    except psycopg.OperationalError as exc:
+        fail(f"cannot read the outbox: {str(exc).strip()}")
+    if as_json:
+        click.echo(json.dumps(stats.to_dict(), indent=2, default=str))
+        return
+    if not stats.exists:
+        fail(f"the outbox table {stats.table!r} does not exist (run `streams outbox migrate`)")
+    table = Table(title=f"outbox {stats.table}")
+    for col in ("pending", "retrying", "oldest pending (s)", "failed (parked)", "done", "published/60s", "rows/s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(stats.pending), str(stats.retrying), f"{stats.oldest_pending_age_s:.1f}", str(stats.failed),
+                  str(stats.done), str(stats.published_last_minute), f"{stats.publish_rate:.1f}")
+    console.print(table)
+    if stats.pointer:
+        console.print(f"pointer mode, last sent id: {stats.pointer}")
+
+
+def _filter_options(fn):
+    for opt in reversed([
+        click.option("--id", "ids", multiple=True, type=int, help="Outbox row id (repeatable)."),
+        click.option("--message-id", "message_ids", multiple=True, help="message_id (repeatable)."),
+        click.option("--type", "types", multiple=True, help="message_type (repeatable)."),
+        click.option("--topic", "topics", multiple=True, help="Target topic (repeatable)."),
+        click.option("--since", type=click.DateTime(), default=None, help="occurred_at at or after (ISO)."),
+        click.option("--until", type=click.DateTime(), default=None, help="occurred_at before (ISO)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _filter(ids, message_ids, types, topics, since, until):
+    from datetime import UTC
+
+    from streams.outbox.admin import RowFilter
+
+    def aware(d: datetime | None):
+        return d.replace(tzinfo=UTC) if d is not None and d.tzinfo is None else d
+
+    return RowFilter(tuple(ids), tuple(message_ids), tuple(types), tuple(topics), aware(since), aware(until))
+
+
+@outbox.command("list")
+@click.option("--status", type=click.Choice(["pending", "done", "failed"]), default=None)
+@_filter_options
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_ctx
+def list_cmd(ctx: Context, status, ids, message_ids, types, topics, since, until, limit: int, as_json: bool) -> None:
+    """Outbox rows, newest first (parked ones with their last error)."""
+    from streams.outbox.admin import list_rows
+
+    rows = list_rows(ctx.settings, status, _filter(ids, message_ids, types, topics, since, until), limit)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, default=str))
+        return
+    table = Table()
+    for col in ("id", "message_id", "type", "topic", "key", "status", "fails", "occurred_at", "last error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), r["message_id"], r["message_type"], r["topic"], r["key"] or "", r["status"],
+                      str(r["fail_count"]), r["occurred_at"].isoformat(timespec="seconds"), r["last_error"] or "")
+    console.print(table)
+    console.print(f"{len(rows)} row(s)")
+
+
+@outbox.command("retry")
+@_filter_options
+@click.option("--all", "retry_all", is_flag=True, help="Every parked row.")
+@pass_ctx
+def retry_cmd(ctx: Context, ids, message_ids, types, topics, since, until, retry_all: bool) -> None:
+    """Re-queue parked (failed) rows: they become pending and are published again."""
+    from streams.outbox.admin import retry_parked
+
+    flt = _filter(ids, message_ids, types, topics, since, until)
+    if flt.empty and not retry_all:
+        fail("say which parked rows to retry: --all, or --id/--message-id/--type/--topic/--since/--until", 2)
+    count = retry_parked(ctx.settings, flt)
+    console.print(f"re-queued {count} parked row(s)")
+
+
+@outbox.command("purge")
+@pass_ctx
+def purge_cmd(ctx: Context) -> None:
+    """Delete published rows older than STREAMS_RELAY_RETENTION now (the relay also does this)."""
+    from streams.outbox.pointer import purge_below_pointer
+    from streams.outbox.relay import purge_done
+
+    async def go() -> int:
+        async with await psycopg.AsyncConnection.connect(ctx.settings.dsn, autocommit=True) as conn:
+            purge = purge_below_pointer if ctx.settings.relay_mode == "pointer" else purge_done
+            return await purge(conn, ctx.settings)
+
+    console.print(f"purged {asyncio.run(go())} row(s)")
+
+
+@click.command("relay")
+@click.option("--mode", type=click.Choice(["status", "pointer"]), default=None,
+              help="Completion mode (STREAMS_RELAY_MODE).")
+@click.option("--name", default=None, help="Relay name in logs and pg_stat_activity (default host-pid).")
+@click.option("--migrate/--no-migrate", default=True, show_default=True, help="Create the outbox table first.")
+@pass_ctx
+def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool) -> None:
+    """Publish committed outbox rows to Kafka until SIGTERM/SIGINT (then finish the batch)."""
+    from streams.outbox.pointer import PointerRelay
+    from streams.outbox.relay import Relay, RelayError
+    from streams.outbox.schema import migrate as do_migrate
+
+    settings = ctx.settings
+    if mode:
+        settings = settings.model_copy(update={"relay_mode": mode})
+    if migrate:
+        with _connect(settings) as conn:
+            do_migrate(conn, settings.outbox_table)
+    cls = PointerRelay if settings.relay_mode == "pointer" else Relay
+
+    async def main() -> None:
+        relay = cls(settings, name=name)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, relay.stop)
+        counters = await relay.run()
+        console.print(f"relay stopped: published {counters.published}, failed attempts {counters.failed_attempts}, "
+                      f"parked {counters.parked}, purged {counters.purged}")
+
+    try:
+        asyncio.run(main())
+    except RelayError as exc:
+        fail(str(exc))

@@ -1,0 +1,77 @@
+"""Operator chores on the outbox: list rows, re-queue parked ones, purge old ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows a command acts on (every given condition must hold)."""
+
+    ids: tuple[int, ...] = ()
+    message_ids: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def where(self) -> tuple[sql.Composable, dict]:
+        parts: list[sql.Composable] = []
+        params: dict = {}
+        for name, column, values in (("ids", "id", self.ids), ("mids", "message_id", self.message_ids),
+                                     ("types", "message_type", self.types), ("topics", "topic", self.topics)):
+            if values:
+                parts.append(sql.SQL("{} = ANY(%({})s)").format(sql.Identifier(column), sql.SQL(name)))
+                params[name] = list(values)
+        if self.since:
+            parts.append(sql.SQL("occurred_at >= %(since)s"))
+            params["since"] = self.since
+        if self.until:
+            parts.append(sql.SQL("occurred_at < %(until)s"))
+            params["until"] = self.until
+        return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")), params
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ids or self.message_ids or self.types or self.topics or self.since or self.until)
+
+
+def list_rows(settings: Settings, status: str | None, flt: RowFilter, limit: int = 50) -> list[dict]:
+    """Rows (newest first) with their routing and failure columns."""
+    where, params = flt.where()
+    if status:
+        where = sql.SQL("{} AND status = %(status)s").format(where)
+        params["status"] = status
+    query = sql.SQL(
+        "SELECT id, message_id, message_type, topic, key, status, fail_count, occurred_at, processed_at, "
+        "failed_at, last_error FROM {t} WHERE {w} ORDER BY id DESC LIMIT %(limit)s"
+    ).format(t=sql.Identifier(settings.outbox_table), w=where)
+    params["limit"] = limit
+    with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(query, params)
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def retry_parked(settings: Settings, flt: RowFilter) -> int:
+    """Put parked (failed) rows matching ``flt`` back to pending, due now; returns how many.
+
+    Their ``fail_count`` and ``last_error`` stay as a record of what happened."""
+    where, params = flt.where()
+    query = sql.SQL(
+        "UPDATE {t} SET status = 'pending', next_attempt_at = '-infinity' WHERE status = 'failed' AND {w}"
+    ).format(t=sql.Identifier(settings.outbox_table), w=where)
+    with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
+        with conn.transaction():
+            cur = conn.execute(query, params)
+            count = cur.rowcount
+        if count:
+            conn.execute("SELECT pg_notify(%s, '')", (settings.outbox_table,))
+        return count

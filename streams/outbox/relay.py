@@ -1,0 +1,425 @@
+"""The message relay: publishes committed outbox rows to Kafka.
+
+How it works (status mode, the default):
+
+* **Lanes.** Every row has a ``lane`` (a hash of its key, :data:`~streams.outbox.schema.LANES`
+  lanes). A relay owns lanes through PostgreSQL session advisory locks, and only
+  the owner of a lane publishes its rows. Relays count each other through a shared
+  "member" lock and each takes ``ceil(lanes / relays)`` lanes; a relay that dies
+  loses its connection and so its locks, and the others take its lanes over.
+  Since all rows of one key live in one lane, **one relay at a time publishes a
+  key, in ``id`` order**: that is how several relays keep per-key order.
+* **Claims.** In one transaction a relay selects pending rows of its lanes
+  (``ORDER BY id … FOR UPDATE SKIP LOCKED``), publishes them with an idempotent
+  ``acks=all`` producer, waits for every acknowledgement, marks them ``done`` and
+  commits. A crash before the commit leaves the rows pending: the next owner sends
+  them again with the same ``message_id`` (consumers drop the copy).
+* **Failures.** A failed row gets ``fail_count + 1``, ``failed_at`` and a retry time
+  (exponential backoff); rows of the same key wait behind it (no overtaking). After
+  ``relay_max_attempts`` attempts, or at once for a row Kafka can never take (too
+  large), it is parked (``status = 'failed'``) and its key flows again;
+  ``streams outbox retry`` re-queues it.
+* **Wake-ups.** A ``LISTEN`` on the outbox channel wakes the relay as soon as a
+  writer commits; a poll every ``relay_poll_interval`` seconds covers lost
+  notifications.
+
+Pointer mode (``relay_mode=pointer``) lives in :mod:`streams.outbox.pointer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from psycopg import sql
+
+from streams.envelope import Envelope
+from streams.outbox.schema import LANES, channel
+from streams.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+
+#: extra Kafka header carrying the outbox row id (ordering checks, tracing back to the row)
+HEADER_OUTBOX_ID = "outbox_id"
+
+_ROW_COLUMNS = ("id", "message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta",
+                "occurred_at", "fail_count")
+
+#: errors a retry cannot fix: the row is parked at once
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, ValueError, TypeError)
+
+
+@dataclass
+class OutboxRow:
+    """One claimed outbox row."""
+
+    id: int
+    message_id: str
+    message_type: str
+    kind: str
+    topic: str
+    key: str | None
+    payload: object
+    headers: dict
+    meta: dict
+    occurred_at: object
+    fail_count: int
+
+    def envelope(self) -> Envelope:
+        return Envelope(message_id=self.message_id, message_type=self.message_type, kind=self.kind,
+                        occurred_at=self.occurred_at, key=self.key, payload=self.payload,
+                        headers=self.headers or {}, **(self.meta or {}))
+
+    def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        """(key, value, headers) as the relay sends it."""
+        env = self.envelope()
+        key, value, headers = env.to_record()
+        return key, value, [*headers, (HEADER_OUTBOX_ID, str(self.id).encode())]
+
+
+@dataclass
+class PublishResult:
+    """What happened to one batch."""
+
+    sent: list[OutboxRow] = field(default_factory=list)
+    failed: list[tuple[OutboxRow, BaseException]] = field(default_factory=list)
+
+
+@dataclass
+class RelayCounters:
+    """What this relay process did (also logged at shutdown)."""
+
+    published: int = 0
+    failed_attempts: int = 0
+    parked: int = 0
+    batches: int = 0
+    purged: int = 0
+
+
+def backoff_delay(settings: Settings, fail_count: int) -> float:
+    """Seconds before attempt ``fail_count + 1``: doubling from ``relay_backoff_initial``, capped."""
+    return min(settings.relay_backoff_max, settings.relay_backoff_initial * 2 ** max(fail_count - 1, 0))
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__doc__ or ""
+    return f"{exc.__class__.__name__}: {text.splitlines()[0] if text else ''}"[:500]
+
+
+class Publisher:
+    """Sends a batch of rows to Kafka and reports, per row, whether the broker took it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        timeout_ms = int(self.settings.relay_publish_timeout * 1000)
+        self.producer = AIOKafkaProducer(
+            **self.settings.kafka_client_kwargs(), acks="all", enable_idempotence=True, linger_ms=2,
+            request_timeout_ms=timeout_ms, max_batch_size=256 * 1024,
+        )
+        # the broker may be down when the relay starts: keep trying, rows wait in the outbox
+        delay = 1.0
+        while True:
+            try:
+                await self.producer.start()
+                return
+            except KafkaError as exc:
+                log.warning("Kafka at %s not reachable (%s); retrying in %.0fs",
+                            self.settings.bootstrap_servers, describe_error(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            try:
+                await asyncio.wait_for(self.producer.stop(), self.settings.relay_publish_timeout)
+            except (asyncio.TimeoutError, KafkaError) as exc:
+                log.warning("producer did not stop cleanly: %s", describe_error(exc))
+            self.producer = None
+
+    async def publish(self, rows: list[OutboxRow]) -> PublishResult:
+        """Send ``rows`` in order; wait for every acknowledgement (or the publish timeout)."""
+        assert self.producer is not None
+        result = PublishResult()
+        pending: list[tuple[OutboxRow, asyncio.Future]] = []
+        for row in rows:
+            try:
+                key, value, headers = row.record()
+                fut = await self.producer.send(row.topic, value=value, key=key, headers=headers)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
+                result.failed.append((row, exc))
+                continue
+            pending.append((row, fut))
+        if pending:
+            done, _ = await asyncio.wait([f for _, f in pending], timeout=self.settings.relay_publish_timeout)
+        for row, fut in pending:
+            if not fut.done():
+                fut.cancel()
+                result.failed.append((row, TimeoutError(
+                    f"not acknowledged by Kafka within {self.settings.relay_publish_timeout:.0f}s")))
+            elif fut.cancelled():
+                result.failed.append((row, TimeoutError("send cancelled")))
+            elif fut.exception() is not None:
+                result.failed.append((row, fut.exception()))
+            else:
+                result.sent.append(row)
+        return result
+
+
+class Relay:
+    """Publishes the outbox (status mode). ``await relay.run()`` until ``relay.stop()``.
+
+    ``held_topics`` is an optional callable returning topics to hold back for now
+    (the lag gate uses it); rows for them stay pending.
+    """
+
+    def __init__(self, settings: Settings, *, name: str | None = None,
+                 held_topics: Callable[[], Awaitable[set[str]]] | None = None) -> None:
+        self.settings = settings
+        self.table = settings.outbox_table
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.publisher = Publisher(settings)
+        self.counters = RelayCounters()
+        self.held_topics = held_topics
+        self.lanes: set[int] = set()
+        self._conn: psycopg.AsyncConnection | None = None
+        self._listener: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._lock_class: int | None = None
+        self._last_purge = 0.0
+        self._last_rebalance = 0.0
+        self._t = sql.Identifier(self.table)
+
+    # --- lifecycle ----------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the relay to finish its current batch and return from :meth:`run`."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> RelayCounters:
+        """Publish until stopped; survives database and broker outages."""
+        await self.publisher.start()
+        log.info("relay %s started (table %s, database %s, Kafka %s)", self.name, self.table,
+                 redact_url(self.settings.dsn), self.settings.bootstrap_servers)
+        try:
+            delay = 0.5
+            while not self._stopping.is_set():
+                try:
+                    await self._connect()
+                    delay = 0.5
+                    await self._loop()
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    log.warning("database connection lost (%s); reconnecting in %.1fs", describe_error(exc), delay)
+                    await self._disconnect()
+                    # let sends already handed to the producer land before lanes can change hands
+                    await self._flush_quietly()
+                    await self._sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            await self._disconnect()
+            await self.publisher.stop()
+            log.info("relay %s stopped: %s", self.name, self.counters)
+        return self.counters
+
+    async def _connect(self) -> None:
+        self._conn = await psycopg.AsyncConnection.connect(
+            self.settings.dsn, autocommit=True, connect_timeout=5, application_name=f"streams-relay {self.name}")
+        cur = await self._conn.execute("SELECT hashtext(%s) & 2147483647", (f"streams-relay:{self.table}",))
+        self._lock_class = (await cur.fetchone())[0]
+        cur = await self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,))
+        if not (await cur.fetchone())[0]:
+            raise RelayError(f"the outbox table {self.table!r} does not exist in {redact_url(self.settings.dsn)}; "
+                             "run `streams outbox migrate` first")
+        # member lock: relays count each other by it
+        await self._conn.execute("SELECT pg_advisory_lock_shared(%s, -1)", (self._lock_class,))
+        self.lanes = set()
+        self._last_rebalance = 0.0
+        self._listener = asyncio.create_task(self._listen(), name="outbox-listen")
+
+    async def _disconnect(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        if self._conn is not None:
+            try:
+                await self._conn.close()  # releases every advisory lock (lanes)
+            except Exception:  # noqa: BLE001
+                pass
+            self._conn = None
+        self.lanes = set()
+
+    async def _listen(self) -> None:
+        """Set the wake-up event on every NOTIFY (own connection; reconnects quietly)."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.settings.dsn, autocommit=True, connect_timeout=5) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(self.table))))
+                    self._wake.set()  # rows may have arrived while not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - polling covers the gap
+                log.debug("LISTEN connection failed: %s", describe_error(exc))
+                await asyncio.sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _flush_quietly(self) -> None:
+        if self.publisher.producer is not None:
+            try:
+                await asyncio.wait_for(self.publisher.producer.flush(), self.settings.relay_publish_timeout)
+            except Exception:  # noqa: BLE001
+                pass
+
+    # --- main loop ------------------------------------------------------------
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now - self._last_rebalance > 2.0:
+                await self._rebalance()
+                self._last_rebalance = now
+            if now - self._last_purge > 30.0:
+                self.counters.purged += await self._purge()
+                self._last_purge = now
+            handled = await self.publish_batch()
+            if handled >= self.settings.relay_batch_size:
+                continue  # more may be waiting
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+            except asyncio.TimeoutError:
+                pass
+
+    async def _purge(self) -> int:
+        return await purge_done(self._conn, self.settings)
+
+    def _idle_wait(self) -> float:
+        # poll sooner while lanes are not settled yet
+        return min(self.settings.relay_poll_interval, 2.0)
+
+    async def _rebalance(self) -> None:
+        """Hold ``ceil(LANES / relays)`` lanes: give surplus back, try to take missing ones."""
+        conn = self._conn
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = %s::bigint::oid AND objid = 4294967295::bigint::oid AND objsubid = 2",
+            (self._lock_class,))
+        members = max(1, (await cur.fetchone())[0])
+        target = math.ceil(LANES / members)
+        if len(self.lanes) > target:
+            for lane in sorted(self.lanes, reverse=True)[: len(self.lanes) - target]:
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self._lock_class, lane))
+                self.lanes.discard(lane)
+        elif len(self.lanes) < target:
+            start = hash(self.name) % LANES
+            for i in range(LANES):
+                if len(self.lanes) >= target:
+                    break
+                lane = (start + i) % LANES
+                if lane in self.lanes:
+                    continue
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._lock_class, lane))
+                if (await cur.fetchone())[0]:
+                    self.lanes.add(lane)
+        log.debug("relay %s: %d relay(s), owns %d lane(s)", self.name, members, len(self.lanes))
+
+    async def publish_batch(self) -> int:
+        """Claim, publish and settle one batch of the owned lanes; returns rows handled."""
+        if not self.lanes:
+            return 0
+        held = sorted(await self.held_topics()) if self.held_topics else []
+        conn = self._conn
+        async with conn.transaction():
+            cur = await conn.execute(sql.SQL(
+                "SELECT {cols} FROM {t} o "
+                "WHERE o.status = 'pending' AND o.lane = ANY(%(lanes)s) AND o.next_attempt_at <= now() "
+                "AND o.topic <> ALL(%(held)s) "
+                "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.status = 'pending' AND e.key = o.key "
+                "               AND e.id < o.id AND (e.next_attempt_at > now() OR e.topic = ANY(%(held)s))) "
+                "ORDER BY o.id LIMIT %(n)s FOR UPDATE SKIP LOCKED"
+            ).format(cols=sql.SQL(", ").join(sql.Identifier("o", c) for c in _ROW_COLUMNS), t=self._t),
+                {"lanes": sorted(self.lanes), "held": held, "n": self.settings.relay_batch_size})
+            rows = [OutboxRow(*r) for r in await cur.fetchall()]
+            if not rows:
+                return 0
+            result = await self.publisher.publish(rows)
+            await self._settle(conn, result)
+        self.counters.batches += 1
+        return len(rows)
+
+    async def _settle(self, conn: psycopg.AsyncConnection, result: PublishResult) -> None:
+        if result.sent:
+            await conn.execute(sql.SQL(
+                "UPDATE {} SET status = 'done', processed_at = now() WHERE id = ANY(%s)").format(self._t),
+                ([r.id for r in result.sent],))
+            self.counters.published += len(result.sent)
+        for row, exc in result.failed:
+            await record_failure(conn, self.settings, row, exc)
+            self.counters.failed_attempts += 1
+            if isinstance(exc, PERMANENT_ERRORS) or row.fail_count + 1 >= self.settings.relay_max_attempts:
+                self.counters.parked += 1
+        if result.failed:
+            first = result.failed[0]
+            log.warning("%d of %d row(s) not published (first: id %d → %s: %s)", len(result.failed),
+                        len(result.failed) + len(result.sent), first[0].id, first[0].topic, describe_error(first[1]))
+
+
+class RelayError(RuntimeError):
+    """The relay cannot run (e.g. no outbox table)."""
+
+
+async def record_failure(conn: psycopg.AsyncConnection, settings: Settings, row: OutboxRow,
+                         exc: BaseException) -> bool:
+    """Count a failed attempt on ``row``; park it when it cannot or may no longer be retried.
+
+    Returns True when the row was parked."""
+    attempts = row.fail_count + 1
+    park = isinstance(exc, PERMANENT_ERRORS) or attempts >= settings.relay_max_attempts
+    reason = describe_error(exc)
+    if park and not isinstance(exc, PERMANENT_ERRORS):
+        reason = f"gave up after {attempts} attempt(s): {reason}"
+    await conn.execute(sql.SQL(
+        "UPDATE {} SET fail_count = %(n)s, failed_at = now(), last_error = %(err)s, "
+        "next_attempt_at = now() + %(delay)s, status = CASE WHEN %(park)s THEN 'failed' ELSE status END "
+        "WHERE id = %(id)s").format(sql.Identifier(settings.outbox_table)),
+        {"n": attempts, "err": reason, "delay": timedelta(seconds=backoff_delay(settings, attempts)),
+         "park": park, "id": row.id})
+    if park:
+        log.error("outbox row %d (message %s → %s) parked: %s", row.id, row.message_id, row.topic, reason)
+    return park
+
+
+async def purge_done(conn: psycopg.AsyncConnection, settings: Settings) -> int:
+    """Delete done rows older than ``relay_retention`` in small batches; returns rows deleted."""
+    t = sql.Identifier(settings.outbox_table)
+    total = 0
+    while True:
+        cur = await conn.execute(sql.SQL(
+            "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'done' "
+            "AND processed_at < now() - %(keep)s LIMIT %(n)s)").format(t=t),
+            {"keep": timedelta(seconds=settings.relay_retention), "n": settings.relay_purge_batch})
+        total += cur.rowcount
+        if cur.rowcount < settings.relay_purge_batch:
+            return total
+

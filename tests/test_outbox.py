@@ -1,0 +1,217 @@
+"""Transactional outbox + relay on real PostgreSQL and real Kafka."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from streams.envelope import event
+from streams.outbox.writer import OutboxError, write_message
+from tests.helpers import run, wait_for
+from tests.outbox_helpers import kafka_view, outbox_status, prepare, relay_running, write
+
+
+def test_commit_is_published_once_and_rollback_never(isolated):
+    topic = prepare(isolated)
+    committed = write(isolated, topic, 50, tag="committed")
+    rolled_back = write(isolated, topic, 20, tag="rolled-back", commit=False)
+
+    async def scenario():
+        async with relay_running(isolated.settings) as relay:
+            await wait_async(lambda: outbox_status(isolated).get("done", 0) == 50, 30)
+            return relay.counters
+
+    counters = run(scenario())
+    copies, _ = kafka_view(isolated, topic)
+    assert set(copies) == set(committed), "exactly the committed messages reach Kafka"
+    assert all(n == 1 for n in copies.values())
+    assert not set(rolled_back) & set(copies)
+    assert counters.published == 50
+    assert outbox_status(isolated) == {"done": 50}
+
+
+def test_writer_refuses_autocommit_without_transaction(isolated):
+    topic = prepare(isolated)
+    with psycopg.connect(isolated.settings.dsn, autocommit=True) as conn:
+        with pytest.raises(OutboxError, match="inside the transaction"):
+            write_message(conn, event("X", {}), topic=topic)
+        with conn.transaction():
+            write_message(conn, event("X", {}), topic=topic)
+    assert outbox_status(isolated) == {"pending": 1}
+
+
+async def wait_async(check, timeout: float, interval: float = 0.2):
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError("timed out")
+
+
+def _fast_retry(iso, **extra):
+    return iso.settings.model_copy(update={
+        "relay_publish_timeout": 3.0, "relay_backoff_initial": 0.5, "relay_backoff_max": 2.0,
+        "relay_poll_interval": 0.5, **extra})
+
+
+def test_kafka_down_rows_wait_and_fail_count_grows_then_all_published(isolated, servers):
+    if servers.kafka is None:
+        pytest.skip("needs the suite's own broker (it is stopped and started)")
+    topic = prepare(isolated)
+    before = write(isolated, topic, 30, tag="before")
+    settings = _fast_retry(isolated, relay_max_attempts=1000)
+
+    async def scenario():
+        import asyncio
+
+        async with relay_running(settings) as relay:
+            await wait_async(lambda: outbox_status(isolated).get("done", 0) == 30, 30)
+            await asyncio.to_thread(servers.kafka.down)
+            try:
+                during = await asyncio.to_thread(write, isolated, topic, 40, tag="during")
+                await wait_async(lambda: (isolated.sql(
+                    f"SELECT min(fail_count) FROM {isolated.settings.outbox_table} WHERE status = 'pending'"
+                )[0][0] or 0) >= 2, 60)
+                waiting = outbox_status(isolated)
+                fails = isolated.sql(f"SELECT max(fail_count), count(failed_at) FROM {isolated.settings.outbox_table}"
+                                     " WHERE status = 'pending'")[0]
+            finally:
+                await asyncio.to_thread(servers.kafka.up)
+            await wait_async(lambda: outbox_status(isolated).get("done", 0) == 70, 120)
+            return during, waiting, fails, relay.counters
+
+    during, waiting, fails, counters = run(scenario())
+    print(f"\n[outbox] while Kafka was down: {waiting}, max fail_count {fails[0]}; relay {counters}")
+    assert waiting.get("pending") == 40 and waiting.get("failed", 0) == 0
+    assert fails[0] >= 2 and fails[1] == 40
+    copies, _ = kafka_view(isolated, topic)
+    assert set(copies) == set(before) | set(during), "nothing lost"
+
+
+def test_row_too_large_is_parked_with_reason_and_others_flow(isolated):
+    topic = prepare(isolated)
+    with psycopg.connect(isolated.settings.dsn) as conn:
+        big = event("Big", {"blob": "x" * 1_500_000}, key="k1")
+        write_message(conn, big, topic=topic)
+        conn.commit()
+    small = write(isolated, topic, 20, tag="small")
+
+    async def scenario():
+        async with relay_running(_fast_retry(isolated)):
+            await wait_async(lambda: outbox_status(isolated) == {"done": 20, "failed": 1}, 30)
+
+    run(scenario())
+    status, fails, error = isolated.sql(
+        f"SELECT status, fail_count, last_error FROM {isolated.settings.outbox_table} WHERE message_id = %s",
+        (big.message_id,))[0]
+    assert (status, fails) == ("failed", 1)
+    assert "MessageSizeTooLarge" in error
+    copies, _ = kafka_view(isolated, topic)
+    assert set(copies) == set(small)
+
+
+def test_parked_after_max_attempts_then_requeued_by_cli(isolated):
+    import subprocess
+    import sys
+
+    from streams.kafka_admin import TopicSpec, ensure_topics
+
+    prepare(isolated)
+    missing = isolated.topic("not.created.yet")  # auto topic creation is off: sends time out
+    with psycopg.connect(isolated.settings.dsn) as conn:
+        env = event("Late", {"n": 1}, key="k")
+        write_message(conn, env, topic=missing)
+        conn.commit()
+    settings = _fast_retry(isolated, relay_max_attempts=2, relay_publish_timeout=2.0)
+
+    async def park():
+        async with relay_running(settings):
+            await wait_async(lambda: outbox_status(isolated) == {"failed": 1}, 60)
+
+    run(park())
+    fails, error = isolated.sql(f"SELECT fail_count, last_error FROM {isolated.settings.outbox_table}")[0]
+    assert fails == 2 and error.startswith("gave up after 2 attempt(s)")
+
+    run(ensure_topics(isolated.settings, [TopicSpec(missing, 1)]))
+    cli = subprocess.run([sys.executable, "-m", "streams.cli", "outbox", "retry", "--message-id", env.message_id],
+                         env={**__import__("os").environ, **isolated.env}, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert "re-queued 1 parked row(s)" in cli.stdout
+
+    async def publish():
+        async with relay_running(settings):
+            await wait_async(lambda: outbox_status(isolated) == {"done": 1}, 30)
+
+    run(publish())
+    copies, _ = kafka_view(isolated, missing)
+    assert copies == {env.message_id: 1}
+
+
+def test_done_rows_are_purged_after_retention(isolated):
+    topic = prepare(isolated)
+    write(isolated, topic, 30)
+    settings = isolated.settings.model_copy(update={"relay_retention": 1.0, "relay_purge_batch": 7})
+
+    async def scenario():
+        from streams.outbox.relay import purge_done
+
+        async with relay_running(settings):
+            await wait_async(lambda: outbox_status(isolated) == {"done": 30}, 30)
+        import asyncio
+
+        await asyncio.sleep(1.5)
+        async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn:
+            return await purge_done(conn, settings)
+
+    assert run(scenario()) == 30
+    assert outbox_status(isolated) == {}
+
+
+def test_stats_report_pending_age_failed_and_rate(isolated):
+    from streams.outbox.stats import outbox_stats
+
+    missing = run(outbox_stats(isolated.settings))
+    assert not missing.exists
+    topic = prepare(isolated)
+    write(isolated, topic, 12)
+    isolated.sql(f"UPDATE {isolated.settings.outbox_table} SET occurred_at = now() - interval '90 seconds' "
+                 "WHERE id = (SELECT min(id) FROM " + isolated.settings.outbox_table + ")")
+    before = run(outbox_stats(isolated.settings))
+    assert before.exists and before.pending == 12 and before.oldest_pending_age_s >= 90
+
+    async def scenario():
+        async with relay_running(isolated.settings):
+            await wait_async(lambda: outbox_status(isolated) == {"done": 12}, 30)
+
+    run(scenario())
+    after = run(outbox_stats(isolated.settings)).to_dict()
+    assert after["pending"] == 0 and after["done"] == 12 and after["published_last_minute"] == 12
+    assert after["oldest_pending_age_s"] == 0 and after["failed"] == 0
+
+
+def test_sqlalchemy_session_writer_joins_the_transaction(isolated):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    from streams.outbox.writer import write_message_sqlalchemy
+
+    topic = prepare(isolated)
+    engine = create_engine(isolated.settings.dsn.replace("postgresql://", "postgresql+psycopg://", 1))
+    with Session(engine) as session, session.begin():
+        session.execute(text("CREATE TABLE orders (id text PRIMARY KEY)"))
+    kept = event("OrderPlaced", {"id": "o-1"}, key="o-1")
+    with Session(engine) as session, session.begin():
+        session.execute(text("INSERT INTO orders VALUES ('o-1')"))
+        write_message_sqlalchemy(session, kept, topic=topic)
+    lost = event("OrderPlaced", {"id": "o-2"}, key="o-2")
+    with pytest.raises(RuntimeError), Session(engine) as session, session.begin():
+        session.execute(text("INSERT INTO orders VALUES ('o-2')"))
+        write_message_sqlalchemy(session, lost, topic=topic)
+        raise RuntimeError("the business change failed")
+    engine.dispose()
+    assert isolated.sql(f"SELECT message_id, payload FROM {isolated.settings.outbox_table}") == [
+        (kept.message_id, {"id": "o-1"})]
