@@ -324,6 +324,12 @@ def dlq_replay(ctx: Context, topic: str, types, ids, reasons, since, until, repl
     console.print(f"replayed {sent} dead letter(s)")
 
 
+from streams.cli.outbox import outbox as _outbox_group, relay_cmd as _relay_cmd  # noqa: E402
+
+cli.add_command(_outbox_group)
+cli.add_command(_relay_cmd)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="streams")
