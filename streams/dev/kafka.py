@@ -109,6 +109,7 @@ def resolve_jars(cache_dir: Path, version: str = KAFKA_VERSION, with_tools: bool
     ``with_tools`` adds ``kafka-tools`` (the admin CLIs such as ``kafka-consumer-groups``).
     """
     name = f"kafka-{version}" + ("-tools" if with_tools else "")
+    cache_dir = Path(cache_dir).resolve()  # Maven reads a relative outputDirectory from the pom's folder
     lib = cache_dir / name / "lib"
     marker = cache_dir / name / ".complete"
     if marker.exists() and any(lib.glob(f"kafka_{SCALA_BINARY}-{version}.jar")):
