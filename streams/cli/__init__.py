@@ -324,6 +324,12 @@ def dlq_replay(ctx: Context, topic: str, types, ids, reasons, since, until, repl
     console.print(f"replayed {sent} dead letter(s)")
 
 
+# --- operations (lag, offsets, topics, state, demos): one module each -----------------
+from streams.cli.lag import lag_cmd  # noqa: E402 - needs the names above
+
+cli.add_command(lag_cmd)
+
+
 from streams.cli.outbox import outbox as _outbox_group, relay_cmd as _relay_cmd  # noqa: E402
 
 cli.add_command(_outbox_group)
