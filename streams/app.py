@@ -50,6 +50,7 @@ from streams.registry import MessageRegistry
 from streams.retry import RetryPolicy
 from streams.retry_topics import RetryTopics, retry_topic_name
 from streams.settings import SecurityProtocol, Settings, load_settings
+from streams.web import WebApi
 
 if TYPE_CHECKING:
     from streams.kafka_admin import TopicSpec
@@ -112,6 +113,8 @@ class StreamsApp:
         self._runners: list[HandlerRunner] = []
         self.faust.task(self._declare_topics)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
+        # table views, health, metrics and the dashboard on the worker's web server
+        self.web = WebApi(self) if self.settings.web_enabled else None
 
     # --- configuration --------------------------------------------------------
     @property

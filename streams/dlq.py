@@ -153,3 +153,56 @@ async def replay(settings: Settings, letters: Iterable[DeadLetter], to_topic: st
     finally:
         await producer.stop()
     return count
+
+
+async def dead_letter_overview(settings: Settings, topic: str, recent: int = 10) -> dict[str, Any]:
+    """How many dead letters ``topic`` holds (per partition, from its offsets) and the
+    ``recent`` newest ones (read from each partition's tail), for the web views.
+
+    Counts are log-end minus log-start offsets: exact for dead letters written by
+    ``at_least_once`` workers; under ``exactly_once`` transaction markers take
+    offsets too, so the count is an upper bound. A missing topic raises LookupError.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    name = dlq_topic_name(topic)
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(name)
+        if partitions is None:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            partitions = consumer.partitions_for_topic(name)
+        if not partitions:
+            raise LookupError(f"dead-letter topic {name!r} does not exist")
+        tps = [TopicPartition(name, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        per_partition = {tp.partition: ends[tp] - starts[tp] for tp in tps}
+        letters: list[DeadLetter] = []
+        tails = {tp: max(starts[tp], ends[tp] - recent) for tp in tps if recent > 0 and ends[tp] > starts[tp]}
+        if tails:
+            consumer.assign(list(tails))
+            for tp, start in tails.items():
+                consumer.seek(tp, start)
+            remaining = set(tails)
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for tp, records in batch.items():
+                    letters.extend(DeadLetter(name, r.partition, r.offset, r.key, r.value,
+                                              {k: v for k, v in (r.headers or ())}, r.timestamp)
+                                   for r in records if r.offset < ends[tp])
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    letters.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset), reverse=True)
+    return {
+        "topic": name,
+        "source": name.removesuffix(DLQ_SUFFIX),
+        "count": sum(per_partition.values()),
+        "per_partition": per_partition,
+        "recent": [{**d.summary(), "detail": (d.header("dlq.error.message") or "")[:300]}
+                   for d in letters[:recent]],
+    }
