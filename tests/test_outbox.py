@@ -215,3 +215,74 @@ def test_sqlalchemy_session_writer_joins_the_transaction(isolated):
     engine.dispose()
     assert isolated.sql(f"SELECT message_id, payload FROM {isolated.settings.outbox_table}") == [
         (kept.message_id, {"id": "o-1"})]
+
+
+def test_pointer_mode_waits_for_out_of_order_commits_and_skips_rollbacks(isolated):
+    import asyncio
+
+    from streams.outbox.pointer import PointerRelay
+
+    topic = prepare(isolated)
+    settings = _fast_retry(isolated, relay_poll_interval=0.2)
+    table = isolated.settings.outbox_table
+    first = psycopg.connect(isolated.settings.dsn)  # takes id 1 and commits last
+    a = event("A", {}, key="a")
+    write_message(first, a, topic=topic, table=table)
+    b = event("B", {}, key="b")
+    with psycopg.connect(isolated.settings.dsn) as conn:  # id 2, committed first
+        write_message(conn, b, topic=topic, table=table)
+        conn.commit()
+    with psycopg.connect(isolated.settings.dsn) as conn:  # id 3, rolled back: a gap for ever
+        write_message(conn, event("C", {}, key="c"), topic=topic, table=table)
+        conn.rollback()
+    d = event("D", {}, key="d")
+    with psycopg.connect(isolated.settings.dsn) as conn:  # id 4
+        write_message(conn, d, topic=topic, table=table)
+        conn.commit()
+
+    def cursor() -> int | None:
+        rows = isolated.sql(f"SELECT last_id FROM {table}_cursor")
+        return rows[0][0] if rows else None
+
+    async def scenario():
+        async with relay_running(settings, cls=PointerRelay) as relay:
+            await wait_async(lambda: cursor() is not None, 20)
+            await asyncio.sleep(2.0)  # many polls: the relay must hold at the gap of id 1
+            held = cursor(), (await asyncio.to_thread(kafka_view, isolated, topic))[0]
+            first.commit()
+            await wait_async(lambda: cursor() == 4, 20)
+            return held, relay.skipped_gaps
+
+    try:
+        (held_cursor, held_copies), skipped = run(scenario())
+    finally:
+        first.close()
+    assert held_cursor == 0 and not held_copies, "nothing passes the uncommitted id 1"
+    copies, _ = kafka_view(isolated, topic)
+    assert set(copies) == {a.message_id, b.message_id, d.message_id}
+    assert skipped >= 1  # the rolled-back id 3
+    ids = [r[0] for r in isolated.sql(f"SELECT id FROM {table} ORDER BY id")]
+    assert ids == [1, 2, 4]
+
+
+def test_relay_survives_a_postgres_restart(isolated, servers):
+    if servers.postgres is None:
+        pytest.skip("needs the suite's own PostgreSQL (it is restarted)")
+    import asyncio
+
+    topic = prepare(isolated)
+    before = write(isolated, topic, 20, tag="before")
+
+    async def scenario():
+        async with relay_running(_fast_retry(isolated)):
+            await wait_async(lambda: outbox_status(isolated).get("done", 0) == 20, 30)
+            await asyncio.to_thread(servers.postgres.down)
+            await asyncio.sleep(2.0)  # the relay finds its connections gone
+            await asyncio.to_thread(servers.postgres.up)
+            after = await asyncio.to_thread(write, isolated, topic, 20, tag="after")
+            await wait_async(lambda: outbox_status(isolated).get("done", 0) == 40, 60)
+            return after
+
+    after = run(scenario())
+    copies, _ = kafka_view(isolated, topic)
+    assert set(copies) == set(before) | set(after)

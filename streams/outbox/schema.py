@@ -1,5 +1,14 @@
 """The outbox table and its migration.
 
+Per-key order starts at the writer: the insert trigger takes a transaction-level
+advisory lock on the row's key before it allocates the id, so two transactions
+writing the same key queue up and the second gets its id only after the first
+committed (or rolled back). Without it, id 10 could commit after id 11 of the same
+key and a relay that already sent 11 would send 10 after it. The price: writers of
+one key serialize (as they usually do anyway on the aggregate's row lock), and
+two transactions that write two keys in opposite order can deadlock (PostgreSQL
+aborts one of them with an error).
+
 Columns (the seeds' names first): ``id`` (increasing bigint, allocated by a trigger
 *after* the writing transaction has its xid, which the pointer relay relies on),
 ``message_id`` (unique), ``message_type``, ``payload`` (JSON), ``status``
@@ -18,6 +27,10 @@ from __future__ import annotations
 
 import psycopg
 from psycopg import sql
+
+#: bumped whenever the DDL below changes; stored as the table's comment
+SCHEMA_VERSION = 1
+_VERSION_TEXT = "streams outbox schema v{}"
 
 #: rows are spread over this many lanes (the most relays that can share the work)
 LANES = 64
@@ -66,9 +79,13 @@ CREATE TABLE IF NOT EXISTS {cursor} (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- xid first, id second: an id is never taken by a transaction without an xid
+-- 1. writers of one key queue up (lock held until commit), so a key's ids are in commit order;
+-- 2. xid first, id second: an id is never taken by a transaction without an xid (pointer mode)
 CREATE OR REPLACE FUNCTION {fn_assign}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF NEW.key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtext({key_lock}), hashtext(NEW.key));
+    END IF;
     NEW.txid := pg_current_xact_id();
     NEW.id := nextval({seq_literal});
     RETURN NEW;
@@ -86,6 +103,8 @@ CREATE TRIGGER {trg_assign} BEFORE INSERT ON {table}
 DROP TRIGGER IF EXISTS {trg_notify} ON {table};
 CREATE TRIGGER {trg_notify} AFTER INSERT ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION {fn_notify}();
+
+COMMENT ON TABLE {table} IS {version};
 """
 
 
@@ -109,6 +128,8 @@ def names(table: str) -> dict[str, sql.Composable]:
         "trg_notify": ident(f"{table}_notify"),
         "channel": sql.Literal(channel(table)),
         "lanes": sql.Literal(LANES),
+        "key_lock": sql.Literal(f"streams-outbox-key:{table}"),
+        "version": sql.Literal(_VERSION_TEXT.format(SCHEMA_VERSION)),
     }
 
 
@@ -117,13 +138,32 @@ def channel(table: str) -> str:
     return table
 
 
-def migrate(conn: psycopg.Connection, table: str = "streams_outbox") -> None:
-    """Create (or bring up to date) the outbox table, its indexes and triggers. Idempotent."""
+def schema_version(conn: psycopg.Connection, table: str = "streams_outbox") -> int | None:
+    """The outbox schema version in the database (None: no table)."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL, obj_description(to_regclass(%s), 'pg_class')",
+                       (table, table)).fetchone()
+    if not row[0]:
+        return None
+    prefix = _VERSION_TEXT.format("")
+    return int(row[1][len(prefix):]) if row[1] and row[1].startswith(prefix) else 0
+
+
+def migrate(conn: psycopg.Connection, table: str = "streams_outbox") -> bool:
+    """Create (or bring up to date) the outbox table, its indexes and triggers.
+
+    Does nothing when the table is already at :data:`SCHEMA_VERSION` (re-creating
+    the triggers takes a lock that would queue behind, and block, live writers).
+    Returns whether it changed anything."""
+    if schema_version(conn, table) == SCHEMA_VERSION:
+        return False
     statement = sql.SQL(_DDL).format(**names(table))
     with conn.transaction():
         # one migration at a time (several relays may start together)
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('streams-outbox-migrate'))")
+        if schema_version(conn, table) == SCHEMA_VERSION:
+            return False
         conn.execute(statement)
+    return True
 
 
 def exists(conn: psycopg.Connection, table: str = "streams_outbox") -> bool:
