@@ -249,15 +249,16 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
 
 
 def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isolated) -> None:
-    """A worker with an empty data dir restores a 150,000-entry table: /health/ready says 503
+    """A worker with an empty data dir restores a 100,000-entry table: /health/ready says 503
     (with the records left) while it does, 200 after; no token configured, so none is needed."""
     iso = isolated
-    n = 150_000
+    n = 100_000
     create_topics(iso)
     changelog = f"{iso.settings.app_id}-{TABLE}-changelog"
     run(ensure_topics(iso.settings, [TopicSpec(changelog, PARTITIONS, config={"cleanup.policy": "compact"})]))
-    records = ((f"key-{i}".encode(), json.dumps({"message_id": f"m-{i}", "seller_id": "s-1", "partition": 0,
-                                                   "offset": i}).encode()) for i in range(n))
+    # as a handler writes them: JSON key and value, in the partition of the record key
+    records = ((f"key-{i}", json.dumps({"message_id": f"m-{i}", "seller_id": "s-1", "offset": i}).encode())
+               for i in range(n))
     run(_produce_fast(iso, changelog, records))
     worker, url = web_worker(iso, "restorer")
     worker.start()
@@ -288,8 +289,12 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
 
 
 async def _produce_fast(iso: Isolated, topic: str, records) -> None:
-    """Publish many small records quickly (batched, acks=all), keyed like the table's writes."""
+    """Publish many small records quickly (batched, acks=all) as table writes: the JSON-encoded key
+    in the partition Kafka's default partitioner gives the plain key (the source record's partition)."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    every = list(range(PARTITIONS))
 
     producer = AIOKafkaProducer(**iso.settings.kafka_client_kwargs(), acks="all", linger_ms=20,
                                 max_batch_size=256 * 1024)
@@ -297,7 +302,8 @@ async def _produce_fast(iso: Isolated, topic: str, records) -> None:
     try:
         futures = []
         for key, value in records:
-            futures.append(await producer.send(topic, value=value, key=key))
+            partition = DefaultPartitioner()(key.encode(), every, every)
+            futures.append(await producer.send(topic, value=value, key=json.dumps(key).encode(), partition=partition))
             if len(futures) >= 5000:
                 for f in futures:
                     await f
