@@ -8,9 +8,13 @@ from streams.processing import Delivery
 from streams.errors import ConfigurationError, DecodeError, DecodeReason, StreamsError
 from streams.registry import MessageRegistry
 from streams.retry import PermanentError, RetryPolicy, TransientError
+from streams.sink import CircuitBreaker, RateLimiter, SinkThrottled
 from streams.settings import Settings, SettingsError, load_settings
 
 __all__ = [
+    "CircuitBreaker",
+    "RateLimiter",
+    "SinkThrottled",
     "ConfigurationError",
     "Database",
     "DecodeError",

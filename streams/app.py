@@ -82,6 +82,8 @@ class HandlerSpec:
     fn: Handler
     retry: RetryPolicy
     processed: ProcessedIds | None = None
+    #: guards of the handler's downstream (circuit breaker, rate limiter; see streams.sink)
+    sinks: tuple[Any, ...] = ()
     agents: list[Any] = field(default_factory=list, repr=False)
 
 
@@ -111,6 +113,8 @@ class StreamsApp:
         self.retry_topics = RetryTopics(self)
         self._outputs: list[Any] = []
         self._runners: list[HandlerRunner] = []
+        #: offset ranges to handle again on purpose (streams.reprocess), read on each assignment
+        self.reprocess_windows: Any = None
         self.faust.task(self._declare_topics)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
         # table views, health, metrics and the dashboard on the worker's web server
@@ -222,12 +226,16 @@ class StreamsApp:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         idempotent: bool = True,
+        sink: Any = None,
     ) -> Callable[[Handler], Handler]:
         """Declare ``fn(envelope, delivery)`` as the handler of ``message_types`` on ``topic``.
 
         ``idempotent`` (default) keeps a processed-ID table for the handler and
         skips messages whose ``message_id`` it already handled. ``retry`` sets
-        in-place attempts and optional delayed retry topics.
+        in-place attempts and optional delayed retry topics. ``sink`` (a
+        :class:`~streams.sink.CircuitBreaker`, :class:`~streams.sink.RateLimiter`
+        or a tuple of them) guards the handler's downstream: while it says wait,
+        the handler's partitions pause on this worker (see :mod:`streams.sink`).
         """
         if not message_types:
             raise ConfigurationError("a handler needs at least one message type")
@@ -257,7 +265,9 @@ class StreamsApp:
                         )
                     self._command_owner[message_type] = handler_name
             self.dead_letters.topic_for(topic.name, topic.partitions)
-            hspec = HandlerSpec(handler_name, topic, frozenset(message_types), fn, retry or RetryPolicy())
+            hspec = HandlerSpec(handler_name, topic, frozenset(message_types), fn, retry or RetryPolicy(),
+                                sinks=tuple(sink) if isinstance(sink, (tuple, list)) else
+                                (() if sink is None else (sink,)))
             if idempotent:
                 hspec.processed = ProcessedIds(self, handler_name, topic.partitions,
                                                retention=self.settings.dedup_retention)
@@ -295,6 +305,15 @@ class StreamsApp:
             await t.maybe_declare()
 
     async def _on_assigned(self, sender: Any = None, assigned: Any = None, **kwargs: Any) -> None:
+        if self.handlers:
+            from streams.reprocess import load_windows
+
+            try:
+                self.reprocess_windows = await load_windows(self.settings, self.app_id)
+            except Exception as exc:  # noqa: BLE001 - without windows, dedup simply stays on
+                log.error("could not read the reprocess windows: %r", exc)
+            if self.reprocess_windows:
+                log.warning("reprocess windows active: %s", sorted(self.reprocess_windows.windows))
         for hspec in self.handlers.values():
             if hspec.processed is not None:
                 hspec.processed.forget_assignment()

@@ -35,7 +35,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import DecodeError
+from streams.pausing import SourcePause
 from streams.processed import DEAD_LETTERED, HANDLED
+from streams.sink import SinkThrottled
 
 if TYPE_CHECKING:
     from streams.app import HandlerSpec, StreamsApp
@@ -203,6 +205,12 @@ class HandlerRunner:
         self.metrics = app.metrics
         self.guards: list[GapGuard] = []
         self._pending: list[Any] = []
+        from streams.retry_topics import retry_topic_name
+
+        #: pauses the handler's source (and retry) partitions while its sink cannot take more
+        self.sink_pause = SourcePause(app, [spec.topic.name, *(
+            retry_topic_name(spec.topic.name, level) for level in range(1, len(spec.retry.delayed_retries) + 1))],
+            spec.name)
 
     def take_pending(self) -> list[Any]:
         """Futures of the changelog writes the last record made (see ``ack_when_durable``)."""
@@ -254,6 +262,12 @@ class HandlerRunner:
         if processed is not None:
             processed.maybe_sweep(msg.partition)
             entry = processed.get(envelope.message_id)
+            windows = getattr(self.app, "reprocess_windows", None)
+            if (entry is not None and origin.level == 0 and windows is not None
+                    and windows.forces(origin.topic, origin.partition, origin.offset, entry.at)):
+                # a forced reprocess (streams offsets reset --reprocess): handle it again on purpose
+                self._count("reprocessed", origin)
+                entry = None
             if entry is not None and (entry.outcome == HANDLED or not origin.replayed):
                 if entry.partition == msg.partition and entry.offset == origin.offset:
                     # this very record was handled by a worker that died before its changelog
@@ -269,7 +283,10 @@ class HandlerRunner:
         first_failure = origin.first_failure
         policy = spec.retry
         tries_here = 0
+        sinks = spec.sinks
         while True:
+            if sinks:
+                await self._wait_for_sinks(origin)
             attempts += 1
             tries_here += 1
             delivery = Delivery(origin.topic, origin.partition, origin.offset, attempts, envelope.message_id,
@@ -278,7 +295,22 @@ class HandlerRunner:
                 await spec.fn(envelope, delivery)
             except asyncio.CancelledError:
                 raise
+            except SinkThrottled as exc:  # the downstream said "slow down": wait, same message, no attempt used
+                attempts -= 1
+                tries_here -= 1
+                self._count("sink_throttled", origin)
+                await self.sink_pause.hold(exc.retry_after, f"{spec.name}: {exc}")
+                continue
             except Exception as exc:  # noqa: BLE001 - a handler error must not stop the partition
+                if sinks and any([guard.on_failure(exc) for guard in sinks]):
+                    # the downstream's failure, not the message's: it waits for recovery, no attempt used
+                    attempts -= 1
+                    tries_here -= 1
+                    self._count("sink_failures", origin)
+                    log.warning("%s: downstream failed on %s %s: %r (%s)", spec.name, envelope.message_type,
+                                envelope.message_id, exc, ", ".join(repr(g) for g in sinks))
+                    await asyncio.sleep(policy.delay(1))
+                    continue
                 first_failure = first_failure or time.time()
                 if policy.should_retry(exc, tries_here):
                     delay = policy.delay(tries_here)
@@ -304,11 +336,30 @@ class HandlerRunner:
                                                           origin.offset, attempts))
                 self._count("dead_lettered", origin)
                 return "dead_lettered"
+            for guard in sinks:
+                guard.on_success()
             if processed is not None:
                 self._pending.append(processed.record(envelope.message_id, HANDLED, msg.partition,
                                                       origin.offset, attempts))
             self._count("handled", origin)
             return "handled"
+
+    async def _wait_for_sinks(self, origin: Origin) -> None:
+        """Until every sink guard lets a call out: short waits sleep, longer ones pause the partitions."""
+        while True:
+            wait, why = 0.0, ""
+            for guard in self.spec.sinks:
+                wait = guard.acquire()
+                if wait > 0:
+                    why = repr(guard)
+                    break
+            if wait <= 0:
+                return
+            if wait < 0.5:
+                await asyncio.sleep(wait)
+                continue
+            self._count("sink_pauses", origin)
+            await self.sink_pause.hold(wait, why)
 
 
 def ack_when_durable(stream: Any, event: Any, pending: list[Any]) -> Any:

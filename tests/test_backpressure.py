@@ -1,0 +1,109 @@
+"""Lag-based backpressure on a real broker, workers as separate processes:
+a failing downstream pauses the partitions (no hot retry loop, no dead letters) and
+everything is handled after recovery; the lag-gate holds a producer above its high
+watermark and lets it go below the low one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from streams.kafka_admin import TopicSpec, ensure_topics, produce_envelopes
+from streams.lag import group_lag
+from tests.conftest import Isolated
+from tests.helpers import run, wait_for
+from tests.reference import read_topic
+
+
+def _sink_worker(iso: Isolated, label: str = "w"):
+    worker = iso.worker(label)
+    worker.args = ["--without-web", "--app", "tests.apps.sink_app:app"]
+    return worker
+
+
+def test_failing_sink_pauses_partitions_dead_letters_nothing_and_catches_up(isolated: Isolated) -> None:
+    from tests.apps.sink_app import SCHEMA, Job, registry
+
+    iso = isolated
+    topic = iso.topic("jobs")
+    iso.sql(SCHEMA)
+    iso.sql("UPDATE downstream SET state = 'down'")
+    run(ensure_topics(iso.settings, [TopicSpec(topic, 3), TopicSpec(topic + ".dlq", 3)]))
+    worker = _sink_worker(iso).start()
+    worker.wait_ready()
+    envelopes = [registry.envelope(Job(n=i), key=f"job-{i}") for i in range(200)]
+    run(produce_envelopes(iso.settings, topic, envelopes))
+
+    outage = 12.0
+    time.sleep(outage)
+    calls_in_outage = iso.sql("SELECT count(*) FROM calls")[0][0]
+    lag = run(group_lag(iso.settings, iso.settings.app_id, [topic]))
+    log = worker.log_text()
+    print(f"\noutage {outage:.0f}s: {calls_in_outage} downstream calls, lag {lag.total_lag}, "
+          f"pauses logged: {log.count('paused 3 partition(s)')}")
+    # breaker: 3 failures open it, then one probe per 2 s reset timeout (a hot loop would make thousands)
+    assert 3 <= calls_in_outage <= 3 + outage / 2.0 + 3
+    assert iso.sql("SELECT count(*) FROM calls WHERE ok")[0][0] == 0
+    assert "paused 3 partition(s) of " + topic in log
+    assert lag.total_lag == 200  # everything waits in Kafka
+    assert read_topic(iso, topic + ".dlq") == []
+
+    iso.sql("UPDATE downstream SET state = 'up'")
+    wait_for(lambda: iso.sql("SELECT count(DISTINCT message_id) FROM calls WHERE ok")[0][0] >= 200, 90,
+             what="all 200 jobs delivered after recovery")
+    wait_for(lambda: run(group_lag(iso.settings, iso.settings.app_id, [topic])).total_lag == 0, 60,
+             what="lag drained")
+    ok = iso.sql("SELECT count(*), count(DISTINCT message_id) FROM calls WHERE ok")[0]
+    assert ok == (200, 200)
+    assert read_topic(iso, topic + ".dlq") == [], "a transient outage dead-letters nothing"
+    assert "resumed " + topic in worker.log_text()
+    # the rate limiter (40/s, burst 5) held the catch-up: no second saw more than 45 calls
+    per_second = iso.sql("SELECT date_trunc('second', at), count(*) FROM calls WHERE ok GROUP BY 1")
+    print("successful calls per second after recovery:", sorted(n for _, n in per_second))
+    assert max(n for _, n in per_second) <= 45
+    worker.stop()
+
+
+def test_lag_gate_holds_above_high_and_resumes_below_low(isolated: Isolated) -> None:
+    from streams.lag_gate import LagGate
+    from tests.reference import TOPIC, create_topics, orders, push_counts
+
+    iso = isolated
+    topic = iso.topic(TOPIC)
+    create_topics(iso)
+    worker = iso.worker("w1", AGENTS_SELLER_API_LATENCY_MS="20").start()
+    worker.wait_ready()
+    high, low, batch, total = 120, 40, 40, 480
+    observed: list[tuple[float, int, bool]] = []  # (t, lag at the gate's check, open)
+
+    async def relay() -> None:
+        gate = LagGate(iso.settings, iso.settings.app_id, topic, high=high, low=low, check_interval=0.3)
+        sent, t0 = 0, time.monotonic()
+        envelopes = orders(total)
+        while sent < total:
+            await gate.wait_until_open()
+            observed.append((time.monotonic() - t0, gate.last_lag, gate.is_open()))
+            await produce_envelopes(iso.settings, topic, envelopes[sent:sent + batch])
+            sent += batch
+            # the gate re-checks before the next batch
+            await gate.check()
+            observed.append((time.monotonic() - t0, gate.last_lag, gate.is_open()))
+        assert gate.closed_count >= 1, "the burst never reached the high watermark"
+        print(f"\ngate closed {gate.closed_count} time(s), opened again {gate.opened_count} time(s)")
+
+    asyncio.run(relay())
+    for t, lag, is_open in observed:
+        print(f"  t={t:5.1f}s lag={lag:4d} {'open' if is_open else 'HOLD'}")
+    # hysteresis: closed at or above high, opened again only at or below low
+    state = True
+    for _, lag, is_open in observed:
+        if state and not is_open:
+            assert lag >= high
+        if not state and is_open:
+            assert lag <= low
+        state = is_open
+    # the producer never published into a lag at or above high, so the lag stayed under high + one batch
+    assert max(lag for _, lag, _ in observed) < high + batch
+    wait_for(lambda: push_counts(iso)[1] >= total, 120, what="every message handled")
+    assert push_counts(iso) == (total, total)  # nothing lost, nothing doubled
+    worker.stop()
