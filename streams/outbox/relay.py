@@ -301,10 +301,10 @@ class Relay:
             if now - self._last_purge > 30.0:
                 self.counters.purged += await self._purge()
                 self._last_purge = now
+            self._wake.clear()  # before the claim: a NOTIFY during the batch wakes the next round
             handled = await self.publish_batch()
             if handled >= self.settings.relay_batch_size:
                 continue  # more may be waiting
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._idle_wait())
             except asyncio.TimeoutError:
