@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m agents.demo
 
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh  # Debian's chromium for the dashboard's browser test
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 services-down: $(STAMP)
