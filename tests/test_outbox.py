@@ -286,3 +286,59 @@ def test_relay_survives_a_postgres_restart(isolated, servers):
     after = run(scenario())
     copies, _ = kafka_view(isolated, topic)
     assert set(copies) == set(before) | set(after)
+
+
+def test_lag_gate_holds_the_relay_above_high_and_resumes_below_low(isolated):
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.kafka_admin import end_offsets
+    from streams.lag_gate import LagGate
+    from streams.outbox.gates import HeldTopics
+
+    topic = prepare(isolated, partitions=3)
+    group = f"{isolated.settings.app_id}-slow-consumer"
+    written = write(isolated, topic, 150, keys=30)
+    settings = isolated.settings.model_copy(update={"relay_batch_size": 10, "relay_poll_interval": 0.2})
+    gate = LagGate(settings, group, topic, high=40, low=10, check_interval=0.2)
+
+    async def published() -> int:
+        return sum((await end_offsets(settings, topic)).values())
+
+    async def consume_all() -> None:
+        """The slow consumer catches up: commit the group's offsets at the log end."""
+        consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(3)]
+            consumer.assign(tps)
+            await consumer.commit(await consumer.end_offsets(tps))
+        finally:
+            await consumer.stop()
+
+    async def scenario():
+        holds = []
+        async with relay_running(settings, held_topics=HeldTopics([gate])):
+            while outbox_status(isolated).get("pending", 0):
+                await asyncio.sleep(1.5)  # long enough for the relay to run into the gate
+                sent = await published()
+                if not gate.is_open():
+                    await asyncio.sleep(1.0)  # several relay rounds
+                    still = await published()
+                    holds.append((sent, still, gate.last_lag))
+                await consume_all()
+                if len(holds) > 20:
+                    break
+        return holds
+
+    holds = run(scenario())
+    print(f"\n[lag gate] holds (published, published 1 s later, lag): {holds}; gate {gate.to_dict()}")
+    assert gate.closed_count >= 2 and gate.opened_count >= 2, gate.to_dict()
+    for sent, still, lag in holds:
+        assert sent == still, "nothing is published while the gate is closed"
+        assert lag >= 40
+    # the relay counts its own sends between checks: overshoot past the high watermark is at most one batch
+    assert max(lag for _, _, lag in holds) <= 40 + 10  # one batch
+    copies, _ = kafka_view(isolated, topic)
+    assert set(copies) == set(written)

@@ -152,9 +152,14 @@ def purge_cmd(ctx: Context) -> None:
               help="Completion mode (STREAMS_RELAY_MODE).")
 @click.option("--name", default=None, help="Relay name in logs and pg_stat_activity (default host-pid).")
 @click.option("--migrate/--no-migrate", default=True, show_default=True, help="Create the outbox table first.")
+@click.option("--gate", "gates", multiple=True, metavar="GROUP:TOPIC:HIGH:LOW",
+              help="Hold TOPIC while GROUP's lag on it is >= HIGH, until it is <= LOW (repeatable).")
+@click.option("--gate-interval", type=float, default=1.0, show_default=True, help="Seconds between lag checks.")
 @pass_ctx
-def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool) -> None:
+def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool, gates: tuple[str, ...],
+              gate_interval: float) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/SIGINT (then finish the batch)."""
+    from streams.outbox.gates import HeldTopics, parse_gate
     from streams.outbox.pointer import PointerRelay
     from streams.outbox.relay import Relay, RelayError
     from streams.outbox.schema import migrate as do_migrate
@@ -162,13 +167,17 @@ def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool) -
     settings = ctx.settings
     if mode:
         settings = settings.model_copy(update={"relay_mode": mode})
+    try:
+        held = HeldTopics([parse_gate(settings, g, gate_interval) for g in gates]) if gates else None
+    except ValueError as exc:
+        fail(str(exc), 2)
     if migrate:
         with _connect(settings) as conn:
             do_migrate(conn, settings.outbox_table)
     cls = PointerRelay if settings.relay_mode == "pointer" else Relay
 
     async def main() -> None:
-        relay = cls(settings, name=name)
+        relay = cls(settings, name=name, held_topics=held)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, relay.stop)

@@ -34,6 +34,7 @@ import math
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -374,6 +375,10 @@ class Relay:
                 "UPDATE {} SET status = 'done', processed_at = now() WHERE id = ANY(%s)").format(self._t),
                 ([r.id for r in result.sent],))
             self.counters.published += len(result.sent)
+            report = getattr(self.held_topics, "published", None)
+            if report is not None:
+                for topic, count in Counter(r.topic for r in result.sent).items():
+                    report(topic, count)
         for row, exc in result.failed:
             await record_failure(conn, self.settings, row, exc)
             self.counters.failed_attempts += 1
