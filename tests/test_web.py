@@ -240,7 +240,10 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
     labels = {tuple(sorted(s.labels)) for m in after.values() for s in m["streams_handled_total"]}
     assert labels == {("handler", "partition", "topic")}
 
-    # --- nothing secret in any answer -------------------------------------------------------
+    # --- nothing secret in any answer (the answers are kept as examples in the test's artifacts) --
+    with open(iso.artifacts / "responses.txt", "w") as fh:
+        for url, reply in replies:
+            fh.write(f"GET {url} -> {reply.status}\n{reply.text[:1500]}\n\n")
     for url, reply in replies:
         for secret in (secret_password, db_password, TOKEN):
             assert secret.encode() not in reply.body, f"{url} leaks a secret"

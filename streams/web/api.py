@@ -363,11 +363,11 @@ class WebApi:
         from streams.outbox.stats import outbox_stats
 
         stats = await asyncio.wait_for(outbox_stats(self.app.settings), READ_TIMEOUT)
-        out = stats.to_dict()
         if not stats.exists:
-            out["detail"] = (f"the outbox table {stats.table!r} does not exist in the database "
-                             "(the outbox is not set up)")
-        return out
+            return {"table": stats.table, "exists": False,
+                    "detail": f"the outbox table {stats.table!r} does not exist in the database "
+                              "(the outbox is not set up)"}
+        return stats.to_dict()
 
     async def outbox(self, request: web.Request) -> web.Response:
         """Outbox: pending rows, oldest pending age, failed rows, publish rate."""
