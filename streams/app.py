@@ -142,6 +142,8 @@ class StreamsApp:
             "broker_session_timeout": s.broker_session_timeout,
             "broker_heartbeat_interval": s.broker_heartbeat_interval,
             "stream_buffer_maxsize": s.stream_buffer_maxsize,
+            "consumer_max_fetch_size": s.consumer_max_fetch_size,
+            "broker_max_poll_records": s.broker_max_poll_records,
             "web_enabled": s.web_enabled,
             "web_bind": s.web_host,
             "web_port": s.web_port,

@@ -133,7 +133,12 @@ class Settings(BaseSettings):
     )
     broker_heartbeat_interval: float = Field(3.0, gt=0, description="Seconds between consumer heartbeats.")
     broker_commit_interval: float = Field(2.8, gt=0, description="Seconds between offset commits.")
-    stream_buffer_maxsize: int = Field(4096, ge=1)
+    stream_buffer_maxsize: int = Field(
+        4096, ge=1, description="Records a worker buffers per source topic before it stops fetching it.")
+    consumer_max_fetch_size: int = Field(
+        1024 * 1024, ge=1024, description="Bytes fetched per partition per request (the fetch buffer's size).")
+    broker_max_poll_records: int | None = Field(
+        None, ge=1, description="Records handed over per poll (unset: all fetched).")
 
     # --- transactional outbox and its relay --------------------------------
     outbox_table: str = Field("streams_outbox", pattern=r"^[a-z_][a-z0-9_]{0,50}$",

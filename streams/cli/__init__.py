@@ -105,7 +105,9 @@ def worker_cmd(app_path: str | None, web_port: int | None, without_web: bool, da
         os.environ["STREAMS_WEB_ENABLED"] = "false"
     settings = load_settings()
     app = load_app(app_path or settings.worker_app)
-    argv = ["worker", "-l", (level or app.settings.log_level.value)]
+    faust_level = level or app.settings.log_level.value
+    faust_level = {"warning": "warn", "critical": "crit"}.get(faust_level, faust_level)  # Faust's spelling
+    argv = ["worker", "-l", faust_level]
     if not app.settings.web_enabled:
         argv.append("--without-web")
     else:
@@ -325,9 +327,15 @@ def dlq_replay(ctx: Context, topic: str, types, ids, reasons, since, until, repl
 
 
 # --- operations (lag, offsets, topics, state, demos): one module each -----------------
-from streams.cli.lag import lag_cmd  # noqa: E402 - needs the names above
+from streams.cli.demo import demo as demo_group  # noqa: E402 - needs the names above
+from streams.cli.lag import lag_cmd  # noqa: E402
+from streams.cli.offsets import offsets as offsets_group  # noqa: E402
+from streams.cli.state import state as state_group  # noqa: E402
 
 cli.add_command(lag_cmd)
+cli.add_command(offsets_group)
+cli.add_command(state_group)
+cli.add_command(demo_group)
 
 
 from streams.cli.outbox import outbox as _outbox_group, relay_cmd as _relay_cmd  # noqa: E402

@@ -1,0 +1,1 @@
+"""Demonstrations users can run (``streams demo ...``)."""
