@@ -224,9 +224,9 @@ class Relay:
                     await self._loop()
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     log.warning("database connection lost (%s); reconnecting in %.1fs", describe_error(exc), delay)
-                    await self._disconnect()
-                    # let sends already handed to the producer land before lanes can change hands
+                    # let sends already handed to the producer land before our lanes can change hands
                     await self._flush_quietly()
+                    await self._disconnect()
                     await self._sleep(delay)
                     delay = min(delay * 2, 5.0)
         finally:
