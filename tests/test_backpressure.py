@@ -107,3 +107,44 @@ def test_lag_gate_holds_above_high_and_resumes_below_low(isolated: Isolated) -> 
     wait_for(lambda: push_counts(iso)[1] >= total, 120, what="every message handled")
     assert push_counts(iso) == (total, total)  # nothing lost, nothing doubled
     worker.stop()
+
+
+def test_slow_sink_with_backlog_keeps_worker_rss_within_the_bound_and_drains_after_speed_up(
+        isolated: Isolated, tmp_path) -> None:
+    import json
+
+    from streams.demos.backpressure import MEMORY_BOUND_MIB, rss_mib
+    from streams.demos.backpressure_app import PARTITIONS, TOPIC, Tick, registry
+
+    iso = isolated
+    topic = iso.topic(TOPIC)
+    control = tmp_path / "sink-control.json"
+    control.write_text(json.dumps({"mode": "slow", "latency_ms": 5}))
+    run(ensure_topics(iso.settings, [TopicSpec(topic, PARTITIONS), TopicSpec(topic + ".dlq", PARTITIONS)]))
+    # 40,000 records of ~3 KiB: 120 MiB of backlog, more than the bound leaves room for if it were buffered
+    n, pad = 40_000, "x" * 3072
+    for start in range(0, n, 20_000):
+        run(produce_envelopes(iso.settings, topic, (registry.envelope(Tick(n=i, pad=pad), key=f"k{i}")
+                                                    for i in range(start, start + 20_000)), linger_ms=20))
+    worker = iso.worker("w", STREAMS_DEMO_SINK_CONTROL=str(control))
+    worker.args = ["--without-web", "--app", "streams.demos.backpressure_app:app"]
+    worker.start()
+    worker.wait_ready()
+    samples = []
+    for _ in range(10):  # the slow phase: ~200 records/s against a 40,000 backlog
+        time.sleep(1)
+        samples.append(rss_mib(worker.pid))
+    slow_lag = run(group_lag(iso.settings, iso.settings.app_id, [topic])).total_lag
+    control.write_text(json.dumps({"mode": "fast"}))
+    drain_started = time.monotonic()
+
+    def drained():
+        samples.append(rss_mib(worker.pid))
+        return run(group_lag(iso.settings, iso.settings.app_id, [topic])).total_lag == 0
+    wait_for(drained, 180, interval=1.0, what="lag drained after the sink sped up")
+    peak = rss_mib(worker.pid, "VmHWM")
+    print(f"\nslow phase: lag {slow_lag:,}, RSS samples {min(samples):.0f}..{max(samples):.0f} MiB; "
+          f"drained in {time.monotonic() - drain_started:.0f}s; VmHWM {peak:.0f} MiB (bound {MEMORY_BOUND_MIB})")
+    assert slow_lag > n - 10 * 400, "the slow sink must have left a backlog in Kafka"
+    assert peak <= MEMORY_BOUND_MIB
+    worker.stop()
