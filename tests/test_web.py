@@ -18,6 +18,7 @@ from streams.kafka_admin import TopicSpec, ensure_topics, produce_envelopes, pro
 from tests.conftest import Isolated
 from tests.helpers import run, wait_for
 from tests.reference import PARTITIONS, TOPIC, create_topics, offsets, orders, push_counts, wait_committed_to_end
+from streams.dev.process import free_port
 from tests.web_helpers import answers, http, web_worker
 
 TOKEN = "t0ken-for-the-web-views"
@@ -221,7 +222,7 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
         assert _total(m, "streams_lag_up") == 1 and _total(m, "streams_consumer_lag") == 0
         assert len(m["streams_consumer_lag"]) == PARTITIONS
         assert _total(m, "streams_outbox_pending") == 4 and _total(m, "streams_dead_letters") == 3
-        assert {s.labels["role"] for s in m["streams_table_entries"]} <= {"active", "standby"}
+        assert {s.labels["role"] for s in m["streams_table_entries"]} <= {"active", "standby", "unassigned"}
     run(produce_envelopes(iso.settings, iso.topic(TOPIC), orders(60)))
     run(produce_raw(iso.settings, iso.topic(TOPIC), BAD_RECORDS[:2]))
     run(produce_envelopes(iso.settings, iso.topic(TOPIC), envelopes[:10]))  # repeats: duplicates
@@ -263,7 +264,9 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     records = ((f"key-{i}", json.dumps({"message_id": f"m-{i}", "seller_id": "s-1", "offset": i}).encode())
                for i in range(n))
     run(_produce_fast(iso, changelog, records))
-    worker, url = web_worker(iso, "restorer")
+    # nothing is handled here, so the database may as well be unreachable: the outbox view must say so
+    dead_db = f"postgresql://postgres:unreachable-db-pa55@127.0.0.1:{free_port()}/nothing"
+    worker, url = web_worker(iso, "restorer", STREAMS_DATABASE_URL=dead_db)
     worker.start()
     wait_for(lambda: answers(f"{url}/health/live"), 60, interval=0.1, what="the web server")
     seen_not_ready = []
@@ -288,6 +291,17 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     assert stats.json["recovering"] is False and sorted(stats.json["active_partitions"]) == list(range(PARTITIONS))
     key = http(f"{url}/api/tables/{TABLE}/keys/key-4242").json
     assert key["value"]["message_id"] == "m-4242" and key["served_by"] == url
+    outbox = http(f"{url}/api/outbox")
+    assert outbox.status == 503 and outbox.json["error"] == "unavailable", outbox.text
+    assert "unreachable-db-pa55" not in outbox.text and "could not read the outbox" in outbox.json["detail"]
+    metrics = http(f"{url}/metrics")
+    assert metrics.status == 200 and "unreachable-db-pa55" not in metrics.text
+    samples = {s.name: s.value for f in text_string_to_metric_families(metrics.text) for s in f.samples}
+    assert samples["streams_outbox_up"] == 0 and samples["streams_worker_ready"] == 1
+    assert samples["streams_lag_up"] == 1
+    entries = sum(s.value for f in text_string_to_metric_families(metrics.text) for s in f.samples
+                  if s.name == "streams_table_entries" and s.labels["table"] == TABLE)
+    assert entries == n
     worker.stop()
 
 

@@ -65,8 +65,10 @@ def test_dashboard_in_headless_chromium(isolated: Isolated, tmp_path: Path) -> N
             # tables and their sizes
             row = page.locator('#tables tr[data-table="order-push-status"] [data-field="active_entries"]')
             expect(row).to_have_text("120", timeout=15_000)
-            expect(page.locator('#tables tr[data-table="processed-push_seller"] [data-field="active_entries"]')
-                   ).to_have_text("120")  # undecodable records have no message id to remember
+            # (held here, not "active": Faust may leave a changelog created during start-up unassigned
+            # until the next rebalance; undecodable records have no message id to remember)
+            expect(page.locator('#tables tr[data-table="processed-push_seller"] [data-field="local_entries"]')
+                   ).to_have_text("120")
 
             # lag per partition: the broker's offsets, and a line per partition in the chart
             ends, committed = _off_loop(offsets, iso)

@@ -431,9 +431,9 @@ class WebApi:
                      ("table", "partition", "role"))
         for name in self.tables.names():
             for row in self.tables.stats(self.tables.table(name))["per_partition"]:
+                if row["entries"] is not None:
+                    entries.add(row["entries"], name, row["partition"], row["role"] or "unassigned")
                 if row["role"]:
-                    if row["entries"] is not None:
-                        entries.add(row["entries"], name, row["partition"], row["role"])
                     left.add(row["recovery_remaining"] or 0, name, row["partition"], row["role"])
         return [ready, entries, left]
 

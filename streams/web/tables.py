@@ -152,7 +152,7 @@ class TableViews:
         return sum(1 for _ in table.data._visible_keys(dbs[partition]))  # noqa: SLF001
 
     def stats(self, table: Any) -> dict[str, Any]:
-        """Per partition: role here, entries here, changelog records left to recover, owner."""
+        """Per partition: role here, entries held here, changelog records left to recover, owner."""
         recovery = self.app.faust.tables.recovery
         topic = table.changelog_topic_name
         active_left = recovery.active_remaining()
@@ -165,7 +165,9 @@ class TableViews:
             rows.append({
                 "partition": partition,
                 "role": role,
-                "entries": self.entries(table, partition) if role else None,
+                # a local copy can exist without a role: Faust leaves a changelog that was missing
+                # from the first assignment unassigned until the next rebalance, yet writes go on
+                "entries": self.entries(table, partition),
                 "recovery_remaining": int(left) if left is not None else None,
                 "owner": self.owner_url(table, partition),
             })
@@ -179,6 +181,9 @@ class TableViews:
             "standby_partitions": [r["partition"] for r in rows if r["role"] == "standby"],
             "active_entries": sum(r["entries"] or 0 for r in active),
             "standby_entries": sum(r["entries"] or 0 for r in rows if r["role"] == "standby"),
+            "local_entries": sum(r["entries"] or 0 for r in rows),
+            "unassigned_local_partitions": [r["partition"] for r in rows
+                                            if r["role"] is None and r["entries"] is not None],
             "recovering": any(r["recovery_remaining"] for r in rows),
             "per_partition": rows,
         }
