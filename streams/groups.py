@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import for_code
+from aiokafka.errors import CoordinatorNotAvailableError, NotCoordinatorError, for_code
 
 from streams.kafka_admin import admin_client
 from streams.settings import Settings
@@ -61,12 +61,26 @@ def _decode_assignment(raw: bytes | None) -> tuple[tuple[str, int], ...]:
     return tuple((tp.topic, tp.partition) for tp in assignment.partitions())
 
 
+async def with_coordinator(call, attempts: int = 40, delay: float = 0.25):
+    """Await ``call()``, retrying while the group coordinator is not available yet (a fresh
+    broker creates its offsets topic on the first coordinator lookup)."""
+    import asyncio
+
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except (CoordinatorNotAvailableError, NotCoordinatorError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay)
+
+
 async def describe_group(settings: Settings, group: str) -> GroupDescription:
     """Ask the group's coordinator for its state and members."""
     admin = admin_client(settings)
     await admin.start()
     try:
-        responses = await admin.describe_consumer_groups([group])
+        responses = await with_coordinator(lambda: admin.describe_consumer_groups([group]))
     finally:
         await admin.close()
     for response in responses:

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.groups import GroupDescription, describe_group
+from streams.groups import GroupDescription, describe_group, with_coordinator
 from streams.kafka_admin import admin_client
 from streams.settings import Settings
 
@@ -140,7 +140,7 @@ async def _committed(settings: Settings, group: str) -> dict[tuple[str, int], in
     admin = admin_client(settings)
     await admin.start()
     try:
-        result = await admin.list_consumer_group_offsets(group)
+        result = await with_coordinator(lambda: admin.list_consumer_group_offsets(group))
     finally:
         await admin.close()
     return {(tp.topic, tp.partition): meta.offset for tp, meta in result.items() if meta.offset >= 0}

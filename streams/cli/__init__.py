@@ -327,14 +327,18 @@ def dlq_replay(ctx: Context, topic: str, types, ids, reasons, since, until, repl
 
 
 # --- operations (lag, offsets, topics, state, demos): one module each -----------------
-from streams.cli.demo import demo as demo_group  # noqa: E402 - needs the names above
+from streams.cli import help_tree as _help_tree  # noqa: E402 - needs the names above
+from streams.cli.demo import demo as demo_group  # noqa: E402
 from streams.cli.lag import lag_cmd  # noqa: E402
 from streams.cli.offsets import offsets as offsets_group  # noqa: E402
 from streams.cli.state import state as state_group  # noqa: E402
+from streams.cli.topics import topics as topics_group  # noqa: E402
 
 cli.add_command(lag_cmd)
 cli.add_command(offsets_group)
 cli.add_command(state_group)
+cli.add_command(topics_group)
+_help_tree.install(cli)
 cli.add_command(demo_group)
 
 
