@@ -32,7 +32,9 @@ Topic conventions, enforced where they can be:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,7 @@ from streams.registry import MessageRegistry
 from streams.retry import RetryPolicy
 from streams.retry_topics import RetryTopics, retry_topic_name
 from streams.settings import SecurityProtocol, Settings, load_settings
+from streams.transactions import Transactions
 from streams.web import WebApi
 
 if TYPE_CHECKING:
@@ -111,8 +114,11 @@ class StreamsApp:
         self.faust = faust.App(self.app_id, **{**self._faust_config(), **faust_options})
         self.dead_letters = DeadLetters(self)
         self.retry_topics = RetryTopics(self)
+        #: exactly_once routing: every write of a record in the transaction of its offset
+        self.transactions = Transactions(self)
         self._outputs: list[Any] = []
         self._runners: list[HandlerRunner] = []
+        self._committed_at_assignment: dict[tuple[str, int], int] | None = None
         #: offset ranges to handle again on purpose (streams.reprocess), read on each assignment
         self.reprocess_windows: Any = None
         self.faust.task(self._declare_topics)
@@ -219,7 +225,9 @@ class StreamsApp:
                 "write_buffer_size": 8 * 1024 * 1024,
                 "max_write_buffer_number": 2,
             })
-        return self.faust.Table(name, **kwargs)
+        table = self.faust.Table(name, **kwargs)
+        self.transactions.patch_table(table)
+        return table
 
     def handler(
         self,
@@ -276,11 +284,12 @@ class StreamsApp:
             runner = HandlerRunner(self, hspec)
             self._runners.append(runner)
             hspec.agents.append(self.faust.agent(topic.faust_topic, name=handler_name)(
-                _agent_fn(runner, handler_name, f"{handler_name} on {topic.name}")))
+                _agent_fn(runner, handler_name, f"{handler_name} on {topic.name}", topic.name)))
             for level, retry_topic in enumerate(self.retry_topics.declare(hspec), start=1):
                 agent_name = f"{handler_name}-retry-{level}"
                 hspec.agents.append(self.faust.agent(retry_topic, name=agent_name)(
                     _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic_name(topic.name, level)}",
+                              retry_topic_name(topic.name, level),
                               wait_until_due=True)))
             self.handlers[handler_name] = hspec
             return fn
@@ -297,16 +306,49 @@ class StreamsApp:
         """Publish an envelope from a handler and wait for the broker's ack. Under
         ``exactly_once`` it joins the transaction of the message being handled."""
         key, value, headers = envelope.to_record()
-        fut = await topic.faust_topic.send(key=key, value=value, headers=headers)
+        await self.publish(topic.faust_topic, key, value, headers)
+
+    async def publish(self, faust_topic: Any, key: bytes | None, value: bytes | None, headers: Any,
+                      partition: int | None = None) -> None:
+        """Write one raw record from a handler and wait for the broker's ack (under
+        ``exactly_once``: in the transaction of the record being handled)."""
+        if self.transactions.enabled:
+            await self.transactions.send(faust_topic.get_topic_name(), key, value, headers, partition)
+            return
+        fut = await faust_topic.send(key=key, value=value, headers=headers, partition=partition)
         await fut
 
     async def _declare_topics(self) -> None:
         """Create every topic this app writes to but does not consume (Faust only
-        creates the ones it subscribes to)."""
+        creates the ones it subscribes to). Also: ``kill -USR1 <worker pid>`` logs
+        the stack of every asyncio task (for a worker that seems stuck)."""
+        import signal
+
+        global _DEBUG_APP
+        _DEBUG_APP = self
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_task_stacks)
+        except (NotImplementedError, RuntimeError):
+            pass
         for t in [*self.dead_letters.topics(), *self.retry_topics.topics(), *(o.faust_topic for o in self._outputs)]:
             await t.maybe_declare()
 
+    async def committed_offset(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset of ``topic[partition]`` as the broker had it when
+        the partitions were last assigned (None: never committed). Read once per assignment;
+        Faust's own copy is filled only after its recovery, while records may already flow."""
+        if self._committed_at_assignment is None:
+            from streams.kafka_admin import committed_offsets
+
+            self._committed_at_assignment = await committed_offsets(self.settings, self.app_id)
+        return self._committed_at_assignment.get((topic, partition))
+
     async def _on_assigned(self, sender: Any = None, assigned: Any = None, **kwargs: Any) -> None:
+        from streams import faust_fixes
+
+        faust_fixes.install(self.faust.consumer)
+        self.transactions.install()
+        self._committed_at_assignment = None
         if self.handlers:
             from streams.reprocess import load_windows
 
@@ -348,34 +390,154 @@ class StreamsApp:
     def main(self, argv: list[str] | None = None) -> None:
         """Run Faust's command line for this app (``streams worker`` calls this).
 
+        Under ``exactly_once`` a worker that did not stop cleanly (crash, SIGKILL)
+        leaves processed-ID entries of aborted transactions in its local RocksDB; a
+        marker file in the data dir tells a clean stop from an unclean one, and after
+        an unclean one those entries are dropped (see :mod:`streams.transactions`).
         """
         import sys
 
         if argv is not None:
             sys.argv = ["streams", *argv]
-        self.faust.main()
+        marker = self.data_dir / ".worker-running"
+        if marker.exists():
+            self.transactions.unclean_start = True
+            if self.transactions.enabled:
+                log.warning("exactly_once: the last worker on %s did not stop cleanly; entries of its aborted "
+                            "transactions will be dropped from the local processed-ID tables", self.data_dir)
+        marker.write_text(str(os.getpid()))
+        try:
+            self.faust.main()
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                marker.unlink(missing_ok=True)
+            raise
 
 
-def _agent_fn(runner: HandlerRunner, name: str, doc: str, *, wait_until_due: bool = False):
+
+class _StandInEvent:
+    """The current event for records the gap guard handles outside Faust's delivery:
+    Faust's table code only reads ``event.message`` (partition, topic, offset)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, record: Any) -> None:
+        self.message = record
+
+
+class _RecordAt:
+    """Where a batch of recovered records belongs: their partition's ``tp``, topic and partition."""
+
+    __slots__ = ("tp", "topic", "partition")
+
+    def __init__(self, tp: Any, record: Any) -> None:
+        self.tp, self.topic, self.partition = tp, record.topic, record.partition
+
+
+def _log_task_stacks() -> None:
+    """Log where every asyncio task waits (its await chain, innermost last)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        chain, coro = [], task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_filename.rsplit('site-packages/', 1)[-1]}:{frame.f_lineno}"
+                             f" {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        lines.append(f"{task.get_name()[:60]}: " + " -> ".join(chain))
+    import gc
+    import types
+
+    ours = []
+    for obj in gc.get_objects():  # suspended coroutines of this framework (chains above stop at wrappers)
+        if isinstance(obj, types.CoroutineType) and obj.cr_frame is not None:
+            code = obj.cr_frame.f_code
+            if "/streams/" in code.co_filename or "/agents/" in code.co_filename:
+                ours.append(f"{code.co_filename.rsplit('/', 2)[-2:]}:{obj.cr_frame.f_lineno} {code.co_name}"
+                            f" awaiting {type(obj.cr_await).__name__}")
+    log.warning("asyncio task stacks (SIGUSR1):\n%s\nsuspended framework coroutines:\n%s",
+                "\n".join(sorted(lines)), "\n".join(sorted(ours)))
+    if _DEBUG_APP is not None:
+        try:
+            consumer = _DEBUG_APP.faust.consumer
+            inner = consumer._thread._consumer if hasattr(consumer, "_thread") else None  # noqa: SLF001
+            log.warning("consumer state: assignment=%s paused=%s active=%s flow_control_active=%s "
+                        "aiokafka_paused=%s positions=%s highwaters=%s unacked=%d barrier=%s",
+                        sorted(consumer.assignment()), sorted(getattr(consumer, "_paused_partitions", ())),
+                        sorted(getattr(consumer, "_active_partitions", None) or ()),
+                        _DEBUG_APP.faust.flow_control.is_active(),
+                        sorted(inner.paused()) if inner else None,
+                        {str(tp): inner._fetcher._subscriptions.subscription.assignment.state_value(tp).position
+                         for tp in inner.assignment()} if inner else None,
+                        {str(tp): inner.highwater(tp) for tp in inner.assignment()} if inner else None,
+                        len(getattr(consumer, "_unacked_messages", ())),
+                        vars(_DEBUG_APP.transactions.barrier))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("consumer state unavailable: %r", exc)
+
+
+_DEBUG_APP: "StreamsApp | None" = None
+
+
+def _agent_fn(runner: HandlerRunner, name: str, doc: str, topic_name: str, *, wait_until_due: bool = False):
     """The Faust agent body: one record at a time, in partition order, acknowledged
     only once it was handled (or parked), so a stop or crash mid-handler never
-    commits past it."""
+    commits past it. While no record arrives it checks for records Faust read but
+    never delivered (:meth:`GapGuard.undelivered_tail`) and handles them."""
     guard = runner.guard(name)
+    guard.topic_name = topic_name
+    transactions = runner.app.transactions
+
+    async def handle(stream, message, records, ack):
+        # exactly_once: the record's writes and its offset are one transaction (no-op otherwise)
+        async with transactions.scope(message.topic, message.partition) as scope:
+            for record in records:
+                await runner.process(record)
+                for future in runner.take_pending():
+                    await future
+                await scope.flush()
+                guard.acknowledge(message.tp, record.offset)
+            if ack is None:
+                return
+            await runner.process(message)
+            if transactions.enabled:
+                for future in runner.take_pending():
+                    await future
+                await scope.flush()
+                await stream.ack(ack)
+            else:
+                await ack_when_durable(stream, ack, runner.take_pending())
 
     async def agent(stream):
         stream = stream.noack()
+        events = stream.events().__aiter__()
+        upcoming: asyncio.Future | None = None
         try:
-            async for event in stream.events():
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait({upcoming}, timeout=guard.idle_check_interval)
+                if not done:
+                    if not wait_until_due:
+                        for tp, records in await guard.undelivered_tail():
+                            stand_in = _StandInEvent(records[0])
+                            stream._set_current_event(stand_in)  # noqa: SLF001 - table writes read it
+                            await handle(stream, _RecordAt(tp, records[0]), records, None)
+                    continue
+                try:
+                    event = upcoming.result()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    upcoming = None
+                stream._set_current_event(event)  # noqa: SLF001 - it was set in the fetching task's context
                 if wait_until_due:
                     await runner.wait_until_due(event.message)
-                for skipped in await guard.missing_before(event.message):
-                    await runner.process(skipped)
-                    for future in runner.take_pending():
-                        await future
-                    guard.acknowledge(event.message.tp, skipped.offset)
-                await runner.process(event.message)
-                await ack_when_durable(stream, event, runner.take_pending())
+                await handle(stream, event.message, await guard.missing_before(event.message), event)
         finally:
+            if upcoming is not None:
+                upcoming.cancel()
             await guard.close()
 
     agent.__name__ = agent.__qualname__ = name.replace("-", "_")

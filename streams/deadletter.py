@@ -113,5 +113,4 @@ class DeadLetters:
             headers.append(("message_id", envelope.message_id.encode()))
         headers.extend((k, v.encode("utf-8", errors="replace")) for k, v in extra.items())
         topic = self.topic_for(spec.topic.name, spec.topic.partitions)
-        fut = await topic.send(key=message.key, value=message.value, headers=headers)
-        await fut
+        await self.app.publish(topic, message.key, message.value, headers)

@@ -93,7 +93,8 @@ class ProcessedIds:
             return None
         return ProcessedEntry.from_value(message_id, value)
 
-    def record(self, message_id: str, outcome: str, partition: int, offset: int, attempts: int) -> Any:
+    def record(self, message_id: str, outcome: str, partition: int, offset: int, attempts: int,
+               record_topic: str | None = None, record_offset: int | None = None) -> Any:
         """Write the entry locally and to the changelog; returns the changelog send's future.
 
         The caller acknowledges the source message only once that future is done,
@@ -102,12 +103,35 @@ class ProcessedIds:
         """
         now = time.time()
         value = {"at": now, "outcome": outcome, "p": partition, "o": offset, "attempts": attempts}
+        if record_topic is not None:  # the record that wrote it (source or retry topic): see purge_uncommitted
+            value["rt"], value["ro"] = record_topic, record_offset
         self.table.data[message_id] = value  # local RocksDB (partition of the current event)
         future = self.table.send_changelog(partition, message_id, value)
         index = self._index.get(partition)
         if index is not None:
             index.append((now, message_id))
         return future
+
+    def purge_uncommitted(self, partition: int, committed: dict[str, int | None]) -> int:
+        """Drop local entries of ``partition`` written by records at or past their topic's
+        committed offset (``committed``: topic → committed offset of this partition).
+
+        Under exactly_once an entry and its record's offset commit in one transaction, so
+        after an unclean stop such entries come from aborted transactions: the changelog
+        never got them, only the local RocksDB did. Local delete only."""
+        removed = 0
+        for message_id, value in list(self.partition_items(partition)):
+            topic, offset = value.get("rt"), value.get("ro")
+            if topic is None or offset is None:
+                continue
+            if offset >= (committed.get(topic) or 0):  # missing: nothing committed there yet
+                del self.table.data[message_id]
+                removed += 1
+        if removed:
+            log.warning("processed-%s[%d]: dropped %d entr(y/ies) of aborted transactions", self.handler,
+                        partition, removed)
+        self._index.pop(partition, None)
+        return removed
 
     # --- expiry -----------------------------------------------------------------
     def forget_assignment(self) -> None:

@@ -73,6 +73,4 @@ class RetryTopics:
             ("retry.error", f"{type(error).__name__}: {error}"[:1000].encode("utf-8", "replace")),
         ]
         topic = self._topics[retry_topic_name(spec.topic.name, level)]
-        fut = await topic.send(key=message.key, value=message.value, headers=headers,
-                               partition=origin.partition)
-        await fut
+        await self.app.publish(topic, message.key, message.value, headers, partition=origin.partition)

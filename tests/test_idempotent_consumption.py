@@ -55,17 +55,9 @@ def test_duplicates_are_handled_once_across_partitions_and_two_workers(isolated:
         w.stop()
 
 
-EOS_UNDER_CRASHES = (
-    "exactly_once under SIGKILL is not reliable yet with faust-streaming 0.15.3: runs here showed, "
-    "after kills, handled ids missing from the processed-ID changelog and, once, 2 duplicate outputs "
-    "visible to read_committed; wiping local state after a crash made it worse (556 duplicates), which "
-    "points at changelog writes not committed with the source offsets. Open in the idempotency issue."
-)
-
-
 @pytest.mark.parametrize("guarantee", [
     "at_least_once",
-    pytest.param("exactly_once", marks=pytest.mark.xfail(reason=EOS_UNDER_CRASHES, strict=False)),
+    "exactly_once",
 ])
 def test_crash_test_sigkill_five_times(isolated: Isolated, guarantee: str) -> None:
     n, kills = 10_000, 5

@@ -7,7 +7,7 @@ import pytest
 
 from streams.envelope import event
 from streams.outbox.writer import OutboxError, write_message
-from tests.helpers import run, wait_for
+from tests.helpers import run
 from tests.outbox_helpers import kafka_view, outbox_status, prepare, relay_running, write
 
 
