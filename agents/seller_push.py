@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
+
 from streams import Database, Delivery, Envelope, TransientError
 
 from agents.app import app, order_placed_topic, order_push_status, seller_notified_topic
@@ -47,7 +49,12 @@ class SellerNotifier:
 
     async def ensure_schema(self) -> None:
         if not self._schema_ready:
-            await self.db.execute(SCHEMA)
+            try:
+                await self.db.execute(SCHEMA)
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
+                # another worker ran the same CREATE ... IF NOT EXISTS at the same moment (a known
+                # PostgreSQL race on the catalog): the table is there, which is all we need
+                pass
             self._schema_ready = True
 
     async def push(self, order: OrderPlaced, delivery: Delivery) -> int:
