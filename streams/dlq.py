@@ -163,19 +163,17 @@ async def dead_letter_overview(settings: Settings, topic: str, recent: int = 10)
     ``at_least_once`` workers; under ``exactly_once`` transaction markers take
     offsets too, so the count is an upper bound. A missing topic raises LookupError.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.kafka_admin import topic_partitions
 
     name = dlq_topic_name(topic)
     consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(name)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-            partitions = consumer.partitions_for_topic(name)
-        if not partitions:
+        tps = await topic_partitions(consumer, name)
+        if not tps:
             raise LookupError(f"dead-letter topic {name!r} does not exist")
-        tps = [TopicPartition(name, p) for p in sorted(partitions)]
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
         per_partition = {tp.partition: ends[tp] - starts[tp] for tp in tps}

@@ -56,16 +56,22 @@ async def ensure_topics(settings: Settings, topics: Iterable[TopicSpec]) -> list
         await admin.close()
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic`` (metadata refreshed once if the consumer does not know
+    it yet); an empty list for a topic that does not exist."""
+    partitions = consumer.partitions_for_topic(topic)
+    if partitions is None:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+        partitions = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(partitions or ())]
+
+
 async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Log-end offset of each partition of ``topic``."""
     consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return {}
         ends = await consumer.end_offsets(tps)
@@ -139,13 +145,9 @@ async def read_topic(settings: Settings, topic: str, *, read_committed: bool = F
     await consumer.start()
     out: list = []
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
             raise LookupError(f"topic {topic!r} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)

@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.groups import GroupDescription, describe_group, with_coordinator
-from streams.kafka_admin import admin_client
+from streams.kafka_admin import admin_client, topic_partitions
 from streams.settings import Settings
 
 
@@ -153,13 +153,10 @@ async def log_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, 
     try:
         tps: list[TopicPartition] = []
         for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-                partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
+            found = await topic_partitions(consumer, topic)
+            if not found:
                 raise LookupError(f"topic {topic!r} does not exist")
-            tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
+            tps.extend(found)
         if not tps:
             return {}
         ends = await consumer.end_offsets(tps)
