@@ -473,8 +473,24 @@ def _log_task_stacks() -> None:
                         {str(tp): inner.highwater(tp) for tp in inner.assignment()} if inner else None,
                         len(getattr(consumer, "_unacked_messages", ())),
                         vars(_DEBUG_APP.transactions.barrier))
+            unacked: dict[str, list[int]] = {}
+            for m in list(getattr(consumer, "_unacked_messages", ())):
+                unacked.setdefault(str(m.tp), []).append(m.offset)
+            log.warning("commit state per partition: %s", {
+                str(tp): {
+                    "committed": consumer._committed_offset.get(tp),  # noqa: SLF001
+                    "read": consumer._read_offset.get(tp),  # noqa: SLF001
+                    "acked": _span(consumer._acked.get(tp) or []),  # noqa: SLF001
+                    "gaps": sorted((iv.begin, iv.end) for iv in consumer._gap.get(tp) or ()),  # noqa: SLF001
+                    "unacked": _span(unacked.get(str(tp), [])),
+                } for tp in sorted(consumer.assignment())})
         except Exception as exc:  # noqa: BLE001
             log.warning("consumer state unavailable: %r", exc)
+
+
+def _span(offsets: list[int]) -> str:
+    """``n: lo..hi`` for a list of offsets (empty: ``-``)."""
+    return f"{len(offsets)}: {min(offsets)}..{max(offsets)}" if offsets else "-"
 
 
 _DEBUG_APP: "StreamsApp | None" = None

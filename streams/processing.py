@@ -160,8 +160,6 @@ class GapGuard:
         and returned ``[(tp, records)]`` for the agent to handle."""
         app = self.app.faust
         consumer = app.consumer
-        if not self.app.transactions.enabled:
-            return []  # exactly_once only for now (see missing_before)
         if not app.flow_control.is_active():
             return []  # rebalancing or recovering: nothing is delivered now anyway
         read = getattr(consumer, "_read_offset", {})
@@ -196,11 +194,9 @@ class GapGuard:
         """Records of ``message``'s partition that were skipped just before it."""
         tp, offset = message.tp, message.offset
         expected = self._expected.get(tp)
-        if expected is None and self.app.transactions.enabled:
+        if expected is None:
             # the first record since the assignment: it should sit at the committed offset (Faust
             # seeks there after recovery); records dropped before it are a gap like any other.
-            # (exactly_once only for now: under at_least_once it once left a partition's commit
-            # behind its log end in CI, not understood yet)
             expected = await self.app.committed_offset(tp.topic, tp.partition)
         self._expected[tp] = max(offset + 1, expected or 0)
         if expected is None or offset <= expected:

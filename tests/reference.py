@@ -59,10 +59,19 @@ def offsets(iso: Isolated, topic: str = TOPIC) -> tuple[dict[int, int], dict[int
 
 
 def wait_committed_to_end(iso: Isolated, timeout: float = 90) -> dict[int, int]:
+    seen: list = []
+
     def done():
         ends, committed = offsets(iso)
+        seen[:] = [ends, committed]
         return ends if ends and all(committed.get(p, 0) == e for p, e in ends.items()) else None
-    return wait_for(done, timeout, what="committed offsets == log-end offsets")
+    try:
+        return wait_for(done, timeout, what="committed offsets == log-end offsets")
+    except AssertionError as exc:
+        for worker in iso.workers:  # their task stacks and consumer state go to their logs
+            worker.dump_state()
+        raise AssertionError(f"{exc}; ends {seen[0] if seen else '?'}, "
+                             f"committed {seen[1] if seen else '?'}") from None
 
 
 def read_topic(iso: Isolated, topic: str, *, read_committed: bool = False) -> list:

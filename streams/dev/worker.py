@@ -86,6 +86,12 @@ class WorkerProcess:
             self.kill()
             return self.proc.returncode
 
+    def dump_state(self) -> None:
+        """Ask a running worker to log its task stacks and consumer state (SIGUSR1)."""
+        if self.running():
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+
     def kill(self) -> None:
         """Crash it (SIGKILL): no commit, no clean-up."""
         if self.running():
