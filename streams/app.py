@@ -116,6 +116,10 @@ class StreamsApp:
         self.retry_topics = RetryTopics(self)
         #: exactly_once routing: every write of a record in the transaction of its offset
         self.transactions = Transactions(self)
+        if self.transactions.enabled:
+            from streams import faust_fixes
+
+            faust_fixes.install_recovery_fix(self.faust, self.settings)
         self._outputs: list[Any] = []
         self._runners: list[HandlerRunner] = []
         self._committed_at_assignment: dict[tuple[str, int], int] | None = None

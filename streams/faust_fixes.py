@@ -10,13 +10,29 @@ commit advances only a few offsets (seen: a partition committing +10 offsets per
 5 s while hundreds were handled, so a crash then repeats hundreds of records).
 :func:`install` replaces ``Consumer._new_offset`` with the same computation over
 distinct offsets.
+
+**Exactly-once restores wait for records that never come.** Faust restores a
+table until it has seen the record just before the changelog's end offset. Under
+``exactly_once`` every transaction ends with a commit (or abort) marker, so the
+last offset of a changelog is a marker that a ``read_committed`` reader never
+sees, and Faust only ends the restore after two idle 5 s timeouts (seen: 12–14 s
+of every exactly_once start or rebalance). :func:`install_recovery_fix` makes
+the restore aim at the last record a ``read_committed`` reader can see.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from faust.utils.functional import consecutive_numbers
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def install(consumer: Any) -> None:
@@ -48,3 +64,89 @@ def install(consumer: Any) -> None:
 
     consumer._new_offset = _new_offset  # noqa: SLF001
     consumer._streams_fixes = True
+
+
+#: Faust app -> the settings its recovery reads changelogs with
+_SETTINGS: "weakref.WeakKeyDictionary[Any, Settings]" = weakref.WeakKeyDictionary()
+
+
+def install_recovery_fix(faust_app: Any, settings: "Settings") -> None:
+    """Make ``faust_app``'s table restores under exactly_once end at the last visible record.
+
+    ``Recovery._build_offsets`` runs after the highwaters are known; the patched
+    version lowers each highwater to the offset of the last record a
+    ``read_committed`` reader sees (never below the offset already restored
+    locally, so Faust's consistency check still holds)."""
+    from faust.tables.recovery import Recovery
+
+    _SETTINGS[faust_app] = settings
+    if getattr(Recovery, "_streams_fixes", False):
+        return
+    original = Recovery._build_offsets  # noqa: SLF001
+
+    async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await original(self, consumer, tps, destination, title)
+        app_settings = _SETTINGS.get(self.app)
+        if app_settings is None or not self.app.in_transaction:
+            return
+        highwaters = self.active_highwaters if title == "active" else self.standby_highwaters
+        ends = {tp: highwaters[tp] + 1 for tp in tps if (highwaters.get(tp) or -1) >= 0}
+        if not ends:
+            return
+        try:
+            visible = await last_visible_offsets(app_settings, ends)
+        except Exception as exc:  # noqa: BLE001 - Faust's own (slower) end detection still works
+            log.warning("could not find the last committed changelog records (%r); the restore ends on "
+                        "Faust's timeouts instead", exc)
+            return
+        lowered = {}
+        for tp, last in visible.items():
+            target = max(last, destination.get(tp) or -1)
+            if target < highwaters[tp]:
+                lowered[tp] = target
+        if lowered:
+            log.info("%s changelog partitions end in transaction markers or aborted records; restoring up "
+                     "to the last committed record: %s", title,
+                     {f"{tp.topic}[{tp.partition}]": f"{highwaters[tp]}->{o}" for tp, o in sorted(lowered.items())})
+            for tp, offset in lowered.items():  # a Counter: update() would add
+                highwaters[tp] = offset
+
+    Recovery._build_offsets = _build_offsets  # noqa: SLF001
+    Recovery._streams_fixes = True
+
+
+async def last_visible_offsets(settings: "Settings", ends: dict[Any, int], window: int = 256,
+                               read_timeout: float = 10.0) -> dict[Any, int]:
+    """For each partition, the offset of the last record below ``ends[tp]`` that a
+    ``read_committed`` reader sees (-1 if none): reads back from the end in growing windows.
+    A partition whose window cannot be read within ``read_timeout`` is left out."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    reader = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+                              isolation_level="read_committed")
+    await reader.start()
+    try:
+        by_key = {TopicPartition(tp.topic, tp.partition): tp for tp in ends}
+        reader.assign(list(by_key))
+        starts = await reader.beginning_offsets(list(by_key))
+        out: dict[Any, int] = {}
+        loop = asyncio.get_running_loop()
+        for ktp, tp in by_key.items():
+            end, low, size, last, complete = ends[tp], starts[ktp], window, -1, True
+            stop = end
+            while complete and last < 0 and stop > low:
+                start = max(low, stop - size)
+                reader.seek(ktp, start)
+                deadline = loop.time() + read_timeout
+                while await reader.position(ktp) < stop:
+                    if loop.time() > deadline:
+                        complete = False  # could not read the window: leave this highwater alone
+                        break
+                    batch = await reader.getmany(ktp, timeout_ms=500, max_records=1000)
+                    last = max([last, *(r.offset for r in batch.get(ktp, []) if r.offset < stop)])
+                stop, size = start, size * 4
+            if complete:
+                out[tp] = last
+        return out
+    finally:
+        await reader.stop()
