@@ -3,6 +3,8 @@
 #   make test  - virtualenv + install + the whole test suite (it starts and stops its own services)
 
 PYTHON ?= python3
+# test processes running at once (pytest-xdist; each starts its own Kafka and PostgreSQL); 0 = one process
+PYTEST_WORKERS ?= 2
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -23,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh  # Debian's chromium for the dashboard's browser test
-	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 services-down: $(STAMP)
 	$(BIN)/streams dev down
