@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.dev.process import ServiceError, pid_alive, port_open, read_pid, spawn, tail, terminate
+from streams.dev.process import ServiceError, file_lock, pid_alive, port_open, read_pid, spawn, tail, terminate
 
 #: The one place the Kafka version is pinned.
 KAFKA_VERSION = "4.1.1"
@@ -110,6 +110,11 @@ def resolve_jars(cache_dir: Path, version: str = KAFKA_VERSION, with_tools: bool
     """
     name = f"kafka-{version}" + ("-tools" if with_tools else "")
     cache_dir = Path(cache_dir).resolve()  # Maven reads a relative outputDirectory from the pom's folder
+    with file_lock(cache_dir / f"{name}.lock"):
+        return _resolve_jars(cache_dir, name, version, with_tools)
+
+
+def _resolve_jars(cache_dir: Path, name: str, version: str, with_tools: bool) -> Path:
     lib = cache_dir / name / "lib"
     marker = cache_dir / name / ".complete"
     if marker.exists() and any(lib.glob(f"kafka_{SCALA_BINARY}-{version}.jar")):

@@ -170,9 +170,12 @@ class LocalPostgres:
         except KeyError:
             if shutil.which("useradd") is None:
                 raise ServiceError(f"running as root and no 'useradd' to create the '{user}' system user") from None
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
-                           check=True, capture_output=True)
-            entry = pwd.getpwnam(user)
+            made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                                   user], capture_output=True, text=True, check=False)
+            try:
+                entry = pwd.getpwnam(user)  # made here, or by a parallel test process just now
+            except KeyError:
+                raise ServiceError(f"could not create the '{user}' system user: {made.stderr.strip()}") from None
         # the server user must own its folder and be able to reach it and the binaries
         for path in [self.root, *(p for p in self.root.rglob("*"))]:
             try:
