@@ -47,7 +47,7 @@ from streams.envelope import Envelope, Kind
 from streams.errors import ConfigurationError, DecodeError
 from streams.metrics import Metrics
 from streams.processed import ProcessedIds
-from streams.processing import Delivery, HandlerRunner, ack_when_durable
+from streams.processing import Delivery, HandlerRunner, ack_when_durable, changelog_writes_durable
 from streams.registry import MessageRegistry
 from streams.retry import RetryPolicy
 from streams.retry_topics import RetryTopics, retry_topic_name
@@ -514,16 +514,16 @@ def _agent_fn(runner: HandlerRunner, name: str, doc: str, topic_name: str, *, wa
         async with transactions.scope(message.topic, message.partition) as scope:
             for record in records:
                 await runner.process(record)
-                for future in runner.take_pending():
-                    await future
+                if not await changelog_writes_durable(stream.app, record, runner.take_pending()):
+                    return
                 await scope.flush()
                 guard.acknowledge(message.tp, record.offset)
             if ack is None:
                 return
             await runner.process(message)
             if transactions.enabled:
-                for future in runner.take_pending():
-                    await future
+                if not await changelog_writes_durable(stream.app, message, runner.take_pending()):
+                    return
                 await scope.flush()
                 await stream.ack(ack)
             else:

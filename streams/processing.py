@@ -163,10 +163,11 @@ class GapGuard:
         if not app.flow_control.is_active():
             return []  # rebalancing or recovering: nothing is delivered now anyway
         read = getattr(consumer, "_read_offset", {})
+        paused = getattr(consumer, "_paused_partitions", set())
         out = []
         for tp in list(consumer.assignment()):
-            if tp.topic != self.topic_name:
-                continue
+            if tp.topic != self.topic_name or tp in paused:
+                continue  # a paused partition's records wait in Faust's buffers on purpose
             last_read = read.get(tp)
             if last_read is None:
                 continue
@@ -417,21 +418,55 @@ class HandlerRunner:
 
 def ack_when_durable(stream: Any, event: Any, pending: list[Any]) -> Any:
     """Acknowledge ``event`` once the changelog writes it caused are acknowledged by
-    the broker (at once if there are none). Returns an awaitable for the no-wait case."""
-    waiting = [f for f in pending if not f.done()]
-    if not waiting:
+    the broker (at once if there are none). Returns an awaitable for the no-wait case.
+
+    A write that failed (the broker stayed unreachable past the producer's own
+    retries) leaves ``event`` unacknowledged, and the worker is stopped with an
+    error: its partitions' commits could never pass the record anyway, and a
+    restarted worker (Kubernetes, systemd) handles it again from the committed
+    offset, as Kafka Streams does with a failed task."""
+
+    def failed(futures: list[Any]) -> bool:
+        return any(f.cancelled() or f.exception() is not None for f in futures)
+
+    if not any(not f.done() for f in pending):
+        if failed(pending):
+            return _stop_after_failed_write(stream.app, event.message, pending)
         return stream.ack(event)
+    waiting = list(pending)
 
     def on_done(_: Any) -> None:
         if all(f.done() for f in waiting):
-            if any(f.cancelled() or f.exception() is not None for f in waiting):
-                log.error("changelog write failed for %s[%d]@%d; not acknowledging it",
-                          event.message.topic, event.message.partition, event.message.offset)
+            if failed(waiting):
+                _stop_after_failed_write(stream.app, event.message, waiting)
                 return
             event.ack()
 
     for f in waiting:
         f.add_done_callback(on_done)
+    return _done()
+
+
+async def changelog_writes_durable(faust_app: Any, record: Any, pending: list[Any]) -> bool:
+    """Wait for ``record``'s changelog writes; on a failure stop the worker as
+    :func:`ack_when_durable` does and return False (do not acknowledge ``record``)."""
+    for future in pending:
+        try:
+            await future
+        except BaseException:  # noqa: BLE001 - reported through the futures below
+            _stop_after_failed_write(faust_app, record, pending)
+            return False
+    return True
+
+
+def _stop_after_failed_write(faust_app: Any, message: Any, futures: list[Any]) -> Any:
+    errors = {"cancelled" if f.cancelled() else repr(f.exception()) for f in futures
+              if f.done() and (f.cancelled() or f.exception() is not None)}
+    reason = RuntimeError(f"changelog write failed for {message.topic}[{message.partition}]@{message.offset}: "
+                          + ", ".join(sorted(errors)))
+    log.error("%s; not acknowledging it and stopping the worker, so that a restart handles it again "
+              "from the committed offset", reason)
+    asyncio.ensure_future(faust_app.crash(reason))  # not awaited here: it stops this very agent
     return _done()
 
 
