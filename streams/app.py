@@ -555,6 +555,14 @@ def _agent_fn(runner: HandlerRunner, name: str, doc: str, topic_name: str, *, wa
                 if wait_until_due:
                     await runner.wait_until_due(event.message)
                 await handle(stream, event.message, await guard.missing_before(event.message), event)
+        except Exception as exc:
+            # Not a handler error (those are retried and parked inside runner.process): Kafka or the
+            # state store failed under this record. Faust would restart just this agent and leave the
+            # record unacknowledged, so the partition's commits would stop for good; stop the worker
+            # instead, and a restarted one handles the record again from the committed offset.
+            log.exception("%s: processing failed outside the handler (%r); stopping the worker", name, exc)
+            await stream.app.crash(exc)
+            await asyncio.Future()  # until the stopping worker cancels this agent
         finally:
             if upcoming is not None:
                 upcoming.cancel()

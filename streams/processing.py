@@ -168,12 +168,17 @@ class GapGuard:
         for tp in list(consumer.assignment()):
             if tp.topic != self.topic_name or tp in paused:
                 continue  # a paused partition's records wait in Faust's buffers on purpose
-            last_read = read.get(tp)
-            if last_read is None:
+            # Faust's own note of what it read, or what its aiokafka consumer handed it: Faust
+            # drops records of partitions it has not resumed yet without noting them (seen after
+            # a crashed worker: positions at the log end, nothing delivered, nothing noted)
+            position = await consumer.position(tp)
+            candidates = [o for o in (read.get(tp), None if position is None else position - 1) if o is not None]
+            if not candidates:
                 continue
+            last_read = max(candidates)
             expected = self._expected.get(tp)
             if expected is None:
-                expected = await self.app.committed_offset(tp.topic, tp.partition)
+                expected = await self._start_offset(tp)
             if expected is None or last_read < expected:
                 self._idle_reads.pop(tp, None)
                 continue
@@ -198,7 +203,7 @@ class GapGuard:
         if expected is None:
             # the first record since the assignment: it should sit at the committed offset (Faust
             # seeks there after recovery); records dropped before it are a gap like any other.
-            expected = await self.app.committed_offset(tp.topic, tp.partition)
+            expected = await self._start_offset(tp)
         self._expected[tp] = max(offset + 1, expected or 0)
         if expected is None or offset <= expected:
             return []
@@ -211,20 +216,27 @@ class GapGuard:
             self.gaps_confirmed += 1
         return records
 
+    async def _start_offset(self, tp: Any) -> int | None:
+        """Where the partition's delivery starts after an assignment: the group's committed
+        offset, or without one the log start (the consumer resets to the earliest offset)."""
+        committed = await self.app.committed_offset(tp.topic, tp.partition)
+        if committed is not None:
+            return committed
+        from aiokafka import TopicPartition
+
+        reader = await self._ensure_reader()
+        ktp = TopicPartition(tp.topic, tp.partition)
+        return (await reader.beginning_offsets([ktp]))[ktp]
+
     def acknowledge(self, tp: Any, offset: int) -> None:
         """Tell Faust's consumer a recovered record is done, so commits can pass it
         (Faust never acks records it dropped itself)."""
         self.app.faust.consumer.ack(_RecoveredRecord(tp, offset))
 
     async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
-        if self._reader is None:
-            isolation = ("read_committed" if self.app.settings.processing_guarantee.value == "exactly_once"
-                         else "read_uncommitted")
-            self._reader = AIOKafkaConsumer(**self.app.settings.kafka_client_kwargs(), group_id=None,
-                                            enable_auto_commit=False, isolation_level=isolation)
-            await self._reader.start()
+        await self._ensure_reader()
         tp = TopicPartition(topic, partition)
         self._reader.assign([tp])
         self._reader.seek(tp, start)
@@ -238,6 +250,19 @@ class GapGuard:
             if position >= end or (not records and position >= start and await self._at_end(tp, position)):
                 break
         return out
+
+    async def _ensure_reader(self) -> Any:
+        """The plain consumer (no group) that reads skipped ranges back."""
+        from aiokafka import AIOKafkaConsumer
+
+        if self._reader is None:
+            isolation = ("read_committed" if self.app.settings.processing_guarantee.value == "exactly_once"
+                         else "read_uncommitted")
+            reader = AIOKafkaConsumer(**self.app.settings.kafka_client_kwargs(), group_id=None,
+                                      enable_auto_commit=False, isolation_level=isolation)
+            await reader.start()
+            self._reader = reader
+        return self._reader
 
     async def _at_end(self, tp: Any, position: int) -> bool:
         ends = await self._reader.end_offsets([tp])

@@ -119,7 +119,7 @@ class Isolated:
 def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
     """Own app id / consumer group, topic prefix, database and state folder; workers stopped after."""
     suffix = uuid.uuid4().hex[:8]
-    test_name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
+    test_name = _artifact_name(request.node.name)
     dbname = f"t_{suffix}"
     with psycopg.connect(_admin_url(servers.database_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
@@ -148,6 +148,18 @@ def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
             w.kill()
         with psycopg.connect(_admin_url(servers.database_url), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _artifact_name(node_name: str) -> str:
+    """A folder name for a test: its name, shortened to 60 characters; the parameters
+    (``[...]``) stay visible, so two parametrisations never share a folder."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", node_name).strip("-")
+    if len(name) <= 60:
+        return name
+    base, _, params = node_name.partition("[")
+    tail = re.sub(r"[^A-Za-z0-9]+", "-", params).strip("-")[:20]
+    head = re.sub(r"[^A-Za-z0-9]+", "-", base).strip("-")[:59 - len(tail)].strip("-")
+    return f"{head}-{tail}" if tail else head
 
 
 def _remove_dead_sessions() -> None:

@@ -145,7 +145,9 @@ def _read_all(iso: Isolated, topic: str, expected: int):
     return run(read())
 
 
-def test_a_failed_changelog_write_stops_the_worker_and_a_restart_handles_the_record(isolated: Isolated) -> None:
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_failed_changelog_write_stops_the_worker_and_a_restart_handles_the_record(
+        isolated: Isolated, guarantee: str) -> None:
     """The broker refuses the processed-ID entry (changelog topic's max.message.bytes too small):
     the record is not acknowledged, the worker exits with an error, and once the topic is fixed a
     restarted worker handles the record and commits past it."""
@@ -157,13 +159,14 @@ def test_a_failed_changelog_write_stops_the_worker_and_a_restart_handles_the_rec
     changelog = f"{isolated.settings.app_id}-processed-push_seller-changelog"
     run(ensure_topics(isolated.settings, [TopicSpec(changelog, PARTITIONS, config={
         "cleanup.policy": "compact", "max.message.bytes": "80"})]))
-    worker = isolated.worker("refused").start()
+    env = {"STREAMS_PROCESSING_GUARANTEE": guarantee}
+    worker = isolated.worker("refused", **env).start()
     worker.wait_ready()
     envelopes = _orders(3)
     run(produce_envelopes(isolated.settings, isolated.topic(TOPIC), envelopes))
     wait_for(lambda: not worker.running(), 90, what="the worker to stop after the refused changelog write")
     assert worker.proc.returncode != 0
-    assert "changelog write failed for" in worker.log_text()
+    assert "MessageSizeTooLarge" in worker.log_text()
     ends, committed = _offsets(isolated)
     assert sum(committed.values()) < sum(ends.values()), "nothing committed past the refused record"
 
@@ -176,7 +179,7 @@ def test_a_failed_changelog_write_stops_the_worker_and_a_restart_handles_the_rec
         finally:
             await admin.close()
     run(widen())
-    again = isolated.worker("fixed").start()
+    again = isolated.worker("fixed", **env).start()
     again.wait_ready()
     wait_for(lambda: _push_counts(isolated)[1] >= 3, 60, what="the 3 events after the restart")
     _wait_committed_to_end(isolated)
