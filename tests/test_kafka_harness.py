@@ -130,3 +130,12 @@ def test_external_cluster_setting_disables_the_local_broker(monkeypatch) -> None
     res = subprocess.run([sys.executable, "-m", "streams.cli", "dev", "kafka", "up"], env=env,
                          capture_output=True, text=True)
     assert res.returncode == 1 and "STREAMS_KAFKA_BOOTSTRAP is set" in res.stderr
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """The storage tool takes an id starting with '-' for an option (a CI run lost its broker to one)."""
+    from streams.dev.kafka import _random_cluster_id
+
+    ids = [_random_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert {len(i) for i in ids} == {22} and len(set(ids)) == len(ids)

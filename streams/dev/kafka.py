@@ -362,7 +362,13 @@ class LocalKafka:
 
 
 def _random_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as StorageTool makes)."""
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as StorageTool makes).
+
+    Like Kafka's own ``Uuid.randomUuid`` it never starts with ``-``, which the storage
+    tool's command line would take for an option (1 in 64 ids did)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
