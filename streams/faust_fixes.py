@@ -90,7 +90,7 @@ def install_recovery_fix(faust_app: Any, settings: "Settings") -> None:
         if app_settings is None or not self.app.in_transaction:
             return
         highwaters = self.active_highwaters if title == "active" else self.standby_highwaters
-        ends = {tp: highwaters[tp] + 1 for tp in tps if (highwaters.get(tp) or -1) >= 0}
+        ends = {tp: highwaters[tp] + 1 for tp in tps if highwaters.get(tp) is not None and highwaters[tp] >= 0}
         if not ends:
             return
         try:
@@ -101,7 +101,8 @@ def install_recovery_fix(faust_app: Any, settings: "Settings") -> None:
             return
         lowered = {}
         for tp, last in visible.items():
-            target = max(last, destination.get(tp) or -1)
+            local = destination.get(tp)
+            target = max(last, -1 if local is None else local)
             if target < highwaters[tp]:
                 lowered[tp] = target
         if lowered:
