@@ -66,9 +66,12 @@ def test_lag_matches_kafka_consumer_groups_for_stopped_and_running_group(isolate
         assert r.consumer_id is not None and a[r.partition].member is not None  # a live member holds it
     # the running worker consumes (its first commit may come after the tool's few seconds)
     lag_before = sum(b[p].lag for p in b)
-    wait_for(lambda: sum(p.lag for p in run(group_lag(iso.settings, group)).partitions if p.topic == topic)
-             < lag_before, 60, what="the running worker's lag to fall")
-    rated = with_rates(before, after).only(topic)
+
+    def fallen():
+        sample = run(group_lag(iso.settings, group))
+        return sample if sum(p.lag for p in sample.partitions if p.topic == topic) < lag_before else None
+    later = wait_for(fallen, 60, what="the running worker's lag to fall")
+    rated = with_rates(before, later).only(topic)
     print(f"rate {rated.rate:.1f}/s, eta {rated.eta}s")
     assert rated.rate and rated.rate > 0 and rated.eta is not None and rated.eta > 0
     wait_for(lambda: run(group_lag(iso.settings, group, [topic])).total_lag == 0, 120, what="lag drained to 0")
