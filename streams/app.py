@@ -48,10 +48,11 @@ from streams.errors import ConfigurationError, DecodeError
 from streams.metrics import Metrics
 from streams.processed import ProcessedIds
 from streams.processing import Delivery, HandlerRunner, ack_when_durable, changelog_writes_durable
-from streams.registry import MessageRegistry
+from streams.registry import DecodeLimits, MessageIdFallback, MessageRegistry
 from streams.retry import RetryPolicy
 from streams.retry_topics import RetryTopics, retry_topic_name
 from streams.settings import SecurityProtocol, Settings, load_settings
+from streams.subscriptions import SubscriptionWatch, install_changelog_check, install_creation_wait
 from streams.transactions import Transactions
 from streams.web import WebApi
 
@@ -73,6 +74,8 @@ class StreamTopic:
     partitions: int
     faust_topic: Any
     dead_letter_name: str
+    #: what stands in for a missing message_id (default: refuse the record)
+    message_id_fallback: MessageIdFallback = MessageIdFallback.REJECT
 
 
 @dataclass
@@ -107,6 +110,8 @@ class StreamsApp:
         explicit = "app_id" in self.settings.model_fields_set
         self.app_id = self.settings.app_id if explicit or app_id is None else app_id
         self.metrics = Metrics()
+        #: bounds on record values the handlers accept (larger or deeper ones are parked)
+        self.decode_limits = DecodeLimits(self.settings.max_value_bytes, self.settings.max_nesting_depth)
         self.topics: dict[str, StreamTopic] = {}
         self.handlers: dict[str, HandlerSpec] = {}
         self._command_owner: dict[str, str] = {}
@@ -126,6 +131,12 @@ class StreamsApp:
         #: offset ranges to handle again on purpose (streams.reprocess), read on each assignment
         self.reprocess_windows: Any = None
         self.faust.task(self._declare_topics)
+        # topics are in the brokers' metadata before the group forms, and a worker never sits idle
+        # on a topic its group could not see when it formed (streams.subscriptions)
+        install_creation_wait()
+        install_changelog_check()
+        self.subscriptions = SubscriptionWatch(self)
+        self.faust.task(self.subscriptions.run)
         self.faust.on_partitions_assigned.connect(self._on_assigned)
         # table views, health, metrics and the dashboard on the worker's web server
         self.web = WebApi(self) if self.settings.web_enabled else None
@@ -159,7 +170,8 @@ class StreamsApp:
             "web_port": s.web_port,
             "web_host": s.web_host,
             "consumer_auto_offset_reset": "earliest",
-            "topic_disable_leader": False,
+            "topic_allow_declare": s.create_topics,
+            "topic_disable_leader": True,  # the leader topic serves on_leader timers, which no agent uses
         }
         credentials = self._credentials()
         if credentials is not None:
@@ -185,10 +197,13 @@ class StreamsApp:
         """Full topic name with the configured prefix."""
         return f"{self.settings.topic_prefix}{name}"
 
-    def topic(self, name: str, *, kind: Kind, partitions: int | None = None, **options: Any) -> StreamTopic:
+    def topic(self, name: str, *, kind: Kind, partitions: int | None = None,
+              message_id_fallback: MessageIdFallback | str | None = None, **options: Any) -> StreamTopic:
         """Declare a topic carrying envelopes. The worker creates it (with
         ``partitions``) if it does not exist; records are raw bytes decoded by
-        the registry."""
+        the registry. ``message_id_fallback`` (default: ``STREAMS_MESSAGE_ID_FALLBACK``,
+        itself ``reject``) says what stands in for a missing ``message_id`` on this
+        topic: see :class:`~streams.registry.MessageIdFallback`."""
         full = self.topic_name(name)
         if full in self.topics:
             existing = self.topics[full]
@@ -204,7 +219,8 @@ class StreamsApp:
             internal=True,  # the worker declares (creates) it on start-up
             **options,
         )
-        topic = StreamTopic(full, kind, count, ft, dead_letter_name=f"{full}.dlq")
+        fallback = MessageIdFallback(message_id_fallback or self.settings.message_id_fallback)
+        topic = StreamTopic(full, kind, count, ft, dead_letter_name=f"{full}.dlq", message_id_fallback=fallback)
         self.topics[full] = topic
         return topic
 

@@ -17,6 +17,9 @@ with its ``message_id``) and gains ``dlq.*`` headers saying why and where:
 ``dlq.agent``               handler that gave up
 ``dlq.first_failed_at``     ISO-8601 time of the first failure
 ``dlq.failed_at``           ISO-8601 time it was parked (last failure)
+``dlq.value_omitted``       only when the producer refused the value as too large
+                            for a dead letter: its size; the value stays in the
+                            source topic (``dlq.original.*``), where a replay reads it
 ==========================  ==================================================
 
 The park waits for the broker's acknowledgement before the source offset can
@@ -26,10 +29,13 @@ be committed, so a crash never loses the record: at worst it is parked twice.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from aiokafka.errors import MessageSizeTooLargeError
 
 from streams.processing import H_REPLAY_OF, Origin, headers_dict
 
@@ -37,7 +43,11 @@ if TYPE_CHECKING:
     from streams.app import HandlerSpec, StreamsApp
     from streams.envelope import Envelope
 
+log = logging.getLogger(__name__)
+
 DLQ_SUFFIX = ".dlq"
+#: set on a dead letter parked without its value (its size); the value stays in the source topic
+H_VALUE_OMITTED = "dlq.value_omitted"
 _MAX_TEXT = 2000
 
 
@@ -113,4 +123,13 @@ class DeadLetters:
             headers.append(("message_id", envelope.message_id.encode()))
         headers.extend((k, v.encode("utf-8", errors="replace")) for k, v in extra.items())
         topic = self.topic_for(spec.topic.name, spec.topic.partitions)
-        await self.app.publish(topic, message.key, message.value, headers)
+        try:
+            await self.app.publish(topic, message.key, message.value, headers)
+        except MessageSizeTooLargeError as exc:
+            # the record plus the dlq.* headers is more than the producer may send: park a letter
+            # without the value; the value itself stays at dlq.original.* for a replay to read
+            size = len(message.value or b"")
+            log.error("the dead letter of %s[%d]@%d is too large to send (%r); parking it without its "
+                      "%d-byte value", origin.topic, origin.partition, origin.offset, exc, size)
+            await self.app.publish(topic, message.key, None,
+                                   [*headers, (H_VALUE_OMITTED, str(size).encode())])

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.deadletter import DLQ_SUFFIX
-from streams.kafka_admin import read_topic
+from streams.deadletter import DLQ_SUFFIX, H_VALUE_OMITTED
+from streams.kafka_admin import read_record, read_topic
 from streams.processing import H_REPLAY_OF
 from streams.settings import Settings
 
@@ -60,7 +60,10 @@ class DeadLetter:
     @property
     def failed_at(self) -> datetime | None:
         text = self.header("dlq.failed_at")
-        return datetime.fromisoformat(text) if text else None
+        try:
+            return datetime.fromisoformat(text) if text else None
+        except ValueError:  # written by something else than this framework
+            return None
 
     def _from_value(self, name: str) -> str | None:
         try:
@@ -87,7 +90,7 @@ class DeadLetter:
         out = self.summary()
         out["key"] = self.key.decode("utf-8", errors="replace") if self.key is not None else None
         out["value"] = (self.value or b"").decode("utf-8", errors="replace")
-        out["headers"] = {k: v.decode("utf-8", errors="replace") for k, v in self.headers.items()}
+        out["headers"] = {k: (v or b"").decode("utf-8", errors="replace") for k, v in self.headers.items()}
         return out
 
 
@@ -140,19 +143,35 @@ async def read_dead_letters(settings: Settings, topic: str, flt: Filter | None =
 
 async def replay(settings: Settings, letters: Iterable[DeadLetter], to_topic: str | None = None) -> int:
     """Publish dead letters back to their original topic (same key, value, headers)."""
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", enable_idempotence=True)
+    # a letter may have been parked because it is near the size limit: let the broker decide
+    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", enable_idempotence=True,
+                                max_request_size=16 * 1024 * 1024)
     await producer.start()
     count = 0
     try:
         for dl in letters:
             headers = [(k, v) for k, v in dl.headers.items() if not k.startswith("dlq.") and k != H_REPLAY_OF]
             headers.append((H_REPLAY_OF, dl.ref.encode()))
-            await producer.send_and_wait(to_topic or dl.original_topic, value=dl.value, key=dl.key,
+            value = dl.value if H_VALUE_OMITTED not in dl.headers else await original_value(settings, dl)
+            await producer.send_and_wait(to_topic or dl.original_topic, value=value, key=dl.key,
                                          headers=headers)
             count += 1
     finally:
         await producer.stop()
     return count
+
+
+async def original_value(settings: Settings, dl: DeadLetter) -> bytes | None:
+    """The value of a letter parked without it (``dlq.value_omitted``), read from where
+    it came from; ``LookupError`` once retention has removed it there."""
+    partition, offset = dl.header("dlq.original.partition"), dl.header("dlq.original.offset")
+    if partition is None or offset is None:
+        raise LookupError(f"{dl.ref} was parked without its value and does not say where it came from")
+    record = await read_record(settings, dl.original_topic, int(partition), int(offset))
+    if record is None:
+        raise LookupError(f"{dl.ref} was parked without its value, and {dl.original_topic}[{partition}]@{offset} "
+                          "no longer holds it (retention)")
+    return record.value
 
 
 async def dead_letter_overview(settings: Settings, topic: str, recent: int = 10) -> dict[str, Any]:

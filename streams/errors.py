@@ -18,6 +18,9 @@ class DecodeReason(StrEnum):
     """Why a record could not be turned into a typed envelope."""
 
     NOT_JSON = "not_json"  # empty, not UTF-8, or not parseable JSON
+    TOO_LARGE = "too_large"  # value longer than STREAMS_MAX_VALUE_BYTES
+    TOO_DEEP = "too_deep"  # JSON nested deeper than STREAMS_MAX_NESTING_DEPTH
+    BAD_HEADERS = "bad_headers"  # framework headers (retry.*) that cannot be read
     NOT_ENVELOPE = "not_envelope"  # JSON, but not a valid envelope
     UNKNOWN_TYPE = "unknown_type"  # envelope whose message_type no one registered
     KIND_MISMATCH = "kind_mismatch"  # envelope says event, registry says command (or back)

@@ -4,12 +4,14 @@ committed offsets. Everything here asks the broker, never a worker's memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from streams.envelope import Envelope
 from streams.settings import Settings
@@ -28,8 +30,61 @@ def admin_client(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**kwargs)
 
 
+class TopicsNotReady(TimeoutError):
+    """Topics did not show in every broker's metadata in time (named in the message)."""
+
+
+async def wait_for_topic_metadata(client: AIOKafkaClient, topics: Mapping[str, int | None], *,
+                                  timeout: float = 30.0) -> None:
+    """Return once every broker's metadata shows each topic with its partition count
+    (None: any count) and a leader for every partition.
+
+    Creating a topic returns when the controller has it; a broker's metadata (what
+    a consumer group's leader assigns partitions from) follows a moment later. A
+    consumer that subscribes in between is assigned nothing of the topic, so
+    whatever creates topics waits here first. Raises :class:`TopicsNotReady`."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    names = sorted(topics)
+    problems: dict[str, str] = {}
+    while True:
+        problems = {}
+        nodes = [b.nodeId for b in client.cluster.brokers()]
+        if not nodes:
+            await client.force_metadata_update()
+            nodes = [b.nodeId for b in client.cluster.brokers()]
+        for node in nodes:
+            try:
+                response = await client.send(node, MetadataRequest(names))
+            except Exception as exc:  # noqa: BLE001 - a broker that does not answer now: ask again
+                problems["*"] = f"broker {node} did not answer: {exc!r}"
+                continue
+            seen = {}
+            for entry in response.topics:
+                error_code, name, partitions = entry[0], entry[1], next(x for x in entry[2:] if isinstance(x, list))
+                seen[name] = (error_code, partitions)
+            for name in names:
+                error_code, partitions = seen.get(name, (3, []))
+                expected = topics[name]
+                if error_code:
+                    problems[name] = f"broker {node}: {for_code(error_code).__name__}"
+                elif not partitions or (expected is not None and len(partitions) != expected):
+                    problems[name] = f"broker {node}: {len(partitions)} partition(s), expected {expected or '>0'}"
+                elif any(p[2] < 0 for p in partitions):
+                    problems[name] = f"broker {node}: a partition has no leader yet"
+        if not problems:
+            return
+        if loop.time() > deadline:
+            raise TopicsNotReady("topics not in the brokers' metadata after %.0fs: %s" % (
+                timeout, "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))))
+        await asyncio.sleep(0.1)
+
+
 async def ensure_topics(settings: Settings, topics: Iterable[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+    """Create the topics that do not exist yet; returns the names created. Returns only
+    once every broker's metadata shows all of ``topics`` (see :func:`wait_for_topic_metadata`)."""
     wanted = list(topics)
     admin = admin_client(settings)
     await admin.start()
@@ -40,17 +95,18 @@ async def ensure_topics(settings: Settings, topics: Iterable[TopicSpec]) -> list
             for t in wanted
             if t.name not in existing
         ]
-        if not new:
-            return []
-        try:
-            await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass
-        # wait until metadata shows them (creation is asynchronous on the controller)
-        for _ in range(100):
-            if {t.name for t in new} <= set(await admin.list_topics()):
-                break
-            await asyncio.sleep(0.1)
+        if new:
+            try:
+                response = await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                response = None
+            for entry in getattr(response, "topic_errors", None) or []:
+                name, code = entry[0], entry[1]
+                if code and for_code(code) is not TopicAlreadyExistsError:
+                    raise for_code(code)(f"creating topic {name!r} failed: {entry[2] if len(entry) > 2 else ''}")
+        await wait_for_topic_metadata(
+            admin._client,  # noqa: SLF001 - the admin client's connections to every broker
+            {t.name: (t.partitions if t.name not in existing else None) for t in wanted})
         return [t.name for t in new]
     finally:
         await admin.close()
@@ -131,6 +187,29 @@ async def produce_raw(settings: Settings, topic: str, records: Iterable[tuple[by
     finally:
         await producer.stop()
     return count
+
+
+async def read_record(settings: Settings, topic: str, partition: int, offset: int) -> Any:
+    """The record at ``topic[partition]@offset``, or None when it is not there (any more)."""
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        if tp not in await topic_partitions(consumer, topic):
+            return None
+        consumer.assign([tp])
+        start, end = (await consumer.beginning_offsets([tp]))[tp], (await consumer.end_offsets([tp]))[tp]
+        if not start <= offset < end:
+            return None
+        consumer.seek(tp, offset)
+        while await consumer.position(tp) <= offset:
+            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                if record.offset == offset:
+                    return record
+        return None
+    finally:
+        await consumer.stop()
 
 
 async def read_topic(settings: Settings, topic: str, *, read_committed: bool = False) -> list:

@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from streams.errors import DecodeError
+from streams.envelope import HEADER_MESSAGE_ID
+from streams.errors import DecodeError, DecodeReason
 from streams.pausing import SourcePause
+from streams.registry import MessageIdFallback
 from streams.processed import DEAD_LETTERED, HANDLED
 from streams.sink import SinkThrottled
 
@@ -84,21 +86,35 @@ class Origin:
 
 
 def headers_dict(message: Any) -> dict[str, bytes]:
+    """A record's headers as ``{name: bytes}`` (a null header value reads as ``b""``)."""
     headers = getattr(message, "headers", None) or []
     items = headers.items() if isinstance(headers, dict) else headers
-    return {k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
+    return {str(k): (v if isinstance(v, bytes) else b"" if v is None else str(v).encode()) for k, v in items}
 
 
-def origin_of(message: Any) -> Origin:
+def origin_of(message: Any, *, on_retry_topic: bool = True) -> Origin:
+    """The source record ``message`` stands for. Only records of a retry topic
+    (``on_retry_topic``) carry their origin in ``retry.*`` headers; on a source topic
+    such headers (written by some other client) are ignored. Headers of a retry
+    record that cannot be read raise ``DecodeError(bad_headers)``."""
     h = headers_dict(message)
-    level = int(h.get(H_RETRY_LEVEL, b"0") or 0)
-    if level:
+    replayed = H_REPLAY_OF in h
+    if not on_retry_topic or not h.get(H_RETRY_LEVEL):
+        return Origin(message.topic, message.partition, message.offset, 0, 0, None, replayed)
+    try:
         return Origin(
-            h[H_ORIGIN_TOPIC].decode(), int(h[H_ORIGIN_PARTITION]), int(h[H_ORIGIN_OFFSET]), level,
-            int(h.get(H_RETRY_ATTEMPTS, b"0")), float(h.get(H_RETRY_FIRST_FAILURE, b"0")) or None,
-            H_REPLAY_OF in h,
+            h[H_ORIGIN_TOPIC].decode(), int(h[H_ORIGIN_PARTITION]), int(h[H_ORIGIN_OFFSET]),
+            int(h[H_RETRY_LEVEL]), int(h.get(H_RETRY_ATTEMPTS) or 0),
+            float(h.get(H_RETRY_FIRST_FAILURE) or 0) or None, replayed,
         )
-    return Origin(message.topic, message.partition, message.offset, 0, 0, None, H_REPLAY_OF in h)
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(DecodeReason.BAD_HEADERS, f"the retry headers cannot be read ({type(exc).__name__}: "
+                          f"{exc})") from None
+
+
+def record_origin(message: Any) -> Origin:
+    """Where ``message`` itself sits (the origin of a record whose headers cannot be read)."""
+    return Origin(message.topic, message.partition, message.offset, 0, 0, None, False)
 
 
 class _RecoveredRecord:
@@ -306,8 +322,12 @@ class HandlerRunner:
 
     async def wait_until_due(self, message: Any) -> None:
         """On a retry topic: sleep until the record's due time (records of one level
-        share one delay, so the head of the partition is always due first)."""
-        due = float(headers_dict(message).get(H_RETRY_DUE, b"0") or 0)
+        share one delay, so the head of the partition is always due first). A due
+        time that cannot be read counts as due now."""
+        try:
+            due = float(headers_dict(message).get(H_RETRY_DUE) or 0)
+        except ValueError:
+            due = 0.0
         delay = due - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -317,21 +337,47 @@ class HandlerRunner:
         guard) inside the Faust event of its partition; returns the outcome. Its
         processing time goes to the ``streams_processing_seconds`` histogram."""
         started = time.perf_counter()
-        outcome = await self._process(msg)
-        self.metrics.observe(self.spec.name, origin_of(msg).topic, time.perf_counter() - started)
+        try:
+            origin = origin_of(msg, on_retry_topic=msg.topic != self.spec.topic.name)
+        except DecodeError as exc:
+            origin = record_origin(msg)
+            outcome = await self._park_undecodable(msg, origin, exc)
+        else:
+            outcome = await self._process(msg, origin)
+        self.metrics.observe(self.spec.name, origin.topic, time.perf_counter() - started)
         return outcome
 
-    async def _process(self, msg: Any) -> str:
+    def _fallback_id(self, msg: Any, origin: Origin) -> str | None:
+        """What stands in for a missing ``message_id`` on this topic (None: refuse the record)."""
+        mode = self.spec.topic.message_id_fallback
+        if mode is MessageIdFallback.REJECT:
+            return None
+        header = headers_dict(msg).get(HEADER_MESSAGE_ID)
+        if header:
+            try:
+                text = header.decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""
+            if 0 < len(text) <= 200:
+                return text
+        if mode is MessageIdFallback.OFFSET:
+            return f"{origin.topic}-{origin.partition}@{origin.offset}"
+        return None
+
+    async def _park_undecodable(self, msg: Any, origin: Origin, exc: DecodeError) -> str:
+        exc.at(origin.topic, origin.partition, origin.offset)
+        log.error("undecodable record parked in %s: %s", self.spec.topic.dead_letter_name, exc)
+        await self.app.dead_letters.park(self.spec, msg, origin, reason=exc.reason.value, error=exc, attempts=0)
+        self._count("dead_lettered", origin)
+        return "dead_lettered"
+
+    async def _process(self, msg: Any, origin: Origin) -> str:
         spec = self.spec
-        origin = origin_of(msg)
         try:
-            envelope = self.app.registry.decode(msg.value)
+            envelope = self.app.registry.decode(msg.value, limits=self.app.decode_limits,
+                                                fallback_id=self._fallback_id(msg, origin))
         except DecodeError as exc:
-            exc.at(origin.topic, origin.partition, origin.offset)
-            log.error("undecodable record parked in %s: %s", spec.topic.dead_letter_name, exc)
-            await self.app.dead_letters.park(spec, msg, origin, reason=exc.reason.value, error=exc, attempts=0)
-            self._count("dead_lettered", origin)
-            return "dead_lettered"
+            return await self._park_undecodable(msg, origin, exc)
         if envelope.message_type not in spec.message_types:
             self._count("ignored", origin)
             return "ignored"
@@ -399,7 +445,8 @@ class HandlerRunner:
                     await asyncio.sleep(delay)
                     continue
                 if policy.is_retryable(exc) and origin.level < len(policy.delayed_retries):
-                    await self.app.retry_topics.schedule(spec, msg, origin, attempts, first_failure, exc)
+                    await self.app.retry_topics.schedule(spec, msg, origin, attempts, first_failure, exc,
+                                                         envelope.message_id)
                     self._count("retry_scheduled", origin)
                     log.warning("%s failed on %s %s (attempt %d): %r; delayed retry %d in %.1fs", spec.name,
                                 envelope.message_type, envelope.message_id, attempts, exc, origin.level + 1,

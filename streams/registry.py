@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -103,10 +104,20 @@ class MessageRegistry:
         return Envelope(message_type=spec.message_type, kind=spec.kind, payload=payload, key=key, **fields)
 
     # --- decoding -----------------------------------------------------------
-    def decode(self, value: bytes | str | None) -> Envelope:
-        """Record value → typed envelope, or :class:`DecodeError` saying why not."""
-        data = parse_json(value)
-        raw = validate_envelope(data)
+    def decode(self, value: bytes | str | None, *, limits: "DecodeLimits | None" = None,
+               fallback_id: str | None = None) -> Envelope:
+        """Record value → typed envelope, or :class:`DecodeError` saying why not.
+
+        Nothing else escapes: whatever goes wrong while parsing or validating (a
+        value nested too deep for the parser, an integer too long to convert, a
+        payload validator that raises ``ZeroDivisionError``) becomes a
+        ``DecodeError`` whose reason names the stage. ``limits`` bounds the value's
+        size and nesting depth (:data:`DEFAULT_LIMITS` if not given).
+        ``fallback_id`` stands in for a missing ``message_id`` (see
+        :class:`MessageIdFallback`); without it an envelope lacking one is refused."""
+        limits = limits or DEFAULT_LIMITS
+        data = parse_json(value, limits)
+        raw = validate_envelope(data, fallback_id=fallback_id)
         spec = self.spec(raw.message_type)
         if raw.kind is not spec.kind:
             raise DecodeError(
@@ -125,30 +136,126 @@ class MessageRegistry:
                 message_type=raw.message_type,
                 message_id=raw.message_id,
             ) from None
+        except Exception as exc:  # noqa: BLE001 - a validator's own bug is the record's problem, not the worker's
+            raise DecodeError(
+                DecodeReason.INVALID_PAYLOAD,
+                f"validating the payload as {spec.model.__qualname__} raised {type(exc).__name__}: "
+                f"{_short(exc)}",
+                message_type=raw.message_type,
+                message_id=raw.message_id,
+            ) from None
         return raw.model_copy(update={"payload": payload})
 
 
-def parse_json(value: bytes | str | None) -> Any:
-    """Bytes → JSON data, or ``DecodeError(NOT_JSON)``."""
+class MessageIdFallback(StrEnum):
+    """What to do with a record whose envelope has no ``message_id``.
+
+    * ``reject`` (default): it is not an envelope; it is parked as ``not_envelope``.
+    * ``header``: take the id from the record's ``message_id`` header (clients that
+      put the id in a header, as Debezium's outbox router does with ``id``); no
+      header → parked.
+    * ``offset``: the ``message_id`` header if there is one, else an id made from
+      where the record sits, ``<topic>-<partition>@<offset>``. Weaker: a redelivery
+      of the *same record* is recognised, but a producer's retry that wrote the
+      message twice gets two offsets and so two ids, and is handled twice.
+    """
+
+    REJECT = "reject"
+    HEADER = "header"
+    OFFSET = "offset"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds that protect a worker from absurd records; a record over them is parked.
+
+    ``max_value_bytes``: the largest record value accepted (``too_large`` above it).
+    ``max_depth``: the deepest nesting of JSON objects and arrays accepted, the
+    envelope itself being depth 1 and its payload depth 2 (``too_deep`` above it)."""
+
+    max_value_bytes: int = 1024 * 1024
+    max_depth: int = 64
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def parse_json(value: bytes | str | None, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
+    """Bytes → JSON data, or ``DecodeError`` (``not_json``, ``too_large``, ``too_deep``)."""
     if value is None or value == b"" or value == "":
         raise DecodeError(DecodeReason.NOT_JSON, "empty record value (tombstone?)")
+    if not isinstance(value, (bytes, bytearray, memoryview, str)):
+        raise DecodeError(DecodeReason.NOT_JSON, f"record value is a {type(value).__name__}, not bytes")
+    size = len(value)
+    if size > limits.max_value_bytes:
+        raise DecodeError(DecodeReason.TOO_LARGE, f"value is {size} bytes, more than the {limits.max_value_bytes} "
+                          "accepted (STREAMS_MAX_VALUE_BYTES)")
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DecodeError(DecodeReason.NOT_JSON, f"value is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(value)
+        data = json.loads(value)
     except json.JSONDecodeError as exc:
         raise DecodeError(
             DecodeReason.NOT_JSON, f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise DecodeError(DecodeReason.TOO_DEEP, "value is nested too deep for the JSON parser (more than "
+                          f"{limits.max_depth} levels are refused anyway: STREAMS_MAX_NESTING_DEPTH)") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. ValueError: an integer of 5,000 digits; MemoryError
+        raise DecodeError(DecodeReason.NOT_JSON, f"value could not be parsed as JSON: {type(exc).__name__}: "
+                          f"{_short(exc)}") from None
+    # nesting can be no deeper than the number of opening brackets: count them at C speed and
+    # walk the parsed tree only when that bound is over the limit
+    if value.count("{") + value.count("[") > limits.max_depth:
+        depth = nesting_depth(data, limits.max_depth)
+        if depth > limits.max_depth:
+            raise DecodeError(DecodeReason.TOO_DEEP, f"value is nested more than {limits.max_depth} levels deep "
+                              "(STREAMS_MAX_NESTING_DEPTH)")
+    return data
 
 
-def validate_envelope(data: Any) -> Envelope[Any]:
-    """JSON data → untyped envelope, or ``DecodeError(NOT_ENVELOPE)``."""
+def nesting_depth(data: Any, stop_above: int | None = None) -> int:
+    """How deep JSON objects and arrays nest in ``data`` (a scalar: 0, ``{}``: 1), without
+    recursion; stops counting once ``stop_above`` is exceeded."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if stop_above is not None and deepest > stop_above:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def validate_envelope(data: Any, *, fallback_id: str | None = None) -> Envelope[Any]:
+    """JSON data → untyped envelope, or ``DecodeError(NOT_ENVELOPE)``.
+
+    The ``message_id`` is required: an envelope without one would get a fresh random
+    id at every delivery and so never be recognised as a duplicate. ``fallback_id``
+    stands in for a missing one when the topic opted in (:class:`MessageIdFallback`)."""
     if not isinstance(data, dict):
         raise DecodeError(DecodeReason.NOT_ENVELOPE, f"expected a JSON object, got {type(data).__name__}")
+    message_type = data.get("message_type") if isinstance(data.get("message_type"), str) else None
+    if "message_id" not in data:
+        if fallback_id is None:
+            raise DecodeError(
+                DecodeReason.NOT_ENVELOPE,
+                "JSON object is not a message envelope: it has no message_id, so a redelivery could not be "
+                "recognised (producers that cannot set one: see STREAMS_MESSAGE_ID_FALLBACK)",
+                details=[{"loc": ["message_id"], "msg": "Field required", "type": "missing"}],
+                message_type=message_type,
+            )
+        data = {**data, "message_id": fallback_id}
     try:
         return Envelope[Any].model_validate(data)
     except ValidationError as exc:
@@ -156,9 +263,20 @@ def validate_envelope(data: Any) -> Envelope[Any]:
             DecodeReason.NOT_ENVELOPE,
             "JSON object is not a message envelope",
             details=_plain_errors(exc),
-            message_type=data.get("message_type") if isinstance(data.get("message_type"), str) else None,
+            message_type=message_type,
             message_id=data.get("message_id") if isinstance(data.get("message_id"), str) else None,
         ) from None
+    except Exception as exc:  # noqa: BLE001 - nothing about a record may escape as anything but DecodeError
+        raise DecodeError(
+            DecodeReason.NOT_ENVELOPE,
+            f"validating the envelope raised {type(exc).__name__}: {_short(exc)}",
+            message_type=message_type,
+        ) from None
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from streams.envelope import HEADER_MESSAGE_ID
 from streams.processing import (H_ORIGIN_OFFSET, H_ORIGIN_PARTITION, H_ORIGIN_TOPIC, H_RETRY_ATTEMPTS,
                                 H_RETRY_DUE, H_RETRY_FIRST_FAILURE, H_RETRY_LEVEL, Origin, headers_dict)
 
@@ -58,10 +59,14 @@ class RetryTopics:
         return list(self._topics.values())
 
     async def schedule(self, spec: "HandlerSpec", message: Any, origin: Origin, attempts: int,
-                       first_failure: float, error: BaseException) -> None:
+                       first_failure: float, error: BaseException, message_id: str) -> None:
+        """Copy ``message`` to the next retry level, due after that level's delay. The copy
+        carries ``message_id`` as a header (it may have been derived, see ``MessageIdFallback``)."""
         level = origin.level + 1
         delay = spec.retry.delayed_retries[origin.level]
         headers = [(k, v) for k, v in headers_dict(message).items() if not k.startswith("retry.")]
+        if HEADER_MESSAGE_ID not in dict(headers):
+            headers.append((HEADER_MESSAGE_ID, message_id.encode()))
         headers += [
             (H_RETRY_LEVEL, str(level).encode()),
             (H_RETRY_DUE, f"{time.time() + delay:.3f}".encode()),

@@ -125,6 +125,15 @@ class Settings(BaseSettings):
     web_token: SecretStr | None = Field(
         None, description="Bearer token the web views require (all but /health/*). Unset: no auth.")
     web_lag_cache: float = Field(1.0, ge=0, le=60, description="Seconds a lag reading is reused by the web views.")
+    max_value_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest record value a handler accepts; larger ones are parked (too_large).")
+    max_nesting_depth: int = Field(
+        64, ge=2, le=500, description="Deepest JSON nesting a handler accepts; deeper values are parked (too_deep).")
+    message_id_fallback: Literal["reject", "header", "offset"] = Field(
+        "reject", description="An envelope without message_id: reject (park), header (take the message_id "
+        "header) or offset (header, else <topic>-<partition>@<offset>).")
+    create_topics: bool = Field(
+        True, description="The worker creates missing topics at start-up; false: it waits until they exist.")
     dedup_retention: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a processed message id is remembered (default 7 days)."
     )

@@ -8,7 +8,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from streams.kafka_admin import admin_client
+from streams.kafka_admin import admin_client, wait_for_topic_metadata
 from streams.lag import log_offsets
 from streams.settings import Settings
 
@@ -116,5 +116,6 @@ async def create_topic(settings: Settings, name: str, partitions: int, replicati
             message = entry[2] if len(entry) > 2 else ""
             if code:
                 raise for_code(code)(f"creating {topic!r} failed: {message}")
+        await wait_for_topic_metadata(admin._client, {name: partitions})  # noqa: SLF001
     finally:
         await admin.close()

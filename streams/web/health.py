@@ -45,6 +45,9 @@ class Health:
             reasons.append("waiting for partition assignment")
         if faust_app.rebalancing:
             reasons.append("rebalancing")
+        missing = self.app.subscriptions.missing
+        if missing:
+            reasons.append("waiting for topics: " + ", ".join(missing))
         if recovery.in_recovery or not tables.actives_ready:
             remaining = recovery.active_remaining_total()
             reasons.append(f"recovering tables ({remaining} changelog records to go)" if remaining
