@@ -1,5 +1,12 @@
 """``streams``: a Kafka Streams-style consumer framework for reliable asynchronous
-integration between services, built on Faust (faust-streaming) and aiokafka."""
+integration between services, built on Faust (faust-streaming) and aiokafka.
+
+Importing it makes every aiokafka consumer of the process read records whose
+header names are not UTF-8 instead of failing on them (see
+:mod:`streams.tolerant_records`): workers, and the tools that read topics.
+"""
+
+from streams import tolerant_records
 
 from streams.app import StreamsApp, StreamTopic
 from streams.db import Database
@@ -10,6 +17,8 @@ from streams.registry import MessageRegistry
 from streams.retry import PermanentError, RetryPolicy, TransientError
 from streams.sink import CircuitBreaker, RateLimiter, SinkThrottled
 from streams.settings import Settings, SettingsError, load_settings
+
+tolerant_records.install()
 
 __all__ = [
     "CircuitBreaker",

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import MessageSizeTooLargeError
 
 from streams.processing import H_REPLAY_OF, Origin, headers_dict
+from streams.tolerant_records import BAD_HEADER_NAMES
 
 if TYPE_CHECKING:
     from streams.app import HandlerSpec, StreamsApp
@@ -64,6 +65,15 @@ def traceback_digest(exc: BaseException, frames: int = 6) -> str:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _too_large(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it: Faust wraps producer errors) says the record is too large."""
+    while exc is not None:
+        if isinstance(exc, MessageSizeTooLargeError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class DeadLetters:
@@ -104,7 +114,7 @@ class DeadLetters:
         now = time.time()
         headers = [
             (k, v) for k, v in headers_dict(message).items()
-            if not k.startswith(("dlq.", "retry.")) and k != H_REPLAY_OF
+            if not k.startswith(("dlq.", "retry.")) and k not in (H_REPLAY_OF, BAD_HEADER_NAMES)
         ]
         extra = {
             "dlq.reason": reason,
@@ -125,7 +135,9 @@ class DeadLetters:
         topic = self.topic_for(spec.topic.name, spec.topic.partitions)
         try:
             await self.app.publish(topic, message.key, message.value, headers)
-        except MessageSizeTooLargeError as exc:
+        except Exception as exc:
+            if not _too_large(exc):
+                raise
             # the record plus the dlq.* headers is more than the producer may send: park a letter
             # without the value; the value itself stays at dlq.original.* for a replay to read
             size = len(message.value or b"")

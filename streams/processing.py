@@ -40,6 +40,7 @@ from streams.pausing import SourcePause
 from streams.registry import MessageIdFallback
 from streams.processed import DEAD_LETTERED, HANDLED
 from streams.sink import SinkThrottled
+from streams.tolerant_records import BAD_HEADER_NAMES
 
 if TYPE_CHECKING:
     from streams.app import HandlerSpec, StreamsApp
@@ -96,8 +97,12 @@ def origin_of(message: Any, *, on_retry_topic: bool = True) -> Origin:
     """The source record ``message`` stands for. Only records of a retry topic
     (``on_retry_topic``) carry their origin in ``retry.*`` headers; on a source topic
     such headers (written by some other client) are ignored. Headers of a retry
-    record that cannot be read raise ``DecodeError(bad_headers)``."""
+    record that cannot be read, and header names that were not UTF-8 (see
+    :mod:`streams.tolerant_records`), raise ``DecodeError(bad_headers)``."""
     h = headers_dict(message)
+    if BAD_HEADER_NAMES in h:
+        raise DecodeError(DecodeReason.BAD_HEADERS, "header name(s) that are not UTF-8 (shown escaped): "
+                          + h[BAD_HEADER_NAMES].decode("utf-8", "replace"))
     replayed = H_REPLAY_OF in h
     if not on_retry_topic or not h.get(H_RETRY_LEVEL):
         return Origin(message.topic, message.partition, message.offset, 0, 0, None, replayed)

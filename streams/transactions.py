@@ -262,8 +262,17 @@ class Transactions:
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None,
                    partition: int | None = None) -> Any:
-        """Transactional write for the current record; waits for the broker's ack."""
-        return await self.send_soon(topic, key, value, headers, partition)
+        """Transactional write for the current record; waits for the broker's ack. A failure is
+        the caller's to handle (e.g. a dead letter the producer refuses as too large): it is not
+        raised again when the record's writes are flushed."""
+        fut = self.send_soon(topic, key, value, headers, partition)
+        try:
+            return await fut
+        except Exception:
+            scope = _current.get()
+            if scope is not None and fut in scope.pending:
+                scope.pending.remove(fut)
+            raise
 
     async def _send(self, scope: RecordScope, topic: str, key: bytes | None, value: bytes | None,
                     headers: Any, partition: int | None) -> Any:
