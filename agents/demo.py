@@ -45,9 +45,9 @@ def _bad_records(run: str) -> list[tuple[bytes, bytes]]:
     return [
         (f"{run}-bad-1".encode(), b"\xff\xfe not json at all"),
         (f"{run}-bad-2".encode(),
-         b'{"message_type":"OrderShipped","kind":"event","payload":{"order_id":"x"}}'),
+         f'{{"message_id":"{run}-u","message_type":"OrderShipped","kind":"event","payload":{{"order_id":"x"}}}}'.encode()),
         (f"{run}-bad-3".encode(),
-         b'{"message_type":"OrderPlaced","kind":"event","payload":{"order_id":"","total_amount":-5}}'),
+         f'{{"message_id":"{run}-i","message_type":"OrderPlaced","kind":"event","payload":{{"order_id":"","total_amount":-5}}}}'.encode()),
     ]
 
 

@@ -97,8 +97,8 @@ def test_bad_records_are_parked_and_the_partition_moves_on(isolated: Isolated) -
     bad = [
         (b"k-bad-bytes", b"\x00\xff\xfe garbage"),
         (b"k-not-envelope", b'{"hello": "world"}'),
-        (b"k-unknown", b'{"message_type": "OrderShipped", "kind": "event", "payload": {}}'),
-        (b"k-invalid", b'{"message_type": "OrderPlaced", "kind": "event", "payload": {"order_id": ""}}'),
+        (b"k-unknown", b'{"message_id": "u-1", "message_type": "OrderShipped", "kind": "event", "payload": {}}'),
+        (b"k-invalid", b'{"message_id": "i-1", "message_type": "OrderPlaced", "kind": "event", "payload": {"order_id": ""}}'),
     ]
     run(produce_envelopes(isolated.settings, topic, good_before))
     run(produce_raw(isolated.settings, topic, bad))

@@ -26,7 +26,7 @@ TABLE = "order-push-status"
 BAD_RECORDS = [
     (b"bad-1", b"\x00\xff not json"),
     (b"bad-2", b'{"hello": "world"}'),
-    (b"bad-3", b'{"message_type": "OrderShipped", "kind": "event", "payload": {}}'),
+    (b"bad-3", b'{"message_id": "u-1", "message_type": "OrderShipped", "kind": "event", "payload": {}}'),
 ]
 
 
