@@ -3,6 +3,13 @@
 The "push" is recorded as a row in PostgreSQL (``seller_push_notifications``),
 which is what a notification service would consume; one row per handler call,
 so a repeated call would show as a second row for the same ``message_id``.
+
+The row is written with the framework's transactional effects: the message's id
+goes into ``streams_processed_messages`` in the same database transaction, so a
+redelivery — after a crash, or an aborted Kafka transaction under exactly_once —
+finds it and is skipped instead of pushing the seller twice. The
+``SellerNotified`` output is sent inside that transaction, so it is recorded with
+the id and sent again if a skipped redelivery's first send was aborted.
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ class SellerNotifier:
                 pass
             self._schema_ready = True
 
-    async def push(self, order: OrderPlaced, delivery: Delivery) -> int:
+    async def push(self, order: OrderPlaced, delivery: Delivery, tx: psycopg.AsyncConnection) -> int:
+        """Record the push in ``tx`` (the delivery's effect transaction); returns its id."""
         await self.ensure_schema()
         if self.latency:
             await asyncio.sleep(self.latency)  # the seller API's round trip
@@ -67,34 +75,36 @@ class SellerNotifier:
             f"New order {order.order_id}: {order.item_count} item(s), "
             f"{order.total_amount} {order.currency}"
         )
-        rows = await self.db.fetch(
+        cur = await tx.execute(
             'INSERT INTO seller_push_notifications (message_id, order_id, seller_id, body, topic, partition, "offset")'
             " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (delivery.idempotency_key, order.order_id, order.seller_id, body,
              delivery.topic, delivery.partition, delivery.offset),
         )
-        return rows[0][0]
+        return (await cur.fetchone())[0]
 
 
 notifier = SellerNotifier(Database(app.settings), agent_settings.seller_api_latency_ms,
                           agent_settings.failing_sellers())
 
 
-@app.handler(order_placed_topic, "OrderPlaced")
+@app.handler(order_placed_topic, "OrderPlaced", effects=app.effects())
 async def push_seller(message: Envelope[OrderPlaced], delivery: Delivery) -> None:
-    """Tell the seller about a new order, remember it in the order's table row and
-    announce it (``SellerNotified``, part of the Kafka transaction under exactly_once)."""
-    notification_id = await notifier.push(message.payload, delivery)
-    order_push_status[message.key or message.payload.order_id] = {
-        "message_id": message.message_id,
-        "seller_id": message.payload.seller_id,
-        "partition": delivery.partition,
-        "offset": delivery.offset,
-    }
-    notified = registry.envelope(
-        SellerNotified(order_id=message.payload.order_id, seller_id=message.payload.seller_id,
-                       notification_id=notification_id),
-        key=message.key, causation_id=message.message_id, correlation_id=message.correlation_id,
-        source=app.app_id,
-    )
-    await app.send(seller_notified_topic, notified)
+    """Tell the seller about a new order (once: the push and the processed id commit
+    together), remember it in the order's table row and announce it (``SellerNotified``,
+    part of the Kafka transaction under exactly_once, recorded with the processed id)."""
+    async with delivery.transaction() as tx:
+        notification_id = await notifier.push(message.payload, delivery, tx)
+        order_push_status[message.key or message.payload.order_id] = {
+            "message_id": message.message_id,
+            "seller_id": message.payload.seller_id,
+            "partition": delivery.partition,
+            "offset": delivery.offset,
+        }
+        notified = registry.envelope(
+            SellerNotified(order_id=message.payload.order_id, seller_id=message.payload.seller_id,
+                           notification_id=notification_id),
+            key=message.key, causation_id=message.message_id, correlation_id=message.correlation_id,
+            source=app.app_id,
+        )
+        await app.send(seller_notified_topic, notified)

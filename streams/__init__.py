@@ -10,6 +10,7 @@ from streams import tolerant_records
 
 from streams.app import StreamsApp, StreamTopic
 from streams.db import Database
+from streams.effects import AlreadyProcessed, Effects
 from streams.envelope import Envelope, Kind, command, event, new_message_id
 from streams.processing import Delivery
 from streams.errors import ConfigurationError, DecodeError, DecodeReason, StreamsError
@@ -21,6 +22,8 @@ from streams.settings import Settings, SettingsError, load_settings
 tolerant_records.install()
 
 __all__ = [
+    "AlreadyProcessed",
+    "Effects",
     "CircuitBreaker",
     "RateLimiter",
     "SinkThrottled",

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from streams.deadletter import DeadLetters
+from streams.effects import Effects, Output, capture_output
 from streams.envelope import Envelope, Kind
 from streams.errors import ConfigurationError, DecodeError
 from streams.metrics import Metrics
@@ -90,6 +91,8 @@ class HandlerSpec:
     processed: ProcessedIds | None = None
     #: guards of the handler's downstream (circuit breaker, rate limiter; see streams.sink)
     sinks: tuple[Any, ...] = ()
+    #: the processed-messages table its effect transactions record into (streams.effects)
+    effects: Effects | None = None
     agents: list[Any] = field(default_factory=list, repr=False)
 
 
@@ -121,11 +124,15 @@ class StreamsApp:
         self.retry_topics = RetryTopics(self)
         #: exactly_once routing: every write of a record in the transaction of its offset
         self.transactions = Transactions(self)
-        if self.transactions.enabled:
-            from streams import faust_fixes
+        from streams import faust_fixes
 
+        faust_fixes.install_cleared_events_fix(self.faust)
+        if self.transactions.enabled:
             faust_fixes.install_recovery_fix(self.faust, self.settings)
         self._outputs: list[Any] = []
+        self._effects: Effects | None = None
+        self._effects_purged: list[Effects] = []
+        self._raw_topics: dict[str, Any] = {}
         self._runners: list[HandlerRunner] = []
         self._committed_at_assignment: dict[tuple[str, int], int] | None = None
         #: offset ranges to handle again on purpose (streams.reprocess), read on each assignment
@@ -257,6 +264,7 @@ class StreamsApp:
         retry: RetryPolicy | None = None,
         idempotent: bool = True,
         sink: Any = None,
+        effects: Effects | None = None,
     ) -> Callable[[Handler], Handler]:
         """Declare ``fn(envelope, delivery)`` as the handler of ``message_types`` on ``topic``.
 
@@ -266,6 +274,9 @@ class StreamsApp:
         :class:`~streams.sink.CircuitBreaker`, :class:`~streams.sink.RateLimiter`
         or a tuple of them) guards the handler's downstream: while it says wait,
         the handler's partitions pause on this worker (see :mod:`streams.sink`).
+        ``effects`` (:meth:`effects`) gives the handler ``delivery.transaction()``: its
+        database writes commit together with the message's processed id, and a
+        processed message is skipped before the handler runs (see :mod:`streams.effects`).
         """
         if not message_types:
             raise ConfigurationError("a handler needs at least one message type")
@@ -297,7 +308,14 @@ class StreamsApp:
             self.dead_letters.topic_for(topic.name, topic.partitions)
             hspec = HandlerSpec(handler_name, topic, frozenset(message_types), fn, retry or RetryPolicy(),
                                 sinks=tuple(sink) if isinstance(sink, (tuple, list)) else
-                                (() if sink is None else (sink,)))
+                                (() if sink is None else (sink,)), effects=effects)
+            if effects is not None and effects not in self._effects_purged:
+                self._effects_purged.append(effects)
+
+                async def purge_processed_messages() -> None:
+                    await effects.run_purge()
+
+                self.faust.task(purge_processed_messages)
             if idempotent:
                 hspec.processed = ProcessedIds(self, handler_name, topic.partitions,
                                                retention=self.settings.dedup_retention)
@@ -322,11 +340,30 @@ class StreamsApp:
         self._outputs.append(topic)
         return topic
 
+    def effects(self, **options: Any) -> Effects:
+        """The app's processed-messages table in PostgreSQL (``STREAMS_DATABASE_URL``), for
+        handlers declared with ``effects=`` (one per app; ``options`` go to
+        :class:`~streams.effects.Effects` the first time)."""
+        if self._effects is None:
+            self._effects = Effects(self.settings, **options)
+        return self._effects
+
     async def send(self, topic: StreamTopic, envelope: Envelope) -> None:
         """Publish an envelope from a handler and wait for the broker's ack. Under
-        ``exactly_once`` it joins the transaction of the message being handled."""
+        ``exactly_once`` it joins the transaction of the message being handled. Inside
+        ``delivery.transaction()`` it is also recorded with the processed id, to be sent
+        again if a redelivery is skipped (see :mod:`streams.effects`)."""
         key, value, headers = envelope.to_record()
+        capture_output(Output(topic.name, key, value, headers))
         await self.publish(topic.faust_topic, key, value, headers)
+
+    async def publish_to(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
+        """:meth:`publish` to a topic given by its full name."""
+        faust_topic = self._raw_topics.get(topic)
+        if faust_topic is None:
+            faust_topic = self._raw_topics[topic] = self.faust.topic(topic, key_serializer="raw",
+                                                                     value_serializer="raw")
+        await self.publish(faust_topic, key, value, headers)
 
     async def publish(self, faust_topic: Any, key: bytes | None, value: bytes | None, headers: Any,
                       partition: int | None = None) -> None:

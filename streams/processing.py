@@ -30,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from streams.effects import AlreadyProcessed
 from streams.envelope import HEADER_MESSAGE_ID
 from streams.errors import DecodeError, DecodeReason
 from streams.pausing import SourcePause
@@ -71,6 +72,28 @@ class Delivery:
     idempotency_key: str
     retry_level: int = 0
     replayed: bool = False
+    #: who records the message as processed: ``<app id>:<handler>``
+    consumer: str = ""
+    effects: Any = field(default=None, repr=False, compare=False)
+
+    def transaction(self, conn: Any = None) -> Any:
+        """A database transaction that first records this message as processed, committed
+        together with the handler's writes (see :mod:`streams.effects`)::
+
+            async with delivery.transaction() as tx:    # psycopg AsyncConnection from the pool
+                await tx.execute("INSERT ...")
+
+        ``conn`` may be a psycopg ``AsyncConnection`` (``async with``), a psycopg
+        ``Connection`` or SQLAlchemy ``Session`` (``with``), or an ``AsyncSession``.
+        Raises :class:`~streams.effects.AlreadyProcessed` (handled by the framework)
+        when the message was processed already. Needs ``@app.handler(..., effects=...)``."""
+        if self.effects is None:
+            from streams.errors import ConfigurationError
+
+            raise ConfigurationError("delivery.transaction() needs the handler declared with "
+                                     "effects=app.effects()")
+        return self.effects.transaction(self.consumer, self.idempotency_key,
+                                        (self.topic, self.partition, self.offset), conn)
 
 
 @dataclass(frozen=True)
@@ -409,6 +432,13 @@ class HandlerRunner:
                           entry.outcome, entry.at)
                 return "duplicate"
 
+        effects = spec.effects
+        consumer = f"{self.app.app_id}:{spec.name}"
+        if effects is not None:
+            outputs = await effects.processed(consumer, envelope.message_id)
+            if outputs is not None:  # its effect committed with its processed id: skip it
+                return await self._already_processed(msg, origin, envelope, outputs)
+
         attempts = origin.attempts_before
         first_failure = origin.first_failure
         policy = spec.retry
@@ -420,11 +450,14 @@ class HandlerRunner:
             attempts += 1
             tries_here += 1
             delivery = Delivery(origin.topic, origin.partition, origin.offset, attempts, envelope.message_id,
-                                origin.level, origin.replayed)
+                                origin.level, origin.replayed, consumer, effects)
             try:
                 await spec.fn(envelope, delivery)
             except asyncio.CancelledError:
                 raise
+            except AlreadyProcessed:  # another delivery of it committed its effect meanwhile
+                outputs = await effects.processed(consumer, envelope.message_id) if effects else []
+                return await self._already_processed(msg, origin, envelope, outputs or [])
             except SinkThrottled as exc:  # the downstream said "slow down": wait, same message, no attempt used
                 attempts -= 1
                 tries_here -= 1
@@ -474,6 +507,21 @@ class HandlerRunner:
                                                       origin.offset, attempts, msg.topic, msg.offset))
             self._count("handled", origin)
             return "handled"
+
+    async def _already_processed(self, msg: Any, origin: Origin, envelope: Any, outputs: list[Any]) -> str:
+        """A message whose effect transaction committed before: its recorded Kafka outputs are
+        sent again (under exactly_once the first sends may have been aborted with their Kafka
+        transaction), it is noted in the processed-ID table and counted ``duplicate``."""
+        for output in outputs:
+            await self.app.publish_to(output.topic, output.key, output.value, output.headers)
+        processed = self.spec.processed
+        if processed is not None:
+            self._pending.append(processed.record(envelope.message_id, HANDLED, msg.partition, origin.offset,
+                                                  0, msg.topic, msg.offset))
+        self._count("duplicate", origin)
+        log.debug("%s: %s %s already processed (effect committed before); %d output(s) sent again",
+                  self.spec.name, envelope.message_type, envelope.message_id, len(outputs))
+        return "duplicate"
 
     async def _wait_for_sinks(self, origin: Origin) -> None:
         """Until every sink guard lets a call out: short waits sleep, longer ones pause the partitions."""
