@@ -140,7 +140,7 @@ class StreamsApp:
         self.faust.task(self._declare_topics)
         # topics are in the brokers' metadata before the group forms, and a worker never sits idle
         # on a topic its group could not see when it formed (streams.subscriptions)
-        install_creation_wait()
+        install_creation_wait(self.faust, self.settings)
         install_changelog_check()
         self.subscriptions = SubscriptionWatch(self)
         self.faust.task(self.subscriptions.run)
@@ -164,7 +164,8 @@ class StreamsApp:
             "store": s.store,
             "datadir": str(self.data_dir),
             "topic_partitions": s.topic_partitions,
-            "topic_replication_factor": s.topic_replication_factor,
+            # replicas (and min.insync.replicas) follow the cluster when unset: see streams.subscriptions
+            "topic_replication_factor": s.topic_replication_factor or 1,
             "processing_guarantee": s.processing_guarantee.value,
             "broker_commit_interval": s.broker_commit_interval,
             "broker_session_timeout": s.broker_session_timeout,
@@ -426,7 +427,7 @@ class StreamsApp:
         """Every topic this app declares (sources, outputs, retry and dead-letter topics)."""
         from streams.kafka_admin import TopicSpec
 
-        rf = self.settings.topic_replication_factor
+        rf = self.settings.topic_replication_factor  # None: the cluster's default (kafka_admin.new_topic)
         out = []
         for t in self.topics.values():
             out.append(TopicSpec(t.name, t.partitions, rf))

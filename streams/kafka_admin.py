@@ -19,10 +19,22 @@ from streams.settings import Settings
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """A topic to create: ``replication_factor`` None follows the settings and the cluster size
+    (see :meth:`Settings.replication`), and so does ``min.insync.replicas`` unless ``config`` sets it."""
+
     name: str
     partitions: int
-    replication_factor: int = 1
+    replication_factor: int | None = None
     config: dict[str, str] | None = None
+
+
+def new_topic(settings: Settings, spec: TopicSpec, brokers: int) -> NewTopic:
+    """The admin request for ``spec`` on a cluster of ``brokers``, replication defaults applied."""
+    replication, min_isr = settings.replication(brokers)
+    if spec.replication_factor is not None:
+        replication, min_isr = spec.replication_factor, min(min_isr, spec.replication_factor)
+    config = {"min.insync.replicas": str(min_isr), **(spec.config or {})}
+    return NewTopic(spec.name, spec.partitions, replication, topic_configs=config)
 
 
 def admin_client(settings: Settings) -> AIOKafkaAdminClient:
@@ -90,11 +102,8 @@ async def ensure_topics(settings: Settings, topics: Iterable[TopicSpec]) -> list
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [
-            NewTopic(t.name, t.partitions, t.replication_factor, topic_configs=t.config or {})
-            for t in wanted
-            if t.name not in existing
-        ]
+        brokers = len(admin._client.cluster.brokers()) or 1  # noqa: SLF001 - known after list_topics
+        new = [new_topic(settings, t, brokers) for t in wanted if t.name not in existing]
         if new:
             try:
                 response = await admin.create_topics(new)

@@ -78,7 +78,11 @@ class Settings(BaseSettings):
         "", description="Prefix added to every topic the app declares (environment namespacing)."
     )
     topic_partitions: int = Field(4, ge=1, le=10_000, description="Partitions of topics the app creates.")
-    topic_replication_factor: int = Field(1, ge=1, le=32)
+    topic_replication_factor: int | None = Field(
+        None, ge=1, le=32, description="Replicas of the topics the app creates (unset: min(3, brokers)).")
+    topic_min_insync_replicas: int | None = Field(
+        None, ge=1, le=32, description="min.insync.replicas of the topics the app creates (unset: 2 with 3+ "
+        "replicas, else 1).")
     processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE
     log_level: LogLevel = LogLevel.INFO
 
@@ -103,6 +107,9 @@ class Settings(BaseSettings):
     local_kafka_port: int = Field(9092, ge=1, le=65535)
     local_kafka_controller_port: int = Field(9093, ge=1, le=65535)
     local_kafka_heap: str = Field("512m", description="JVM -Xmx for the local broker.")
+    local_kafka_brokers: int | None = Field(
+        None, ge=1, le=5, description="Nodes of the local cluster (unset: the size `streams dev kafka up --brokers N` "
+        "recorded, else 1).")
     local_kafka_start_timeout: float = Field(90.0, gt=0)
 
     # --- PostgreSQL -------------------------------------------------------
@@ -259,9 +266,35 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap is None
 
     @property
+    def local_kafka_nodes(self) -> int:
+        """How many nodes the local cluster has (see ``local_kafka_brokers``)."""
+        if self.local_kafka_brokers is not None:
+            return self.local_kafka_brokers
+        from streams.dev.kafka import recorded_cluster_size
+
+        return recorded_cluster_size(self.home_path / "kafka") or 1
+
+    @property
     def bootstrap_servers(self) -> str:
-        """Bootstrap servers to connect to (the external cluster, or the local broker)."""
-        return self.kafka_bootstrap or f"127.0.0.1:{self.local_kafka_port}"
+        """Bootstrap servers to connect to (the external cluster, or the local broker or cluster)."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        nodes = self.local_kafka_nodes
+        return ",".join(f"127.0.0.1:{self.local_kafka_port + 2 * i}" for i in range(nodes))
+
+    def replication(self, brokers: int) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) for topics the app creates on a cluster of
+        ``brokers``: the settings where set, else three replicas (at most the cluster size)
+        with two in sync."""
+        from streams.dev.kafka import replication_defaults
+
+        replication, min_isr = replication_defaults(brokers)
+        if self.topic_replication_factor is not None:
+            replication = self.topic_replication_factor
+            min_isr = 2 if replication >= 3 else 1
+        if self.topic_min_insync_replicas is not None:
+            min_isr = self.topic_min_insync_replicas
+        return replication, min(min_isr, replication)
 
     @property
     def uses_local_postgres(self) -> bool:

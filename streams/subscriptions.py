@@ -27,30 +27,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from streams.kafka_admin import wait_for_topic_metadata
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
+    from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def install_creation_wait() -> None:
-    """Make Faust's topic creation return only once the brokers' metadata shows the topic.
+#: Faust app -> the settings its topics are created with
+_SETTINGS: "weakref.WeakKeyDictionary[Any, Settings]" = weakref.WeakKeyDictionary()
+
+
+def install_creation_wait(faust_app: Any, settings: "Settings") -> None:
+    """Make Faust's topic creation return only once the brokers' metadata shows the topic,
+    and give the topics ``faust_app`` creates the settings' replication defaults.
 
     Faust creates the topics a worker subscribes to (sources, table changelogs,
     dead-letter and retry topics) right before subscribing; its creation returns
-    when the controller accepted the topic, not when the brokers know it."""
+    when the controller accepted the topic, not when the brokers know it. Its
+    replication factor is one number for every cluster; unless
+    ``STREAMS_TOPIC_REPLICATION_FACTOR`` says otherwise, topics get three replicas
+    where there are three brokers (fewer on a smaller cluster) and
+    ``min.insync.replicas`` two (see :meth:`Settings.replication`)."""
     from faust.transport.drivers.aiokafka import Transport
 
+    _SETTINGS[faust_app] = settings
     if getattr(Transport, "_streams_creation_wait", False):
         return
     original = Transport._create_topic  # noqa: SLF001 - the one place Faust creates topics
 
     async def _create_topic(self: Any, owner: Any, client: Any, topic: str, partitions: int, replication: int,
                             **kwargs: Any) -> None:
+        app_settings = _SETTINGS.get(getattr(owner, "app", None))
+        if app_settings is not None:
+            replication, min_isr = app_settings.replication(len(client.cluster.brokers()) or 1)
+            kwargs["config"] = {"min.insync.replicas": str(min_isr), **(kwargs.get("config") or {})}
         await original(self, owner, client, topic, partitions, replication, **kwargs)
         if owner.should_stop:
             return

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from streams.kafka_admin import admin_client, wait_for_topic_metadata
+from streams.kafka_admin import TopicSpec, admin_client, new_topic, wait_for_topic_metadata
 from streams.lag import log_offsets
 from streams.settings import Settings
 
@@ -101,21 +100,25 @@ async def describe_topic(settings: Settings, name: str, *, all_configs: bool = F
     return TopicDescription(name, bool(t["is_internal"]), partitions, dict(sorted(configs.items())))
 
 
-async def create_topic(settings: Settings, name: str, partitions: int, replication_factor: int,
-                       configs: dict[str, str] | None = None) -> None:
-    """Create a topic; raises ``TopicAlreadyExistsError`` if it exists."""
+async def create_topic(settings: Settings, name: str, partitions: int, replication_factor: int | None,
+                       configs: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    """Create a topic (replication None: the settings' and cluster's default, see
+    :meth:`Settings.replication`); returns its replication factor and configs. Raises
+    ``TopicAlreadyExistsError`` if it exists."""
     admin = admin_client(settings)
     await admin.start()
     try:
         if name in await admin.list_topics():
             raise TopicAlreadyExistsError(f"topic {name!r} already exists")
-        response = await admin.create_topics([NewTopic(name, partitions, replication_factor,
-                                                       topic_configs=configs or {})])
+        brokers = len(admin._client.cluster.brokers()) or 1  # noqa: SLF001
+        request = new_topic(settings, TopicSpec(name, partitions, replication_factor, configs), brokers)
+        response = await admin.create_topics([request])
         for entry in getattr(response, "topic_errors", []) or []:
             topic, code = entry[0], entry[1]
             message = entry[2] if len(entry) > 2 else ""
             if code:
                 raise for_code(code)(f"creating {topic!r} failed: {message}")
         await wait_for_topic_metadata(admin._client, {name: partitions})  # noqa: SLF001
+        return request.replication_factor, dict(request.topic_configs)
     finally:
         await admin.close()

@@ -88,6 +88,35 @@ def servers() -> Servers:
             kafka.down()
 
 
+@pytest.fixture(scope="session")
+def cluster3():
+    """A three-node Kafka cluster (KRaft, each node broker and controller) for the tests that
+    need replication; started on first use in this test process, stopped at its end."""
+    from streams.dev.kafka import LocalKafkaCluster
+
+    if os.environ.get("STREAMS_KAFKA_BOOTSTRAP"):
+        pytest.skip("STREAMS_KAFKA_BOOTSTRAP is set: the three-broker tests need the project's own cluster")
+    SESSION_HOME.mkdir(parents=True, exist_ok=True)
+    cluster = LocalKafkaCluster(data_dir=SESSION_HOME / "kafka3", cache_dir=ROOT / ".streams" / "cache",
+                                brokers=3, heap="256m",
+                                node_ports=_distinct_port_pairs(3))
+    took = cluster.up()
+    print(f"\n[cluster3] {cluster.bootstrap} ({took:.1f}s)")
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def _distinct_port_pairs(n: int) -> list[tuple[int, int]]:
+    ports: list[int] = []
+    while len(ports) < 2 * n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return [(ports[2 * i], ports[2 * i + 1]) for i in range(n)]
+
+
 @dataclass
 class Isolated:
     """One test's private corner of the shared servers."""

@@ -43,9 +43,9 @@ APP = {"STREAMS_WORKER_APP": "tests.apps.chaos_app:app"}
 class OrderService(threading.Thread):
     """Places orders through the outbox until stopped; remembers what committed."""
 
-    def __init__(self, iso: Isolated, topic: str, seed: str) -> None:
+    def __init__(self, iso: Isolated, topic: str, seed: str, keys: int | None = None) -> None:
         super().__init__(daemon=True)
-        self.iso, self.topic, self.rng = iso, topic, random.Random(seed)
+        self.iso, self.topic, self.rng, self.keys = iso, topic, random.Random(seed), keys
         self.committed: dict[str, str] = {}  # order id -> message id
         self.declined: set[str] = set()
         self.halt = threading.Event()
@@ -57,7 +57,8 @@ class OrderService(threading.Thread):
                 i = 0
                 while not self.halt.is_set():
                     order_id = f"o-{i}"
-                    envelope: Envelope = registry.envelope(OrderPlaced(order_id=order_id, amount=i), key=order_id)
+                    key = order_id if self.keys is None else f"k{i % self.keys}"
+                    envelope: Envelope = registry.envelope(OrderPlaced(order_id=order_id, amount=i), key=key)
                     declined = self.rng.random() < 0.05
                     conn.execute("INSERT INTO chaos_orders (order_id) VALUES (%s)", (order_id,))
                     write_message(conn, envelope, topic=self.topic, table=self.iso.settings.outbox_table)

@@ -138,10 +138,14 @@ def dev() -> None:
 
 def _service_commands(group: click.Group, name: str, factory) -> None:
     @group.command("up")
+    @click.option("--brokers", type=click.IntRange(1, 5), default=None,
+                  help="Kafka only: nodes of the local cluster (3: replication factor 3, min.insync.replicas 2); "
+                       "recorded, so later commands find the cluster.") if name == "kafka" else (lambda f: f)
     @pass_ctx
-    def up(ctx: Context) -> None:
+    def up(ctx: Context, brokers: int | None = None) -> None:
         """Start it (no-op if it already runs); wait until it answers."""
-        svc = factory(ctx.settings)
+        settings = ctx.settings if brokers is None else ctx.settings.model_copy(update={"local_kafka_brokers": brokers})
+        svc = factory(settings)
         took = svc.up()
         state = "already running" if took == 0 else f"started in {took:.1f}s"
         console.print(f"{name}: {state} — {json.dumps(svc.status())}", highlight=False)
@@ -165,7 +169,7 @@ def _service_commands(group: click.Group, name: str, factory) -> None:
 
 @dev.group("kafka")
 def dev_kafka() -> None:
-    """The project's single-node Apache Kafka broker (KRaft)."""
+    """The project's Apache Kafka (KRaft): one node, or a cluster with `up --brokers 3`."""
 
 
 @dev.group("postgres")

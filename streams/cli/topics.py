@@ -94,6 +94,7 @@ def create_cmd(ctx: Context, name: str, partitions: int | None, replication_fact
     s = ctx.settings
     pairs = _config_pairs(configs)
     parts, rf = partitions or s.topic_partitions, replication_factor or s.topic_replication_factor
-    run_on_broker(s, create_topic(s, name, parts, rf, pairs))  # an existing topic: exit 1 with the message
-    console.print(f"created {name}: {parts} partition(s), replication factor {rf}"
-                  + (f", configs {pairs}" if pairs else ""), highlight=False)
+    # an existing topic: exit 1 with the message
+    rf, applied = run_on_broker(s, create_topic(s, name, parts, rf, pairs))
+    console.print(f"created {name}: {parts} partition(s), replication factor {rf}, configs {applied}",
+                  highlight=False)

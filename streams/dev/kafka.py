@@ -140,9 +140,18 @@ def _resolve_jars(cache_dir: Path, name: str, version: str, with_tools: bool) ->
     return lib
 
 
+def replication_defaults(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: three copies
+    where there are three brokers, and acks=all writes need two of them in sync."""
+    replication = max(1, min(3, brokers))
+    return replication, (2 if replication >= 3 else 1)
+
+
 @dataclass
 class LocalKafka:
-    """One local single-node KRaft broker: jars, config, data dir, pid file and log."""
+    """One local KRaft node (broker and controller in one process): jars, config, data dir,
+    pid file and log. Alone it is a single-node cluster; :class:`LocalKafkaCluster` runs
+    several with one controller quorum."""
 
     data_dir: Path
     cache_dir: Path
@@ -153,10 +162,26 @@ class LocalKafka:
     version: str = KAFKA_VERSION
     start_timeout: float = 90.0
     log_level: str = "INFO"
+    node_id: int = 1
+    #: ``controller.quorum.voters``; None: this node alone
+    voters: str | None = None
+    #: the cluster's size (replication defaults of internal topics follow it)
+    cluster_size: int = 1
+    #: file holding the cluster id (shared by every node of a cluster); None: in data_dir
+    cluster_id_file: Path | None = None
 
     @classmethod
-    def from_settings(cls, settings) -> "LocalKafka":
+    def from_settings(cls, settings) -> "LocalKafka | LocalKafkaCluster":
+        """The local broker, or the local cluster when ``STREAMS_LOCAL_KAFKA_BROKERS`` (or the
+        size recorded by ``streams dev kafka up --brokers N``) is more than one."""
         home = settings.home_path
+        brokers = settings.local_kafka_nodes
+        if brokers > 1:
+            return LocalKafkaCluster(
+                data_dir=home / "kafka", cache_dir=home / "cache", brokers=brokers,
+                port=settings.local_kafka_port, controller_port=settings.local_kafka_controller_port,
+                heap=settings.local_kafka_heap, start_timeout=settings.local_kafka_start_timeout,
+            )
         return cls(
             data_dir=home / "kafka",
             cache_dir=home / "cache",
@@ -282,10 +307,11 @@ class LocalKafka:
         ]
 
     def _write_config(self) -> None:
+        replication, min_isr = replication_defaults(self.cluster_size)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@{self.host}:{self.controller_port}",
             "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -293,15 +319,17 @@ class LocalKafka:
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.log_dirs),
             "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": str(replication),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(replication),
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": str(replication),
+            "transaction.state.log.min.isr": str(min_isr),
             "transaction.state.log.num.partitions": "10",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": str(replication),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
+            # a replica that fell behind never becomes leader: acks=all writes are never lost
+            "unclean.leader.election.enable": "false",
             "group.initial.rebalance.delay.ms": "0",
             # small machine (2 cores)
             "num.network.threads": "2",
@@ -326,7 +354,7 @@ class LocalKafka:
     def _format(self, java: str, lib: Path) -> None:
         if (self.log_dirs / "meta.properties").exists():
             return
-        cluster_id_file = self.data_dir / "cluster.id"
+        cluster_id_file = self.cluster_id_file or self.data_dir / "cluster.id"
         if not cluster_id_file.exists():
             cluster_id_file.write_text(_random_cluster_id() + "\n")
         cluster_id = cluster_id_file.read_text().strip()
@@ -359,6 +387,91 @@ class LocalKafka:
                 return _READY_LINE.encode() in fh.read()
         except FileNotFoundError:
             return False
+
+
+@dataclass
+class LocalKafkaCluster:
+    """Several local KRaft nodes (each broker and controller) forming one cluster.
+
+    Node ``i`` (1-based) listens on ``port + 2(i-1)`` and its controller on
+    ``controller_port + 2(i-1)``, keeps its data in ``data_dir/node-<i>``; the
+    cluster id and size are recorded in ``data_dir``. With three nodes, topics get
+    three replicas and ``min.insync.replicas=2`` by default (internal topics too),
+    so the cluster takes acks=all writes with any one node down."""
+
+    data_dir: Path
+    cache_dir: Path
+    brokers: int = 3
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "384m"
+    host: str = "127.0.0.1"
+    version: str = KAFKA_VERSION
+    start_timeout: float = 120.0
+    #: (port, controller port) of each node, instead of the ones derived from ``port`` (tests: free ports)
+    node_ports: list[tuple[int, int]] | None = None
+
+    def __post_init__(self) -> None:
+        ports = self.node_ports or [(self.port + 2 * i, self.controller_port + 2 * i) for i in range(self.brokers)]
+        voters = ",".join(f"{i}@{self.host}:{ports[i - 1][1]}" for i in range(1, self.brokers + 1))
+        self.nodes = [
+            LocalKafka(data_dir=self.data_dir / f"node-{i}", cache_dir=self.cache_dir,
+                       port=ports[i - 1][0], controller_port=ports[i - 1][1],
+                       heap=self.heap, host=self.host, version=self.version, start_timeout=self.start_timeout,
+                       node_id=i, voters=voters, cluster_size=self.brokers,
+                       cluster_id_file=self.data_dir / "cluster.id")
+            for i in range(1, self.brokers + 1)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    def is_running(self) -> bool:
+        return all(node.is_running() for node in self.nodes)
+
+    def status(self) -> dict:
+        nodes = [node.status() for node in self.nodes]
+        return {"version": self.version, "brokers": self.brokers, "bootstrap": self.bootstrap,
+                "running": all(n["running"] for n in nodes), "answering": all(n["answering"] for n in nodes),
+                "data_dir": str(self.data_dir), "nodes": nodes}
+
+    def up(self) -> float:
+        """Start every node that does not run (in parallel: a quorum needs most of them) and wait
+        until all answer. Returns the seconds it took (0.0 if all already ran)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.is_running():
+            return 0.0
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        resolve_jars(self.cache_dir, self.version)
+        (self.data_dir / "cluster.json").write_text(f'{{"brokers": {self.brokers}}}\n')
+        started = time.monotonic()
+        with ThreadPoolExecutor(self.brokers) as pool:
+            for future in [pool.submit(node.up) for node in self.nodes]:
+                future.result()
+        return time.monotonic() - started
+
+    def down(self, timeout: float = 30.0) -> bool:
+        """Stop every node; True if any was running."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.brokers) as pool:
+            stopped = list(pool.map(lambda node: node.down(timeout), self.nodes))
+        return any(stopped)
+
+
+def recorded_cluster_size(kafka_dir: Path) -> int | None:
+    """The size ``streams dev kafka up --brokers N`` recorded in ``kafka_dir`` (None: none)."""
+    import json
+
+    try:
+        return int(json.loads((kafka_dir / "cluster.json").read_text())["brokers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _random_cluster_id() -> str:

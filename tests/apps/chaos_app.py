@@ -16,8 +16,8 @@ registry = MessageRegistry()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chaos_orders (order_id text PRIMARY KEY, placed_at timestamptz DEFAULT now());
-CREATE TABLE IF NOT EXISTS tx_pushes (message_id text NOT NULL, order_id text NOT NULL, worker int,
-                                      at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS tx_pushes (id bigserial PRIMARY KEY, message_id text NOT NULL, order_id text NOT NULL,
+                                      key text, seq bigint, worker int, at timestamptz DEFAULT clock_timestamp());
 CREATE TABLE IF NOT EXISTS plain_pushes (message_id text NOT NULL, order_id text NOT NULL, worker int,
                                          at timestamptz DEFAULT clock_timestamp());
 """
@@ -37,8 +37,9 @@ db = Database(app.settings)
 @app.handler(orders, "OrderPlaced", effects=app.effects())
 async def tx_push(message: Envelope[OrderPlaced], delivery: Delivery) -> None:
     async with delivery.transaction() as tx:
-        await tx.execute("INSERT INTO tx_pushes (message_id, order_id, worker) VALUES (%s, %s, pg_backend_pid())",
-                         (message.message_id, message.payload.order_id))
+        await tx.execute("INSERT INTO tx_pushes (message_id, order_id, key, seq, worker) "
+                         "VALUES (%s, %s, %s, %s, pg_backend_pid())",
+                         (message.message_id, message.payload.order_id, message.key, message.payload.amount))
 
 
 @app.handler(orders, "OrderPlaced")
