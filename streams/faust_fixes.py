@@ -11,7 +11,8 @@ commit advances only a few offsets (seen: a partition committing +10 offsets per
 :func:`install` replaces ``Consumer._new_offset`` with the same computation over
 distinct offsets.
 
-**Exactly-once restores wait for records that never come.** Faust restores a
+**Exactly-once restores wait for records that never come** (and start from an
+unknown end). Faust restores a
 table until it has seen the record just before the changelog's end offset. Under
 ``exactly_once`` every transaction ends with a commit (or abort) marker, so the
 last offset of a changelog is a marker that a ``read_committed`` reader never
@@ -116,6 +117,32 @@ def install_recovery_fix(faust_app: Any, settings: "Settings") -> None:
     if getattr(Recovery, "_streams_fixes", False):
         return
     original = Recovery._build_offsets  # noqa: SLF001
+    original_highwaters = Recovery._build_highwaters  # noqa: SLF001
+
+    async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        """Under exactly_once Faust takes a changelog's end from the last stable offset the
+        consumer saw in a fetch response; for a partition it has not fetched yet (just
+        assigned) that is unknown and Faust uses -1, "empty": the restore is skipped (the
+        new owner's processed-ID table stays empty, so duplicates pass) or, with a local
+        store, Faust stops the worker with ConsistencyError ("persisted offset 234 >
+        highwater -1", seen in the chaos test). Unknown ends are asked from the broker."""
+        await original_highwaters(self, consumer, tps, destination, title)
+        app_settings = _SETTINGS.get(self.app)
+        if app_settings is None or not self.app.in_transaction:
+            return
+        unknown = [tp for tp in tps if destination.get(tp, -1) < 0]
+        if not unknown:
+            return
+        try:
+            stable = await stable_end_offsets(app_settings, unknown)
+        except Exception as exc:  # noqa: BLE001 - Faust's own (possibly wrong) figure stays
+            log.warning("could not read the stable end offsets of %d changelog partition(s): %r", len(unknown), exc)
+            return
+        known = {tp: end - 1 for tp, end in stable.items() if end > 0}
+        if known:
+            log.info("%s changelog partitions not fetched yet; their ends from the broker: %s", title,
+                     {f"{tp.topic}[{tp.partition}]": o for tp, o in sorted(known.items())})
+            destination.update(known)
 
     async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
         await original(self, consumer, tps, destination, title)
@@ -146,7 +173,23 @@ def install_recovery_fix(faust_app: Any, settings: "Settings") -> None:
                 highwaters[tp] = offset
 
     Recovery._build_offsets = _build_offsets  # noqa: SLF001
+    Recovery._build_highwaters = _build_highwaters  # noqa: SLF001
     Recovery._streams_fixes = True
+
+
+async def stable_end_offsets(settings: "Settings", tps: list[Any]) -> dict[Any, int]:
+    """The last stable offset (what a ``read_committed`` reader can reach) of each partition."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    reader = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+                              isolation_level="read_committed")
+    await reader.start()
+    try:
+        by_key = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        ends = await reader.end_offsets(list(by_key))
+        return {by_key[ktp]: end for ktp, end in ends.items()}
+    finally:
+        await reader.stop()
 
 
 async def last_visible_offsets(settings: "Settings", ends: dict[Any, int], window: int = 256,

@@ -11,9 +11,9 @@ either handler, no declined order may reach one, and ``tx_push`` may not
 repeat a single effect under either guarantee. ``plain_push``'s repeats are
 reported for comparison.
 
-``STREAMS_CHAOS_SECONDS`` sets how long the kills go on (default 40 s in the
+``CHAOS_SECONDS`` sets how long the kills go on (default 40 s in the
 suite; the issue's run was 120: ``make test PYTEST_WORKERS=0 PYTEST_ARGS="-s -k chaos"
-STREAMS_CHAOS_SECONDS=120``).
+CHAOS_SECONDS=120``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.conftest import Isolated
 from tests.helpers import run, wait_for
 from tests.outbox_helpers import outbox_status, relay_process
 
-CHAOS_SECONDS = float(os.environ.get("STREAMS_CHAOS_SECONDS", "40"))
+CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "40"))
 TOPIC = "chaos.orders"
 APP = {"STREAMS_WORKER_APP": "tests.apps.chaos_app:app"}
 

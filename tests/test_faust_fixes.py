@@ -44,3 +44,30 @@ def test_last_visible_offset_skips_transaction_markers_and_aborted_records(isola
     tps = {TopicPartition(topic, p): e for p, e in ends.items()}
     last = run(last_visible_offsets(isolated.settings, tps, window=64))
     assert {tp.partition: o for tp, o in last.items()} == {0: 4, 1: 2, 2: -1}
+
+
+def test_stable_end_offsets_stop_at_an_open_transaction(isolated: Isolated) -> None:
+    """What a restore under exactly_once aims at for a changelog partition the consumer has not
+    fetched yet (Faust took -1, "empty"): the last stable offset, below a transaction still open."""
+    from streams.faust_fixes import stable_end_offsets
+
+    topic = isolated.topic("changelog-open-tx")
+    run(ensure_topics(isolated.settings, [TopicSpec(topic, 2)]))
+
+    async def scenario() -> dict[int, int]:
+        producer = AIOKafkaProducer(**isolated.settings.kafka_client_kwargs(),
+                                    transactional_id=f"{isolated.settings.app_id}-stable-test")
+        await producer.start()
+        try:
+            async with producer.transaction():  # partition 0: offsets 0-2, marker 3
+                for i in range(3):
+                    await producer.send_and_wait(topic, b"c%d" % i, partition=0)
+            await producer.begin_transaction()  # partition 0: open from offset 4
+            await producer.send_and_wait(topic, b"open", partition=0)
+            stable = await stable_end_offsets(isolated.settings, [TopicPartition(topic, 0), TopicPartition(topic, 1)])
+            await producer.abort_transaction()
+            return {tp.partition: end for tp, end in stable.items()}
+        finally:
+            await producer.stop()
+
+    assert run(scenario()) == {0: 4, 1: 0}
