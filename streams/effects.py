@@ -33,8 +33,10 @@ What the framework does:
   the outputs appear exactly once; under ``at_least_once`` they may appear twice,
   with the same ``message_id``. Table writes made in a skipped handler are *not*
   repeated: derive such state from the outputs, or keep it in the database;
-* rows expire after ``retention`` seconds (``STREAMS_DEDUP_RETENTION``), deleted by
-  the worker in small batches.
+* rows expire after ``retention`` seconds (``STREAMS_DEDUP_RETENTION``): an older
+  row no longer makes a duplicate, and the worker deletes such rows in batches;
+* a forced reprocess (``streams offsets reset --reprocess``) handles a message
+  again on purpose: its transaction takes the existing row over.
 
 The transaction can also be given: ``async with delivery.transaction(aconn)`` (a
 psycopg ``AsyncConnection``), ``with delivery.transaction(conn)`` (a psycopg
@@ -92,6 +94,14 @@ class AlreadyProcessed(StreamsError):
 
 
 @dataclass(frozen=True)
+class Processed:
+    """A processed message's row: when (epoch seconds) and the outputs recorded with it."""
+
+    at: float
+    outputs: list["Output"]
+
+
+@dataclass(frozen=True)
 class Output:
     """A Kafka message a handler sent inside its effect transaction (raw record)."""
 
@@ -141,11 +151,16 @@ class Effects:
         self._pool_lock = asyncio.Lock()
         self._schema_ready = False
         t = sql.Identifier(table)
+        # a row past the retention, or any row when the delivery is a forced reprocess, is taken over
         self._insert = sql.SQL(
-            'INSERT INTO {} (consumer, message_id, topic, partition, "offset") VALUES (%s, %s, %s, %s, %s) '
-            "ON CONFLICT DO NOTHING RETURNING 1").format(t)
+            'INSERT INTO {t} AS p (consumer, message_id, topic, partition, "offset") VALUES (%s, %s, %s, %s, %s) '
+            'ON CONFLICT (consumer, message_id) DO UPDATE SET processed_at = now(), topic = EXCLUDED.topic, '
+            'partition = EXCLUDED.partition, "offset" = EXCLUDED."offset", outputs = NULL '
+            "WHERE %s OR p.processed_at <= now() - make_interval(secs => %s) RETURNING 1").format(t=t)
         self._outputs = sql.SQL("UPDATE {} SET outputs = %s WHERE consumer = %s AND message_id = %s").format(t)
-        self._lookup = sql.SQL("SELECT outputs FROM {} WHERE consumer = %s AND message_id = %s").format(t)
+        self._lookup = sql.SQL(
+            "SELECT outputs, extract(epoch FROM processed_at) FROM {} WHERE consumer = %s AND message_id = %s "
+            "AND processed_at > now() - make_interval(secs => %s)").format(t)
         self._purge = sql.SQL(
             "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE processed_at < now() - make_interval("
             "secs => %s) LIMIT %s)").format(t=t)
@@ -202,16 +217,17 @@ class Effects:
             self._pool = None
 
     # --- lookups ------------------------------------------------------------------
-    async def processed(self, consumer: str, message_id: str) -> list[Output] | None:
-        """The outputs recorded for a processed message (``[]`` if none), or None if not processed."""
+    async def processed(self, consumer: str, message_id: str) -> "Processed | None":
+        """When a message was processed and the outputs recorded with it, or None if it was not
+        (or its row is past the retention)."""
         await self.ensure_schema()
         pool = await self.pool()
         async with pool.connection() as conn:
-            cur = await conn.execute(self._lookup, (consumer, message_id))
+            cur = await conn.execute(self._lookup, (consumer, message_id, self.retention))
             row = await cur.fetchone()
         if row is None:
             return None
-        return [Output.from_json(o) for o in (row[0] or [])]
+        return Processed(float(row[1]), [Output.from_json(o) for o in (row[0] or [])])
 
     async def purge(self, batch: int = 5000) -> int:
         """Delete rows older than the retention (in batches); returns how many."""
@@ -239,27 +255,29 @@ class Effects:
                 log.warning("%s: purge failed: %r", self.table, exc)
 
     def transaction(self, consumer: str, message_id: str, where: tuple[str, int, int],
-                    conn: Any = None) -> "EffectTransaction":
-        """The transaction of one delivery (see :meth:`streams.processing.Delivery.transaction`)."""
-        return EffectTransaction(self, consumer, message_id, where, conn)
+                    conn: Any = None, *, forced: bool = False) -> "EffectTransaction":
+        """The transaction of one delivery (see :meth:`streams.processing.Delivery.transaction`);
+        ``forced``: a reprocess on purpose, which takes over an existing row."""
+        return EffectTransaction(self, consumer, message_id, where, conn, forced)
 
 
 class EffectTransaction:
     """``async with`` / ``with``: a database transaction that starts by recording the message as processed."""
 
     def __init__(self, effects: Effects, consumer: str, message_id: str, where: tuple[str, int, int],
-                 conn: Any) -> None:
+                 conn: Any, forced: bool = False) -> None:
         self.effects = effects
         self.consumer = consumer
         self.message_id = message_id
         self.where = where
         self.conn = conn
+        self.forced = forced
         self.outputs: list[Output] = []
         self._token: Any = None
         self._stack: list[Any] = []
 
     def _row(self) -> tuple:
-        return (self.consumer, self.message_id, *self.where)
+        return (self.consumer, self.message_id, *self.where, self.forced, self.effects.retention)
 
     def _outputs_json(self) -> str:
         return json.dumps([o.to_json() for o in self.outputs])

@@ -4,17 +4,20 @@ committed offsets. Everything here asks the broker, never a worker's memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, TopicAlreadyExistsError,
+                             for_code)
 
 from streams.envelope import Envelope
 from streams.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,27 @@ def new_topic(settings: Settings, spec: TopicSpec, brokers: int) -> NewTopic:
     replication, min_isr = settings.replication(brokers)
     if spec.replication_factor is not None:
         replication, min_isr = spec.replication_factor, min(min_isr, spec.replication_factor)
-    config = {"min.insync.replicas": str(min_isr), **(spec.config or {})}
+    config = dict(spec.config or {})
+    if replication > 1:  # with one replica the broker default (1) is the only possible value
+        config.setdefault("min.insync.replicas", str(min_isr))
     return NewTopic(spec.name, spec.partitions, replication, topic_configs=config)
+
+
+#: what a request to a broker that is down raises (a cluster with one node dead)
+_NODE_DOWN = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)
+
+
+async def on_a_live_broker(call: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
+    """``await call()``, again if the broker it reached is down: aiokafka's admin client sends
+    some requests to a random known broker, which on a cluster may be a dead one."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except _NODE_DOWN:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def admin_client(settings: Settings) -> AIOKafkaAdminClient:

@@ -75,6 +75,8 @@ class Delivery:
     #: who records the message as processed: ``<app id>:<handler>``
     consumer: str = ""
     effects: Any = field(default=None, repr=False, compare=False)
+    #: handled again on purpose (a reprocess window of ``streams offsets reset --reprocess``)
+    reprocessing: bool = False
 
     def transaction(self, conn: Any = None) -> Any:
         """A database transaction that first records this message as processed, committed
@@ -93,7 +95,7 @@ class Delivery:
             raise ConfigurationError("delivery.transaction() needs the handler declared with "
                                      "effects=app.effects()")
         return self.effects.transaction(self.consumer, self.idempotency_key,
-                                        (self.topic, self.partition, self.offset), conn)
+                                        (self.topic, self.partition, self.offset), conn, forced=self.reprocessing)
 
 
 @dataclass(frozen=True)
@@ -411,16 +413,18 @@ class HandlerRunner:
             return "ignored"
 
         processed = spec.processed
+        windows = self.app.reprocess_windows
+        forced = False
         if processed is not None:
             await self.app.transactions.purge_aborted_once(processed, msg.partition)
             processed.maybe_sweep(msg.partition)
             entry = processed.get(envelope.message_id)
-            windows = getattr(self.app, "reprocess_windows", None)
             if (entry is not None and origin.level == 0 and windows is not None
                     and windows.forces(origin.topic, origin.partition, origin.offset, entry.at)):
                 # a forced reprocess (streams offsets reset --reprocess): handle it again on purpose
                 self._count("reprocessed", origin)
                 entry = None
+                forced = True
             if entry is not None and (entry.outcome == HANDLED or not origin.replayed):
                 if entry.partition == msg.partition and entry.offset == origin.offset:
                     # this very record was handled by a worker that died before its changelog
@@ -434,10 +438,14 @@ class HandlerRunner:
 
         effects = spec.effects
         consumer = f"{self.app.app_id}:{spec.name}"
-        if effects is not None:
-            outputs = await effects.processed(consumer, envelope.message_id)
-            if outputs is not None:  # its effect committed with its processed id: skip it
-                return await self._already_processed(msg, origin, envelope, outputs)
+        if effects is not None and not forced:
+            done = await effects.processed(consumer, envelope.message_id)
+            if done is not None and origin.level == 0 and windows is not None and windows.forces(
+                    origin.topic, origin.partition, origin.offset, done.at):
+                self._count("reprocessed", origin)
+                forced = True
+            elif done is not None:  # its effect committed with its processed id: skip it
+                return await self._already_processed(msg, origin, envelope, done.outputs)
 
         attempts = origin.attempts_before
         first_failure = origin.first_failure
@@ -450,14 +458,14 @@ class HandlerRunner:
             attempts += 1
             tries_here += 1
             delivery = Delivery(origin.topic, origin.partition, origin.offset, attempts, envelope.message_id,
-                                origin.level, origin.replayed, consumer, effects)
+                                origin.level, origin.replayed, consumer, effects, forced)
             try:
                 await spec.fn(envelope, delivery)
             except asyncio.CancelledError:
                 raise
             except AlreadyProcessed:  # another delivery of it committed its effect meanwhile
-                outputs = await effects.processed(consumer, envelope.message_id) if effects else []
-                return await self._already_processed(msg, origin, envelope, outputs or [])
+                done = await effects.processed(consumer, envelope.message_id) if effects else None
+                return await self._already_processed(msg, origin, envelope, done.outputs if done else [])
             except SinkThrottled as exc:  # the downstream said "slow down": wait, same message, no attempt used
                 attempts -= 1
                 tries_here -= 1

@@ -66,7 +66,8 @@ def install_creation_wait(faust_app: Any, settings: "Settings") -> None:
         app_settings = _SETTINGS.get(getattr(owner, "app", None))
         if app_settings is not None:
             replication, min_isr = app_settings.replication(len(client.cluster.brokers()) or 1)
-            kwargs["config"] = {"min.insync.replicas": str(min_isr), **(kwargs.get("config") or {})}
+            if replication > 1:
+                kwargs["config"] = {"min.insync.replicas": str(min_isr), **(kwargs.get("config") or {})}
         await original(self, owner, client, topic, partitions, replication, **kwargs)
         if owner.should_stop:
             return

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from streams.kafka_admin import TopicSpec, admin_client, new_topic, wait_for_topic_metadata
+from streams.kafka_admin import TopicSpec, admin_client, new_topic, on_a_live_broker, wait_for_topic_metadata
 from streams.lag import log_offsets
 from streams.settings import Settings
 
@@ -58,7 +58,7 @@ async def list_topics(settings: Settings, *, include_internal: bool = False) -> 
     admin = admin_client(settings)
     await admin.start()
     try:
-        described = await admin.describe_topics()
+        described = await on_a_live_broker(admin.describe_topics)
     finally:
         await admin.close()
     out = []
@@ -76,13 +76,14 @@ async def describe_topic(settings: Settings, name: str, *, all_configs: bool = F
     admin = admin_client(settings)
     await admin.start()
     try:
-        described = await admin.describe_topics([name])
+        described = await on_a_live_broker(lambda: admin.describe_topics([name]))
         if not described or described[0]["error_code"]:
             code = described[0]["error_code"] if described else 3
             if code == 3:  # UNKNOWN_TOPIC_OR_PARTITION
                 raise LookupError(f"topic {name!r} does not exist")
             raise for_code(code)(f"describing topic {name!r} failed")
-        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        responses = await on_a_live_broker(
+            lambda: admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)]))
     finally:
         await admin.close()
     configs: dict[str, str] = {}

@@ -49,7 +49,7 @@ def test_pool_transaction_commits_once_and_refuses_a_second_delivery(isolated: I
         with pytest.raises(AlreadyProcessed):
             async with _delivery(effects, "m-1").transaction() as tx:
                 await tx.execute("INSERT INTO effect VALUES ('m-1', 'second')")  # never reached
-        assert await effects.processed("app:handler", "m-1") == [Output("out", b"k", b"v", [("h", b"1")])]
+        assert (await effects.processed("app:handler", "m-1")).outputs == [Output("out", b"k", b"v", [("h", b"1")])]
         assert await effects.processed("app:handler", "m-2") is None
         # another consumer (handler or group) of the same message is independent
         async with _delivery(effects, "m-1", consumer="other:handler").transaction() as tx:
@@ -177,7 +177,7 @@ def test_sqlalchemy_sessions_sync_and_async(isolated: Isolated, effects: Effects
             with pytest.raises(AlreadyProcessed):
                 async with _delivery(effects, "m-10").transaction(session):
                     pass
-        assert await effects.processed("app:handler", "m-10") == [Output("out", None, b"v")]
+        assert (await effects.processed("app:handler", "m-10")).outputs == [Output("out", None, b"v")]
         await aengine.dispose()
         await effects.close()
     asyncio.run(scenario())
@@ -202,3 +202,31 @@ def test_rows_past_the_retention_are_purged(isolated: Isolated) -> None:
         return removed
     assert asyncio.run(scenario()) == 7
     assert isolated.sql("SELECT message_id FROM streams_processed_messages") == [("new",)]
+
+
+def test_an_expired_row_or_a_forced_reprocess_takes_the_row_over(isolated: Isolated) -> None:
+    """Past the retention a message is no longer a duplicate (as in the RocksDB table); a forced
+    reprocess (streams offsets reset --reprocess) handles it again on purpose."""
+    isolated.sql(SCHEMA)
+    fx = Effects(isolated.settings, retention=3600)
+
+    async def scenario() -> None:
+        async with _delivery(fx, "m-11").transaction() as tx:
+            await tx.execute("INSERT INTO effect VALUES ('m-11', 'first')")
+        with pytest.raises(AlreadyProcessed):
+            async with _delivery(fx, "m-11").transaction():
+                pass
+        forced = Delivery("orders", 2, 41, 1, "m-11", consumer="app:handler", effects=fx, reprocessing=True)
+        async with forced.transaction() as tx:
+            await tx.execute("INSERT INTO effect VALUES ('m-11', 'reprocessed')")
+        await asyncio.to_thread(isolated.sql, "UPDATE streams_processed_messages SET processed_at = now() - "
+                                "interval '2 hours' WHERE message_id = 'm-11'")
+        assert await fx.processed("app:handler", "m-11") is None
+        async with _delivery(fx, "m-11").transaction() as tx:
+            await tx.execute("INSERT INTO effect VALUES ('m-11', 'after expiry')")
+        assert await fx.processed("app:handler", "m-11") is not None
+        await fx.close()
+    asyncio.run(scenario())
+    assert [r[0] for r in isolated.sql("SELECT note FROM effect WHERE message_id = 'm-11'")] == [
+        "first", "reprocessed", "after expiry"]
+    assert _count(isolated, "m-11") == (3, 1)
