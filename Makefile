@@ -27,6 +27,10 @@ test: $(STAMP)
 	bash scripts/ensure-chromium.sh  # Debian's chromium for the dashboard's browser test
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'  # Quix Streams, a benchmark peer only
+	$(BIN)/python -m bench.consume $(BENCH_ARGS)
+
 services-down: $(STAMP)
 	$(BIN)/streams dev down
 

@@ -1,16 +1,22 @@
-"""Consumer throughput benchmark: Faust agents of ``streams`` vs a raw aiokafka loop.
+"""Consumer throughput benchmark: ``streams`` handlers beside the peers a user would compare.
 
-    .venv/bin/python -m bench.consume [--messages 200000]
+    .venv/bin/python -m bench.consume [--messages 200000] [--restore 1000000]
 
 Starts its own Kafka broker (``streams.dev.kafka.LocalKafka``, free ports, data
 in a temp dir), produces N small ``Ping`` envelopes once into one 6-partition
 topic, then runs each consumer variant as a separate OS process, one after the
 other, each in a fresh consumer group so it reads the topic from the start:
 
-* ``faust plain``        StreamsApp handler, ``idempotent=False`` (decode only)
-* ``faust dedup``        the same, ``idempotent=True`` (processed-ID table in RocksDB)
-* ``faust dedup + EOS``  the same with ``processing_guarantee=exactly_once``
-* ``raw aiokafka``       AIOKafkaConsumer + getmany + ``registry.decode`` + periodic commit
+* ``raw``         AIOKafkaConsumer + getmany + ``registry.decode`` + periodic commit (the Python limit)
+* ``bare``        a bare faust-streaming agent, raw values, no decode (Faust's own ceiling)
+* ``quix``        Quix Streams app with the same decode
+* ``quix-dedup``  the same, plus a ``message_id`` dedup in Quix's RocksDB state store
+* ``plain``       StreamsApp handler, ``idempotent=False`` (decode only)
+* ``dedup``       the same, ``idempotent=True`` (processed-ID table in RocksDB)
+* ``eos``         the same with ``processing_guarantee=exactly_once``
+
+Then (``--restore N``, 0 to skip) it writes N entries into the processed-ID
+changelog of a fresh app and times a worker with an empty data dir restoring it.
 
 Time = from the moment the consumer process is ready (Faust's ``Ready`` line; the
 raw consumer's first partition assignment) until the group's committed offsets,
@@ -61,11 +67,14 @@ class Variant:
 
 
 VARIANTS = [
-    Variant("plain", "faust plain (idempotent=False)", "faust", {"BENCH_IDEMPOTENT": "0"}),
-    Variant("dedup", "faust + dedup (RocksDB)", "faust", {"BENCH_IDEMPOTENT": "1"}),
-    Variant("eos", "faust + dedup + exactly_once", "faust",
+    Variant("raw", "raw aiokafka loop + decode", "raw"),
+    Variant("bare", "bare Faust agent (no decode)", "bare"),
+    Variant("quix", "Quix Streams + decode", "quix", {"BENCH_DEDUP": "0"}),
+    Variant("quix-dedup", "Quix Streams + decode + dedup", "quix", {"BENCH_DEDUP": "1"}),
+    Variant("plain", "streams plain (idempotent=False)", "faust", {"BENCH_IDEMPOTENT": "0"}),
+    Variant("dedup", "streams dedup (RocksDB)", "faust", {"BENCH_IDEMPOTENT": "1"}),
+    Variant("eos", "streams dedup + exactly_once", "faust",
             {"BENCH_IDEMPOTENT": "1", "STREAMS_PROCESSING_GUARANTEE": "exactly_once"}),
-    Variant("raw", "raw aiokafka loop", "raw"),
 ]
 
 
@@ -78,6 +87,7 @@ class Result:
     msgs_per_s: float | None = None
     peak_rss_mib: float | None = None
     ratio_vs_raw: float | None = None
+    ratio_vs_quix_dedup: float | None = None
     startup_s: float | None = None   # process start -> ready
     total_s: float | None = None     # process start -> all offsets committed
     stop_s: float | None = None      # SIGTERM -> exit
@@ -128,8 +138,16 @@ def lag(ends: dict[int, int], done: dict[int, int]) -> int:
 
 
 # --- one consumer process ---------------------------------------------------------------
-def raw_process(env: dict[str, str], log_file: Path) -> WorkerProcess:
-    """``python -m bench.raw_consumer``, run and watched like a worker."""
+def consumer_process(kind: str, env: dict[str, str], log_file: Path) -> WorkerProcess:
+    """The process of one variant, run and watched like a worker."""
+    if kind == "faust":
+        return WorkerProcess(env, log_file, args=["--without-web", "--app", "bench.apps:app"], cwd=ROOT)
+    if kind == "bare":
+        return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.bare_faust", "worker",
+                                                              "-l", "info", "--without-web"])
+    if kind == "quix":
+        return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.quix_consumer"],
+                             ready_marker="BENCH-QUIX READY")
     return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.raw_consumer"],
                          ready_marker=RAW_READY)
 
@@ -146,10 +164,7 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
         **variant.env,
     }
     result = Result(variant.label, variant.key, n, log_file=str(log_file))
-    if variant.kind == "faust":
-        proc = WorkerProcess(env, log_file, args=["--without-web", "--app", "bench.apps:app"], cwd=ROOT)
-    else:
-        proc = raw_process(env, log_file)
+    proc = consumer_process(variant.kind, env, log_file)
     t_start = time.monotonic()
     proc.start()
     rss = RssSampler(proc.pid)
@@ -200,6 +215,66 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
     return result
 
 
+# --- table restore -------------------------------------------------------------------------
+def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, tmp: Path, suffix: str) -> dict:
+    """Write ``entries`` processed-ID entries into the changelog of a fresh app (what a worker
+    leaves behind), then start a dedup worker on an empty data dir twice — once with an empty
+    changelog (baseline) and once with the full one — and time both to Ready."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.processed import changelog_configs
+
+    out: dict = {"entries": entries}
+    try:
+        timings = {}
+        for label, count in (("baseline", 0), ("full", entries)):
+            group = f"bench-restore-{label}-{suffix}"
+            changelog = f"{group}-processed-bench-ping-changelog"
+            asyncio.run(ensure_topics(settings, [TopicSpec(changelog, PARTITIONS,
+                                                           config=changelog_configs(7 * 24 * 3600.0))]))
+
+            async def fill() -> None:
+                producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=20,
+                                            max_batch_size=512 * 1024)
+                await producer.start()
+                try:
+                    now, pending = time.time(), []
+                    for i in range(count):
+                        value = {"at": now, "outcome": "handled", "p": i % PARTITIONS, "o": i // PARTITIONS,
+                                 "attempts": 1}
+                        pending.append(await producer.send(changelog, key=json.dumps(f"id-{i}").encode(),
+                                                           value=json.dumps(value).encode(),
+                                                           partition=i % PARTITIONS))
+                        if len(pending) >= 20_000:
+                            await asyncio.gather(*pending)
+                            pending.clear()
+                    await asyncio.gather(*pending)
+                finally:
+                    await producer.stop()
+
+            t0 = time.monotonic()
+            asyncio.run(fill())
+            if count:
+                out["write_s"] = round(time.monotonic() - t0, 1)
+            env = {**base_env, "STREAMS_APP_ID": group, "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / group),
+                   "BENCH_IDEMPOTENT": "1"}
+            proc = consumer_process("faust", env, tmp / "logs" / f"restore-{label}.log")
+            started = time.monotonic()
+            proc.start()
+            try:
+                proc.wait_ready(timeout=900)
+                timings[label] = time.monotonic() - started
+            finally:
+                proc.stop(timeout=60)
+        out["ready_s"] = round(timings["full"], 2)
+        out["baseline_s"] = round(timings["baseline"], 2)
+        out["seconds"] = round(max(0.01, timings["full"] - timings["baseline"]), 2)
+        out["entries_per_s"] = round(entries / out["seconds"])
+    except Exception as exc:  # noqa: BLE001 - reported with the table
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 # --- output -----------------------------------------------------------------------------
 def fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
@@ -211,13 +286,22 @@ def print_table(results: list[Result], meta: dict) -> None:
 
     table = Table(title=f"consume benchmark: {meta['messages']:,} Ping envelopes, {PARTITIONS} partitions "
                         f"(Kafka {KAFKA_VERSION}, {meta['cpus']} CPUs)")
-    for col in ("variant", "messages", "seconds", "msgs/s", "peak RSS MiB", "vs raw aiokafka"):
+    for col in ("variant", "messages", "seconds", "msgs/s", "peak RSS MiB", "vs raw", "vs Quix dedup"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in results:
         table.add_row(r.variant, f"{r.messages:,}", fmt(r.seconds, ".2f"), fmt(r.msgs_per_s, ",.0f"),
-                      fmt(r.peak_rss_mib, ".1f"), fmt(r.ratio_vs_raw, ".2f") if r.ratio_vs_raw else "—")
-    console = Console(width=120)
+                      fmt(r.peak_rss_mib, ".1f"), fmt(r.ratio_vs_raw, ".2f"), fmt(r.ratio_vs_quix_dedup, ".2f"))
+    console = Console(width=130)
     console.print(table)
+    restore = meta.get("restore")
+    if restore:
+        if restore.get("error"):
+            console.print(f"[bold red]table restore failed:[/] {restore['error']}", highlight=False)
+        else:
+            console.print(f"table restore: {restore['entries']:,} processed-ID entries restored on a fresh node in "
+                          f"{restore['seconds']:.1f}s = {restore['entries_per_s']:,.0f} entries/s "
+                          f"(ready after {restore['ready_s']:.1f}s; an empty changelog: {restore['baseline_s']:.1f}s)",
+                          highlight=False)
     for r in results:
         if r.error:
             console.print(f"[bold red]{r.variant} failed:[/]", highlight=False)
@@ -233,12 +317,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="max seconds per variant once ready")
     parser.add_argument("--stall", type=float, default=120.0, help="fail a variant after this long without progress")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data, worker state)")
+    parser.add_argument("--restore", type=int, default=1_000_000,
+                        help="processed-ID entries for the table-restore timing (0: skip)")
     args = parser.parse_args(argv)
     wanted = [k.strip() for k in args.variants.split(",") if k.strip()]
     unknown = set(wanted) - {v.key for v in VARIANTS}
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
     variants = [v for v in VARIANTS if v.key in wanted]
+    if any(v.kind == "quix" for v in variants):
+        try:
+            import quixstreams  # noqa: F401
+        except ImportError:
+            parser.error("the Quix Streams variants need the benchmark extra: .venv/bin/pip install -e '.[bench]' "
+                         "(or `make bench`), or leave them out with --variants")
     n = args.messages
 
     stamp = datetime.now().strftime("%Y-%m-%d-%H%M%S")
@@ -301,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] {variant.label}: {r.seconds:.2f}s, {r.msgs_per_s:,.0f} msgs/s, "
                       f"peak RSS {r.peak_rss_mib:.1f} MiB (ready after {r.startup_s:.1f}s, "
                       f"stopped in {r.stop_s:.1f}s, exit {r.exit_code})", flush=True)
+        if args.restore:
+            print(f"[bench] table restore: writing {args.restore:,} processed-ID entries ...", flush=True)
+            meta["restore"] = time_restore(args.restore, base_env=base_env, settings=settings, tmp=tmp,
+                                           suffix=suffix)
+            print(f"[bench] table restore: {meta['restore']}", flush=True)
     finally:
         broker.down()
         log_dir = LOGS / f"consume-{stamp}"
@@ -314,9 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     raw = next((r for r in results if r.key == "raw" and r.msgs_per_s), None)
+    quix_dedup = next((r for r in results if r.key == "quix-dedup" and r.msgs_per_s), None)
     for r in results:
         if raw and r.msgs_per_s:
             r.ratio_vs_raw = r.msgs_per_s / raw.msgs_per_s
+        if quix_dedup and r.msgs_per_s:
+            r.ratio_vs_quix_dedup = r.msgs_per_s / quix_dedup.msgs_per_s
     print_table(results, meta)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"consume-{stamp}.json"
