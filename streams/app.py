@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
+from streams.consume.dispatch import BatchDispatcher
 from streams.deadletter import DeadLetters
 from streams.effects import Effects, Output, capture_output
 from streams.envelope import Envelope, Kind
@@ -126,7 +127,7 @@ class StreamsApp:
         self.transactions = Transactions(self)
         from streams import faust_fixes
 
-        faust_fixes.install_cleared_events_fix(self.faust)
+        faust_fixes.install_cleared_events_fix(self.faust, on_clear=lambda: self.dispatcher and self.dispatcher.clear())
         if self.transactions.enabled:
             faust_fixes.install_recovery_fix(self.faust, self.settings)
         self._outputs: list[Any] = []
@@ -138,6 +139,10 @@ class StreamsApp:
         #: offset ranges to handle again on purpose (streams.reprocess), read on each assignment
         self.reprocess_windows: Any = None
         self.faust.task(self._declare_topics)
+        #: the batch consume path (streams.consume); None with STREAMS_CONSUME_PATH=events
+        self.dispatcher = BatchDispatcher(self) if self.settings.consume_path == "batch" else None
+        if self.dispatcher is not None:
+            self.faust.on_before_shutdown.connect(self._stop_dispatcher)
         # topics are in the brokers' metadata before the group forms, and a worker never sits idle
         # on a topic its group could not see when it formed (streams.subscriptions)
         install_creation_wait(self.faust, self.settings)
@@ -322,14 +327,24 @@ class StreamsApp:
                                                retention=self.settings.dedup_retention)
             runner = HandlerRunner(self, hspec)
             self._runners.append(runner)
-            hspec.agents.append(self.faust.agent(topic.faust_topic, name=handler_name)(
-                _agent_fn(runner, handler_name, f"{handler_name} on {topic.name}", topic.name)))
-            for level, retry_topic in enumerate(self.retry_topics.declare(hspec), start=1):
-                agent_name = f"{handler_name}-retry-{level}"
-                hspec.agents.append(self.faust.agent(retry_topic, name=agent_name)(
-                    _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic_name(topic.name, level)}",
-                              retry_topic_name(topic.name, level),
-                              wait_until_due=True)))
+            retry_topics = self.retry_topics.declare(hspec)
+            if self.dispatcher is not None:
+                # the batch path: Faust subscribes to the topics, the dispatcher takes their records
+                self.faust.topics.add(topic.faust_topic)
+                self.dispatcher.route(topic.name, runner, handler_name)
+                for level, retry_topic in enumerate(retry_topics, start=1):
+                    self.faust.topics.add(retry_topic)
+                    self.dispatcher.route(retry_topic_name(topic.name, level), runner, f"{handler_name}-retry-{level}",
+                                          wait_until_due=True)
+            else:
+                hspec.agents.append(self.faust.agent(topic.faust_topic, name=handler_name)(
+                    _agent_fn(runner, handler_name, f"{handler_name} on {topic.name}", topic.name)))
+                for level, retry_topic in enumerate(retry_topics, start=1):
+                    agent_name = f"{handler_name}-retry-{level}"
+                    hspec.agents.append(self.faust.agent(retry_topic, name=agent_name)(
+                        _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic_name(topic.name, level)}",
+                                  retry_topic_name(topic.name, level),
+                                  wait_until_due=True)))
             self.handlers[handler_name] = hspec
             return fn
 
@@ -391,6 +406,10 @@ class StreamsApp:
         for t in [*self.dead_letters.topics(), *self.retry_topics.topics(), *(o.faust_topic for o in self._outputs)]:
             await t.maybe_declare()
 
+    async def _stop_dispatcher(self, sender: Any = None, **kwargs: Any) -> None:
+        """After the consumer stopped (Faust waited for the batches in hand): stop the workers."""
+        await self.dispatcher.stop()
+
     async def committed_offset(self, topic: str, partition: int) -> int | None:
         """The group's committed offset of ``topic[partition]`` as the broker had it when
         the partitions were last assigned (None: never committed). Read once per assignment;
@@ -406,6 +425,8 @@ class StreamsApp:
 
         faust_fixes.install(self.faust.consumer)
         self.transactions.install()
+        if self.dispatcher is not None:
+            self.dispatcher.install()
         self._committed_at_assignment = None
         if self.handlers:
             from streams.reprocess import load_windows

@@ -79,8 +79,9 @@ def install(consumer: Any) -> None:
     consumer._streams_fixes = True
 
 
-def install_cleared_events_fix(faust_app: Any) -> None:
-    """Make ``faust_app``'s flow control forget the messages of the events it clears."""
+def install_cleared_events_fix(faust_app: Any, on_clear: Any = None) -> None:
+    """Make ``faust_app``'s flow control forget the messages of the events it clears
+    (and call ``on_clear()`` then: other buffers of fetched records clear too)."""
     flow_control = faust_app.flow_control
     if getattr(flow_control, "_streams_fixes", False):
         return
@@ -94,6 +95,8 @@ def install_cleared_events_fix(faust_app: Any) -> None:
                 message = getattr(event, "message", None)
                 if message is not None and not message.acked:
                     unacked.discard(message)  # not acked: the commit stays below it
+        if on_clear is not None:
+            on_clear()
         original()
 
     flow_control.clear = clear

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from streams.consume.changelog import collecting
+
 log = logging.getLogger(__name__)
 
 HANDLED = "handled"
@@ -97,7 +99,8 @@ class ProcessedIds:
                record_topic: str | None = None, record_offset: int | None = None) -> Any:
         """Write the entry locally and to the changelog; returns the changelog send's future.
 
-        The caller acknowledges the source message only once that future is done,
+        Inside a batch (:mod:`streams.consume`) the changelog write joins the batch's and
+        None is returned. The caller acknowledges the source message only once that future is done,
         so a committed offset never runs ahead of the changelog (Faust's own table
         writes do not give that: they are flushed independently of commits).
         """
@@ -106,7 +109,12 @@ class ProcessedIds:
         if record_topic is not None:  # the record that wrote it (source or retry topic): see purge_uncommitted
             value["rt"], value["ro"] = record_topic, record_offset
         self.table.data[message_id] = value  # local RocksDB (partition of the current event)
-        future = self.table.send_changelog(partition, message_id, value)
+        batch = collecting()
+        if batch is not None:  # written with the rest of the batch (streams.consume)
+            batch.add(self.table, partition, message_id, value)
+            future = None
+        else:
+            future = self.table.send_changelog(partition, message_id, value)
         index = self._index.get(partition)
         if index is not None:
             index.append((now, message_id))

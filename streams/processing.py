@@ -242,9 +242,10 @@ class GapGuard:
                 out.append((tp, records))
         return out
 
-    async def missing_before(self, message: Any) -> list[Any]:
-        """Records of ``message``'s partition that were skipped just before it."""
-        tp, offset = message.tp, message.offset
+    async def missing_before(self, message: Any, tp: Any = None) -> list[Any]:
+        """Records of ``message``'s partition that were skipped just before it (``tp``: its
+        partition, for records without a ``tp`` of their own)."""
+        tp, offset = tp or message.tp, message.offset
         expected = self._expected.get(tp)
         if expected is None:
             # the first record since the assignment: it should sit at the committed offset (Faust
@@ -261,6 +262,10 @@ class GapGuard:
         else:
             self.gaps_confirmed += 1
         return records
+
+    def handled(self, tp: Any, offset: int) -> None:
+        """Records of ``tp`` up to ``offset`` were handled (the next one expected is ``offset + 1``)."""
+        self._expected[tp] = max(offset + 1, self._expected.get(tp) or 0)
 
     async def _start_offset(self, tp: Any) -> int | None:
         """Where the partition's delivery starts after an assignment: the group's committed
@@ -335,6 +340,11 @@ class HandlerRunner:
         self.sink_pause = SourcePause(app, [spec.topic.name, *(
             retry_topic_name(spec.topic.name, level) for level in range(1, len(spec.retry.delayed_retries) + 1))],
             spec.name)
+
+    def _note(self, future: Any) -> None:
+        """Keep a changelog write's future (None: written with the batch, see streams.consume)."""
+        if future is not None:
+            self._pending.append(future)
 
     def take_pending(self) -> list[Any]:
         """Futures of the changelog writes the last record made (see ``ack_when_durable``)."""
@@ -429,7 +439,7 @@ class HandlerRunner:
                 if entry.partition == msg.partition and entry.offset == origin.offset:
                     # this very record was handled by a worker that died before its changelog
                     # write left the process (the local RocksDB kept it): write it again
-                    self._pending.append(processed.record(envelope.message_id, entry.outcome, msg.partition,
+                    self._note(processed.record(envelope.message_id, entry.outcome, msg.partition,
                                                           origin.offset, entry.attempts, msg.topic, msg.offset))
                 self._count("duplicate", origin)
                 log.debug("duplicate %s %s skipped (%s at %s)", envelope.message_type, envelope.message_id,
@@ -504,14 +514,14 @@ class HandlerRunner:
                 await self.app.dead_letters.park(spec, msg, origin, reason="handler_error", error=exc,
                                                  attempts=attempts, envelope=envelope, first_failure=first_failure)
                 if processed is not None:
-                    self._pending.append(processed.record(envelope.message_id, DEAD_LETTERED, msg.partition,
+                    self._note(processed.record(envelope.message_id, DEAD_LETTERED, msg.partition,
                                                           origin.offset, attempts, msg.topic, msg.offset))
                 self._count("dead_lettered", origin)
                 return "dead_lettered"
             for guard in sinks:
                 guard.on_success()
             if processed is not None:
-                self._pending.append(processed.record(envelope.message_id, HANDLED, msg.partition,
+                self._note(processed.record(envelope.message_id, HANDLED, msg.partition,
                                                       origin.offset, attempts, msg.topic, msg.offset))
             self._count("handled", origin)
             return "handled"
@@ -524,7 +534,7 @@ class HandlerRunner:
             await self.app.publish_to(output.topic, output.key, output.value, output.headers)
         processed = self.spec.processed
         if processed is not None:
-            self._pending.append(processed.record(envelope.message_id, HANDLED, msg.partition, origin.offset,
+            self._note(processed.record(envelope.message_id, HANDLED, msg.partition, origin.offset,
                                                   0, msg.topic, msg.offset))
         self._count("duplicate", origin)
         log.debug("%s: %s %s already processed (effect committed before); %d output(s) sent again",

@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         4096, ge=1, description="Records a worker buffers per source topic before it stops fetching it.")
     consumer_max_fetch_size: int = Field(
         1024 * 1024, ge=1024, description="Bytes fetched per partition per request (the fetch buffer's size).")
+    consume_path: Literal["batch", "events"] = Field(
+        "batch", description="batch: handlers take each partition's fetches a batch at a time (streams.consume); "
+        "events: one Faust agent per handler, one event at a time.")
+    batch_max_records: int = Field(
+        500, ge=1, le=100_000, description="Records of one partition handled, written and acknowledged together.")
     broker_max_poll_records: int | None = Field(
         None, ge=1, description="Records handed over per poll (unset: all fetched).")
 

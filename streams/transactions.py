@@ -260,6 +260,21 @@ class Transactions:
         scope.pending.append(fut)
         return fut
 
+    async def batch_producer(self, topic: str, partition: int) -> Any:
+        """The aiokafka producer of the current record's transaction, with ``topic[partition]``
+        added to that transaction, for writes sent as whole record batches
+        (:mod:`streams.consume.changelog`)."""
+        from aiokafka import TopicPartition
+
+        scope = _current.get()
+        if scope is None:
+            raise RuntimeError(f"an exactly_once batch to {topic} outside a handled record")
+        await scope.enter_writing()
+        tid = self.transactional_id(scope.topic, scope.partition)
+        producer = self.app.faust.producer._transaction_producers[tid]  # noqa: SLF001 - Faust's per-tid producers
+        producer._txn_manager.maybe_add_partition_to_txn(TopicPartition(topic, partition))  # noqa: SLF001
+        return producer
+
     async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None,
                    partition: int | None = None) -> Any:
         """Transactional write for the current record; waits for the broker's ack. A failure is

@@ -1,0 +1,239 @@
+"""Records of the handlers' topics, from each fetch to one task per partition.
+
+:meth:`BatchDispatcher.install` wraps the Faust consumer's ``_wait_next_records``
+(what its fetcher calls for every fetch): the records of topics routed here are
+taken out of the fetched map before Faust turns them into events, and queued per
+partition. One task per partition works its queue in order, at most
+``batch_max_records`` records at a time (:meth:`BatchDispatcher._handle`), so
+partitions proceed concurrently while each keeps its order.
+
+What Faust expects of an event consumer, kept here:
+
+* **backpressure**: a partition with ``STREAMS_STREAM_BUFFER_MAXSIZE`` records
+  queued leaves the fetches (Faust's own ``on_buffer_full``) until half of them
+  are done;
+* **rebalances**: Faust clears its stream buffers when partitions are revoked
+  and seeks every partition back to its committed offset; the dispatcher drops
+  its queued (not yet started) batches at the same moment, and a batch being
+  handled is tracked like an unacknowledged message, so Faust's revocation waits
+  for it before it commits;
+* **acknowledgements**: a batch's offsets are acknowledged together, once every
+  write of the batch is durable; Faust's commit then passes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streams.consume.changelog import ChangelogBatch
+from streams.processing import changelog_writes_durable
+
+if TYPE_CHECKING:
+    from streams.app import StreamsApp
+    from streams.processing import GapGuard, HandlerRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Route:
+    """Where the records of one topic go."""
+
+    runner: "HandlerRunner"
+    guard: "GapGuard"
+    name: str
+    #: a retry topic: each record waits for its due time, one at a time
+    wait_until_due: bool = False
+
+
+class InFlight:
+    """A batch being handled, in the consumer's set of unacknowledged messages, so that
+    Faust's revocation waits for it (``Consumer.wait_empty``)."""
+
+    __slots__ = ("tp", "acked", "refcount", "__weakref__")
+
+    def __init__(self, tp: Any) -> None:
+        self.tp = tp
+        self.acked = False
+        self.refcount = 1
+
+
+class StandInEvent:
+    """Faust's current event for a record handled here: table writes read ``event.message``
+    (its topic, partition and offset) to find their changelog partition."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, record: Any) -> None:
+        self.message = record
+
+
+class BatchDispatcher:
+    """Takes routed topics' records out of Faust's delivery and handles them per partition."""
+
+    def __init__(self, app: "StreamsApp") -> None:
+        self.app = app
+        self.routes: dict[str, Route] = {}
+        self.max_batch = app.settings.batch_max_records
+        self.max_buffered = app.settings.stream_buffer_maxsize
+        self._queues: dict[Any, deque[list[Any]]] = {}
+        self._queued: dict[Any, int] = {}
+        self._wakeups: dict[Any, asyncio.Event] = {}
+        self._workers: dict[Any, asyncio.Task] = {}
+        self._buffer_full: set[Any] = set()
+        self._installed = False
+        self._stopping = False
+
+    def route(self, topic: str, runner: "HandlerRunner", name: str, *, wait_until_due: bool = False) -> None:
+        """Send the records of ``topic`` to ``runner`` (its gap guard is made here)."""
+        guard = runner.guard(name)
+        guard.topic_name = topic
+        self.routes[topic] = Route(runner, guard, name, wait_until_due)
+
+    # --- the consumer side ---------------------------------------------------------------
+    def install(self) -> None:
+        """Wrap the consumer's fetch (once; on the first assignment, when it exists)."""
+        if self._installed or not self.routes:
+            return
+        consumer = self.app.faust.consumer
+        original = consumer._wait_next_records  # noqa: SLF001 - the one place fetched records pass
+
+        async def _wait_next_records(timeout: float) -> Any:
+            records, active = await original(timeout)
+            if records:
+                for tp in [tp for tp in records if tp.topic in self.routes]:
+                    self.feed(tp, records.pop(tp))
+            return records, active
+
+        consumer._wait_next_records = _wait_next_records  # noqa: SLF001
+        self._installed = True
+
+    def feed(self, tp: Any, records: list[Any]) -> None:
+        """Queue a fetch of ``tp``; its worker handles it in order."""
+        if not records or self._stopping:
+            return
+        if not self.app.faust.flow_control.is_active():
+            return  # a rebalance started: Faust seeks back to the committed offset, these come again
+        self._queues.setdefault(tp, deque()).append(records)
+        self._queued[tp] = self._queued.get(tp, 0) + len(records)
+        if self._queued[tp] >= self.max_buffered and tp not in self._buffer_full:
+            self._buffer_full.add(tp)
+            self.app.faust.consumer.on_buffer_full(tp)
+        wakeup = self._wakeups.get(tp)
+        if wakeup is None:
+            wakeup = self._wakeups[tp] = asyncio.Event()
+        wakeup.set()
+        worker = self._workers.get(tp)
+        if worker is None or worker.done():
+            self._workers[tp] = asyncio.ensure_future(self._work(tp))
+
+    def clear(self) -> None:
+        """Drop every queued batch (Faust cleared its buffers: a rebalance started)."""
+        consumer = self.app.faust.consumer
+        for tp in list(self._queues):
+            self._queues[tp].clear()
+            self._queued[tp] = 0
+        for tp in list(self._buffer_full):
+            consumer.on_buffer_drop(tp)
+        self._buffer_full.clear()
+        for runner in {route.runner for route in self.routes.values()}:
+            for guard in runner.guards:
+                guard.reset()
+
+    def _take(self, tp: Any, limit: int) -> list[Any]:
+        queue = self._queues.get(tp)
+        out: list[Any] = []
+        while queue and len(out) < limit:
+            head = queue[0]
+            room = limit - len(out)
+            if len(head) <= room:
+                out.extend(queue.popleft())
+            else:
+                out.extend(head[:room])
+                queue[0] = head[room:]
+        self._queued[tp] = max(0, self._queued.get(tp, 0) - len(out))
+        if tp in self._buffer_full and self._queued[tp] <= self.max_buffered // 2:
+            self._buffer_full.discard(tp)
+            self.app.faust.consumer.on_buffer_drop(tp)
+        return out
+
+    async def _work(self, tp: Any) -> None:
+        route = self.routes[tp.topic]
+        wakeup = self._wakeups[tp]
+        consumer = self.app.faust.consumer
+        try:
+            while not self._stopping:
+                if not self._queued.get(tp):
+                    wakeup.clear()
+                    await wakeup.wait()
+                    continue
+                await self.app.faust.flow_control.acquire()  # not while a rebalance is under way
+                records = self._take(tp, 1 if route.wait_until_due else self.max_batch)
+                if not records:
+                    continue
+                marker = InFlight(tp)
+                consumer._unacked_messages.add(marker)  # noqa: SLF001 - what revocation waits for
+                try:
+                    await self._handle(route, tp, records)
+                finally:
+                    marker.acked = True
+                    consumer._unacked_messages.discard(marker)  # noqa: SLF001
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not a handler error (those are retried and parked inside runner.process): Kafka or the
+            # state store failed under these records. Their offsets are not acknowledged; stop the
+            # worker, and a restarted one handles them again from the committed offset.
+            log.exception("%s: processing failed outside the handler (%r); stopping the worker", route.name, exc)
+            await self.app.faust.crash(exc)
+
+    async def _handle(self, route: Route, tp: Any, records: list[Any]) -> None:
+        """One batch of one partition: handled in order, written, then acknowledged at once."""
+        from faust.streams import _current_event
+
+        app = self.app
+        runner = route.runner
+        missing = await route.guard.missing_before(records[0], tp)
+        if missing:
+            records = missing + records
+        async with app.transactions.scope(tp.topic, tp.partition) as scope:
+            with ChangelogBatch(app) as changelog:
+                for record in records:
+                    if route.wait_until_due:
+                        await runner.wait_until_due(record)
+                    stand_in = StandInEvent(record)
+                    token = _current_event.set(weakref.ref(stand_in))
+                    try:
+                        await runner.process(record)
+                    finally:
+                        _current_event.reset(token)
+                futures = [*await changelog.send(), *runner.take_pending()]
+            if not await changelog_writes_durable(app.faust, records[-1], futures):
+                return  # the worker is stopping; nothing of this batch is acknowledged
+            await scope.flush()
+            route.guard.handled(tp, records[-1].offset)
+            ack_offsets(app.faust.consumer, tp, [r.offset for r in records])
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for worker in self._workers.values():
+            worker.cancel()
+        for route in self.routes.values():
+            await route.guard.close()
+
+
+def ack_offsets(consumer: Any, tp: Any, offsets: list[int]) -> None:
+    """Acknowledge ``offsets`` of ``tp`` in Faust's consumer at once (what ``Consumer.ack``
+    does per message), so that its commit can pass them."""
+    committed = consumer._committed_offset.get(tp)  # noqa: SLF001
+    index = consumer._acked_index[tp]  # noqa: SLF001
+    acked = consumer._acked[tp]  # noqa: SLF001
+    fresh = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+    index.update(fresh)
+    acked.extend(fresh)
+    consumer._n_acked += len(fresh)  # noqa: SLF001
