@@ -11,6 +11,7 @@ other, each in a fresh consumer group so it reads the topic from the start:
 * ``bare``        a bare faust-streaming agent, raw values, no decode (Faust's own ceiling)
 * ``quix``        Quix Streams app with the same decode
 * ``quix-dedup``  the same, plus a ``message_id`` dedup in Quix's RocksDB state store
+* ``plain-events`` / ``dedup-events``  the handlers below on the previous path (one Faust agent each)
 * ``plain``       StreamsApp handler, ``idempotent=False`` (decode only)
 * ``dedup``       the same, ``idempotent=True`` (processed-ID table in RocksDB)
 * ``eos``         the same with ``processing_guarantee=exactly_once``
@@ -71,6 +72,10 @@ VARIANTS = [
     Variant("bare", "bare Faust agent (no decode)", "bare"),
     Variant("quix", "Quix Streams + decode", "quix", {"BENCH_DEDUP": "0"}),
     Variant("quix-dedup", "Quix Streams + decode + dedup", "quix", {"BENCH_DEDUP": "1"}),
+    Variant("plain-events", "streams plain, events path (before)", "faust",
+            {"BENCH_IDEMPOTENT": "0", "STREAMS_CONSUME_PATH": "events"}),
+    Variant("dedup-events", "streams dedup, events path (before)", "faust",
+            {"BENCH_IDEMPOTENT": "1", "STREAMS_CONSUME_PATH": "events"}),
     Variant("plain", "streams plain (idempotent=False)", "faust", {"BENCH_IDEMPOTENT": "0"}),
     Variant("dedup", "streams dedup (RocksDB)", "faust", {"BENCH_IDEMPOTENT": "1"}),
     Variant("eos", "streams dedup + exactly_once", "faust",
@@ -97,6 +102,7 @@ class Result:
     log_file: str | None = None
     loadavg_1m_max: float | None = None  # machine load seen while it ran (others' work skews numbers)
     error: str | None = None
+    profile: dict | None = None
 
 
 # --- /proc ----------------------------------------------------------------------------
@@ -154,7 +160,7 @@ def consumer_process(kind: str, env: dict[str, str], log_file: Path) -> WorkerPr
 
 def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings: Settings, topic: str,
                 ends: dict[int, int], tmp: Path, suffix: str, poll: float, timeout: float,
-                stall: float) -> Result:
+                stall: float, profile_seconds: float = 0.0) -> Result:
     group = f"bench-{variant.key}-{suffix}"
     log_file = tmp / "logs" / f"{variant.key}.log"
     env = {
@@ -172,6 +178,12 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
     try:
         proc.wait_ready(timeout=180)
         t_ready = time.monotonic()
+        spy = None
+        if profile_seconds:
+            from bench import profile
+
+            raw_profile = tmp / "logs" / f"{variant.key}.profile.txt"
+            spy = profile.start(proc.pid, profile_seconds, raw_profile)
         rss.sample()
         result.startup_s = t_ready - t_start
         last_lag, last_progress = None, t_ready
@@ -197,6 +209,10 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
             time.sleep(poll)
         t_done = time.monotonic()
         rss.sample()
+        if spy is not None:
+            spy.wait(timeout=profile_seconds + 30)
+            if raw_profile.exists():
+                result.profile = profile.summarise(raw_profile)
         result.seconds = t_done - t_ready
         result.total_s = t_done - t_start
         result.msgs_per_s = n / result.seconds
@@ -317,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="max seconds per variant once ready")
     parser.add_argument("--stall", type=float, default=120.0, help="fail a variant after this long without progress")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data, worker state)")
+    parser.add_argument("--profile", default="", help="comma-separated variants to sample with py-spy while they run")
+    parser.add_argument("--profile-seconds", type=float, default=10.0, help="how long to sample each profiled variant")
     parser.add_argument("--restore", type=int, default=1_000_000,
                         help="processed-ID entries for the table-restore timing (0: skip)")
     args = parser.parse_args(argv)
@@ -384,8 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         for variant in variants:
             print(f"[bench] {variant.label}: running ...", flush=True)
+            profiled = variant.key in {k.strip() for k in args.profile.split(",")}
             r = run_variant(variant, n=n, base_env=base_env, settings=settings, topic=topic, ends=ends,
-                            tmp=tmp, suffix=suffix, poll=args.poll, timeout=args.timeout, stall=args.stall)
+                            tmp=tmp, suffix=suffix, poll=args.poll, timeout=args.timeout, stall=args.stall,
+                            profile_seconds=args.profile_seconds if profiled else 0.0)
+            if r.profile:
+                from bench.profile import print_summary
+
+                print_summary(variant.label, r.profile)
             results.append(r)
             if r.error:
                 print(f"[bench] {variant.label}: FAILED ({r.error.splitlines()[0]})", flush=True)

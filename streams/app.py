@@ -427,6 +427,7 @@ class StreamsApp:
         self.transactions.install()
         if self.dispatcher is not None:
             self.dispatcher.install()
+            self.dispatcher.keep_only(set(self.faust.consumer.assignment()))
         self._committed_at_assignment = None
         if self.handlers:
             from streams.reprocess import load_windows

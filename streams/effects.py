@@ -140,7 +140,7 @@ class Effects:
     """The processed-messages table of an app in PostgreSQL, and a small connection pool."""
 
     def __init__(self, settings: "Settings", *, table: str = DEFAULT_TABLE, retention: float | None = None,
-                 pool_size: int = 4) -> None:
+                 pool_size: int = 10) -> None:
         if not table.replace("_", "").isalnum():
             raise ValueError(f"invalid table name {table!r}")
         self.settings = settings

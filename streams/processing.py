@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streams.effects import AlreadyProcessed
-from streams.envelope import HEADER_MESSAGE_ID
+from streams.envelope import HEADER_MESSAGE_ID, HEADER_MESSAGE_TYPE
 from streams.errors import DecodeError, DecodeReason
 from streams.pausing import SourcePause
 from streams.registry import MessageIdFallback
@@ -183,6 +183,8 @@ class GapGuard:
         self._idle_reads: dict[Any, tuple[int, int]] = {}
         self.topic_name: str | None = None
         self._reader: Any = None
+        #: one reader, used by one partition at a time (the batch path runs partitions side by side)
+        self._reader_lock = asyncio.Lock()
         self.records_recovered = 0
         self.gaps_confirmed = 0
 
@@ -275,9 +277,10 @@ class GapGuard:
             return committed
         from aiokafka import TopicPartition
 
-        reader = await self._ensure_reader()
-        ktp = TopicPartition(tp.topic, tp.partition)
-        return (await reader.beginning_offsets([ktp]))[ktp]
+        async with self._reader_lock:
+            reader = await self._ensure_reader()
+            ktp = TopicPartition(tp.topic, tp.partition)
+            return (await reader.beginning_offsets([ktp]))[ktp]
 
     def acknowledge(self, tp: Any, offset: int) -> None:
         """Tell Faust's consumer a recovered record is done, so commits can pass it
@@ -285,6 +288,10 @@ class GapGuard:
         self.app.faust.consumer.ack(_RecoveredRecord(tp, offset))
 
     async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        async with self._reader_lock:
+            return await self._read_range_locked(topic, partition, start, end)
+
+    async def _read_range_locked(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         from aiokafka import TopicPartition
 
         await self._ensure_reader()
@@ -414,8 +421,10 @@ class HandlerRunner:
     async def _process(self, msg: Any, origin: Origin) -> str:
         spec = self.spec
         try:
+            header = headers_dict(msg).get(HEADER_MESSAGE_TYPE)
             envelope = self.app.registry.decode(msg.value, limits=self.app.decode_limits,
-                                                fallback_id=self._fallback_id(msg, origin))
+                                                fallback_id=self._fallback_id(msg, origin),
+                                                message_type=header.decode("utf-8", "replace") if header else None)
         except DecodeError as exc:
             return await self._park_undecodable(msg, origin, exc)
         if envelope.message_type not in spec.message_types:

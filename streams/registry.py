@@ -43,6 +43,8 @@ class MessageRegistry:
 
     def __init__(self) -> None:
         self._specs: dict[str, MessageSpec] = {}
+        #: message type -> Envelope[its payload model] (what decode returns)
+        self._typed: dict[str, type[Envelope]] = {}
 
     # --- registration -------------------------------------------------------
     def register(self, message_type: str, model: type[BaseModel], kind: Kind = Kind.EVENT) -> MessageSpec:
@@ -105,7 +107,7 @@ class MessageRegistry:
 
     # --- decoding -----------------------------------------------------------
     def decode(self, value: bytes | str | None, *, limits: "DecodeLimits | None" = None,
-               fallback_id: str | None = None) -> Envelope:
+               fallback_id: str | None = None, message_type: str | None = None) -> Envelope:
         """Record value → typed envelope, or :class:`DecodeError` saying why not.
 
         Nothing else escapes: whatever goes wrong while parsing or validating (a
@@ -114,8 +116,17 @@ class MessageRegistry:
         ``DecodeError`` whose reason names the stage. ``limits`` bounds the value's
         size and nesting depth (:data:`DEFAULT_LIMITS` if not given).
         ``fallback_id`` stands in for a missing ``message_id`` (see
-        :class:`MessageIdFallback`); without it an envelope lacking one is refused."""
+        :class:`MessageIdFallback`); without it an envelope lacking one is refused.
+
+        ``message_type`` (the record's ``message_type`` header, which this framework's
+        producers set) allows one pydantic pass straight from the bytes for a value
+        well within the limits; anything that pass does not accept is decoded again
+        the careful way, which says what is wrong."""
         limits = limits or DEFAULT_LIMITS
+        if message_type is not None:
+            envelope = self._decode_fast(value, limits, message_type)
+            if envelope is not None:
+                return envelope
         data = parse_json(value, limits)
         raw = validate_envelope(data, fallback_id=fallback_id)
         spec = self.spec(raw.message_type)
@@ -144,7 +155,32 @@ class MessageRegistry:
                 message_type=raw.message_type,
                 message_id=raw.message_id,
             ) from None
-        return raw.model_copy(update={"payload": payload})
+        fields = {name: getattr(raw, name) for name in raw.model_fields_set}
+        return self.typed(spec).model_construct(_fields_set=raw.model_fields_set, **{**fields, "payload": payload})
+
+
+    def _decode_fast(self, value: Any, limits: "DecodeLimits", message_type: str) -> Envelope | None:
+        """The envelope in one validation of ``value`` against ``message_type``'s typed wire
+        model, or None when that does not simply succeed (the caller decodes carefully)."""
+        spec = self._specs.get(message_type)
+        if (spec is None or not isinstance(value, bytes) or len(value) > limits.max_value_bytes
+                or value.count(b"{") + value.count(b"[") > limits.max_depth):
+            return None
+        try:
+            envelope = self.typed(spec).model_validate_json(value)
+        except Exception:  # noqa: BLE001 - the careful path classifies whatever is wrong
+            return None
+        if (envelope.message_type != message_type or envelope.kind is not spec.kind
+                or "message_id" not in envelope.model_fields_set):  # a missing id is no default here
+            return None
+        return envelope
+
+    def typed(self, spec: MessageSpec) -> type[Envelope]:
+        """``Envelope[<payload model>]`` of ``spec`` (made once)."""
+        model = self._typed.get(spec.message_type)
+        if model is None:
+            model = self._typed[spec.message_type] = Envelope[spec.model]  # type: ignore[name-defined]
+        return model
 
 
 class MessageIdFallback(StrEnum):

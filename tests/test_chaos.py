@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from streams.envelope import Envelope
-from streams.kafka_admin import TopicSpec, ensure_topics
+from streams.kafka_admin import TopicSpec, committed_offsets, end_offsets, ensure_topics
 from streams.outbox.schema import migrate
 from streams.outbox.writer import write_message
 from tests.apps.chaos_app import SCHEMA, OrderPlaced, registry
@@ -117,8 +117,18 @@ def test_chaos_kills_lose_nothing_and_transactional_effects_never_repeat(isolate
     def pushed(table: str) -> set[str]:
         return {r[0] for r in iso.sql(f"SELECT DISTINCT order_id FROM {table}")}
 
-    wait_for(lambda: set(committed) <= pushed("tx_pushes") and set(committed) <= pushed("plain_pushes"), 240,
-             what=f"all {len(committed)} committed orders pushed by both handlers")
+    try:
+        wait_for(lambda: set(committed) <= pushed("tx_pushes") and set(committed) <= pushed("plain_pushes"), 240,
+                 what=f"all {len(committed)} committed orders pushed by both handlers")
+    except AssertionError as exc:
+        for label in ("worker-a", "worker-b"):
+            procs[label].dump_state()  # task stacks and consumer state into their logs
+        ends = run(end_offsets(iso.settings, topic))
+        groups = run(committed_offsets(iso.settings, iso.settings.app_id, topic))
+        missing = sorted(set(committed) - pushed("tx_pushes"))[:10]
+        time.sleep(2)
+        raise AssertionError(f"{exc}; ends {ends}, committed {groups}, first orders missing from tx_pushes: "
+                             f"{missing}") from None
     tx_rows, tx_distinct = iso.sql("SELECT count(*), count(DISTINCT message_id) FROM tx_pushes")[0]
     plain_rows, plain_distinct = iso.sql("SELECT count(*), count(DISTINCT message_id) FROM plain_pushes")[0]
     plain_repeated = iso.sql("SELECT count(*) FROM (SELECT 1 FROM plain_pushes GROUP BY message_id "

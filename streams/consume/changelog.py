@@ -10,7 +10,8 @@ bytes) and appends them to aiokafka record batches, one per changelog
 partition. Under exactly_once the batches go through the source partition's
 transactional producer, inside its transaction. When a batch is acknowledged,
 the table's persisted offset moves to its last record (what Faust does per
-write), so a restart replays only what came after.
+write; under exactly_once only once the transaction commits), so a restart
+replays only what came after.
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ class ChangelogBatch:
             else:
                 metadata = sent.result()
                 tp = table.app.consumer._new_topicpartition(topic, partition)  # noqa: SLF001
-                table.data.set_persisted_offset(tp, metadata.offset + count - 1)
+                last = metadata.offset + count - 1
+                if table.app.in_transaction:  # as Faust does: only once the partition's transaction commits
+                    table.app.tables.persist_offset_on_commit(table.data, tp, last)
+                else:
+                    table.data.set_persisted_offset(tp, last)
                 done.set_result(metadata)
 
         future.add_done_callback(persisted)

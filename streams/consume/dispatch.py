@@ -14,9 +14,13 @@ What Faust expects of an event consumer, kept here:
   are done;
 * **rebalances**: Faust clears its stream buffers when partitions are revoked
   and seeks every partition back to its committed offset; the dispatcher drops
-  its queued (not yet started) batches at the same moment, and a batch being
-  handled is tracked like an unacknowledged message, so Faust's revocation waits
-  for it before it commits;
+  its queued (not yet started) batches at the same moment, takes no fetch while
+  the consumer's flow is stopped, and a batch being handled is tracked like an
+  unacknowledged message, so Faust's revocation waits for it before it commits.
+  No fetched record is dropped otherwise: Faust also clears its own buffers
+  when it resumes after a recovery (records fetched after its seek, lost to its
+  streams: what the gap guard's idle check recovers on the events path); the
+  dispatcher keeps its queues then;
 * **acknowledgements**: a batch's offsets are acknowledged together, once every
   write of the batch is durable; Faust's commit then passes them.
 """
@@ -42,9 +46,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Route:
-    """Where the records of one topic go."""
+    """Where the records of one topic go: every handler of the topic (an event topic may have
+    several), each of which handles every record."""
 
-    runner: "HandlerRunner"
+    handlers: list[tuple["HandlerRunner", str]]
+    #: the gap guard of the topic's partitions (the fetch is one for all its handlers)
     guard: "GapGuard"
     name: str
     #: a retry topic: each record waits for its due time, one at a time
@@ -90,10 +96,15 @@ class BatchDispatcher:
         self._stopping = False
 
     def route(self, topic: str, runner: "HandlerRunner", name: str, *, wait_until_due: bool = False) -> None:
-        """Send the records of ``topic`` to ``runner`` (its gap guard is made here)."""
-        guard = runner.guard(name)
-        guard.topic_name = topic
-        self.routes[topic] = Route(runner, guard, name, wait_until_due)
+        """Send the records of ``topic`` to ``runner`` too (the topic's gap guard is made with its first)."""
+        route = self.routes.get(topic)
+        if route is None:
+            guard = runner.guard(name)
+            guard.topic_name = topic
+            self.routes[topic] = Route([(runner, name)], guard, name, wait_until_due)
+        else:
+            route.handlers.append((runner, name))
+            route.name = f"{route.name}+{name}"
 
     # --- the consumer side ---------------------------------------------------------------
     def install(self) -> None:
@@ -117,8 +128,10 @@ class BatchDispatcher:
         """Queue a fetch of ``tp``; its worker handles it in order."""
         if not records or self._stopping:
             return
-        if not self.app.faust.flow_control.is_active():
-            return  # a rebalance started: Faust seeks back to the committed offset, these come again
+        if not self.app.faust.consumer.flow_active:
+            # a rebalance is under way: Faust seeks every partition back to its committed offset
+            # (when its fetch finds the flow stopped, and on assignment), so these come again
+            return
         self._queues.setdefault(tp, deque()).append(records)
         self._queued[tp] = self._queued.get(tp, 0) + len(records)
         if self._queued[tp] >= self.max_buffered and tp not in self._buffer_full:
@@ -133,17 +146,29 @@ class BatchDispatcher:
             self._workers[tp] = asyncio.ensure_future(self._work(tp))
 
     def clear(self) -> None:
-        """Drop every queued batch (Faust cleared its buffers: a rebalance started)."""
+        """Drop every queued batch when Faust clears its buffers because a rebalance started
+        (every partition is then sought back to its committed offset). Faust also clears them
+        when it resumes the flow after a recovery; queued batches were fetched after its seek
+        then, so they stay."""
+        if self.app.faust.flow_control.is_active():
+            return
+        self.drop(set(self._queues))
+
+    def keep_only(self, assigned: set[Any]) -> None:
+        """After an assignment: forget the queues of partitions this worker no longer has."""
+        self.drop({tp for tp in self._queues if tp not in assigned})
+
+    def drop(self, tps: set[Any]) -> None:
         consumer = self.app.faust.consumer
-        for tp in list(self._queues):
+        for tp in tps:
             self._queues[tp].clear()
             self._queued[tp] = 0
-        for tp in list(self._buffer_full):
+        for tp in tps & self._buffer_full:
             consumer.on_buffer_drop(tp)
-        self._buffer_full.clear()
-        for runner in {route.runner for route in self.routes.values()}:
-            for guard in runner.guards:
-                guard.reset()
+        self._buffer_full -= tps
+        if tps:
+            for route in self.routes.values():
+                route.guard.reset()
 
     def _take(self, tp: Any, limit: int) -> list[Any]:
         queue = self._queues.get(tp)
@@ -197,22 +222,33 @@ class BatchDispatcher:
         from faust.streams import _current_event
 
         app = self.app
-        runner = route.runner
         missing = await route.guard.missing_before(records[0], tp)
         if missing:
             records = missing + records
+
+        async def run(runner: "HandlerRunner") -> None:
+            for record in records:
+                if route.wait_until_due:
+                    await runner.wait_until_due(record)
+                stand_in = StandInEvent(record)
+                token = _current_event.set(weakref.ref(stand_in))
+                try:
+                    await runner.process(record)
+                finally:
+                    _current_event.reset(token)
+
         async with app.transactions.scope(tp.topic, tp.partition) as scope:
+            if app.transactions.enabled:
+                # hold the commit barrier from the start of the batch, before the handlers take any other
+                # resource (a database connection): a batch waiting at the barrier holds nothing else
+                await scope.enter_writing()
             with ChangelogBatch(app) as changelog:
-                for record in records:
-                    if route.wait_until_due:
-                        await runner.wait_until_due(record)
-                    stand_in = StandInEvent(record)
-                    token = _current_event.set(weakref.ref(stand_in))
-                    try:
-                        await runner.process(record)
-                    finally:
-                        _current_event.reset(token)
-                futures = [*await changelog.send(), *runner.take_pending()]
+                runners = [runner for runner, _ in route.handlers]
+                if len(runners) == 1:
+                    await run(runners[0])
+                else:  # the handlers of one topic go side by side, as their agents did
+                    await asyncio.gather(*(run(runner) for runner in runners))
+                futures = [*await changelog.send(), *(f for runner in runners for f in runner.take_pending())]
             if not await changelog_writes_durable(app.faust, records[-1], futures):
                 return  # the worker is stopping; nothing of this batch is acknowledged
             await scope.flush()
@@ -229,7 +265,10 @@ class BatchDispatcher:
 
 def ack_offsets(consumer: Any, tp: Any, offsets: list[int]) -> None:
     """Acknowledge ``offsets`` of ``tp`` in Faust's consumer at once (what ``Consumer.ack``
-    does per message), so that its commit can pass them."""
+    does per message), so that its commit can pass them. A partition revoked while its
+    batch was handled is left alone: its next owner starts from the committed offset."""
+    if tp not in consumer.assignment():
+        return
     committed = consumer._committed_offset.get(tp)  # noqa: SLF001
     index = consumer._acked_index[tp]  # noqa: SLF001
     acked = consumer._acked[tp]  # noqa: SLF001
