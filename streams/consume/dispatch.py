@@ -34,6 +34,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from faust.types import TP
+
 from streams.consume.changelog import ChangelogBatch
 from streams.processing import changelog_writes_durable
 
@@ -128,6 +130,9 @@ class BatchDispatcher:
         """Queue a fetch of ``tp``; its worker handles it in order."""
         if not records or self._stopping:
             return
+        # aiokafka's TopicPartition and Faust's TP are equal tuples, but Faust's partition sets
+        # (which on_buffer_full/on_buffer_drop edit) accept only its own TP
+        tp = TP(tp.topic, tp.partition)
         if not self.app.faust.consumer.flow_active:
             # a rebalance is under way: Faust seeks every partition back to its committed offset
             # (when its fetch finds the flow stopped, and on assignment), so these come again
