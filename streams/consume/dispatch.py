@@ -39,11 +39,19 @@ from faust.types import TP
 from streams.consume.changelog import ChangelogBatch
 from streams.processing import changelog_writes_durable
 
+
 if TYPE_CHECKING:
     from streams.app import StreamsApp
     from streams.processing import GapGuard, HandlerRunner
 
 log = logging.getLogger(__name__)
+
+
+def _faust_tp(tp: Any) -> TP:
+    """Faust's partition sets (edited by ``on_buffer_full``/``on_buffer_drop``) accept only its
+    own ``TP``; the fetched records' keys are aiokafka's ``TopicPartition``, which its
+    transactional commit requires in turn, so the dispatcher keeps those and converts here."""
+    return TP(tp.topic, tp.partition)
 
 
 @dataclass
@@ -130,9 +138,6 @@ class BatchDispatcher:
         """Queue a fetch of ``tp``; its worker handles it in order."""
         if not records or self._stopping:
             return
-        # aiokafka's TopicPartition and Faust's TP are equal tuples, but Faust's partition sets
-        # (which on_buffer_full/on_buffer_drop edit) accept only its own TP
-        tp = TP(tp.topic, tp.partition)
         if not self.app.faust.consumer.flow_active:
             # a rebalance is under way: Faust seeks every partition back to its committed offset
             # (when its fetch finds the flow stopped, and on assignment), so these come again
@@ -141,7 +146,7 @@ class BatchDispatcher:
         self._queued[tp] = self._queued.get(tp, 0) + len(records)
         if self._queued[tp] >= self.max_buffered and tp not in self._buffer_full:
             self._buffer_full.add(tp)
-            self.app.faust.consumer.on_buffer_full(tp)
+            self.app.faust.consumer.on_buffer_full(_faust_tp(tp))
         wakeup = self._wakeups.get(tp)
         if wakeup is None:
             wakeup = self._wakeups[tp] = asyncio.Event()
@@ -169,7 +174,7 @@ class BatchDispatcher:
             self._queues[tp].clear()
             self._queued[tp] = 0
         for tp in tps & self._buffer_full:
-            consumer.on_buffer_drop(tp)
+            consumer.on_buffer_drop(_faust_tp(tp))
         self._buffer_full -= tps
         if tps:
             for route in self.routes.values():
@@ -189,7 +194,7 @@ class BatchDispatcher:
         self._queued[tp] = max(0, self._queued.get(tp, 0) - len(out))
         if tp in self._buffer_full and self._queued[tp] <= self.max_buffered // 2:
             self._buffer_full.discard(tp)
-            self.app.faust.consumer.on_buffer_drop(tp)
+            self.app.faust.consumer.on_buffer_drop(_faust_tp(tp))
         return out
 
     async def _work(self, tp: Any) -> None:
