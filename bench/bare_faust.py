@@ -8,6 +8,8 @@ dedup, memory store, Faust's own acknowledgements and commits.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 
 from streams import load_settings
@@ -15,11 +17,13 @@ from streams import load_settings
 from bench.messages import PARTITIONS, TOPIC
 
 settings = load_settings()
+datadir = Path(settings.worker_data_dir or settings.home_path / "bare")
+datadir.mkdir(parents=True, exist_ok=True)  # Faust writes its lock file there before creating it
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
     store="memory://",
-    datadir=str(settings.worker_data_dir or settings.home_path / "bare"),
+    datadir=str(datadir),
     broker_commit_interval=settings.broker_commit_interval,
     consumer_auto_offset_reset="earliest",
     topic_disable_leader=True,
