@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from streams import Kind, StreamsApp
-
 from agents.messages import registry
+from streams import Kind, StreamsApp
 
 app = StreamsApp("reference-app", registry=registry)
 

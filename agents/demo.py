@@ -33,7 +33,7 @@ from rich.table import Table
 from streams import load_settings
 from streams.dev.services import ensure_services
 from streams.dev.worker import WorkerProcess
-from streams.kafka_admin import committed_offsets, end_offsets, produce_raw
+from streams.kafka.admin import committed_offsets, end_offsets, produce_raw
 from streams.outbox.schema import migrate as migrate_outbox
 from streams.outbox.stats import outbox_stats
 
@@ -57,7 +57,7 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
     console.rule("[bold]streams demo: push the seller when an order is placed")
     services = ensure_services(settings)
     for name, took in services.timings.items():
-        console.print(f"  {name}: {'started in %.1fs' % took if took else 'already running'}")
+        console.print(f"  {name}: {f'started in {took:.1f}s' if took else 'already running'}")
     console.print(f"  kafka bootstrap: {settings.bootstrap_servers}")
 
     from agents.app import order_placed_topic
@@ -145,7 +145,8 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
         f"total: {time.monotonic() - t0:.1f}s"
     )
     console.print("[bold green]OK[/]: every committed order pushed exactly once, no declined order announced, "
-                  "offsets committed to the log end, bad records parked in " + dlq if ok else "[bold red]MISMATCH[/]: see above and " + str(log_file))
+                  "offsets committed to the log end, bad records parked in " + dlq if ok
+                  else "[bold red]MISMATCH[/]: see above and " + str(log_file))
     return 0 if ok else 1
 
 

@@ -12,7 +12,7 @@ import psycopg
 
 from agents.app import order_placed_topic
 from agents.messages import OrderPlaced, registry
-from streams.envelope import Envelope
+from streams.messages.envelope import Envelope
 from streams.outbox import write_message
 
 SCHEMA = """

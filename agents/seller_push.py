@@ -18,11 +18,10 @@ import asyncio
 
 import psycopg
 
-from streams import Database, Delivery, Envelope, TransientError
-
 from agents.app import app, order_placed_topic, order_push_status, seller_notified_topic
 from agents.config import agent_settings
 from agents.messages import OrderPlaced, SellerNotified, registry
+from streams import Database, Delivery, Envelope, TransientError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seller_push_notifications (

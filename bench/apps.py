@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 
-from streams import Delivery, Envelope, Kind, StreamsApp
-
 from bench.messages import PARTITIONS, TOPIC, Ping, registry
+from streams import Delivery, Envelope, Kind, StreamsApp
 
 IDEMPOTENT = os.environ.get("BENCH_IDEMPOTENT", "1").strip().lower() not in ("0", "false", "no", "off")
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import faust
 
-from streams import load_settings
-
 from bench.messages import PARTITIONS, TOPIC
+from streams import load_settings
 
 settings = load_settings()
 datadir = Path(settings.worker_data_dir or settings.home_path / "bare")

@@ -49,14 +49,13 @@ LOGS = ROOT / ".streams" / "bench"  # git-ignored; worker logs of each run are c
 for _name in [n for n in os.environ if n.startswith("STREAMS_")]:
     del os.environ[_name]
 
+from bench.messages import PARTITIONS, TOPIC, Ping, registry  # noqa: E402
+from bench.raw_consumer import READY_MARKER as RAW_READY  # noqa: E402
 from streams.dev.kafka import KAFKA_VERSION, LocalKafka  # noqa: E402
 from streams.dev.process import ServiceError, free_port, tail  # noqa: E402
 from streams.dev.worker import WorkerProcess  # noqa: E402
-from streams.kafka_admin import TopicSpec, committed_offsets, end_offsets, ensure_topics, produce_envelopes  # noqa: E402
+from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics, produce_envelopes  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-
-from bench.messages import PARTITIONS, TOPIC, Ping, registry  # noqa: E402
-from bench.raw_consumer import READY_MARKER as RAW_READY  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,7 @@ def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, 
     changelog (baseline) and once with the full one — and time both to Ready."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.processed import changelog_configs
+    from streams.consume.dedup import changelog_configs
 
     out: dict = {"entries": entries}
     try:

@@ -21,9 +21,8 @@ import sys
 
 from quixstreams import Application
 
-from streams import load_settings
-
 from bench.messages import TOPIC, registry
+from streams import load_settings
 
 READY_MARKER = "BENCH-QUIX READY"
 

@@ -18,9 +18,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-from streams import load_settings
-
 from bench.messages import TOPIC, registry
+from streams import load_settings
 
 READY_MARKER = "BENCH-RAW READY"
 

@@ -48,8 +48,8 @@ from streams.dev.kafka import LocalKafka  # noqa: E402
 from streams.dev.postgres import LocalPostgres  # noqa: E402
 from streams.dev.process import free_port  # noqa: E402
 from streams.dev.worker import WorkerProcess  # noqa: E402
-from streams.envelope import event  # noqa: E402
-from streams.kafka_admin import TopicSpec, ensure_topics  # noqa: E402
+from streams.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
+from streams.messages.envelope import event  # noqa: E402
 from streams.outbox.schema import migrate  # noqa: E402
 from streams.outbox.writer import write_message  # noqa: E402
 from streams.settings import Settings  # noqa: E402

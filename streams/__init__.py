@@ -3,44 +3,44 @@ integration between services, built on Faust (faust-streaming) and aiokafka.
 
 Importing it makes every aiokafka consumer of the process read records whose
 header names are not UTF-8 instead of failing on them (see
-:mod:`streams.tolerant_records`): workers, and the tools that read topics.
+:mod:`streams.faust_compat.record_headers`): workers, and the tools that read topics.
 """
 
-from streams import tolerant_records
-
 from streams.app import StreamsApp, StreamTopic
+from streams.consume.effects import AlreadyProcessed, Effects
+from streams.consume.retry import PermanentError, RetryPolicy, TransientError
+from streams.consume.runner import Delivery
+from streams.consume.sink import CircuitBreaker, RateLimiter, SinkThrottled
 from streams.db import Database
-from streams.effects import AlreadyProcessed, Effects
-from streams.envelope import Envelope, Kind, command, event, new_message_id
-from streams.processing import Delivery
 from streams.errors import ConfigurationError, DecodeError, DecodeReason, StreamsError
-from streams.registry import MessageRegistry
-from streams.retry import PermanentError, RetryPolicy, TransientError
-from streams.sink import CircuitBreaker, RateLimiter, SinkThrottled
+from streams.faust_compat import record_headers
+from streams.messages.envelope import Envelope, Kind, command, event, new_message_id
+from streams.messages.registry import MessageRegistry
 from streams.settings import Settings, SettingsError, load_settings
 
-tolerant_records.install()
+record_headers.install()
 
 __all__ = [
     "AlreadyProcessed",
-    "Effects",
     "CircuitBreaker",
-    "RateLimiter",
-    "SinkThrottled",
     "ConfigurationError",
     "Database",
     "DecodeError",
     "DecodeReason",
     "Delivery",
+    "Effects",
     "Envelope",
     "Kind",
     "MessageRegistry",
     "PermanentError",
+    "RateLimiter",
     "RetryPolicy",
     "Settings",
     "SettingsError",
+    "SinkThrottled",
     "StreamTopic",
     "StreamsApp",
+    "StreamsError",
     "TransientError",
     "command",
     "event",

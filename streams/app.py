@@ -15,10 +15,10 @@ Each handler becomes one Faust agent consuming its topic in the app's consumer
 group (group id = app id), plus one per delayed-retry level. Records are decoded
 through the registry; the handler sees only the message types it declared and,
 being idempotent by default, each ``message_id`` once (processed-ID table, see
-:mod:`streams.processed`). A record that cannot be decoded, and a message whose
+:mod:`streams.consume.dedup`). A record that cannot be decoded, and a message whose
 handler keeps failing, is parked on the topic's dead-letter topic (see
-:mod:`streams.deadletter`) and the partition moves on. The whole path of one
-record is described in :mod:`streams.processing`.
+:mod:`streams.consume.dead_letters`) and the partition moves on. The whole path of one
+record is described in :mod:`streams.consume.runner`.
 
 Topic conventions, enforced where they can be:
 
@@ -35,66 +35,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
 
+from streams.consume.dead_letters import DeadLetters
+from streams.consume.dedup import ProcessedIds
 from streams.consume.dispatch import BatchDispatcher
-from streams.deadletter import DeadLetters
-from streams.effects import Effects, Output, capture_output
-from streams.envelope import Envelope, Kind
+from streams.consume.effects import Effects, Output, capture_output
+from streams.consume.retry import RetryPolicy
+from streams.consume.retry_topics import RetryTopics
+from streams.consume.runner import (
+    HandlerRunner,
+    ack_when_durable,
+    changelog_writes_durable,
+)
+from streams.consume.spec import Handler, HandlerSpec, StreamTopic
+from streams.consume.transactions import Transactions
 from streams.errors import ConfigurationError, DecodeError
+from streams.faust_compat import diagnostics, private
+from streams.faust_compat.subscriptions import (
+    SubscriptionWatch,
+    install_changelog_check,
+    install_creation_wait,
+)
+from streams.kafka.names import dead_letter_topic
+from streams.messages.envelope import Envelope, Kind
+from streams.messages.registry import DecodeLimits, MessageIdFallback, MessageRegistry
 from streams.metrics import Metrics
-from streams.processed import ProcessedIds
-from streams.processing import Delivery, HandlerRunner, ack_when_durable, changelog_writes_durable
-from streams.registry import DecodeLimits, MessageIdFallback, MessageRegistry
-from streams.retry import RetryPolicy
-from streams.retry_topics import RetryTopics, retry_topic_name
 from streams.settings import SecurityProtocol, Settings, load_settings
-from streams.subscriptions import SubscriptionWatch, install_changelog_check, install_creation_wait
-from streams.transactions import Transactions
-from streams.web import WebApi
 
 if TYPE_CHECKING:
-    from streams.kafka_admin import TopicSpec
+    from streams.kafka.admin import TopicSpec
 
 log = logging.getLogger(__name__)
-
-
-Handler = Callable[[Envelope, Delivery], Awaitable[None]]
-
-
-@dataclass
-class StreamTopic:
-    """A declared topic: its full name (prefix applied), kind and Faust topic."""
-
-    name: str
-    kind: Kind
-    partitions: int
-    faust_topic: Any
-    dead_letter_name: str
-    #: what stands in for a missing message_id (default: refuse the record)
-    message_id_fallback: MessageIdFallback = MessageIdFallback.REJECT
-
-
-@dataclass
-class HandlerSpec:
-    """A declared handler: its topic, message types, policy and Faust agents."""
-
-    name: str
-    topic: StreamTopic
-    message_types: frozenset[str]
-    fn: Handler
-    retry: RetryPolicy
-    processed: ProcessedIds | None = None
-    #: guards of the handler's downstream (circuit breaker, rate limiter; see streams.sink)
-    sinks: tuple[Any, ...] = ()
-    #: the processed-messages table its effect transactions record into (streams.effects)
-    effects: Effects | None = None
-    agents: list[Any] = field(default_factory=list, repr=False)
 
 
 class StreamsApp:
@@ -120,38 +96,42 @@ class StreamsApp:
         self.handlers: dict[str, HandlerSpec] = {}
         self._command_owner: dict[str, str] = {}
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        private.check_classes()  # every private name of Faust/aiokafka used here still exists
         self.faust = faust.App(self.app_id, **{**self._faust_config(), **faust_options})
         self.dead_letters = DeadLetters(self)
         self.retry_topics = RetryTopics(self)
         #: exactly_once routing: every write of a record in the transaction of its offset
         self.transactions = Transactions(self)
-        from streams import faust_fixes
+        #: the batch consume path (streams.consume); None with STREAMS_CONSUME_PATH=events
+        self.dispatcher: BatchDispatcher | None = None
+        from streams.faust_compat import consumer_fixes
 
-        faust_fixes.install_cleared_events_fix(self.faust, on_clear=lambda: self.dispatcher and self.dispatcher.clear())
+        consumer_fixes.install_cleared_events_fix(self.faust, on_clear=lambda: self.dispatcher and self.dispatcher.clear())
         if self.transactions.enabled:
-            faust_fixes.install_recovery_fix(self.faust, self.settings)
+            consumer_fixes.install_recovery_fix(self.faust, self.settings)
         self._outputs: list[Any] = []
         self._effects: Effects | None = None
         self._effects_purged: list[Effects] = []
         self._raw_topics: dict[str, Any] = {}
         self._runners: list[HandlerRunner] = []
         self._committed_at_assignment: dict[tuple[str, int], int] | None = None
-        #: offset ranges to handle again on purpose (streams.reprocess), read on each assignment
+        #: offset ranges to handle again on purpose (streams.consume.reprocess), read on each assignment
         self.reprocess_windows: Any = None
         self.faust.task(self._declare_topics)
         #: the batch consume path (streams.consume); None with STREAMS_CONSUME_PATH=events
         self.dispatcher = BatchDispatcher(self) if self.settings.consume_path == "batch" else None
         if self.dispatcher is not None:
-            self.faust.on_before_shutdown.connect(self._stop_dispatcher)
+            self.faust.on_before_shutdown.connect(self._stop_dispatcher)  # type: ignore[arg-type]  # async receivers are awaited
         # topics are in the brokers' metadata before the group forms, and a worker never sits idle
-        # on a topic its group could not see when it formed (streams.subscriptions)
+        # on a topic its group could not see when it formed (streams.faust_compat.subscriptions)
         install_creation_wait(self.faust, self.settings)
         install_changelog_check()
         self.subscriptions = SubscriptionWatch(self)
         self.faust.task(self.subscriptions.run)
-        self.faust.on_partitions_assigned.connect(self._on_assigned)
-        # table views, health, metrics and the dashboard on the worker's web server
-        self.web = WebApi(self) if self.settings.web_enabled else None
+        self.faust.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # async receivers are awaited
+        #: the worker's web views (table contents, health, metrics, the dashboard): set by the
+        #: ``streams worker`` command, which serves them (streams.web); the app itself never imports the web layer
+        self.web: Any = None
 
     # --- configuration --------------------------------------------------------
     @property
@@ -169,7 +149,7 @@ class StreamsApp:
             "store": s.store,
             "datadir": str(self.data_dir),
             "topic_partitions": s.topic_partitions,
-            # replicas (and min.insync.replicas) follow the cluster when unset: see streams.subscriptions
+            # replicas (and min.insync.replicas) follow the cluster when unset: see streams.faust_compat.subscriptions
             "topic_replication_factor": s.topic_replication_factor or 1,
             "processing_guarantee": s.processing_guarantee.value,
             "broker_commit_interval": s.broker_commit_interval,
@@ -216,7 +196,7 @@ class StreamsApp:
         ``partitions``) if it does not exist; records are raw bytes decoded by
         the registry. ``message_id_fallback`` (default: ``STREAMS_MESSAGE_ID_FALLBACK``,
         itself ``reject``) says what stands in for a missing ``message_id`` on this
-        topic: see :class:`~streams.registry.MessageIdFallback`."""
+        topic: see :class:`~streams.messages.registry.MessageIdFallback`."""
         full = self.topic_name(name)
         if full in self.topics:
             existing = self.topics[full]
@@ -233,7 +213,7 @@ class StreamsApp:
             **options,
         )
         fallback = MessageIdFallback(message_id_fallback or self.settings.message_id_fallback)
-        topic = StreamTopic(full, kind, count, ft, dead_letter_name=f"{full}.dlq", message_id_fallback=fallback)
+        topic = StreamTopic(full, kind, count, ft, dead_letter_name=dead_letter_topic(full), message_id_fallback=fallback)
         self.topics[full] = topic
         return topic
 
@@ -277,12 +257,12 @@ class StreamsApp:
         ``idempotent`` (default) keeps a processed-ID table for the handler and
         skips messages whose ``message_id`` it already handled. ``retry`` sets
         in-place attempts and optional delayed retry topics. ``sink`` (a
-        :class:`~streams.sink.CircuitBreaker`, :class:`~streams.sink.RateLimiter`
+        :class:`~streams.consume.sink.CircuitBreaker`, :class:`~streams.consume.sink.RateLimiter`
         or a tuple of them) guards the handler's downstream: while it says wait,
-        the handler's partitions pause on this worker (see :mod:`streams.sink`).
+        the handler's partitions pause on this worker (see :mod:`streams.consume.sink`).
         ``effects`` (:meth:`effects`) gives the handler ``delivery.transaction()``: its
         database writes commit together with the message's processed id, and a
-        processed message is skipped before the handler runs (see :mod:`streams.effects`).
+        processed message is skipped before the handler runs (see :mod:`streams.consume.effects`).
         """
         if not message_types:
             raise ConfigurationError("a handler needs at least one message type")
@@ -334,7 +314,7 @@ class StreamsApp:
                 self.dispatcher.route(topic.name, runner, handler_name)
                 for level, retry_topic in enumerate(retry_topics, start=1):
                     self.faust.topics.add(retry_topic)
-                    self.dispatcher.route(retry_topic_name(topic.name, level), runner, f"{handler_name}-retry-{level}",
+                    self.dispatcher.route(retry_topic(topic.name, level), runner, f"{handler_name}-retry-{level}",
                                           wait_until_due=True)
             else:
                 hspec.agents.append(self.faust.agent(topic.faust_topic, name=handler_name)(
@@ -342,8 +322,8 @@ class StreamsApp:
                 for level, retry_topic in enumerate(retry_topics, start=1):
                     agent_name = f"{handler_name}-retry-{level}"
                     hspec.agents.append(self.faust.agent(retry_topic, name=agent_name)(
-                        _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic_name(topic.name, level)}",
-                                  retry_topic_name(topic.name, level),
+                        _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic(topic.name, level)}",
+                                  retry_topic(topic.name, level),
                                   wait_until_due=True)))
             self.handlers[handler_name] = hspec
             return fn
@@ -359,7 +339,7 @@ class StreamsApp:
     def effects(self, **options: Any) -> Effects:
         """The app's processed-messages table in PostgreSQL (``STREAMS_DATABASE_URL``), for
         handlers declared with ``effects=`` (one per app; ``options`` go to
-        :class:`~streams.effects.Effects` the first time)."""
+        :class:`~streams.consume.effects.Effects` the first time)."""
         if self._effects is None:
             self._effects = Effects(self.settings, **options)
         return self._effects
@@ -368,7 +348,7 @@ class StreamsApp:
         """Publish an envelope from a handler and wait for the broker's ack. Under
         ``exactly_once`` it joins the transaction of the message being handled. Inside
         ``delivery.transaction()`` it is also recorded with the processed id, to be sent
-        again if a redelivery is skipped (see :mod:`streams.effects`)."""
+        again if a redelivery is skipped (see :mod:`streams.consume.effects`)."""
         key, value, headers = envelope.to_record()
         capture_output(Output(topic.name, key, value, headers))
         await self.publish(topic.faust_topic, key, value, headers)
@@ -408,29 +388,31 @@ class StreamsApp:
 
     async def _stop_dispatcher(self, sender: Any = None, **kwargs: Any) -> None:
         """After the consumer stopped (Faust waited for the batches in hand): stop the workers."""
-        await self.dispatcher.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
 
     async def committed_offset(self, topic: str, partition: int) -> int | None:
         """The group's committed offset of ``topic[partition]`` as the broker had it when
         the partitions were last assigned (None: never committed). Read once per assignment;
         Faust's own copy is filled only after its recovery, while records may already flow."""
         if self._committed_at_assignment is None:
-            from streams.kafka_admin import committed_offsets
+            from streams.kafka.admin import committed_offsets
 
             self._committed_at_assignment = await committed_offsets(self.settings, self.app_id)
         return self._committed_at_assignment.get((topic, partition))
 
     async def _on_assigned(self, sender: Any = None, assigned: Any = None, **kwargs: Any) -> None:
-        from streams import faust_fixes
+        from streams.faust_compat import consumer_fixes
 
-        faust_fixes.install(self.faust.consumer)
+        private.check_consumer(self.faust.consumer)
+        consumer_fixes.install(self.faust.consumer)
         self.transactions.install()
         if self.dispatcher is not None:
             self.dispatcher.install()
             self.dispatcher.keep_only(set(self.faust.consumer.assignment()))
         self._committed_at_assignment = None
         if self.handlers:
-            from streams.reprocess import load_windows
+            from streams.consume.reprocess import load_windows
 
             try:
                 self.reprocess_windows = await load_windows(self.settings, self.app_id)
@@ -447,7 +429,7 @@ class StreamsApp:
 
     def topic_specs(self) -> list["TopicSpec"]:
         """Every topic this app declares (sources, outputs, retry and dead-letter topics)."""
-        from streams.kafka_admin import TopicSpec
+        from streams.kafka.admin import TopicSpec
 
         rf = self.settings.topic_replication_factor  # None: the cluster's default (kafka_admin.new_topic)
         out = []
@@ -455,14 +437,13 @@ class StreamsApp:
             out.append(TopicSpec(t.name, t.partitions, rf))
             out.append(TopicSpec(t.dead_letter_name, t.partitions, rf))
         for hspec in self.handlers.values():
-            for level in range(1, len(hspec.retry.delayed_retries) + 1):
-                out.append(TopicSpec(retry_topic_name(hspec.topic.name, level), hspec.topic.partitions, rf))
+            out.extend(TopicSpec(name, hspec.topic.partitions, rf) for name in hspec.source_topics()[1:])
         return out
 
     async def ensure_topics(self) -> list[str]:
         """Create the app's topics on the broker if missing (producers call this
         before the first worker ran); returns the names created."""
-        from streams.kafka_admin import ensure_topics
+        from streams.kafka.admin import ensure_topics
 
         return await ensure_topics(self.settings, self.topic_specs())
 
@@ -473,7 +454,7 @@ class StreamsApp:
         Under ``exactly_once`` a worker that did not stop cleanly (crash, SIGKILL)
         leaves processed-ID entries of aborted transactions in its local RocksDB; a
         marker file in the data dir tells a clean stop from an unclean one, and after
-        an unclean one those entries are dropped (see :mod:`streams.transactions`).
+        an unclean one those entries are dropped (see :mod:`streams.consume.transactions`).
         """
         import sys
 
@@ -499,7 +480,7 @@ class _StandInEvent:
     """The current event for records the gap guard handles outside Faust's delivery:
     Faust's table code only reads ``event.message`` (partition, topic, offset)."""
 
-    __slots__ = ("message", "__weakref__")
+    __slots__ = ("__weakref__", "message")
 
     def __init__(self, record: Any) -> None:
         self.message = record
@@ -508,7 +489,7 @@ class _StandInEvent:
 class _RecordAt:
     """Where a batch of recovered records belongs: their partition's ``tp``, topic and partition."""
 
-    __slots__ = ("tp", "topic", "partition")
+    __slots__ = ("partition", "topic", "tp")
 
     def __init__(self, tp: Any, record: Any) -> None:
         self.tp, self.topic, self.partition = tp, record.topic, record.partition
@@ -516,9 +497,10 @@ class _RecordAt:
 
 def _log_task_stacks() -> None:
     """Log where every asyncio task waits (its await chain, innermost last)."""
-    lines = []
+    lines: list[str] = []
     for task in asyncio.all_tasks():
-        chain, coro = [], task.get_coro()
+        chain: list[str] = []
+        coro: Any = task.get_coro()
         while coro is not None:
             frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
             if frame is not None:
@@ -540,37 +522,9 @@ def _log_task_stacks() -> None:
                 "\n".join(sorted(lines)), "\n".join(sorted(ours)))
     if _DEBUG_APP is not None:
         try:
-            consumer = _DEBUG_APP.faust.consumer
-            inner = consumer._thread._consumer if hasattr(consumer, "_thread") else None  # noqa: SLF001
-            log.warning("consumer state: assignment=%s paused=%s active=%s flow_control_active=%s "
-                        "aiokafka_paused=%s positions=%s highwaters=%s unacked=%d barrier=%s",
-                        sorted(consumer.assignment()), sorted(getattr(consumer, "_paused_partitions", ())),
-                        sorted(getattr(consumer, "_active_partitions", None) or ()),
-                        _DEBUG_APP.faust.flow_control.is_active(),
-                        sorted(inner.paused()) if inner else None,
-                        {str(tp): inner._fetcher._subscriptions.subscription.assignment.state_value(tp).position
-                         for tp in inner.assignment()} if inner else None,
-                        {str(tp): inner.highwater(tp) for tp in inner.assignment()} if inner else None,
-                        len(getattr(consumer, "_unacked_messages", ())),
-                        vars(_DEBUG_APP.transactions.barrier))
-            unacked: dict[str, list[int]] = {}
-            for m in list(getattr(consumer, "_unacked_messages", ())):
-                unacked.setdefault(str(m.tp), []).append(m.offset)
-            log.warning("commit state per partition: %s", {
-                str(tp): {
-                    "committed": consumer._committed_offset.get(tp),  # noqa: SLF001
-                    "read": consumer._read_offset.get(tp),  # noqa: SLF001
-                    "acked": _span(consumer._acked.get(tp) or []),  # noqa: SLF001
-                    "gaps": sorted((iv.begin, iv.end) for iv in consumer._gap.get(tp) or ()),  # noqa: SLF001
-                    "unacked": _span(unacked.get(str(tp), [])),
-                } for tp in sorted(consumer.assignment())})
+            diagnostics.log_consumer_state(_DEBUG_APP.faust, _DEBUG_APP.transactions.barrier, log)
         except Exception as exc:  # noqa: BLE001
             log.warning("consumer state unavailable: %r", exc)
-
-
-def _span(offsets: list[int]) -> str:
-    """``n: lo..hi`` for a list of offsets (empty: ``-``)."""
-    return f"{len(offsets)}: {min(offsets)}..{max(offsets)}" if offsets else "-"
 
 
 _DEBUG_APP: "StreamsApp | None" = None

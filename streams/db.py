@@ -68,3 +68,10 @@ class Database:
 def connect(settings: Settings, **kwargs: Any) -> psycopg.Connection:
     """A synchronous connection (scripts, migrations, tests)."""
     return psycopg.connect(settings.dsn, **kwargs)
+
+
+def first_row(row: tuple[Any, ...] | None, what: str = "the query") -> tuple[Any, ...]:
+    """``row`` from a ``fetchone()`` that always has one (an aggregate, a lock call)."""
+    if row is None:
+        raise RuntimeError(f"{what} returned no row")
+    return row

@@ -4,7 +4,7 @@ Counters per handler, topic and partition: ``handled``, ``duplicate``,
 ``ignored`` (a registered type the handler does not take), ``retried``,
 ``retry_scheduled``, ``dead_lettered``. A processing-time histogram per handler
 and topic (seconds from taking a record to its outcome, retries included),
-recorded by :class:`streams.processing.HandlerRunner`.
+recorded by :class:`streams.consume.runner.HandlerRunner`.
 
 :func:`render_prometheus` writes these, plus gauges read at scrape time (lag,
 outbox, tables, readiness), in the Prometheus text format. Names share the
@@ -70,7 +70,7 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs ending with ``+Inf``."""
         out, running = [], 0
-        for bound, n in zip(self.buckets, self.counts):
+        for bound, n in zip(self.buckets, self.counts, strict=False):
             running += n
             out.append((_le(bound), running))
         out.append(("+Inf", self.count))
@@ -135,7 +135,11 @@ class Gauge:
 def render_prometheus(metrics: Metrics, gauges: Iterable[Gauge] = ()) -> bytes:
     """The counters, histograms and ``gauges`` in the Prometheus text format (0.0.4)."""
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     class _Collector:
         def collect(self):

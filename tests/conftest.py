@@ -12,11 +12,9 @@ prefix and database (:func:`isolated`).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -25,14 +23,18 @@ import pytest
 from streams.dev.kafka import LocalKafka
 from streams.dev.postgres import LocalPostgres
 from streams.dev.process import free_port
-from streams.dev.worker import WorkerProcess
 from streams.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-SESSIONS = ROOT / ".streams" / "test-session"
-# one folder per pytest process, so sessions running side by side do not wipe each other
-SESSION_HOME = SESSIONS / str(os.getpid())
-ARTIFACTS = ROOT / "test-artifacts"
+from tests.harness import (
+    ARTIFACTS,
+    ROOT,
+    SESSION_HOME,
+    Isolated,
+    Servers,
+    admin_url,
+    artifact_name,
+    distinct_port_pairs,
+    remove_dead_sessions,
+)
 
 # The suite's settings come from here, not from a developer's .env or shell.
 for _name in [n for n in os.environ if n.startswith("STREAMS_") and n not in
@@ -40,23 +42,12 @@ for _name in [n for n in os.environ if n.startswith("STREAMS_") and n not in
     del os.environ[_name]
 
 
-@dataclass
-class Servers:
-    """Where the session's Kafka and PostgreSQL answer."""
-
-    bootstrap: str
-    database_url: str
-    kafka: LocalKafka | None = None
-    postgres: LocalPostgres | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 @pytest.fixture(scope="session")
 def servers() -> Servers:
     """Start the session's broker and database (in parallel), stop them at the end."""
     external_kafka = os.environ.get("STREAMS_KAFKA_BOOTSTRAP")
     external_db = os.environ.get("STREAMS_DATABASE_URL")
-    _remove_dead_sessions()
+    remove_dead_sessions()
     SESSION_HOME.mkdir(parents=True)
     kafka = None if external_kafka else LocalKafka(
         data_dir=SESSION_HOME / "kafka", cache_dir=ROOT / ".streams" / "cache",
@@ -99,7 +90,7 @@ def cluster3():
     SESSION_HOME.mkdir(parents=True, exist_ok=True)
     cluster = LocalKafkaCluster(data_dir=SESSION_HOME / "kafka3", cache_dir=ROOT / ".streams" / "cache",
                                 brokers=3, heap="256m",
-                                node_ports=_distinct_port_pairs(3))
+                                node_ports=distinct_port_pairs(3))
     took = cluster.up()
     print(f"\n[cluster3] {cluster.bootstrap} ({took:.1f}s)")
     try:
@@ -108,49 +99,13 @@ def cluster3():
         cluster.down()
 
 
-def _distinct_port_pairs(n: int) -> list[tuple[int, int]]:
-    ports: list[int] = []
-    while len(ports) < 2 * n:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return [(ports[2 * i], ports[2 * i + 1]) for i in range(n)]
-
-
-@dataclass
-class Isolated:
-    """One test's private corner of the shared servers."""
-
-    name: str
-    settings: Settings
-    env: dict[str, str]
-    artifacts: Path
-    workers: list[WorkerProcess] = field(default_factory=list)
-
-    def worker(self, label: str | None = None, **extra_env: str) -> WorkerProcess:
-        """A worker process for this test's app (not started yet)."""
-        label = label or f"worker-{len(self.workers) + 1}"
-        env = {**self.env, "STREAMS_WORKER_DATA_DIR": str(self.settings.home_path / label), **extra_env}
-        proc = WorkerProcess(env, self.artifacts / f"{label}.log", cwd=ROOT)
-        self.workers.append(proc)
-        return proc
-
-    def topic(self, name: str) -> str:
-        return f"{self.settings.topic_prefix}{name}"
-
-    def sql(self, query: str, params=None) -> list[tuple]:
-        with psycopg.connect(self.settings.dsn, autocommit=True) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
-
 @pytest.fixture
 def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
     """Own app id / consumer group, topic prefix, database and state folder; workers stopped after."""
     suffix = uuid.uuid4().hex[:8]
-    test_name = _artifact_name(request.node.name)
+    test_name = artifact_name(request.node.name)
     dbname = f"t_{suffix}"
-    with psycopg.connect(_admin_url(servers.database_url), autocommit=True) as conn:
+    with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
     db_url = servers.database_url.rsplit("/", 1)[0] + f"/{dbname}"
     env = {
@@ -175,41 +130,7 @@ def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
     finally:
         for w in iso.workers:
             w.kill()
-        with psycopg.connect(_admin_url(servers.database_url), autocommit=True) as conn:
+        with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
-def _artifact_name(node_name: str) -> str:
-    """A folder name for a test: its name, shortened to 60 characters; the parameters
-    (``[...]``) stay visible, so two parametrisations never share a folder."""
-    name = re.sub(r"[^A-Za-z0-9]+", "-", node_name).strip("-")
-    if len(name) <= 60:
-        return name
-    base, _, params = node_name.partition("[")
-    tail = re.sub(r"[^A-Za-z0-9]+", "-", params).strip("-")[:20]
-    head = re.sub(r"[^A-Za-z0-9]+", "-", base).strip("-")[:59 - len(tail)].strip("-")
-    return f"{head}-{tail}" if tail else head
-
-
-def _remove_dead_sessions() -> None:
-    """Delete the folders of earlier sessions whose pytest process is gone."""
-    if not SESSIONS.is_dir():
-        return
-    for child in SESSIONS.iterdir():
-        if child.name.isdigit() and child.name != str(os.getpid()):
-            try:
-                os.kill(int(child.name), 0)
-                continue  # still running
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        elif not child.name.isdigit():
-            pass  # left by an older layout
-        else:
-            continue
-        shutil.rmtree(child, ignore_errors=True)
-
-
-def _admin_url(url: str) -> str:
-    return url.rsplit("/", 1)[0] + "/postgres"

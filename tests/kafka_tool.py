@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 
 from streams.dev.kafka import resolve_jars
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 CONSUMER_GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 
@@ -47,7 +47,7 @@ def describe(bootstrap: str, group: str) -> list[ToolRow]:
             continue
         if header is None or len(cols) != len(header) or cols[0] != group:
             continue
-        rec = dict(zip(header, cols))
+        rec = dict(zip(header, cols, strict=False))
 
         def num(v: str) -> int | None:
             return None if v == "-" else int(v)

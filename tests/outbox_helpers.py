@@ -9,12 +9,12 @@ from collections import Counter, defaultdict
 
 import psycopg
 
-from streams.envelope import event
-from streams.kafka_admin import TopicSpec, ensure_topics
+from streams.kafka.admin import TopicSpec, ensure_topics
+from streams.messages.envelope import event
 from streams.outbox.relay import HEADER_OUTBOX_ID
 from streams.outbox.schema import migrate
 from streams.outbox.writer import write_message
-from tests.conftest import ROOT, Isolated
+from tests.harness import ROOT, Isolated
 from tests.helpers import run
 from tests.reference import read_topic
 

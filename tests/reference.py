@@ -8,9 +8,9 @@ from collections import Counter
 from decimal import Decimal
 
 from agents.messages import OrderPlaced, registry
-from streams.kafka_admin import TopicSpec, committed_offsets, end_offsets, ensure_topics
-from streams.kafka_admin import read_topic as kafka_read_topic
-from tests.conftest import Isolated
+from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics
+from streams.kafka.admin import read_topic as kafka_read_topic
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
 
 TOPIC = "orders.order-placed"

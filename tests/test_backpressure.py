@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from streams.kafka_admin import TopicSpec, ensure_topics, produce_envelopes
-from streams.lag import group_lag
-from tests.conftest import Isolated
+from streams.kafka.admin import TopicSpec, ensure_topics, produce_envelopes
+from streams.kafka.lag import group_lag
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.reference import read_topic
 
@@ -65,7 +65,7 @@ def test_failing_sink_pauses_partitions_dead_letters_nothing_and_catches_up(isol
 
 
 def test_lag_gate_holds_above_high_and_resumes_below_low(isolated: Isolated) -> None:
-    from streams.lag_gate import LagGate
+    from streams.kafka.lag_gate import LagGate
     from tests.reference import TOPIC, create_topics, orders, push_counts
 
     iso = isolated

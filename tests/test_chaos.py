@@ -26,12 +26,12 @@ import time
 import psycopg
 import pytest
 
-from streams.envelope import Envelope
-from streams.kafka_admin import TopicSpec, committed_offsets, end_offsets, ensure_topics
+from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics
+from streams.messages.envelope import Envelope
 from streams.outbox.schema import migrate
 from streams.outbox.writer import write_message
 from tests.apps.chaos_app import SCHEMA, OrderPlaced, registry
-from tests.conftest import Isolated
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.outbox_helpers import outbox_status, relay_process
 
@@ -148,8 +148,8 @@ def test_chaos_kills_lose_nothing_and_transactional_effects_never_repeat(isolate
     assert not tx_lost and not plain_lost, summary
     assert not announced_declined, summary
     assert tx_rows == tx_distinct == len(committed), summary
-    assert set(r[0] for r in iso.sql("SELECT DISTINCT message_id FROM tx_pushes")) == set(committed.values())
+    assert {r[0] for r in iso.sql("SELECT DISTINCT message_id FROM tx_pushes")} == set(committed.values())
     assert outbox.get("failed", 0) == 0, summary
     # and every process still stops gracefully (a rebalance stuck on a shared message used to hang it)
     codes = {label: proc.stop() for label, proc in procs.items()}
-    assert codes == {label: 0 for label in procs}, codes
+    assert codes == dict.fromkeys(procs, 0), codes

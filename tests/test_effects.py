@@ -1,4 +1,4 @@
-"""Transactional effects (``streams.effects``) on the session's real PostgreSQL.
+"""Transactional effects (``streams.consume.effects``) on the session's real PostgreSQL.
 
 Each flavour of transaction — the pool's async connection, a given psycopg
 ``AsyncConnection`` or ``Connection``, a SQLAlchemy ``Session`` or ``AsyncSession`` —
@@ -14,12 +14,12 @@ import asyncio
 import psycopg
 import pytest
 
-from streams.effects import AlreadyProcessed, Effects, Output, capture_output
-from streams.envelope import event
+from streams.consume.effects import AlreadyProcessed, Effects, Output, capture_output
+from streams.consume.runner import Delivery
+from streams.messages.envelope import event
 from streams.outbox.schema import migrate
 from streams.outbox.writer import write_message, write_message_async
-from streams.processing import Delivery
-from tests.conftest import Isolated
+from tests.harness import Isolated
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS effect (message_id text, note text)"
 
@@ -134,13 +134,11 @@ def test_sync_psycopg_connection(isolated: Isolated, effects: Effects) -> None:
         with _delivery(effects, "m-6").transaction(conn) as tx:
             tx.execute("INSERT INTO effect VALUES ('m-6', 'sync')")
             write_message(tx, event("Followed", {"n": 3}, key="k"), topic="t", table=isolated.settings.outbox_table)
-        with pytest.raises(AlreadyProcessed):
-            with _delivery(effects, "m-6").transaction(conn) as tx:
-                tx.execute("INSERT INTO effect VALUES ('m-6', 'again')")
-        with pytest.raises(KeyError):
-            with _delivery(effects, "m-7").transaction(conn) as tx:
-                tx.execute("INSERT INTO effect VALUES ('m-7', 'rolled back')")
-                raise KeyError("handler bug")
+        with pytest.raises(AlreadyProcessed), _delivery(effects, "m-6").transaction(conn) as tx:
+            tx.execute("INSERT INTO effect VALUES ('m-6', 'again')")
+        with pytest.raises(KeyError), _delivery(effects, "m-7").transaction(conn) as tx:
+            tx.execute("INSERT INTO effect VALUES ('m-7', 'rolled back')")
+            raise KeyError("handler bug")
     assert _count(isolated, "m-6") == (1, 1)
     assert _count(isolated, "m-7") == (0, 0)
     assert isolated.sql(f"SELECT payload FROM {isolated.settings.outbox_table}") == [({"n": 3},)]
@@ -156,9 +154,8 @@ def test_sqlalchemy_sessions_sync_and_async(isolated: Isolated, effects: Effects
     with Session(engine) as session:
         with _delivery(effects, "m-8").transaction(session) as tx:
             tx.execute(text("INSERT INTO effect VALUES ('m-8', 'orm')"))
-        with pytest.raises(AlreadyProcessed):
-            with _delivery(effects, "m-8").transaction(session) as tx:
-                tx.execute(text("INSERT INTO effect VALUES ('m-8', 'again')"))
+        with pytest.raises(AlreadyProcessed), _delivery(effects, "m-8").transaction(session) as tx:
+            tx.execute(text("INSERT INTO effect VALUES ('m-8', 'again')"))
     # a session already in a transaction is joined: its owner commits (or rolls back) both
     with Session(engine) as session:
         session.execute(text("INSERT INTO effect VALUES ('m-9', 'before')"))

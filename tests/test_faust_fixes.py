@@ -1,12 +1,12 @@
-"""The corrections to faust-streaming that need a broker to show (streams/faust_fixes.py)."""
+"""The corrections to faust-streaming that need a broker to show (streams/faust_compat/consumer_fixes.py)."""
 
 from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from streams.faust_fixes import last_visible_offsets
-from streams.kafka_admin import TopicSpec, end_offsets, ensure_topics
-from tests.conftest import Isolated
+from streams.faust_compat.consumer_fixes import last_visible_offsets
+from streams.kafka.admin import TopicSpec, end_offsets, ensure_topics
+from tests.harness import Isolated
 from tests.helpers import run
 
 
@@ -49,7 +49,7 @@ def test_last_visible_offset_skips_transaction_markers_and_aborted_records(isola
 def test_stable_end_offsets_stop_at_an_open_transaction(isolated: Isolated) -> None:
     """What a restore under exactly_once aims at for a changelog partition the consumer has not
     fetched yet (Faust took -1, "empty"): the last stable offset, below a transaction still open."""
-    from streams.faust_fixes import stable_end_offsets
+    from streams.faust_compat.consumer_fixes import stable_end_offsets
 
     topic = isolated.topic("changelog-open-tx")
     run(ensure_topics(isolated.settings, [TopicSpec(topic, 2)]))

@@ -18,11 +18,18 @@ from collections import Counter
 
 import pytest
 
-from streams.dlq import original_value, read_dead_letters
-from tests.conftest import Isolated
+from streams.kafka.failure_log import original_value, read_dead_letters
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.raw_producer import produce
-from tests.reference import TOPIC, create_topics, orders, push_counts, rows_per_message, wait_committed_to_end
+from tests.reference import (
+    TOPIC,
+    create_topics,
+    orders,
+    push_counts,
+    rows_per_message,
+    wait_committed_to_end,
+)
 
 MAX_VALUE_BYTES = 100_000
 #: 999,799 bytes: a dead letter of it (value plus the dlq.* headers) exceeds the 1,000,000 bytes the worker's
@@ -135,7 +142,7 @@ def test_hostile_records_are_parked_and_valid_ones_handled_once(isolated: Isolat
     mixed = [("handled", r) for r in good] + bad + [("ignored", r) for r in ignored]
     rng.shuffle(mixed)
     where = produce(iso.settings.bootstrap_servers, iso.topic(TOPIC), [r for _, r in mixed])
-    expected = {pos: reason for pos, (reason, _) in zip(where, mixed) if reason not in ("handled", "ignored")}
+    expected = {pos: reason for pos, (reason, _) in zip(where, mixed, strict=False) if reason not in ("handled", "ignored")}
     assert len(expected) == len(bad) >= 200
 
     wait_for(lambda: push_counts(iso)[1] >= len(good), 120, what=f"{len(good)} seller pushes")
@@ -166,9 +173,9 @@ def test_hostile_records_are_parked_and_valid_ones_handled_once(isolated: Isolat
     assert value == HUGE
     assert int(omitted[0].header("dlq.value_omitted")) == len(value)
     # the others keep their original bytes, and escaped header names for names that were not UTF-8
-    for (reason, record), pos in zip(mixed, where):
+    for (reason, record), pos in zip(mixed, where, strict=False):
         dl = parked.get(pos)
-        if dl is not None and not omitted[0] is dl:
+        if dl is not None and omitted[0] is not dl:
             assert dl.value == (record["value"] or None) or (record["value"] == b"" and dl.value in (b"", None))
             if reason == "bad_headers":
                 assert any(name.startswith("\\xff\\xfe") for name in dl.headers)

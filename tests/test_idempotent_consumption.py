@@ -9,19 +9,28 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 import re
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
-from streams.kafka_admin import produce_envelopes
-from tests.conftest import ROOT, Isolated
+from streams.kafka.admin import produce_envelopes
+from tests.harness import ROOT, Isolated
 from tests.helpers import run, wait_for
-from tests.reference import (OUTPUT, TOPIC, create_topics, orders, processed_ids, push_counts, read_topic,
-                             rows_per_message, wait_committed_to_end)
+from tests.reference import (
+    OUTPUT,
+    TOPIC,
+    create_topics,
+    orders,
+    processed_ids,
+    push_counts,
+    read_topic,
+    rows_per_message,
+    wait_committed_to_end,
+)
 
 
 def _produce(iso: Isolated, envelopes) -> None:
@@ -68,7 +77,7 @@ def test_crash_test_sigkill_five_times(isolated: Isolated, guarantee: str) -> No
     rng = random.Random(guarantee)
     env = {"STREAMS_PROCESSING_GUARANTEE": guarantee, "AGENTS_SELLER_API_LATENCY_MS": "0.5"}
     thresholds = sorted(rng.sample(range(n // 12, n - n // 12), kills))
-    for i, threshold in enumerate(thresholds):
+    for _i, threshold in enumerate(thresholds):
         worker = isolated.worker("crashy", **env).start()
         worker.wait_ready()
         # kill at a random moment once progress passes the threshold (jittered)

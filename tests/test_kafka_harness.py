@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.dev.kafka import KAFKA_VERSION, LocalKafka
 from streams.dev.process import ServiceError, free_port, pid_alive, port_open
-from tests.conftest import ROOT
+from tests.harness import ROOT
 from tests.helpers import run
 
 

@@ -7,9 +7,9 @@ import json
 import subprocess
 import sys
 
-from streams.kafka_admin import produce_envelopes
-from streams.lag import group_lag, with_rates
-from tests.conftest import ROOT, Isolated, Servers
+from streams.kafka.admin import produce_envelopes
+from streams.kafka.lag import group_lag, with_rates
+from tests.harness import ROOT, Isolated, Servers
 from tests.helpers import run, wait_for
 from tests.kafka_tool import describe
 from tests.reference import TOPIC, create_topics, orders, push_counts

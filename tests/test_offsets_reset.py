@@ -12,11 +12,18 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
-from streams.kafka_admin import committed_offsets, end_offsets, produce_envelopes
-from streams.offsets import ResetTarget, plan_reset
-from tests.conftest import ROOT, Isolated
+from streams.kafka.admin import committed_offsets, end_offsets, produce_envelopes
+from streams.kafka.offsets import ResetTarget, plan_reset
+from tests.harness import ROOT, Isolated
 from tests.helpers import run, wait_for
-from tests.reference import TOPIC, create_topics, orders, push_counts, read_topic, rows_per_message
+from tests.reference import (
+    TOPIC,
+    create_topics,
+    orders,
+    push_counts,
+    read_topic,
+    rows_per_message,
+)
 
 
 def _cli(worker, *args: str) -> subprocess.CompletedProcess:
@@ -100,7 +107,7 @@ def test_offset_reset_plans_refuses_active_group_dedups_reread_and_forces_reproc
     # --- re-read after a reset: the processed-ID table makes it a no-op --------------------
     out = _cli(worker, "offsets", "reset", "--group", group, "--topic", topic, "--to-earliest", "--execute")
     assert out.returncode == 0, out.stderr
-    assert _committed(iso, topic) == {p: 0 for p in ends}
+    assert _committed(iso, topic) == dict.fromkeys(ends, 0)
     worker = iso.worker("w1").start()
     worker.wait_ready()
     wait_for(lambda: _caught_up(iso, topic), 90, what="the re-read to reach the end")

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT, Isolated
+from tests.harness import ROOT, Isolated
 
 
 def _cli(iso: Isolated, *args: str) -> subprocess.CompletedProcess:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from streams.envelope import event
+from streams.messages.envelope import event
 from streams.outbox.writer import OutboxError, write_message
 from tests.helpers import run
-from tests.outbox_helpers import kafka_view, outbox_status, prepare, relay_running, write
+from tests.outbox_helpers import (
+    kafka_view,
+    outbox_status,
+    prepare,
+    relay_running,
+    write,
+)
 
 
 def test_commit_is_published_once_and_rollback_never(isolated):
@@ -118,7 +124,7 @@ def test_parked_after_max_attempts_then_requeued_by_cli(isolated):
     import subprocess
     import sys
 
-    from streams.kafka_admin import TopicSpec, ensure_topics
+    from streams.kafka.admin import TopicSpec, ensure_topics
 
     prepare(isolated)
     missing = isolated.topic("not.created.yet")  # auto topic creation is off: sends time out
@@ -293,8 +299,8 @@ def test_lag_gate_holds_the_relay_above_high_and_resumes_below_low(isolated):
 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.kafka_admin import end_offsets
-    from streams.lag_gate import LagGate
+    from streams.kafka.admin import end_offsets
+    from streams.kafka.lag_gate import LagGate
     from streams.outbox.gates import HeldTopics
 
     topic = prepare(isolated, partitions=3)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.harness import ROOT
 from tests.outbox_helpers import prepare, write
 
 

@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from streams.envelope import event
+from streams.messages.envelope import event
 from streams.outbox.writer import write_message
 from tests.helpers import wait_for
 from tests.outbox_helpers import kafka_view, outbox_status, prepare, relay_process

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.kafka_admin import produce_envelopes
-from tests.conftest import Isolated
+from streams.kafka.admin import produce_envelopes
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.reference import read_topic
 

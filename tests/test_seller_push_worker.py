@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.kafka_admin import end_offsets, produce_envelopes, produce_raw
-from tests.conftest import Isolated
+from streams.kafka.admin import end_offsets, produce_envelopes, produce_raw
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.reference import PARTITIONS, TOPIC
 from tests.reference import create_topics as _create_topics
@@ -119,7 +119,7 @@ def test_bad_records_are_parked_and_the_partition_moves_on(isolated: Isolated) -
         assert headers["dlq.original.topic"].decode() == topic
         assert int(headers["dlq.original.offset"]) >= 0
         assert headers["dlq.error.message"]
-    originals = {k: v for k, v in bad}
+    originals = dict(bad)
     assert all(r.value == originals[r.key] for r in parked), "the original bytes are kept for replay"
     worker.stop()
 
@@ -153,7 +153,7 @@ def test_a_failed_changelog_write_stops_the_worker_and_a_restart_handles_the_rec
     restarted worker handles the record and commits past it."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from streams.kafka_admin import TopicSpec, admin_client, ensure_topics
+    from streams.kafka.admin import TopicSpec, admin_client, ensure_topics
 
     _create_topics(isolated)
     changelog = f"{isolated.settings.app_id}-processed-push_seller-changelog"

@@ -17,11 +17,11 @@ import time
 import psycopg
 import pytest
 
-from streams.kafka_admin import TopicSpec, ensure_topics
+from streams.kafka.admin import TopicSpec, ensure_topics
+from streams.kafka.topics import describe_topic
 from streams.outbox.schema import migrate
-from streams.topics import describe_topic
 from tests.apps.chaos_app import SCHEMA
-from tests.conftest import Isolated
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.outbox_helpers import outbox_status, relay_process
 from tests.test_chaos import APP, TOPIC, OrderService

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import uuid
 
-from streams.kafka_admin import TopicSpec, ensure_topics, produce_envelopes
-from tests.conftest import Isolated
+from streams.kafka.admin import TopicSpec, ensure_topics, produce_envelopes
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
-from tests.reference import PARTITIONS, TOPIC, create_topics, orders, push_counts, rows_per_message
-from tests.reference import wait_committed_to_end
+from tests.reference import (
+    PARTITIONS,
+    TOPIC,
+    create_topics,
+    orders,
+    push_counts,
+    rows_per_message,
+    wait_committed_to_end,
+)
 from tests.web_helpers import http, web_worker
 
 

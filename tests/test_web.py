@@ -14,11 +14,19 @@ import urllib.parse
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.kafka_admin import TopicSpec, ensure_topics, produce_envelopes, produce_raw
-from tests.conftest import Isolated
-from tests.helpers import run, wait_for
-from tests.reference import PARTITIONS, TOPIC, create_topics, offsets, orders, push_counts, wait_committed_to_end
 from streams.dev.process import free_port
+from streams.kafka.admin import TopicSpec, ensure_topics, produce_envelopes, produce_raw
+from tests.harness import Isolated
+from tests.helpers import run, wait_for
+from tests.reference import (
+    PARTITIONS,
+    TOPIC,
+    create_topics,
+    offsets,
+    orders,
+    push_counts,
+    wait_committed_to_end,
+)
 from tests.web_helpers import answers, http, web_worker
 
 TOKEN = "t0ken-for-the-web-views"

@@ -14,10 +14,18 @@ from pathlib import Path
 
 import psycopg
 
-from streams.kafka_admin import produce_envelopes, produce_raw
-from tests.conftest import Isolated
+from streams.kafka.admin import produce_envelopes, produce_raw
+from tests.harness import Isolated
 from tests.helpers import run, wait_for
-from tests.reference import PARTITIONS, TOPIC, create_topics, offsets, orders, push_counts, wait_committed_to_end
+from tests.reference import (
+    PARTITIONS,
+    TOPIC,
+    create_topics,
+    offsets,
+    orders,
+    push_counts,
+    wait_committed_to_end,
+)
 from tests.test_web import BAD_RECORDS
 from tests.web_helpers import web_worker
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from streams.dev.process import free_port
 from streams.dev.worker import WorkerProcess
-from tests.conftest import Isolated
+from tests.harness import Isolated
 
 
 @dataclass

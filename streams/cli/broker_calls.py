@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from streams.cli import fail
+from streams.cli.base import fail
 from streams.settings import Settings
 
 T = TypeVar("T")

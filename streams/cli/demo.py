@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from streams.cli import Context, console, fail, pass_ctx
+from streams.cli.base import Context, console, fail, pass_ctx
 
 
 @click.group("demo")

@@ -33,4 +33,4 @@ def install(group: click.Group) -> None:
             formatter.write_dl([("0", "ok"), ("1", "the command failed (the reason is on stderr)"),
                                 ("2", "bad usage or invalid settings (names the option or STREAMS_* variable)")])
 
-    group.format_epilog = types.MethodType(format_epilog, group)
+    group.format_epilog = types.MethodType(format_epilog, group)  # type: ignore[method-assign]  # one group's epilog

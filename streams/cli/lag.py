@@ -8,9 +8,10 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from streams.cli import Context, console, fail, pass_ctx
+from streams.cli.base import Context, console, fail, pass_ctx
 from streams.cli.broker_calls import run_on_broker
-from streams.lag import GroupLag, group_lag, watch_lag
+from streams.dev.process import ServiceError
+from streams.kafka.lag import GroupLag, group_lag, watch_lag
 
 
 def _fmt(value: float | int | None, digits: int = 1) -> str:
@@ -24,7 +25,7 @@ def _fmt(value: float | int | None, digits: int = 1) -> str:
 def _eta(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     minutes, seconds = divmod(seconds, 60)
@@ -75,6 +76,8 @@ def lag_cmd(ctx: Context, group: str, topics: tuple[str, ...], watch: bool, inte
         last = None
         async for sample in watch_lag(settings, group, wanted, interval=interval, count=2):
             last = sample
+        if last is None:
+            raise ServiceError(f"no lag sample of group {group!r}")
         return last
 
     async def many() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from rich.table import Table
 
-from streams.cli import Context, console, fail, pass_ctx
+from streams.cli.base import Context, console, fail, pass_ctx
 from streams.cli.broker_calls import run_on_broker
 
 
@@ -55,8 +56,16 @@ def reset_cmd(ctx: Context, group: str, topics: tuple[str, ...], earliest: bool,
     --by-duration, --shift-by. Offsets outside the log are clamped to it and
     reported. Refuses to apply while the group has active members.
     """
-    from streams.offsets import (GroupActiveError, ResetError, ResetTarget, execute_reset, parse_datetime,
-                                 parse_duration, parse_topic_partitions, plan_reset)
+    from streams.kafka.offsets import (
+        GroupActiveError,
+        ResetError,
+        ResetTarget,
+        execute_reset,
+        parse_datetime,
+        parse_duration,
+        parse_topic_partitions,
+        plan_reset,
+    )
 
     chosen = [(name, value) for name, value in (
         ("earliest", earliest or None), ("latest", latest or None), ("offset", to_offset),
@@ -68,12 +77,13 @@ def reset_cmd(ctx: Context, group: str, topics: tuple[str, ...], earliest: bool,
         fail("--dry-run and --execute exclude each other", 2)
     if reprocess and not execute:
         fail("--reprocess needs --execute", 2)
-    mode, value = chosen[0]
+    mode, given = chosen[0]
     try:
+        value: Any = given
         if mode == "datetime":
-            value = parse_datetime(value)
+            value = parse_datetime(str(given))
         elif mode == "duration":
-            value = parse_duration(value)
+            value = parse_duration(str(given))
         elif mode in ("earliest", "latest"):
             value = None
         target = ResetTarget(mode, value)

@@ -12,7 +12,7 @@ import click
 import psycopg
 from rich.table import Table
 
-from streams.cli import Context, console, fail, pass_ctx
+from streams.cli.base import Context, console, fail, pass_ctx
 
 log = logging.getLogger("streams.relay")
 

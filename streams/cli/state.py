@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from streams.cli import Context, console, fail, pass_ctx
+from streams.cli.base import Context, console, fail, pass_ctx
 
 
 @click.group("state")
@@ -17,7 +17,7 @@ def state() -> None:
 def _data_dir(ctx: Context, data_dir: Path | None, app_path: str | None) -> Path:
     if data_dir is not None:
         return data_dir.expanduser().resolve()
-    from streams.cli import load_app
+    from streams.cli.base import load_app
 
     return load_app(app_path or ctx.settings.worker_app).data_dir
 
@@ -33,7 +33,12 @@ def reset_cmd(ctx: Context, data_dir: Path | None, app_path: str | None, yes: bo
 
     Refused while a running worker uses the data dir.
     """
-    from streams.state import StateInUseError, locked_by_running_worker, summarize, wipe_state
+    from streams.state import (
+        StateInUseError,
+        locked_by_running_worker,
+        summarize,
+        wipe_state,
+    )
 
     path = _data_dir(ctx, data_dir, app_path)
     summary = summarize(path)

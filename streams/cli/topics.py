@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from streams.cli import Context, console, fail, pass_ctx
+from streams.cli.base import Context, console, fail, pass_ctx
 from streams.cli.broker_calls import run_on_broker
 
 
@@ -23,7 +23,7 @@ def topics() -> None:
 @pass_ctx
 def list_cmd(ctx: Context, internal: bool, prefix: str | None, as_json: bool) -> None:
     """Every topic with its partition count and replication factor."""
-    from streams.topics import list_topics
+    from streams.kafka.topics import list_topics
 
     found = run_on_broker(ctx.settings, list_topics(ctx.settings, include_internal=internal))
     if prefix:
@@ -44,7 +44,7 @@ def list_cmd(ctx: Context, internal: bool, prefix: str | None, as_json: bool) ->
 @pass_ctx
 def describe_cmd(ctx: Context, name: str, all_configs: bool, as_json: bool) -> None:
     """Partitions (leader, replicas, in-sync replicas, log start/end offsets) and configs of NAME."""
-    from streams.topics import describe_topic
+    from streams.kafka.topics import describe_topic
 
     d = run_on_broker(ctx.settings, describe_topic(ctx.settings, name, all_configs=all_configs))
     if as_json:
@@ -87,7 +87,7 @@ def create_cmd(ctx: Context, name: str, partitions: int | None, replication_fact
     """Create topic NAME (exit 1 if it exists)."""
     import re
 
-    from streams.topics import create_topic
+    from streams.kafka.topics import create_topic
 
     if not re.match(r"^[A-Za-z0-9._\-]{1,249}$", name) or name in (".", ".."):
         fail(f"invalid topic name {name!r}: use letters, digits, '.', '_' and '-' (at most 249)", 2)

@@ -13,7 +13,7 @@ exactly_once transactions, the web server and the worker CLI.
 Per batch (at most ``STREAMS_BATCH_MAX_RECORDS`` records of one partition):
 
 * the gap guard checks the first offset against the next expected one;
-* each record goes through :meth:`~streams.processing.HandlerRunner.process`
+* each record goes through :meth:`~streams.consume.runner.HandlerRunner.process`
   as before (decode, dedup, retries, dead letters, effects), with Faust's
   current event set so that table writes find their partition;
 * the processed-ID entries of the batch are written to their changelog as one

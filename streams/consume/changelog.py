@@ -2,7 +2,7 @@
 
 Faust sends a table's changelog record per write (``Table.send_changelog``),
 about 95 µs of CPU each in the producer path. Inside a batch,
-:meth:`streams.processed.ProcessedIds.record` hands its entries to the
+:meth:`streams.consume.dedup.ProcessedIds.record` hands its entries to the
 :class:`ChangelogBatch` that is open (:func:`collecting`) instead; when the batch
 is done, :meth:`ChangelogBatch.send` serializes them exactly as Faust would (the
 table's own key and value serializers, so compaction and recovery see the same
@@ -20,6 +20,8 @@ import asyncio
 import contextvars
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
+
+from streams.faust_compat.private import faust_producer, require
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
@@ -47,7 +49,8 @@ class ChangelogBatch:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _open.reset(self._token)
+        if self._token is not None:
+            _open.reset(self._token)
 
     def add(self, table: Any, partition: int, key: Any, value: Any) -> None:
         """A write to ``table``'s changelog partition ``partition`` (sent by :meth:`send`)."""
@@ -84,7 +87,7 @@ class ChangelogBatch:
         transactions = self.app.transactions
         if transactions.enabled:
             return await transactions.batch_producer(topic, partition)
-        return self.app.faust.producer._ensure_producer()  # noqa: SLF001 - its aiokafka producer
+        return require(faust_producer(self.app.faust), "_ensure_producer")()  # its aiokafka producer
 
     async def _send(self, producer: Any, batch: Any, table: Any, topic: str, partition: int,
                     count: int) -> asyncio.Future:
@@ -94,8 +97,8 @@ class ChangelogBatch:
         def persisted(sent: asyncio.Future) -> None:
             if sent.cancelled():
                 done.cancel()
-            elif sent.exception() is not None:
-                done.set_exception(sent.exception())
+            elif (error := sent.exception()) is not None:
+                done.set_exception(error)
             else:
                 metadata = sent.result()
                 tp = table.app.consumer._new_topicpartition(topic, partition)  # noqa: SLF001

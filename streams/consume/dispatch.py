@@ -37,12 +37,14 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP
 
 from streams.consume.changelog import ChangelogBatch
-from streams.processing import changelog_writes_durable
-
+from streams.consume.runner import changelog_writes_durable
+from streams.faust_compat import fetches
+from streams.faust_compat.consumer_fixes import ack_offsets
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
-    from streams.processing import GapGuard, HandlerRunner
+    from streams.consume.gap_guard import GapGuard
+    from streams.consume.runner import HandlerRunner
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class InFlight:
     """A batch being handled, in the consumer's set of unacknowledged messages, so that
     Faust's revocation waits for it (``Consumer.wait_empty``)."""
 
-    __slots__ = ("tp", "acked", "refcount", "__weakref__")
+    __slots__ = ("__weakref__", "acked", "refcount", "tp")
 
     def __init__(self, tp: Any) -> None:
         self.tp = tp
@@ -83,7 +85,7 @@ class StandInEvent:
     """Faust's current event for a record handled here: table writes read ``event.message``
     (its topic, partition and offset) to find their changelog partition."""
 
-    __slots__ = ("message", "__weakref__")
+    __slots__ = ("__weakref__", "message")
 
     def __init__(self, record: Any) -> None:
         self.message = record
@@ -121,24 +123,14 @@ class BatchDispatcher:
         """Wrap the consumer's fetch (once; on the first assignment, when it exists)."""
         if self._installed or not self.routes:
             return
-        consumer = self.app.faust.consumer
-        original = consumer._wait_next_records  # noqa: SLF001 - the one place fetched records pass
-
-        async def _wait_next_records(timeout: float) -> Any:
-            records, active = await original(timeout)
-            if records:
-                for tp in [tp for tp in records if tp.topic in self.routes]:
-                    self.feed(tp, records.pop(tp))
-            return records, active
-
-        consumer._wait_next_records = _wait_next_records  # noqa: SLF001
+        fetches.intercept_fetches(self.app.faust, lambda topic: topic in self.routes, self.feed)
         self._installed = True
 
     def feed(self, tp: Any, records: list[Any]) -> None:
         """Queue a fetch of ``tp``; its worker handles it in order."""
         if not records or self._stopping:
             return
-        if not self.app.faust.consumer.flow_active:
+        if not fetches.flow_active(self.app.faust):
             # a rebalance is under way: Faust seeks every partition back to its committed offset
             # (when its fetch finds the flow stopped, and on assignment), so these come again
             return
@@ -200,7 +192,6 @@ class BatchDispatcher:
     async def _work(self, tp: Any) -> None:
         route = self.routes[tp.topic]
         wakeup = self._wakeups[tp]
-        consumer = self.app.faust.consumer
         try:
             while not self._stopping:
                 if not self._queued.get(tp):
@@ -212,12 +203,12 @@ class BatchDispatcher:
                 if not records:
                     continue
                 marker = InFlight(tp)
-                consumer._unacked_messages.add(marker)  # noqa: SLF001 - what revocation waits for
+                fetches.hold_revocation(self.app.faust, marker)
                 try:
                     await self._handle(route, tp, records)
                 finally:
                     marker.acked = True
-                    consumer._unacked_messages.discard(marker)  # noqa: SLF001
+                    fetches.release_revocation(self.app.faust, marker)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -241,7 +232,7 @@ class BatchDispatcher:
                 if route.wait_until_due:
                     await runner.wait_until_due(record)
                 stand_in = StandInEvent(record)
-                token = _current_event.set(weakref.ref(stand_in))
+                token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]  # what table writes read of it
                 try:
                     await runner.process(record)
                 finally:
@@ -271,18 +262,3 @@ class BatchDispatcher:
             worker.cancel()
         for route in self.routes.values():
             await route.guard.close()
-
-
-def ack_offsets(consumer: Any, tp: Any, offsets: list[int]) -> None:
-    """Acknowledge ``offsets`` of ``tp`` in Faust's consumer at once (what ``Consumer.ack``
-    does per message), so that its commit can pass them. A partition revoked while its
-    batch was handled is left alone: its next owner starts from the committed offset."""
-    if tp not in consumer.assignment():
-        return
-    committed = consumer._committed_offset.get(tp)  # noqa: SLF001
-    index = consumer._acked_index[tp]  # noqa: SLF001
-    acked = consumer._acked[tp]  # noqa: SLF001
-    fresh = [o for o in offsets if (committed is None or o >= committed) and o not in index]
-    index.update(fresh)
-    acked.extend(fresh)
-    consumer._n_acked += len(fresh)  # noqa: SLF001

@@ -27,14 +27,21 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from streams.demos.backpressure_app import PARTITIONS, TOPIC, Tick, registry
 from streams.demos.chart import Chart, Panel, render_html
 from streams.dev.worker import WorkerProcess
-from streams.kafka_admin import TopicSpec, ensure_topics, produce_envelopes
-from streams.lag import group_lag, with_rates
+from streams.kafka.admin import TopicSpec, ensure_topics, produce_envelopes
+from streams.kafka.lag import group_lag, with_rates
+from streams.kafka.names import dead_letter_topic
 from streams.settings import Settings
 
 
@@ -106,7 +113,7 @@ async def run_demo(settings: Settings, *, messages: int, slow_ms: float, slow_s:
     topic = prefix + TOPIC
     control = out_dir / "sink-control.json"
     _control(control, mode="slow", latency_ms=slow_ms)
-    await ensure_topics(settings, [TopicSpec(topic, PARTITIONS), TopicSpec(topic + ".dlq", PARTITIONS)])
+    await ensure_topics(settings, [TopicSpec(topic, PARTITIONS), TopicSpec(dead_letter_topic(topic), PARTITIONS)])
     env = {
         "STREAMS_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
         "STREAMS_APP_ID": group,
@@ -142,10 +149,10 @@ async def run_demo(settings: Settings, *, messages: int, slow_ms: float, slow_s:
                 round(time.monotonic() - t0, 2), phase, current.total_lag,
                 sum(p.end for p in current.partitions),
                 sum(p.committed or 0 for p in current.partitions), round(rated.rate or 0.0, 1),
-                round(rss_mib(worker.pid), 1) if worker.running() else 0.0))
+                round(rss_mib(worker.started_pid), 1) if worker.running() else 0.0))
             try:
                 await asyncio.wait_for(stop.wait(), interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     worker.start()
@@ -184,20 +191,20 @@ async def run_demo(settings: Settings, *, messages: int, slow_ms: float, slow_s:
                     raise RuntimeError(f"the demo worker exited; see {worker.log_file}")
                 await asyncio.sleep(interval)
                 lag = (await group_lag(settings, group, [topic])).total_lag
-                progress.update(task, completed=max(0, progress.tasks[task].total - lag))
+                progress.update(task, completed=max(0, (progress.tasks[task].total or 0) - lag))
             result.drain_seconds = time.monotonic() - drain
         await asyncio.sleep(interval)
         next_phase("")
         result.phases = [p for p in result.phases if p[2]]
         stop.set()
         await sampling
-        result.vm_hwm_mib = rss_mib(worker.pid, "VmHWM")
+        result.vm_hwm_mib = rss_mib(worker.started_pid, "VmHWM")
     finally:
         stop.set()
         worker.stop()
-    from streams.kafka_admin import end_offsets
+    from streams.kafka.admin import end_offsets
 
-    result.dead_letters = sum((await end_offsets(settings, topic + ".dlq")).values())
+    result.dead_letters = sum((await end_offsets(settings, dead_letter_topic(topic))).values())
     result.peak_rss_mib = max((s.rss_mib for s in result.samples), default=0.0)
     result.peak_lag = max((s.lag for s in result.samples), default=0)
     _write(result)

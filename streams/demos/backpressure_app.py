@@ -24,7 +24,15 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from streams import CircuitBreaker, Delivery, Envelope, Kind, MessageRegistry, StreamsApp, TransientError
+from streams import (
+    CircuitBreaker,
+    Delivery,
+    Envelope,
+    Kind,
+    MessageRegistry,
+    StreamsApp,
+    TransientError,
+)
 
 registry = MessageRegistry()
 TOPIC = "demo.ticks"

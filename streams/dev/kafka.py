@@ -25,7 +25,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.dev.process import ServiceError, file_lock, pid_alive, port_open, read_pid, spawn, tail, terminate
+from streams.dev.process import (
+    ServiceError,
+    file_lock,
+    pid_alive,
+    port_open,
+    read_pid,
+    spawn,
+    tail,
+    terminate,
+)
 
 #: The one place the Kafka version is pinned.
 KAFKA_VERSION = "4.1.1"

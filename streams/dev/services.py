@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from streams.dev.kafka import LocalKafka
+from streams.dev.kafka import LocalKafka, LocalKafkaCluster
 from streams.dev.postgres import LocalPostgres
 from streams.dev.process import ServiceError, port_open
 from streams.settings import Settings, redact_url
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class Services:
     """What :func:`ensure_services` did: which local services it started and how long it took."""
 
-    kafka: LocalKafka | None = None
+    kafka: LocalKafka | LocalKafkaCluster | None = None
     postgres: LocalPostgres | None = None
     started: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -36,8 +36,9 @@ def ensure_services(settings: Settings, *, kafka: bool = True, postgres: bool = 
     out = Services()
     if kafka:
         if settings.uses_local_kafka:
-            out.kafka = LocalKafka.from_settings(settings)
-            took = out.kafka.up()
+            kafka_service = LocalKafka.from_settings(settings)
+            out.kafka = kafka_service
+            took = kafka_service.up()
             if took:
                 out.started.append("kafka")
             out.timings["kafka"] = took

@@ -39,10 +39,17 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    @property
+    def started_pid(self) -> int:
+        """The process id of a started worker."""
+        if self.proc is None:
+            raise ServiceError("worker not started")
+        return self.proc.pid
+
     def start(self) -> "WorkerProcess":
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        log = open(self.log_file, "ab")
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the process, closed below
         try:
             self.proc = subprocess.Popen(
                 self.command or [sys.executable, "-m", "streams.cli", "worker", *self.args],
@@ -70,6 +77,8 @@ class WorkerProcess:
         while time.monotonic() - started < timeout:
             if self.ready_marker in self.log_text():
                 return time.monotonic() - started
+            if self.proc is None:
+                raise ServiceError("worker not started")
             if not self.running():
                 raise ServiceError(f"worker exited with code {self.proc.returncode}:\n{tail(self.log_file, 40)}")
             time.sleep(0.2)
@@ -77,23 +86,24 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """Graceful stop (SIGTERM: Faust commits what was processed); SIGKILL after ``timeout``."""
-        if not self.running():
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
+        proc = self.proc
+        if proc is None or not self.running():
+            return proc.returncode if proc else None
+        proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            return self.proc.returncode
+            return proc.returncode
 
     def dump_state(self) -> None:
         """Ask a running worker to log its task stacks and consumer state (SIGUSR1)."""
-        if self.running():
+        if self.proc is not None and self.running():
             self.proc.send_signal(signal.SIGUSR1)
             time.sleep(1.0)
 
     def kill(self) -> None:
         """Crash it (SIGKILL): no commit, no clean-up."""
-        if self.running():
+        if self.proc is not None and self.running():
             self.proc.kill()
             self.proc.wait(30)

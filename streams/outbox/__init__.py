@@ -9,7 +9,12 @@
 
 from streams.outbox.schema import migrate
 from streams.outbox.stats import OutboxStats, outbox_stats
-from streams.outbox.writer import OutboxError, write_message, write_message_async, write_message_sqlalchemy
+from streams.outbox.writer import (
+    OutboxError,
+    write_message,
+    write_message_async,
+    write_message_sqlalchemy,
+)
 
 __all__ = [
     "OutboxError",

@@ -56,8 +56,8 @@ def list_rows(settings: Settings, status: str | None, flt: RowFilter, limit: int
     params["limit"] = limit
     with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
         cur = conn.execute(query, params)
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        names = [d.name for d in cur.description or ()]
+        return [dict(zip(names, r, strict=False)) for r in cur.fetchall()]
 
 
 def retry_parked(settings: Settings, flt: RowFilter) -> int:

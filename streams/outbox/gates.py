@@ -1,6 +1,6 @@
 """Lag-aware publishing: topics the relay holds back while a consumer group is far behind.
 
-Each :class:`~streams.lag_gate.LagGate` watches one (group, topic) pair with high/low
+Each :class:`~streams.kafka.lag_gate.LagGate` watches one (group, topic) pair with high/low
 watermarks. :class:`HeldTopics` is the relay's ``held_topics`` callback: it
 re-checks a gate once its ``check_interval`` has passed and returns the topics
 whose gate is closed. Rows for a held topic stay pending in the outbox (durable,
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 
-from streams.lag_gate import LagGate
+from streams.kafka.lag_gate import LagGate
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -31,16 +31,17 @@ from datetime import timedelta
 import psycopg
 from psycopg import sql
 
-from streams.settings import Settings
+from streams.db import first_row
 from streams.outbox.relay import (
+    _ROW_COLUMNS,
     PERMANENT_ERRORS,
     OutboxRow,
     PublishResult,
     Relay,
-    _ROW_COLUMNS,
     describe_error,
     record_failure,
 )
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ async def purge_below_pointer(conn: psycopg.AsyncConnection, settings: Settings)
     t = sql.Identifier(settings.outbox_table)
     cur = await conn.execute(sql.SQL("SELECT min(last_id) FROM {}").format(
         sql.Identifier(f"{settings.outbox_table}_cursor")))
-    low = (await cur.fetchone())[0]
+    low = first_row(await cur.fetchone())[0]
     if low is None:
         return 0
     total = 0
@@ -91,40 +92,40 @@ class PointerRelay(Relay):
 
     async def _rebalance(self) -> None:
         if not self.leader:
-            cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s, -2)", (self._lock_class,))
-            self.leader = (await cur.fetchone())[0]
+            cur = await self.conn.execute("SELECT pg_try_advisory_lock(%s, -2)", (self._lock_class,))
+            self.leader = first_row(await cur.fetchone())[0]
             if self.leader:
                 log.info("relay %s publishes the outbox in pointer mode (cursor %r)", self.name, self.cursor)
 
     async def _purge(self) -> int:
-        return await purge_below_pointer(self._conn, self.settings)
+        return await purge_below_pointer(self.conn, self.settings)
 
     async def _check_gap(self) -> None:
         if self.gap is not None and not self.gap.settled:
-            cur = await self._conn.execute(
+            cur = await self.conn.execute(
                 "SELECT count(*) FROM unnest(%s::xid8[]) AS x WHERE pg_xact_status(x) = 'in progress'",
                 (self.gap.xids,))
-            if (await cur.fetchone())[0] == 0:
+            if first_row(await cur.fetchone())[0] == 0:
                 self.gap.settled = True
 
     async def publish_batch(self) -> int:
         if not self.leader:
             return 0
         await self._check_gap()  # before the snapshot below
-        conn = self._conn
+        conn = self.conn
         t = sql.Identifier(self.table)
         cols = sql.SQL(", ").join(map(sql.Identifier, _ROW_COLUMNS))
         try:
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cur = await conn.execute("SELECT ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) x)")
-                in_progress: list[str] = (await cur.fetchone())[0]
+                in_progress: list[str] = first_row(await cur.fetchone())[0]
                 cursor_t = sql.Identifier(f"{self.table}_cursor")
                 await conn.execute(sql.SQL("INSERT INTO {} (name) VALUES (%s) ON CONFLICT DO NOTHING").format(cursor_t),
                                    (self.cursor,))
                 cur = await conn.execute(sql.SQL("SELECT last_id FROM {} WHERE name = %s").format(cursor_t),
                                          (self.cursor,))
-                last_id = (await cur.fetchone())[0]
+                last_id = first_row(await cur.fetchone())[0]
                 n = self.settings.relay_batch_size
                 cur = await conn.execute(sql.SQL(
                     "SELECT {cols}, status FROM {t} WHERE id > %s ORDER BY id LIMIT %s").format(cols=cols, t=t),
@@ -190,4 +191,4 @@ class PointerRelay(Relay):
         return walked[-1][0].id if walked else last_id
 
 
-__all__ = ["PointerRelay", "PERMANENT_ERRORS"]
+__all__ = ["PERMANENT_ERRORS", "PointerRelay"]

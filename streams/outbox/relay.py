@@ -37,14 +37,15 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from psycopg import sql
 
-from streams.envelope import Envelope
+from streams.db import first_row
+from streams.messages.envelope import Envelope, Kind
 from streams.outbox.schema import LANES, channel
 from streams.settings import Settings, redact_url
 
@@ -73,11 +74,11 @@ class OutboxRow:
     payload: object
     headers: dict
     meta: dict
-    occurred_at: object
+    occurred_at: datetime
     fail_count: int
 
     def envelope(self) -> Envelope:
-        return Envelope(message_id=self.message_id, message_type=self.message_type, kind=self.kind,
+        return Envelope(message_id=self.message_id, message_type=self.message_type, kind=Kind(self.kind),
                         occurred_at=self.occurred_at, key=self.key, payload=self.payload,
                         headers=self.headers or {}, **(self.meta or {}))
 
@@ -146,7 +147,7 @@ class Publisher:
         if self.producer is not None:
             try:
                 await asyncio.wait_for(self.producer.stop(), self.settings.relay_publish_timeout)
-            except (asyncio.TimeoutError, KafkaError) as exc:
+            except (TimeoutError, KafkaError) as exc:
                 log.warning("producer did not stop cleanly: %s", describe_error(exc))
             self.producer = None
 
@@ -164,7 +165,7 @@ class Publisher:
                 continue
             pending.append((row, fut))
         if pending:
-            done, _ = await asyncio.wait([f for _, f in pending], timeout=self.settings.relay_publish_timeout)
+            _done, _ = await asyncio.wait([f for _, f in pending], timeout=self.settings.relay_publish_timeout)
         for row, fut in pending:
             if not fut.done():
                 fut.cancel()
@@ -172,8 +173,8 @@ class Publisher:
                     f"not acknowledged by Kafka within {self.settings.relay_publish_timeout:.0f}s")))
             elif fut.cancelled():
                 result.failed.append((row, TimeoutError("send cancelled")))
-            elif fut.exception() is not None:
-                result.failed.append((row, fut.exception()))
+            elif (error := fut.exception()) is not None:
+                result.failed.append((row, error))
             else:
                 result.sent.append(row)
         return result
@@ -235,13 +236,20 @@ class Relay:
             log.info("relay %s stopped: %s", self.name, self.counters)
         return self.counters
 
+    @property
+    def conn(self) -> psycopg.AsyncConnection:
+        """The relay's database connection (while it runs)."""
+        if self._conn is None:
+            raise RelayError(f"relay {self.name} is not connected")
+        return self._conn
+
     async def _connect(self) -> None:
         self._conn = await psycopg.AsyncConnection.connect(
             self.settings.dsn, autocommit=True, connect_timeout=5, application_name=f"streams-relay {self.name}")
         cur = await self._conn.execute("SELECT hashtext(%s) & 2147483647", (f"streams-relay:{self.table}",))
-        self._lock_class = (await cur.fetchone())[0]
+        self._lock_class = first_row(await cur.fetchone())[0]
         cur = await self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,))
-        if not (await cur.fetchone())[0]:
+        if not first_row(await cur.fetchone())[0]:
             raise RelayError(f"the outbox table {self.table!r} does not exist in {redact_url(self.settings.dsn)}; "
                              "run `streams outbox migrate` first")
         # member lock: relays count each other by it
@@ -282,7 +290,7 @@ class Relay:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _flush_quietly(self) -> None:
@@ -308,11 +316,11 @@ class Relay:
                 continue  # more may be waiting
             try:
                 await asyncio.wait_for(self._wake.wait(), self._idle_wait())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _purge(self) -> int:
-        return await purge_done(self._conn, self.settings)
+        return await purge_done(self.conn, self.settings)
 
     def _idle_wait(self) -> float:
         # poll sooner while lanes are not settled yet
@@ -320,13 +328,13 @@ class Relay:
 
     async def _rebalance(self) -> None:
         """Hold ``ceil(LANES / relays)`` lanes: give surplus back, try to take missing ones."""
-        conn = self._conn
+        conn = self.conn
         cur = await conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND classid = %s::bigint::oid AND objid = 4294967295::bigint::oid AND objsubid = 2",
             (self._lock_class,))
-        members = max(1, (await cur.fetchone())[0])
+        members = max(1, first_row(await cur.fetchone())[0])
         target = math.ceil(LANES / members)
         if len(self.lanes) > target:
             for lane in sorted(self.lanes, reverse=True)[: len(self.lanes) - target]:
@@ -341,7 +349,7 @@ class Relay:
                 if lane in self.lanes:
                     continue
                 cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._lock_class, lane))
-                if (await cur.fetchone())[0]:
+                if first_row(await cur.fetchone())[0]:
                     self.lanes.add(lane)
         log.debug("relay %s: %d relay(s), owns %d lane(s)", self.name, members, len(self.lanes))
 
@@ -350,7 +358,7 @@ class Relay:
         if not self.lanes:
             return 0
         held = sorted(await self.held_topics()) if self.held_topics else []
-        conn = self._conn
+        conn = self.conn
         async with conn.transaction():
             cur = await conn.execute(sql.SQL(
                 "SELECT {cols} FROM {t} o "

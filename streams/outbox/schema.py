@@ -142,7 +142,7 @@ def schema_version(conn: psycopg.Connection, table: str = "streams_outbox") -> i
     """The outbox schema version in the database (None: no table)."""
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL, obj_description(to_regclass(%s), 'pg_class')",
                        (table, table)).fetchone()
-    if not row[0]:
+    if row is None or not row[0]:
         return None
     prefix = _VERSION_TEXT.format("")
     return int(row[1][len(prefix):]) if row[1] and row[1].startswith(prefix) else 0

@@ -8,6 +8,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
+from streams.db import first_row
 from streams.settings import Settings
 
 
@@ -62,12 +63,12 @@ async def outbox_stats(settings: Settings) -> OutboxStats:
 async def read_stats(conn: psycopg.AsyncConnection, table: str = "streams_outbox") -> OutboxStats:
     """Figures for ``table`` on an open async connection."""
     cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    if not (await cur.fetchone())[0]:
+    if not first_row(await cur.fetchone())[0]:
         return OutboxStats(table=table, exists=False)
     cur = await conn.execute(sql.SQL(_QUERY).format(table=sql.Identifier(table)))
-    row = await cur.fetchone()
+    row = first_row(await cur.fetchone())
     cur = await conn.execute(sql.SQL("SELECT name, last_id FROM {}").format(sql.Identifier(f"{table}_cursor")))
-    pointers = dict(await cur.fetchall())
+    pointers: dict[str, int] = dict(await cur.fetchall())
     pending, oldest, done, recent = row[0], float(row[2]), row[4], row[5]
     if pointers:  # pointer mode: rows above the lowest pointer are the ones not sent yet
         cur = await conn.execute(sql.SQL(
@@ -75,7 +76,7 @@ async def read_stats(conn: psycopg.AsyncConnection, table: str = "streams_outbox
             "coalesce(extract(epoch FROM now() - min(occurred_at) FILTER (WHERE id > %(low)s)), 0), "
             "count(*) FILTER (WHERE id <= %(low)s) "
             "FROM {} WHERE status = 'pending'").format(sql.Identifier(table)), {"low": min(pointers.values())})
-        pending, oldest, done = (lambda r: (r[0], float(r[1]), done + r[2]))(await cur.fetchone())
+        pending, oldest, done = (lambda r: (r[0], float(r[1]), done + r[2]))(first_row(await cur.fetchone()))
     return OutboxStats(
         table=table, exists=True, pending=pending, retrying=row[1], oldest_pending_age_s=round(oldest, 3),
         failed=row[3], done=done, published_last_minute=recent, publish_rate=round(recent / 60.0, 2),

@@ -28,8 +28,9 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from streams.envelope import Envelope
+from streams.db import first_row
 from streams.errors import StreamsError
+from streams.messages.envelope import Envelope
 
 _META_FIELDS = ("source", "correlation_id", "causation_id", "trace_id")
 
@@ -82,8 +83,7 @@ def write_message(conn: psycopg.Connection, envelope: Envelope, *, topic: str, k
                   table: str = "streams_outbox") -> int:
     """Insert ``envelope`` for ``topic`` in ``conn``'s current transaction; returns the row id."""
     _check_in_transaction(conn)
-    row = conn.execute(_insert(table), row_values(envelope, topic, key)).fetchone()
-    return row[0]
+    return first_row(conn.execute(_insert(table), row_values(envelope, topic, key)).fetchone())[0]
 
 
 async def write_message_async(conn: psycopg.AsyncConnection, envelope: Envelope, *, topic: str,
@@ -91,8 +91,7 @@ async def write_message_async(conn: psycopg.AsyncConnection, envelope: Envelope,
     """Async twin of :func:`write_message`."""
     _check_in_transaction(conn)
     cur = await conn.execute(_insert(table), row_values(envelope, topic, key))
-    row = await cur.fetchone()
-    return row[0]
+    return first_row(await cur.fetchone())[0]
 
 
 def write_message_sqlalchemy(session: Any, envelope: Envelope, *, topic: str, key: str | None = None,

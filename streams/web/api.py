@@ -38,9 +38,18 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import ClientError, ClientTimeout, web
 from yarl import URL
 
+from streams.faust_compat.private import web_server as faust_web_server
+from streams.kafka.names import dead_letter_topic
 from streams.metrics import Gauge, render_prometheus
 from streams.web.health import Health
-from streams.web.http import ApiError, bad_request, json_response, middleware, not_found, unavailable
+from streams.web.http import (
+    ApiError,
+    bad_request,
+    json_response,
+    middleware,
+    not_found,
+    unavailable,
+)
 from streams.web.tables import MAX_KEY_LENGTH, TableViews
 
 if TYPE_CHECKING:
@@ -78,7 +87,7 @@ class WebApi:
         self._lag: tuple[float, Any] | None = None
         self._lag_previous: Any = None
         self._lag_lock = asyncio.Lock()
-        web_server = app.faust.web
+        web_server = faust_web_server(app.faust)
         # serve only these views: Faust's own /router, /table and statistics pages would bypass the token
         web_server.blueprints = type(web_server.blueprints)([])
         token = app.settings.web_token
@@ -232,7 +241,7 @@ class WebApi:
                 body = await resp.read()
                 return web.Response(body=body, status=resp.status, content_type=resp.content_type,
                                     headers={"Cache-Control": "no-store"})
-        except (ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ClientError) as exc:
             raise ApiError(502, "owner_unreachable", f"the worker owning this partition ({owner}) did not "
                            f"answer: {type(exc).__name__}", owner=owner) from None
 
@@ -263,7 +272,7 @@ class WebApi:
                         timeout=FORWARD_TIMEOUT) as resp:
                     if resp.status == 200:
                         answers.append(await resp.json())
-            except (ClientError, asyncio.TimeoutError, ValueError):
+            except (TimeoutError, ClientError, ValueError):
                 log.warning("processed lookup: %s did not answer", other)
         if not answers:
             raise not_found(f"{message_id!r} was not processed by {handler!r} (or its entry expired)",
@@ -293,17 +302,11 @@ class WebApi:
 
     # --- lag, dead letters, outbox ---------------------------------------------------------
     def _source_topics(self) -> list[str]:
-        from streams.retry_topics import retry_topic_name
-
-        out = []
-        for h in self.app.handlers.values():
-            out.append(h.topic.name)
-            out.extend(retry_topic_name(h.topic.name, n) for n in range(1, len(h.retry.delayed_retries) + 1))
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(t for h in self.app.handlers.values() for t in h.source_topics()))
 
     async def read_lag(self) -> Any:
         """The group's lag (cached for ``STREAMS_WEB_LAG_CACHE`` s), with rates against the previous reading."""
-        from streams.lag import group_lag, with_rates
+        from streams.kafka.lag import group_lag, with_rates
 
         async with self._lag_lock:
             now = time.monotonic()
@@ -321,7 +324,7 @@ class WebApi:
         """Lag of the app's consumer group on its source topics, per partition."""
         try:
             lag = await self.read_lag()
-        except (LookupError, asyncio.TimeoutError, OSError, Exception) as exc:  # noqa: BLE001
+        except (TimeoutError, LookupError, OSError, Exception) as exc:
             if isinstance(exc, ApiError):
                 raise
             raise unavailable(f"could not read the group's lag from the broker: {type(exc).__name__}") from None
@@ -340,7 +343,7 @@ class WebApi:
         """One dead-letter topic (its name or its source topic's name)."""
         recent = _int_arg(request, "recent", 20, 0, 100)
         known = self._dead_letter_topics()
-        name = topic if topic in known else f"{topic}.dlq"
+        name = topic if topic in known else dead_letter_topic(topic)
         if name not in known:
             raise not_found(f"{topic!r} is not a dead-letter topic of this app", topics=known)
         result = await self._dlq(name, recent)
@@ -349,7 +352,7 @@ class WebApi:
         return json_response(result)
 
     async def _dlq(self, topic: str, recent: int) -> dict[str, Any]:
-        from streams.dlq import dead_letter_overview
+        from streams.kafka.failure_log import dead_letter_overview
 
         try:
             return await asyncio.wait_for(dead_letter_overview(self.app.settings, topic, recent), READ_TIMEOUT)

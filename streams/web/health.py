@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from streams.faust_compat.private import table_manager
+
 if TYPE_CHECKING:
     from streams.app import StreamsApp
 
@@ -26,7 +28,7 @@ class Health:
         self.started_at = time.time()
         self.assignments = 0
         self.last_assigned_at: float | None = None
-        app.faust.on_partitions_assigned.connect(self._on_assigned)
+        app.faust.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # async receivers are awaited
 
     async def _on_assigned(self, sender: Any = None, assigned: Any = None, **kwargs: Any) -> None:
         self.assignments += 1
@@ -38,7 +40,7 @@ class Health:
     def readiness(self) -> dict[str, Any]:
         """``{"ready": bool, "reasons": [...], ...}``; ``reasons`` says what is still missing."""
         faust_app = self.app.faust
-        tables = faust_app.tables
+        tables = table_manager(faust_app)
         recovery = tables.recovery
         reasons = []
         if not self.assignments:
@@ -61,7 +63,7 @@ class Health:
 
     def recovery_state(self) -> dict[str, Any]:
         """Table recovery: in progress or not, and changelog records still to apply."""
-        recovery = self.app.faust.tables.recovery
+        recovery = table_manager(self.app.faust).recovery
         return {
             "in_recovery": bool(recovery.in_recovery),
             "actives_ready": bool(self.app.faust.tables.actives_ready),

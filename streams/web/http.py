@@ -92,7 +92,7 @@ def middleware(token: Callable[[], str | None]) -> Callable:
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
             detail = f"no such endpoint: {request.path}" if exc.status == 404 else exc.reason
             return error_response(exc.status, code, detail)
-        except Exception:  # noqa: BLE001 - answered without a stack trace, logged with one
+        except Exception:
             log.exception("web view %s %s failed", request.method, request.path_qs)
             return error_response(500, "internal_error", "the worker could not answer; see its log")
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 
+from streams.faust_compat import table_store
+from streams.faust_compat.private import table_manager
 from streams.web.http import bad_request, not_found
 
 if TYPE_CHECKING:
@@ -125,10 +127,10 @@ class TableViews:
         """The local entry for ``key`` in ``partitions`` (default: the likely ones first, then
         every partition held here)."""
         store = table.data
-        dbs = getattr(store, "_dbs", None)
-        if dbs is None:  # not RocksDB: the store is one mapping
+        if not table_store.is_partitioned(store):  # not RocksDB: the store is one mapping
             value = store.get(key)
             return None if value is None else {"partition": None, "role": "active", "value": value}
+        dbs = table_store.partition_dbs(store)
         raw = table.changelog_topic.prepare_key(key, None)[0]
         if partitions is None:
             likely = self.key_partitions(table, key)
@@ -140,20 +142,21 @@ class TableViews:
             value = db.get(raw)
             if value is not None:
                 return {"partition": partition, "role": self.role(table, partition),
-                        "value": store._decode_value(value)}  # noqa: SLF001
+                        "value": table_store.decode_value(store, value)}
         return None
 
     # --- sizes and pages ---------------------------------------------------------------
     def entries(self, table: Any, partition: int) -> int | None:
         """Entries held here for one partition (None when this worker has no copy)."""
-        dbs = getattr(table.data, "_dbs", None)
-        if dbs is None or partition not in dbs:
+        store = table.data
+        if not table_store.is_partitioned(store):
             return None
-        return sum(1 for _ in table.data._visible_keys(dbs[partition]))  # noqa: SLF001
+        db = table_store.partition_dbs(store).get(partition)
+        return None if db is None else table_store.count(store, db)
 
     def stats(self, table: Any) -> dict[str, Any]:
         """Per partition: role here, entries held here, changelog records left to recover, owner."""
-        recovery = self.app.faust.tables.recovery
+        recovery = table_manager(self.app.faust).recovery
         topic = table.changelog_topic_name
         active_left = recovery.active_remaining()
         standby_left = recovery.standby_remaining()
@@ -202,14 +205,14 @@ class TableViews:
 
     def _items(self, table: Any, partitions: list[int]) -> Iterator[tuple[int, Any, Any]]:
         store = table.data
-        dbs = getattr(store, "_dbs", None)
-        if dbs is None:
+        if not table_store.is_partitioned(store):
             for key, value in store.items():
                 yield -1, key, value
             return
+        dbs = table_store.partition_dbs(store)
         for partition in partitions:
             db = dbs.get(partition)
             if db is None:
                 continue
-            for raw_key, raw_value in store._visible_items(db):  # noqa: SLF001
-                yield partition, store._decode_key(raw_key), store._decode_value(raw_value)  # noqa: SLF001
+            for key, value in table_store.items(store, db):
+                yield partition, key, value

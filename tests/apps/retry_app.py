@@ -10,7 +10,15 @@ import os
 
 from pydantic import BaseModel
 
-from streams import Database, Delivery, Envelope, Kind, MessageRegistry, RetryPolicy, StreamsApp
+from streams import (
+    Database,
+    Delivery,
+    Envelope,
+    Kind,
+    MessageRegistry,
+    RetryPolicy,
+    StreamsApp,
+)
 
 registry = MessageRegistry()
 

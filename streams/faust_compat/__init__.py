@@ -1,0 +1,1 @@
+"""Every correction to faust-streaming and aiokafka, and every read of their private names."""

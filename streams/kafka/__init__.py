@@ -1,0 +1,1 @@
+"""Kafka operations that ask the broker: topics, groups, lag, offsets, the failure log."""

@@ -1,0 +1,1 @@
+"""Messages: the envelope every record carries and the registry of payload types."""

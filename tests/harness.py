@@ -1,0 +1,110 @@
+"""What the tests share: where the servers answer, one test's private corner of them, paths.
+
+The fixtures that create these live in ``conftest.py``; tests import the types and
+helpers from here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from streams.dev.kafka import LocalKafka
+from streams.dev.postgres import LocalPostgres
+from streams.dev.process import free_port
+from streams.dev.worker import WorkerProcess
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSIONS = ROOT / ".streams" / "test-session"
+# one folder per pytest process, so sessions running side by side do not wipe each other
+SESSION_HOME = SESSIONS / str(os.getpid())
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@dataclass
+class Servers:
+    """Where the session's Kafka and PostgreSQL answer."""
+
+    bootstrap: str
+    database_url: str
+    kafka: LocalKafka | None = None
+    postgres: LocalPostgres | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Isolated:
+    """One test's private corner of the shared servers."""
+
+    name: str
+    settings: Settings
+    env: dict[str, str]
+    artifacts: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def worker(self, label: str | None = None, **extra_env: str) -> WorkerProcess:
+        """A worker process for this test's app (not started yet)."""
+        label = label or f"worker-{len(self.workers) + 1}"
+        env = {**self.env, "STREAMS_WORKER_DATA_DIR": str(self.settings.home_path / label), **extra_env}
+        proc = WorkerProcess(env, self.artifacts / f"{label}.log", cwd=ROOT)
+        self.workers.append(proc)
+        return proc
+
+    def topic(self, name: str) -> str:
+        return f"{self.settings.topic_prefix}{name}"
+
+    def sql(self, query: str, params=None) -> list[tuple]:
+        with psycopg.connect(self.settings.dsn, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+
+def distinct_port_pairs(n: int) -> list[tuple[int, int]]:
+    ports: list[int] = []
+    while len(ports) < 2 * n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return [(ports[2 * i], ports[2 * i + 1]) for i in range(n)]
+
+
+def artifact_name(node_name: str) -> str:
+    """A folder name for a test: its name, shortened to 60 characters; the parameters
+    (``[...]``) stay visible, so two parametrisations never share a folder."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", node_name).strip("-")
+    if len(name) <= 60:
+        return name
+    base, _, params = node_name.partition("[")
+    tail = re.sub(r"[^A-Za-z0-9]+", "-", params).strip("-")[:20]
+    head = re.sub(r"[^A-Za-z0-9]+", "-", base).strip("-")[:59 - len(tail)].strip("-")
+    return f"{head}-{tail}" if tail else head
+
+
+def remove_dead_sessions() -> None:
+    """Delete the folders of earlier sessions whose pytest process is gone."""
+    if not SESSIONS.is_dir():
+        return
+    for child in SESSIONS.iterdir():
+        if child.name.isdigit() and child.name != str(os.getpid()):
+            try:
+                os.kill(int(child.name), 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif not child.name.isdigit():
+            pass  # left by an older layout
+        else:
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def admin_url(url: str) -> str:
+    return url.rsplit("/", 1)[0] + "/postgres"
