@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from streams.faust_compat.private import require
+from streams.kafka.clients import plain_consumer
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
@@ -178,13 +179,11 @@ class GapGuard:
 
     async def _ensure_reader(self) -> Any:
         """The plain consumer (no group) that reads skipped ranges back."""
-        from aiokafka import AIOKafkaConsumer
 
         if self._reader is None:
             isolation = ("read_committed" if self.app.settings.processing_guarantee.value == "exactly_once"
                          else "read_uncommitted")
-            reader = AIOKafkaConsumer(**self.app.settings.kafka_client_kwargs(), group_id=None,
-                                      enable_auto_commit=False, isolation_level=isolation)
+            reader = plain_consumer(self.app.settings, isolation_level=isolation)
             await reader.start()
             self._reader = reader
         return self._reader

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from streams.kafka.admin import TopicSpec, ensure_topics, read_topic
+from streams.kafka.clients import durable_producer
 from streams.settings import Settings
 
 
@@ -87,12 +88,11 @@ async def clear_windows(settings: Settings, group: str, partitions: list[tuple[s
 
 
 async def _write(settings: Settings, records: list[tuple[bytes, bytes | None]]) -> None:
-    from aiokafka import AIOKafkaProducer
 
     if not records:
         return
     name = await _ensure(settings)
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", enable_idempotence=True)
+    producer = durable_producer(settings)
     await producer.start()
     try:
         for key, value in records:

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from faust.utils.functional import consecutive_numbers
 
+from streams.kafka.clients import plain_consumer
+
 if TYPE_CHECKING:
     from streams.settings import Settings
 
@@ -203,10 +205,9 @@ def install_recovery_fix(faust_app: Any, settings: "Settings") -> None:
 
 async def stable_end_offsets(settings: "Settings", tps: list[Any]) -> dict[Any, int]:
     """The last stable offset (what a ``read_committed`` reader can reach) of each partition."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    reader = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-                              isolation_level="read_committed")
+    reader = plain_consumer(settings, isolation_level="read_committed")
     await reader.start()
     try:
         by_key = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
@@ -221,10 +222,9 @@ async def last_visible_offsets(settings: "Settings", ends: dict[Any, int], windo
     """For each partition, the offset of the last record below ``ends[tp]`` that a
     ``read_committed`` reader sees (-1 if none): reads back from the end in growing windows.
     A partition whose window cannot be read within ``read_timeout`` is left out."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    reader = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-                              isolation_level="read_committed")
+    reader = plain_consumer(settings, isolation_level="read_committed")
     await reader.start()
     try:
         by_key = {TopicPartition(tp.topic, tp.partition): tp for tp in ends}

@@ -4,21 +4,19 @@ committed offsets. Everything here asks the broker, never a worker's memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
-    KafkaConnectionError,
-    NodeNotReadyError,
-    RequestTimedOutError,
     TopicAlreadyExistsError,
     for_code,
 )
 
+from streams.kafka.clients import admin_client, durable_producer, plain_consumer, with_coordinator
 from streams.messages.envelope import Envelope
 from streams.settings import Settings
 
@@ -45,28 +43,6 @@ def new_topic(settings: Settings, spec: TopicSpec, brokers: int) -> NewTopic:
     if replication > 1:  # with one replica the broker default (1) is the only possible value
         config.setdefault("min.insync.replicas", str(min_isr))
     return NewTopic(spec.name, spec.partitions, replication, topic_configs=config)
-
-
-#: what a request to a broker that is down raises (a cluster with one node dead)
-_NODE_DOWN = (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError)
-
-
-async def on_a_live_broker(call: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
-    """``await call()``, again if the broker it reached is down: aiokafka's admin client sends
-    some requests to a random known broker, which on a cluster may be a dead one."""
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except _NODE_DOWN:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.5)
-    raise AssertionError("unreachable")
-
-
-def admin_client(settings: Settings) -> AIOKafkaAdminClient:
-    kwargs = settings.kafka_client_kwargs()
-    return AIOKafkaAdminClient(**kwargs)
 
 
 class TopicsNotReady(TimeoutError):
@@ -160,7 +136,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
 
 async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Log-end offset of each partition of ``topic``."""
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = plain_consumer(settings)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)
@@ -177,7 +153,7 @@ async def committed_offsets(settings: Settings, group: str, topic: str | None = 
     admin = admin_client(settings)
     await admin.start()
     try:
-        result = await admin.list_consumer_group_offsets(group)
+        result = await with_coordinator(lambda: admin.list_consumer_group_offsets(group))
     finally:
         await admin.close()
     return {
@@ -190,9 +166,7 @@ async def committed_offsets(settings: Settings, group: str, topic: str | None = 
 async def produce_envelopes(settings: Settings, topic: str, envelopes: Iterable[Envelope],
                             *, linger_ms: int = 5) -> int:
     """Publish envelopes (key → partition) with an idempotent, acks=all producer; returns the count."""
-    producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(), acks="all", enable_idempotence=True, linger_ms=linger_ms
-    )
+    producer = durable_producer(settings, linger_ms=linger_ms)
     await producer.start()
     count = 0
     try:
@@ -213,7 +187,7 @@ async def produce_envelopes(settings: Settings, topic: str, envelopes: Iterable[
 async def produce_raw(settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes]],
                       headers: list[tuple[str, bytes]] | None = None) -> int:
     """Publish raw (key, value) records, e.g. to test how consumers treat bad input."""
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", enable_idempotence=True)
+    producer = durable_producer(settings)
     await producer.start()
     count = 0
     try:
@@ -227,8 +201,7 @@ async def produce_raw(settings: Settings, topic: str, records: Iterable[tuple[by
 
 async def read_record(settings: Settings, topic: str, partition: int, offset: int) -> Any:
     """The record at ``topic[partition]@offset``, or None when it is not there (any more)."""
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=16 * 1024 * 1024)
+    consumer = plain_consumer(settings, max_partition_fetch_bytes=16 * 1024 * 1024)
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
@@ -254,8 +227,7 @@ async def read_topic(settings: Settings, topic: str, *, read_committed: bool = F
     With ``read_committed`` only committed transactional records are returned and the end is the
     last stable offset.
     """
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest",
+    consumer = plain_consumer(settings, auto_offset_reset="earliest",
                                 isolation_level="read_committed" if read_committed else "read_uncommitted")
     await consumer.start()
     out: list = []

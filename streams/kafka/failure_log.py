@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from streams.consume.dead_letters import H_VALUE_OMITTED
 from streams.consume.headers import H_REPLAY_OF
 from streams.kafka.admin import read_record, read_topic
+from streams.kafka.clients import durable_producer, plain_consumer
 from streams.kafka.names import dead_letter_topic, source_of_dead_letter_topic
 from streams.settings import Settings
 
@@ -145,8 +144,7 @@ async def read_dead_letters(settings: Settings, topic: str, flt: Filter | None =
 async def replay(settings: Settings, letters: Iterable[DeadLetter], to_topic: str | None = None) -> int:
     """Publish dead letters back to their original topic (same key, value, headers)."""
     # a letter may have been parked because it is near the size limit: let the broker decide
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", enable_idempotence=True,
-                                max_request_size=16 * 1024 * 1024)
+    producer = durable_producer(settings, max_request_size=16 * 1024 * 1024)
     await producer.start()
     count = 0
     try:
@@ -183,12 +181,11 @@ async def dead_letter_overview(settings: Settings, topic: str, recent: int = 10)
     ``at_least_once`` workers; under ``exactly_once`` transaction markers take
     offsets too, so the count is an upper bound. A missing topic raises LookupError.
     """
-    from aiokafka import AIOKafkaConsumer
 
     from streams.kafka.admin import topic_partitions
 
     name = dlq_topic_name(topic)
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False)
+    consumer = plain_consumer(settings)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, name)

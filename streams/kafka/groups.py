@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import CoordinatorNotAvailableError, NotCoordinatorError, for_code
+from aiokafka.errors import for_code
 
-from streams.kafka.admin import admin_client
+from streams.kafka.clients import admin_client, with_coordinator
 from streams.settings import Settings
 
 #: group states in which no member holds partitions
@@ -59,20 +59,6 @@ def _decode_assignment(raw: bytes | None) -> tuple[tuple[str, int], ...]:
     except Exception:  # noqa: BLE001 - a non-consumer protocol (e.g. Connect): no partitions to show
         return ()
     return tuple((tp.topic, tp.partition) for tp in assignment.partitions())
-
-
-async def with_coordinator(call, attempts: int = 40, delay: float = 0.25):
-    """Await ``call()``, retrying while the group coordinator is not available yet (a fresh
-    broker creates its offsets topic on the first coordinator lookup)."""
-    import asyncio
-
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except (CoordinatorNotAvailableError, NotCoordinatorError):
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(delay)
 
 
 async def describe_group(settings: Settings, group: str) -> GroupDescription:

@@ -26,10 +26,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from streams.kafka.admin import admin_client, topic_partitions
-from streams.kafka.groups import GroupDescription, describe_group, with_coordinator
+from streams.kafka.admin import committed_offsets, topic_partitions
+from streams.kafka.clients import plain_consumer
+from streams.kafka.groups import GroupDescription, describe_group
 from streams.settings import Settings
 
 
@@ -136,19 +137,9 @@ def _eta(backlog: int, rate: float | None, produce_rate: float | None) -> float 
     return backlog / net if net > 0 else None
 
 
-async def _committed(settings: Settings, group: str) -> dict[tuple[str, int], int]:
-    admin = admin_client(settings)
-    await admin.start()
-    try:
-        result = await with_coordinator(lambda: admin.list_consumer_group_offsets(group))
-    finally:
-        await admin.close()
-    return {(tp.topic, tp.partition): meta.offset for tp, meta in result.items() if meta.offset >= 0}
-
-
 async def log_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, int], tuple[int, int]]:
     """(log-start, log-end) offset of every partition of ``topics``; a missing topic raises LookupError."""
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = plain_consumer(settings)
     await consumer.start()
     try:
         tps: list[TopicPartition] = []
@@ -174,7 +165,7 @@ async def group_lag(settings: Settings, group: str, topics: list[str] | None = N
     every partition of those topics, committed or not.
     """
     description: GroupDescription = await describe_group(settings, group)
-    committed = await _committed(settings, group)
+    committed = await committed_offsets(settings, group)
     if topics:
         wanted = list(dict.fromkeys(topics))
     else:

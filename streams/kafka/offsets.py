@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from streams.kafka.admin import committed_offsets
+from streams.kafka.clients import plain_consumer
 from streams.kafka.groups import GroupDescription, describe_group
-from streams.kafka.lag import _committed, log_offsets
+from streams.kafka.lag import log_offsets
 from streams.settings import Settings
 
 MODES = ("earliest", "latest", "offset", "datetime", "duration", "shift")
@@ -159,7 +161,7 @@ class ResetPlan:
 
 
 async def _offsets_for_time(settings: Settings, tps: list[TopicPartition], when: datetime) -> dict[TopicPartition, int | None]:
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = plain_consumer(settings)
     await consumer.start()
     try:
         found = await consumer.offsets_for_times({tp: int(when.timestamp() * 1000) for tp in tps})
@@ -174,7 +176,7 @@ async def plan_reset(settings: Settings, group: str, topics: list[tuple[str, lis
     if not topics:
         raise ResetError("name at least one --topic")
     description = await describe_group(settings, group)
-    committed = await _committed(settings, group)
+    committed = await committed_offsets(settings, group)
     logs = await log_offsets(settings, list(dict.fromkeys(t for t, _ in topics)))
     chosen: list[tuple[str, int]] = []
     for topic, partitions in topics:
@@ -237,7 +239,7 @@ async def execute_reset(settings: Settings, plan: ResetPlan, *, reprocess: bool 
     refuse_if_active(await describe_group(settings, plan.group))
     from aiokafka.structs import OffsetAndMetadata
 
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=plan.group, enable_auto_commit=False)
+    consumer = plain_consumer(settings, group_id=plan.group)
     await consumer.start()
     try:
         tps = [TopicPartition(r.topic, r.partition) for r in plan.rows]

@@ -7,13 +7,8 @@ from dataclasses import dataclass, field
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from streams.kafka.admin import (
-    TopicSpec,
-    admin_client,
-    new_topic,
-    on_a_live_broker,
-    wait_for_topic_metadata,
-)
+from streams.kafka.admin import TopicSpec, new_topic, wait_for_topic_metadata
+from streams.kafka.clients import admin_client, on_a_live_broker
 from streams.kafka.lag import log_offsets
 from streams.settings import Settings
 

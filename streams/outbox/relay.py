@@ -45,6 +45,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from psycopg import sql
 
 from streams.db import first_row
+from streams.kafka.clients import durable_producer
 from streams.messages.envelope import Envelope, Kind
 from streams.outbox.schema import LANES, channel
 from streams.settings import Settings, redact_url
@@ -127,10 +128,8 @@ class Publisher:
 
     async def start(self) -> None:
         timeout_ms = int(self.settings.relay_publish_timeout * 1000)
-        self.producer = AIOKafkaProducer(
-            **self.settings.kafka_client_kwargs(), acks="all", enable_idempotence=True, linger_ms=2,
-            request_timeout_ms=timeout_ms, max_batch_size=256 * 1024,
-        )
+        self.producer = durable_producer(self.settings, linger_ms=2, request_timeout_ms=timeout_ms,
+                                         max_batch_size=256 * 1024)
         # the broker may be down when the relay starts: keep trying, rows wait in the outbox
         delay = 1.0
         while True:
