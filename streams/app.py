@@ -61,7 +61,7 @@ from streams.faust_compat.subscriptions import (
     install_changelog_check,
     install_creation_wait,
 )
-from streams.kafka.names import dead_letter_topic
+from streams.kafka.names import dead_letter_topic, retry_topic
 from streams.messages.envelope import Envelope, Kind
 from streams.messages.registry import DecodeLimits, MessageIdFallback, MessageRegistry
 from streams.metrics import Metrics
@@ -312,16 +312,16 @@ class StreamsApp:
                 # the batch path: Faust subscribes to the topics, the dispatcher takes their records
                 self.faust.topics.add(topic.faust_topic)
                 self.dispatcher.route(topic.name, runner, handler_name)
-                for level, retry_topic in enumerate(retry_topics, start=1):
-                    self.faust.topics.add(retry_topic)
+                for level, faust_retry_topic in enumerate(retry_topics, start=1):
+                    self.faust.topics.add(faust_retry_topic)
                     self.dispatcher.route(retry_topic(topic.name, level), runner, f"{handler_name}-retry-{level}",
                                           wait_until_due=True)
             else:
                 hspec.agents.append(self.faust.agent(topic.faust_topic, name=handler_name)(
                     _agent_fn(runner, handler_name, f"{handler_name} on {topic.name}", topic.name)))
-                for level, retry_topic in enumerate(retry_topics, start=1):
+                for level, faust_retry_topic in enumerate(retry_topics, start=1):
                     agent_name = f"{handler_name}-retry-{level}"
-                    hspec.agents.append(self.faust.agent(retry_topic, name=agent_name)(
+                    hspec.agents.append(self.faust.agent(faust_retry_topic, name=agent_name)(
                         _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic(topic.name, level)}",
                                   retry_topic(topic.name, level),
                                   wait_until_due=True)))
