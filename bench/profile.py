@@ -18,18 +18,19 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-#: innermost-frame file patterns → the category reported (first match wins)
+#: innermost-frame file prefixes → the category reported (first match wins); py-spy gives paths
+#: relative to their sys.path entry (``asyncio/events.py``, ``streams/consume/runner.py``)
 CATEGORIES = [
-    ("/faust/", "faust"),
-    ("/mode/", "mode (faust's services)"),
-    ("/aiokafka/", "aiokafka"),
-    ("/pydantic", "pydantic"),
-    ("/rocksdict/", "rocksdict"),
-    ("/psycopg", "psycopg"),
-    ("/asyncio/", "asyncio"),
-    ("/json/", "json"),
-    ("/streams/", "streams (this framework)"),
-    ("/bench/", "bench app"),
+    ("faust/", "faust"),
+    ("mode/", "mode (faust's services)"),
+    ("aiokafka/", "aiokafka"),
+    ("pydantic", "pydantic"),
+    ("rocksdict/", "rocksdict"),
+    ("psycopg", "psycopg"),
+    ("asyncio/", "asyncio"),
+    ("json/", "json"),
+    ("streams/", "streams (this framework)"),
+    ("bench/", "bench app"),
 ]
 
 
@@ -53,9 +54,19 @@ def _frames(stack: str) -> list[str]:
     return [f for f in stack.split(";") if f]
 
 
+def _path(frame: str) -> str:
+    """The file of a frame ``function (path:line)``."""
+    return frame.partition(" (")[2].rstrip(")").rsplit(":", 1)[0]
+
+
+def _in(frame: str, prefix: str) -> bool:
+    path = _path(frame)
+    return path.startswith(prefix) or f"/{prefix}" in path
+
+
 def _category(frame: str) -> str:
-    for pattern, name in CATEGORIES:
-        if pattern in frame:
+    for prefix, name in CATEGORIES:
+        if _in(frame, prefix):
             return name
     return "other (C code, stdlib)"
 
@@ -75,7 +86,9 @@ def summarise(raw: Path, top: int = 15) -> dict:
         leaf = frames[-1] if frames else "?"
         by_category[_category(leaf)] += count
         own[_short(leaf)] += count
-        for name in {_short(f) for f in frames if "/streams/" in f}:
+        # the framework's frames below the worker's entry point (the CLI and StreamsApp.main hold every stack)
+        for name in {_short(f) for f in frames if _in(f, "streams/") and not _in(f, "streams/cli/")
+                     and not f.startswith("StreamsApp.main ")}:
             ours[name] += count
 
     def pct(counter: Counter, n: int) -> list[tuple[str, float]]:
