@@ -16,7 +16,7 @@ from aiokafka.errors import (
     for_code,
 )
 
-from streams.kafka.clients import admin_client, durable_producer, plain_consumer, with_coordinator
+from streams.kafka.clients import admin_client, durable_producer, plain_consumer, read_ranges, with_coordinator
 from streams.messages.envelope import Envelope
 from streams.settings import Settings
 
@@ -207,16 +207,11 @@ async def read_record(settings: Settings, topic: str, partition: int, offset: in
         tp = TopicPartition(topic, partition)
         if tp not in await topic_partitions(consumer, topic):
             return None
-        consumer.assign([tp])
         start, end = (await consumer.beginning_offsets([tp]))[tp], (await consumer.end_offsets([tp]))[tp]
         if not start <= offset < end:
             return None
-        consumer.seek(tp, offset)
-        while await consumer.position(tp) <= offset:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                if record.offset == offset:
-                    return record
-        return None
+        found = (await read_ranges(consumer, {tp: (offset, offset + 1)}))[tp]
+        return found[0] if found else None
     finally:
         await consumer.stop()
 
@@ -235,24 +230,10 @@ async def read_topic(settings: Settings, topic: str, *, read_committed: bool = F
         tps = await topic_partitions(consumer, topic)
         if not tps:
             raise LookupError(f"topic {topic!r} does not exist")
-        consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
-        for tp in tps:  # explicit positions: no lazy offset reset to race with
-            consumer.seek(tp, starts[tp])
-        remaining = {tp for tp in tps if ends[tp] > starts[tp]}
-        seen: set[tuple[int, int]] = set()
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for r in records:
-                    # a record is one (partition, offset): a re-fetch must not count it twice
-                    if r.offset < ends[tp] and (r.partition, r.offset) not in seen:
-                        seen.add((r.partition, r.offset))
-                        out.append(r)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        for records in (await read_ranges(consumer, {tp: (starts[tp], ends[tp]) for tp in tps})).values():
+            out.extend(records)
     finally:
         await consumer.stop()
     return out

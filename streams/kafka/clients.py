@@ -4,10 +4,10 @@ and the retries a request to a cluster needs (a dead broker, a coordinator not t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     CoordinatorNotAvailableError,
@@ -68,3 +68,32 @@ async def with_coordinator(call, attempts: int = 40, delay: float = 0.25):
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(delay)
+
+
+async def read_ranges(consumer: AIOKafkaConsumer, ranges: Mapping[TopicPartition, tuple[int, int]]
+                      ) -> dict[TopicPartition, list[Any]]:
+    """The records of each partition with ``start <= offset < end``, each once, in offset order.
+
+    ``consumer`` is started and group-less; it is assigned the partitions and sought to each
+    start (explicit positions: no lazy offset reset to race with). Returns when every position
+    has reached its end. Under ``read_committed`` pass an end no further than the last stable
+    offset, which the consumer's ``end_offsets`` gives."""
+    wanted = {tp: (start, end) for tp, (start, end) in ranges.items() if end > start}
+    out: dict[TopicPartition, dict[int, Any]] = {tp: {} for tp in ranges}
+    if not wanted:
+        return {tp: [] for tp in ranges}
+    consumer.assign(list(wanted))
+    for tp, (start, _end) in wanted.items():
+        consumer.seek(tp, start)
+    remaining = set(wanted)
+    while remaining:
+        batch = await consumer.getmany(*remaining, timeout_ms=1000)
+        for tp, records in batch.items():
+            start, end = wanted[tp]
+            for record in records:
+                if start <= record.offset < end:
+                    out[tp].setdefault(record.offset, record)  # a re-fetch must not count it twice
+        for tp in list(remaining):
+            if await consumer.position(tp) >= wanted[tp][1]:
+                remaining.discard(tp)
+    return {tp: [by_offset[o] for o in sorted(by_offset)] for tp, by_offset in out.items()}

@@ -20,7 +20,7 @@ from typing import Any
 from streams.consume.dead_letters import H_VALUE_OMITTED
 from streams.consume.headers import H_REPLAY_OF
 from streams.kafka.admin import read_record, read_topic
-from streams.kafka.clients import durable_producer, plain_consumer
+from streams.kafka.clients import durable_producer, plain_consumer, read_ranges
 from streams.kafka.names import dead_letter_topic, source_of_dead_letter_topic
 from streams.settings import Settings
 
@@ -196,20 +196,10 @@ async def dead_letter_overview(settings: Settings, topic: str, recent: int = 10)
         per_partition = {tp.partition: ends[tp] - starts[tp] for tp in tps}
         letters: list[DeadLetter] = []
         tails = {tp: max(starts[tp], ends[tp] - recent) for tp in tps if recent > 0 and ends[tp] > starts[tp]}
-        if tails:
-            consumer.assign(list(tails))
-            for tp, start in tails.items():
-                consumer.seek(tp, start)
-            remaining = set(tails)
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=1000)
-                for tp, records in batch.items():
-                    letters.extend(DeadLetter(name, r.partition, r.offset, r.key, r.value,
-                                              dict(r.headers or ()), r.timestamp)
-                                   for r in records if r.offset < ends[tp])
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
+        read = await read_ranges(consumer, {tp: (start, ends[tp]) for tp, start in tails.items()})
+        for records in read.values():
+            letters.extend(DeadLetter(name, r.partition, r.offset, r.key, r.value, dict(r.headers or ()), r.timestamp)
+                           for r in records)
     finally:
         await consumer.stop()
     letters.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset), reverse=True)
