@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/mypy                                        # types of streams/
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit   # the fast tier: pure logic, no servers
 	bash scripts/ensure-chromium.sh  # Debian's chromium for the dashboard's browser test
-	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --ignore=tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'  # Quix Streams, a benchmark peer only

@@ -12,27 +12,23 @@ prefix and database (:func:`isolated`).
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from streams.dev.kafka import LocalKafka
 from streams.dev.postgres import LocalPostgres
 from streams.dev.process import free_port
-from streams.settings import Settings
 from tests.harness import (
-    ARTIFACTS,
     ROOT,
     SESSION_HOME,
     Isolated,
     Servers,
-    admin_url,
     artifact_name,
     distinct_port_pairs,
+    isolation,
     remove_dead_sessions,
 )
 
@@ -100,37 +96,17 @@ def cluster3():
 
 
 @pytest.fixture
-def isolated(servers: Servers, request, tmp_path: Path) -> Isolated:
+def isolated(servers: Servers, request, tmp_path: Path) -> Iterator[Isolated]:
     """Own app id / consumer group, topic prefix, database and state folder; workers stopped after."""
-    suffix = uuid.uuid4().hex[:8]
-    test_name = artifact_name(request.node.name)
-    dbname = f"t_{suffix}"
-    with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    db_url = servers.database_url.rsplit("/", 1)[0] + f"/{dbname}"
-    env = {
-        "STREAMS_KAFKA_BOOTSTRAP": servers.bootstrap,
-        "STREAMS_DATABASE_URL": db_url,
-        "STREAMS_HOME": str(tmp_path / "home"),
-        "STREAMS_APP_ID": f"test-{suffix}",
-        "STREAMS_TOPIC_PREFIX": f"t{suffix}.",
-        "STREAMS_BROKER_COMMIT_INTERVAL": "0.5",
-        # a SIGKILLed worker leaves the group after this, not after 30 s
-        "STREAMS_BROKER_SESSION_TIMEOUT": "8",
-        "STREAMS_BROKER_HEARTBEAT_INTERVAL": "1",
-    }
-    settings = Settings(**{k.removeprefix("STREAMS_").lower(): v for k, v in env.items()})
-    artifacts = ARTIFACTS / test_name
-    if artifacts.exists():
-        shutil.rmtree(artifacts)
-    artifacts.mkdir(parents=True)
-    iso = Isolated(test_name, settings, env, artifacts)
-    try:
+    with isolation(servers, artifact_name(request.node.name), tmp_path) as iso:
         yield iso
-    finally:
-        for w in iso.workers:
-            w.kill()
-        with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def isolated_module(servers: Servers, request, tmp_path_factory) -> Iterator[Isolated]:
+    """:func:`isolated` shared by the tests of one module (they must not depend on each other's order)."""
+    name = artifact_name(request.module.__name__.rpartition(".")[2])
+    with isolation(servers, name, tmp_path_factory.mktemp(name)) as iso:
+        yield iso
 
 

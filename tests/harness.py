@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,3 +111,37 @@ def remove_dead_sessions() -> None:
 
 def admin_url(url: str) -> str:
     return url.rsplit("/", 1)[0] + "/postgres"
+
+
+@contextmanager
+def isolation(servers: Servers, name: str, tmp_path: Path) -> Iterator[Isolated]:
+    """Own app id / consumer group, topic prefix, database and state folder; workers stopped after."""
+    suffix = uuid.uuid4().hex[:8]
+    dbname = f"t_{suffix}"
+    with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    db_url = servers.database_url.rsplit("/", 1)[0] + f"/{dbname}"
+    env = {
+        "STREAMS_KAFKA_BOOTSTRAP": servers.bootstrap,
+        "STREAMS_DATABASE_URL": db_url,
+        "STREAMS_HOME": str(tmp_path / "home"),
+        "STREAMS_APP_ID": f"test-{suffix}",
+        "STREAMS_TOPIC_PREFIX": f"t{suffix}.",
+        "STREAMS_BROKER_COMMIT_INTERVAL": "0.5",
+        # a SIGKILLed worker leaves the group after this, not after 30 s
+        "STREAMS_BROKER_SESSION_TIMEOUT": "8",
+        "STREAMS_BROKER_HEARTBEAT_INTERVAL": "1",
+    }
+    settings = Settings(**{k.removeprefix("STREAMS_").lower(): v for k, v in env.items()})
+    artifacts = ARTIFACTS / name
+    if artifacts.exists():
+        shutil.rmtree(artifacts)
+    artifacts.mkdir(parents=True)
+    iso = Isolated(name, settings, env, artifacts)
+    try:
+        yield iso
+    finally:
+        for w in iso.workers:
+            w.kill()
+        with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

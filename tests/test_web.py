@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.dev.process import free_port
@@ -28,6 +31,9 @@ from tests.reference import (
     wait_committed_to_end,
 )
 from tests.web_helpers import answers, http, web_worker
+
+#: the tests of this module share one pair of workers (module fixture), so one worker runs them all
+pytestmark = pytest.mark.xdist_group("web-views")
 
 TOKEN = "t0ken-for-the-web-views"
 TABLE = "order-push-status"
@@ -54,42 +60,65 @@ def _total(samples: dict[str, list], name: str) -> float:
     return sum(s.value for s in samples.get(name, []))
 
 
-def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) -> None:
-    iso = isolated
-    create_topics(iso)
-    secret_password = "sasl-pa55word-never-shown"
-    db_password = "db-pa55word-never-shown"
-    db_url = iso.env["STREAMS_DATABASE_URL"].replace("postgresql://postgres@", f"postgresql://postgres:{db_password}@")
-    env = {"STREAMS_WEB_TOKEN": TOKEN, "STREAMS_KAFKA_SASL_PASSWORD": secret_password,
-           "STREAMS_DATABASE_URL": db_url}
-    (w1, url1), (w2, url2) = web_worker(iso, "w1", **env), web_worker(iso, "w2", **env)
-    w1.start()
-    w2.start()
-    w1.wait_ready()
-    w2.wait_ready()
-    replies = []
+SECRET_PASSWORD = "sasl-pa55word-never-shown"
+DB_PASSWORD = "db-pa55word-never-shown"
 
-    def get(url: str, token: str | None = TOKEN, **kw):
+
+@dataclass
+class WebPair:
+    """Two reference-app workers of one group serving their views, after 240 orders and 3 bad records."""
+
+    iso: Isolated
+    url1: str
+    url2: str
+    envelopes: list
+    #: every answer the tests got (checked for secrets last, kept in the artifacts)
+    replies: list = field(default_factory=list)
+
+    def get(self, url: str, token: str | None = TOKEN, **kw):
         reply = http(url, token=token, **kw)
-        replies.append((url, reply))
+        self.replies.append((url, reply))
         assert reply.status != 500, f"{url}: {reply.text}"
         assert reply.headers.get("Content-Type", "").split(";")[0] in (
             "application/json", "text/plain", "text/html"), reply.headers
         return reply
 
+    def table_stats(self) -> dict[str, dict]:
+        return {url: self.get(f"{url}/api/tables/{TABLE}").json for url in (self.url1, self.url2)}
+
+
+@pytest.fixture(scope="module")
+def pair(isolated_module: Isolated) -> Iterator[WebPair]:
+    iso = isolated_module
+    create_topics(iso)
+    db_url = iso.env["STREAMS_DATABASE_URL"].replace("postgresql://postgres@", f"postgresql://postgres:{DB_PASSWORD}@")
+    env = {"STREAMS_WEB_TOKEN": TOKEN, "STREAMS_KAFKA_SASL_PASSWORD": SECRET_PASSWORD, "STREAMS_DATABASE_URL": db_url}
+    (w1, url1), (w2, url2) = web_worker(iso, "w1", **env), web_worker(iso, "w2", **env)
+    w1.start()
+    w2.start()
+    w1.wait_ready()
+    w2.wait_ready()
     envelopes = orders(240)
     run(produce_envelopes(iso.settings, iso.topic(TOPIC), envelopes))
     run(produce_raw(iso.settings, iso.topic(TOPIC), BAD_RECORDS))
     wait_for(lambda: push_counts(iso)[1] >= 240, 90, what="240 seller pushes")
     wait_committed_to_end(iso)
-
-    # both workers ready (after a rebalance they may need a moment)
-    for url in (url1, url2):
-        assert get(f"{url}/health/live", token=None).json["live"] is True
+    for url in (url1, url2):  # both ready (after a rebalance they may need a moment)
         wait_for(lambda: http(f"{url}/health/ready").status == 200, 60, what=f"{url} ready")
-        assert get(f"{url}/health/ready", token=None).json["ready"] is True
+    web = WebPair(iso, url1, url2, envelopes)
+    yield web
+    with open(iso.artifacts / "responses.txt", "w") as fh:  # the answers, kept as examples
+        for url, reply in web.replies:
+            fh.write(f"GET {url} -> {reply.status}\n{reply.text[:1500]}\n\n")
+    w1.stop()
+    w2.stop()
 
-    # --- token ---------------------------------------------------------------------
+
+def test_health_and_the_token(pair: WebPair) -> None:
+    get, url1 = pair.get, pair.url1
+    for url in (pair.url1, pair.url2):
+        assert get(f"{url}/health/live", token=None).json["live"] is True
+        assert get(f"{url}/health/ready", token=None).json["ready"] is True
     assert get(f"{url1}/api/info", token=None).status == 401
     unauthorized = get(f"{url1}/api/info", token="wrong-token-123")
     assert unauthorized.status == 401 and unauthorized.json["error"] == "unauthorized"
@@ -97,11 +126,13 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
     assert get(f"{url1}/metrics", token=None).status == 401
     assert get(f"{url1}/api/tables/{TABLE}/keys/x", token=None).status == 401
     info = get(f"{url1}/api/info").json
-    assert info["app_id"] == iso.settings.app_id and info["auth"] is True
+    assert info["app_id"] == pair.iso.settings.app_id and info["auth"] is True
     assert TABLE in info["tables"] and "processed-push_seller" in info["tables"]
 
-    # --- tables: each active partition on exactly one worker, entries add up ------------
-    stats = {url: get(f"{url}/api/tables/{TABLE}").json for url in (url1, url2)}
+
+def test_each_active_partition_on_one_worker_and_entries_add_up(pair: WebPair) -> None:
+    url1, url2 = pair.url1, pair.url2
+    stats = pair.table_stats()
     actives = {url: set(s["active_partitions"]) for url, s in stats.items()}
     assert actives[url1] and actives[url2], "the group must be shared by both workers"
     assert actives[url1].isdisjoint(actives[url2]) and actives[url1] | actives[url2] == set(range(PARTITIONS))
@@ -109,19 +140,28 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
     rows = {r["partition"]: r for r in stats[url1]["per_partition"]}
     owner = {p: r["owner"] for p, r in rows.items()}
     assert all(owner[p] == url1 for p in actives[url1]) and all(owner[p] == url2 for p in actives[url2])
-    per_partition_db = dict(iso.sql(
+    per_partition_db = dict(pair.iso.sql(
         "SELECT partition, count(DISTINCT order_id) FROM seller_push_notifications GROUP BY 1"))
     for url in (url1, url2):
         for r in stats[url]["per_partition"]:
             if r["role"] == "active":
                 assert r["entries"] == per_partition_db.get(r["partition"], 0)
-    listing = get(f"{url1}/api/tables").json
+    listing = pair.get(f"{url1}/api/tables").json
     assert {t["name"] for t in listing["tables"]} == {TABLE, "processed-push_seller"}
 
-    # --- key lookup routed to the owner ----------------------------------------------------
-    by_partition = {r[0]: (r[1], r[2]) for r in iso.sql(
+
+def _first_order_per_partition(iso: Isolated) -> dict[int, tuple[str, str]]:
+    return {r[0]: (r[1], r[2]) for r in iso.sql(
         "SELECT DISTINCT ON (partition) partition, order_id, message_id FROM seller_push_notifications "
         "ORDER BY partition, order_id")}
+
+
+def test_key_lookups_are_answered_by_the_owner(pair: WebPair) -> None:
+    get, url1, url2 = pair.get, pair.url1, pair.url2
+    actives = {url: set(s["active_partitions"]) for url, s in pair.table_stats().items()}
+    by_partition = _first_order_per_partition(pair.iso)
+    per_partition_db = dict(pair.iso.sql(
+        "SELECT partition, count(DISTINCT order_id) FROM seller_push_notifications GROUP BY 1"))
     for asked, other in ((url1, url2), (url2, url1)):
         partition = next(p for p in sorted(actives[other]) if p in by_partition)
         order_id, message_id = by_partition[partition]
@@ -141,8 +181,10 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
         assert page["served_by"] == other and page["total"] == per_partition_db[partition]
         assert order_id in {item["key"] for item in page["items"]}
 
-    # pagination over this worker's active partitions
-    total1 = stats[url1]["active_entries"]
+
+def test_pages_cover_this_workers_partitions(pair: WebPair) -> None:
+    get, url1 = pair.get, pair.url1
+    total1 = pair.table_stats()[url1]["active_entries"]
     first = get(f"{url1}/api/tables/{TABLE}/items?page=1&page_size=7").json
     assert first["total"] == total1 and first["pages"] == -(-total1 // 7) and len(first["items"]) == 7
     last = get(f"{url1}/api/tables/{TABLE}/items?page={first['pages']}&page_size=7").json
@@ -152,7 +194,10 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
         all_keys |= {i["key"] for i in get(f"{url1}/api/tables/{TABLE}/items?page={n}&page_size=7").json["items"]}
     assert len(all_keys) == total1
 
-    # --- error cases: 4xx with a JSON error, never a 500 --------------------------------
+
+def test_errors_are_4xx_with_a_json_reason_never_500(pair: WebPair) -> None:
+    get, url1, url2 = pair.get, pair.url1, pair.url2
+    by_partition = _first_order_per_partition(pair.iso)
     some_key = by_partition[min(by_partition)][0]
     cases = {
         f"{url1}/api/tables/no-such-table": 404,
@@ -188,8 +233,10 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
         reply = get(f"{url1}/api/tables/{TABLE}", method=method)
         assert reply.status == 405 and reply.json["error"] == "method_not_allowed", method
 
-    # --- lag: what the broker holds -------------------------------------------------------
-    lag = get(f"{url2}/api/lag").json
+
+def test_lag_is_what_the_broker_holds(pair: WebPair) -> None:
+    iso = pair.iso
+    lag = pair.get(f"{pair.url2}/api/lag").json
     ends, committed = offsets(iso)
     rows = {p["partition"]: p for p in lag["partitions"] if p["topic"] == iso.topic(TOPIC)}
     assert lag["group"] == iso.settings.app_id and set(rows) == set(range(PARTITIONS))
@@ -197,15 +244,21 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
     assert {p: r["committed"] for p, r in rows.items()} == committed
     assert lag["total_lag"] == 0 and lag["members"] == 2
 
-    # --- dead letters ----------------------------------------------------------------------
-    dlq = get(f"{url1}/api/deadletters").json
+
+def test_dead_letters(pair: WebPair) -> None:
+    iso = pair.iso
+    dlq = pair.get(f"{pair.url1}/api/deadletters").json
     assert dlq["total"] == 3
     topic = dlq["topics"][0]
     assert topic["topic"] == iso.topic(TOPIC) + ".dlq" and topic["count"] == 3
     assert sorted(d["reason"] for d in topic["recent"]) == ["not_envelope", "not_json", "unknown_type"]
-    one = get(f"{url1}/api/deadletters/{urllib.parse.quote(iso.topic(TOPIC))}?recent=1").json
+    one = pair.get(f"{pair.url1}/api/deadletters/{urllib.parse.quote(iso.topic(TOPIC))}?recent=1").json
     assert one["count"] == 3 and len(one["recent"]) == 1
 
+
+def test_outbox_then_metrics_that_move(pair: WebPair) -> None:
+    """Changes what the other views show: runs after them (the module's tests share one worker)."""
+    iso, get, url1, url2 = pair.iso, pair.get, pair.url1, pair.url2
     # --- outbox: missing table said clearly, then real figures ------------------------------
     missing = get(f"{url1}/api/outbox")
     assert missing.status == 200 and missing.json["exists"] is False and "does not exist" in missing.json["detail"]
@@ -233,7 +286,7 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
         assert {s.labels["role"] for s in m["streams_table_entries"]} <= {"active", "standby", "unassigned"}
     run(produce_envelopes(iso.settings, iso.topic(TOPIC), orders(60)))
     run(produce_raw(iso.settings, iso.topic(TOPIC), BAD_RECORDS[:2]))
-    run(produce_envelopes(iso.settings, iso.topic(TOPIC), envelopes[:10]))  # repeats: duplicates
+    run(produce_envelopes(iso.settings, iso.topic(TOPIC), pair.envelopes[:10]))  # repeats: duplicates
 
     dup_before = sum(_total(m, "streams_duplicate_total") for m in before.values())
     records_before = sum(_total(m, "streams_processing_seconds_count") for m in before.values())
@@ -249,15 +302,15 @@ def test_two_workers_views_routing_errors_token_and_metrics(isolated: Isolated) 
     labels = {tuple(sorted(s.labels)) for m in after.values() for s in m["streams_handled_total"]}
     assert labels == {("handler", "partition", "topic")}
 
-    # --- nothing secret in any answer (the answers are kept as examples in the test's artifacts) --
-    with open(iso.artifacts / "responses.txt", "w") as fh:
-        for url, reply in replies:
-            fh.write(f"GET {url} -> {reply.status}\n{reply.text[:1500]}\n\n")
-    for url, reply in replies:
-        for secret in (secret_password, db_password, TOKEN):
+
+def test_nothing_secret_in_any_answer(pair: WebPair) -> None:
+    """Every view asked here and by the tests before (the answers are kept in the artifacts)."""
+    for path in ("/api/info", "/api/tables", f"/api/tables/{TABLE}", "/api/lag", "/api/deadletters", "/api/outbox",
+                 "/api/metrics", "/metrics", "/health/ready", "/"):
+        pair.get(f"{pair.url1}{path}")
+    for url, reply in pair.replies:
+        for secret in (SECRET_PASSWORD, DB_PASSWORD, TOKEN):
             assert secret.encode() not in reply.body, f"{url} leaks a secret"
-    w1.stop()
-    w2.stop()
 
 
 def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isolated) -> None:
