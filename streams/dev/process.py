@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,21 +45,38 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+#: ports handed out by :func:`free_port` and not yet given back: ``<port>`` files holding the pid
+#: of the process that reserved it (machine-wide, so parallel test runs see each other's)
+PORT_RESERVATIONS = Path(tempfile.gettempdir()) / "streams-ports"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (for tests and throwaway instances).
+    """A TCP port that is free now and reserved for this process (for tests and throwaway
+    instances): no other process using this function gets it while this one lives.
 
     Picked below Linux's ephemeral range (32768+), so that the client connections
-    opened between this call and the server's bind cannot take it.
+    opened between this call and the server's bind cannot take it. Probing alone is
+    not enough when processes start servers side by side (two test processes, two
+    test runs): each can find the same port free before either binds it — seen as a
+    three-node cluster whose nodes answered another cluster's votes. The pick and the
+    reservation happen under one machine-wide lock; reservations of processes that
+    are gone are taken back.
     """
     import random
 
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
+    with file_lock(PORT_RESERVATIONS / ".lock"):
+        for _ in range(500):
+            port = random.randint(20000, 32000)
+            mark = PORT_RESERVATIONS / str(port)
+            owner = read_pid(mark)
+            if owner is not None and pid_alive(owner):
                 continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            mark.write_text(str(os.getpid()))
             return port
     raise ServiceError("no free TCP port found in 20000-32000")
 
