@@ -431,7 +431,7 @@ class StreamsApp:
         """Every topic this app declares (sources, outputs, retry and dead-letter topics)."""
         from streams.kafka.admin import TopicSpec
 
-        rf = self.settings.topic_replication_factor  # None: the cluster's default (kafka_admin.new_topic)
+        rf = self.settings.topic_replication_factor  # None: the cluster's default (kafka.admin.new_topic)
         out = []
         for t in self.topics.values():
             out.append(TopicSpec(t.name, t.partitions, rf))
