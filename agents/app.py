@@ -1,14 +1,18 @@
-"""The reference app and its topics (built only on ``streams``)."""
+"""The reference app's order-side service: the seller push (consumer group ``reference-app``).
+
+The other integrations run in their own groups (see :mod:`agents.services`).
+"""
 
 from __future__ import annotations
 
 from agents.messages import registry
+from agents.services import BASE_APP_ID, ORDER_PARTITIONS, ORDER_PLACED
 from streams import Kind, StreamsApp
 
-app = StreamsApp("reference-app", registry=registry)
+app = StreamsApp(BASE_APP_ID, registry=registry)
 
 #: "order placed" events, keyed by order id; any service may subscribe.
-order_placed_topic = app.topic("orders.order-placed", kind=Kind.EVENT, partitions=6)
+order_placed_topic = app.topic(ORDER_PLACED, kind=Kind.EVENT, partitions=ORDER_PARTITIONS)
 
 #: "seller notified" events, one per order (causation_id = the OrderPlaced message id).
 seller_notified_topic = app.output("sellers.seller-notified", kind=Kind.EVENT, partitions=6)

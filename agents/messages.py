@@ -32,3 +32,12 @@ class SellerNotified(BaseModel):
     order_id: str
     seller_id: str
     notification_id: int | None = None
+
+
+@registry.command("GrantPoints")
+class GrantPoints(BaseModel):
+    """Credit a buyer's points for an order (a command: the points service is its one owner)."""
+
+    order_id: str = Field(min_length=1)
+    buyer_id: str = Field(min_length=1)
+    points: int = Field(ge=0)

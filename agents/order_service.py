@@ -4,16 +4,30 @@
 database transaction (the transactional outbox): if the order is rejected and the
 transaction rolls back, no event exists to be published; if it commits, the relay
 (``streams relay``) publishes the event, with the message id fixed here.
+
+It also sends the points service a ``GrantPoints`` command, in the same
+transaction (a command must not be lost: the outbox keeps it until the relay
+published it), and — after the commit — hands the receipt e-mail to a
+background task (:mod:`agents.receipts`), which a crash can lose.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psycopg
 
-from agents.app import order_placed_topic
-from agents.messages import OrderPlaced, registry
+from agents.messages import GrantPoints, OrderPlaced, registry
+from agents.services import GRANT_POINTS, ORDER_PLACED
+from streams import load_settings
 from streams.messages.envelope import Envelope
 from streams.outbox import write_message
+
+if TYPE_CHECKING:
+    from streams.background import BackgroundTasks
+
+#: points credited per this many units of the order's currency
+POINTS_PER = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -37,15 +51,29 @@ def migrate(conn: psycopg.Connection) -> None:
         conn.execute(SCHEMA)
 
 
+def points_for(order: OrderPlaced) -> int:
+    return int(order.total_amount // POINTS_PER)
+
+
 def place_order(conn: psycopg.Connection, order: OrderPlaced, *, outbox_table: str = "streams_outbox",
-                payment_ok: bool = True) -> Envelope:
-    """Insert ``order`` and its ``OrderPlaced`` event atomically; raises :class:`OrderRejected` (rolled back)."""
-    envelope = registry.envelope(order, key=order.order_id, source="order-service")
+                payment_ok: bool = True, tasks: BackgroundTasks | None = None) -> tuple[Envelope, Envelope]:
+    """Insert ``order``, its ``OrderPlaced`` event and its ``GrantPoints`` command atomically;
+    raises :class:`OrderRejected` (rolled back: nothing kept, nothing announced). With
+    ``tasks``, the receipt e-mail is submitted after the commit. Returns (event, command)."""
+    prefix = load_settings().topic_prefix
+    placed = registry.envelope(order, key=order.order_id, source="order-service")
+    grant = registry.envelope(GrantPoints(order_id=order.order_id, buyer_id=order.buyer_id,
+                                          points=points_for(order)),
+                              key=order.buyer_id, source="order-service", causation_id=placed.message_id)
     with conn.transaction():
         conn.execute(
             "INSERT INTO orders (order_id, seller_id, buyer_id, total_amount, item_count) VALUES (%s, %s, %s, %s, %s)",
             (order.order_id, order.seller_id, order.buyer_id, order.total_amount, order.item_count))
-        write_message(conn, envelope, topic=order_placed_topic.name, table=outbox_table)
+        write_message(conn, placed, topic=prefix + ORDER_PLACED, table=outbox_table)
+        write_message(conn, grant, topic=prefix + GRANT_POINTS, table=outbox_table)
         if not payment_ok:
             raise OrderRejected(f"payment declined for order {order.order_id}")
-    return envelope
+    if tasks is not None:  # after the commit: a crash from here on loses the receipt
+        tasks.submit("send-receipt", order_id=order.order_id, buyer_id=order.buyer_id,
+                     total=f"{order.total_amount} {order.currency}")
+    return placed, grant

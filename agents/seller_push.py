@@ -21,6 +21,7 @@ import psycopg
 from agents.app import app, order_placed_topic, order_push_status, seller_notified_topic
 from agents.config import agent_settings
 from agents.messages import OrderPlaced, SellerNotified, registry
+from agents.schema import Schema
 from streams import Database, Delivery, Envelope, TransientError
 
 SCHEMA = """
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS seller_push_notifications (
 CREATE INDEX IF NOT EXISTS seller_push_notifications_message_id
     ON seller_push_notifications (message_id);
 """
+schema = Schema(SCHEMA)
 
 
 class SellerApiUnavailable(TransientError):
@@ -51,17 +53,9 @@ class SellerNotifier:
         self.db = db
         self.latency = latency_ms / 1000
         self.failing_sellers = failing_sellers or set()
-        self._schema_ready = False
 
     async def ensure_schema(self) -> None:
-        if not self._schema_ready:
-            try:
-                await self.db.execute(SCHEMA)
-            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
-                # another worker ran the same CREATE ... IF NOT EXISTS at the same moment (a known
-                # PostgreSQL race on the catalog): the table is there, which is all we need
-                pass
-            self._schema_ready = True
+        await schema.ensure(self.db)
 
     async def push(self, order: OrderPlaced, delivery: Delivery, tx: psycopg.AsyncConnection) -> int:
         """Record the push in ``tx`` (the delivery's effect transaction); returns its id."""

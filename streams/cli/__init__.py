@@ -20,6 +20,7 @@ from streams.cli.lag import lag_cmd
 from streams.cli.offsets import offsets
 from streams.cli.outbox import outbox, relay_cmd
 from streams.cli.state import state
+from streams.cli.tasks import tasks
 from streams.cli.topics import topics
 from streams.cli.worker import settings_cmd, worker_cmd
 
@@ -38,7 +39,7 @@ def cli(log_level: str | None) -> None:
 # --- settings --------------------------------------------------------------------
 
 
-for command in (settings_cmd, worker_cmd, dev, dlq, lag_cmd, offsets, state, topics):
+for command in (settings_cmd, worker_cmd, dev, dlq, lag_cmd, offsets, state, tasks, topics):
     cli.add_command(command)
 help_tree.install(cli)
 cli.add_command(demo)

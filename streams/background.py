@@ -1,0 +1,277 @@
+"""Background tasks after a database commit: the source notes' simplest follow-up.
+
+The business change commits; then the follow-up (a receipt e-mail, a cache
+refresh) runs in a bounded thread pool, with retries, and what still fails is
+written to a **failure log** table so an operator can list it and run it again
+(``streams tasks list|retry``)::
+
+    tasks = BackgroundTasks(settings, max_workers=4)
+
+    @tasks.task("send-receipt")
+    def send_receipt(order_id: str, email: str) -> None:
+        mail_api.send(...)
+
+    with conn.transaction():
+        conn.execute("INSERT INTO orders ...")
+    tasks.submit("send-receipt", order_id=order_id, email=email)   # after the commit
+
+What it does **not** do, and the outbox does: the task lives only in this
+process's memory between the commit and its run. A crash (SIGKILL, OOM, a
+power cut) in that window loses it — no row says it was ever due. Use it where
+losing a follow-up now and then is acceptable or noticed by other means (a
+receipt e-mail a user can ask for again); use the transactional outbox where it
+is not (a command another service must execute).
+
+Tasks are registered by name with JSON-serialisable keyword arguments, so that
+a failure row can be run again by a later process that imports the same
+registry (``streams tasks retry --tasks module:attribute``). ``submit`` blocks
+while ``max_pending`` tasks wait or run: memory stays bounded and a slow
+downstream slows the caller instead of piling work up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from streams.consume.retry import RetryPolicy
+from streams.errors import ConfigurationError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TABLE = "streams_task_failures"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id              bigserial   PRIMARY KEY,
+    task            text        NOT NULL,
+    args            jsonb       NOT NULL,
+    status          text        NOT NULL DEFAULT 'failed' CHECK (status IN ('failed', 'done')),
+    attempts        integer     NOT NULL,
+    error_type      text        NOT NULL,
+    error_message   text        NOT NULL,
+    first_failed_at timestamptz NOT NULL DEFAULT now(),
+    failed_at       timestamptz NOT NULL DEFAULT now(),
+    reruns          integer     NOT NULL DEFAULT 0,
+    done_at         timestamptz
+);
+CREATE INDEX IF NOT EXISTS {index} ON {table} (status, id);
+"""
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """One row of the failure log."""
+
+    id: int
+    task: str
+    args: dict[str, Any]
+    status: str
+    attempts: int
+    error_type: str
+    error_message: str
+    first_failed_at: datetime
+    failed_at: datetime
+    reruns: int
+    done_at: datetime | None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly form (``streams tasks list --json``)."""
+        out = dict(self.__dict__)
+        for k in ("first_failed_at", "failed_at", "done_at"):
+            out[k] = out[k].isoformat() if out[k] else None
+        return out
+
+
+class FailureLog:
+    """The failure-log table in PostgreSQL (``streams_task_failures`` by default)."""
+
+    def __init__(self, settings: Settings, table: str = DEFAULT_TABLE) -> None:
+        self.settings = settings
+        self.table = table
+
+    def migrate(self, conn: psycopg.Connection) -> None:
+        """Create the table (idempotent)."""
+        with conn.transaction():
+            conn.execute(sql.SQL(_DDL).format(table=sql.Identifier(self.table),
+                                              index=sql.Identifier(f"{self.table}_status")))
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=5)
+
+    def record(self, task: str, args: dict[str, Any], attempts: int, exc: BaseException) -> int:
+        """Write a failed task; returns its id."""
+        with self.connect() as conn:
+            return conn.execute(
+                sql.SQL("INSERT INTO {} (task, args, attempts, error_type, error_message) "
+                        "VALUES (%s, %s, %s, %s, %s) RETURNING id").format(sql.Identifier(self.table)),
+                (task, json.dumps(args), attempts, type(exc).__name__, str(exc)[:2000]),
+            ).fetchone()[0]
+
+    def list(self, status: str | None = "failed", task: str | None = None,
+             ids: list[int] | None = None) -> list[TaskFailure]:
+        """Rows, oldest first (``status=None``: every status)."""
+        where, params = [], []
+        if status:
+            where.append("status = %s")
+            params.append(status)
+        if task:
+            where.append("task = %s")
+            params.append(task)
+        if ids:
+            where.append("id = ANY(%s)")
+            params.append(ids)
+        query = sql.SQL(
+            "SELECT id, task, args, status, attempts, error_type, error_message, first_failed_at, failed_at, "
+            "reruns, done_at FROM {}{} ORDER BY id"
+        ).format(sql.Identifier(self.table), sql.SQL(" WHERE " + " AND ".join(where) if where else ""))
+        with self.connect() as conn:
+            return [TaskFailure(*row) for row in conn.execute(query, params).fetchall()]
+
+    def mark_done(self, failure_id: int) -> None:
+        with self.connect() as conn:
+            conn.execute(sql.SQL("UPDATE {} SET status = 'done', reruns = reruns + 1, done_at = now() "
+                                 "WHERE id = %s").format(sql.Identifier(self.table)), (failure_id,))
+
+    def mark_failed_again(self, failure_id: int, attempts: int, exc: BaseException) -> None:
+        with self.connect() as conn:
+            conn.execute(sql.SQL(
+                "UPDATE {} SET attempts = attempts + %s, reruns = reruns + 1, error_type = %s, "
+                "error_message = %s, failed_at = now() WHERE id = %s").format(sql.Identifier(self.table)),
+                (attempts, type(exc).__name__, str(exc)[:2000], failure_id))
+
+
+class BackgroundTasks:
+    """A registry of named tasks and a bounded thread pool that runs them with retries.
+
+    ``policy`` decides attempts and backoff (:class:`~streams.RetryPolicy`; its
+    ``permanent`` errors are not retried). Counters in :attr:`stats`:
+    ``submitted``, ``succeeded``, ``retried``, ``failed`` (written to the failure
+    log), ``unlogged`` (failed and the failure log could not be written either:
+    logged at ERROR with the task's arguments).
+    """
+
+    def __init__(self, settings: Settings, *, max_workers: int = 4, max_pending: int = 1000,
+                 policy: RetryPolicy | None = None, table: str = DEFAULT_TABLE,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if max_pending < max_workers:
+            raise ValueError("max_pending must be at least max_workers")
+        self.failure_log = FailureLog(settings, table)
+        self.policy = policy or RetryPolicy(max_attempts=3, initial_backoff=0.2, max_backoff=5.0)
+        self.max_workers = max_workers
+        self.stats: Counter[str] = Counter()
+        self._tasks: dict[str, Callable[..., Any]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._lock = threading.Lock()
+        self._sleep = sleep
+
+    # --- registry ---------------------------------------------------------------
+    def task(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register a function (called with the keyword arguments given to :meth:`submit`)."""
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._tasks:
+                raise ConfigurationError(f"background task {name!r} is registered twice")
+            self._tasks[name] = fn
+            return fn
+        return register
+
+    def function(self, name: str) -> Callable[..., Any]:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise ConfigurationError(f"no background task named {name!r} "
+                                     f"(registered: {', '.join(sorted(self._tasks)) or 'none'})") from None
+
+    # --- running ----------------------------------------------------------------
+    def submit(self, name: str, **kwargs: Any) -> Future:
+        """Run task ``name`` in the pool (call it after the commit). Blocks while
+        ``max_pending`` tasks are in flight. The future's result is ``True`` if it
+        succeeded, ``False`` if it ended in the failure log."""
+        fn = self.function(name)
+        json.dumps(kwargs)  # refuse now what the failure log could not store later
+        self._slots.acquire()
+        try:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="streams-task")
+                future = self._pool.submit(self._run_logged, name, fn, kwargs)
+        except BaseException:
+            self._slots.release()
+            raise
+        self.stats["submitted"] += 1
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def _run_logged(self, name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
+        attempts, exc = self._attempt(name, fn, kwargs)
+        if exc is None:
+            return True
+        try:
+            failure_id = self.failure_log.record(name, kwargs, attempts, exc)
+        except Exception as log_exc:  # noqa: BLE001 - the last resort is the log line below
+            self.stats["unlogged"] += 1
+            log.error("background task %s failed after %d attempt(s) (%s: %s) and the failure log could not "
+                      "be written (%s); its arguments: %s", name, attempts, type(exc).__name__, exc,
+                      log_exc, json.dumps(kwargs))
+            return False
+        self.stats["failed"] += 1
+        log.warning("background task %s failed after %d attempt(s): %s: %s (failure log id %d)",
+                    name, attempts, type(exc).__name__, exc, failure_id)
+        return False
+
+    def _attempt(self, name: str, fn: Callable[..., Any],
+                 kwargs: dict[str, Any]) -> tuple[int, BaseException | None]:
+        """Run with the policy's retries: (attempts made, the last error or None)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                fn(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - classified by the policy
+                if not self.policy.should_retry(exc, attempt):
+                    return attempt, exc
+                self.stats["retried"] += 1
+                log.info("background task %s attempt %d failed (%s: %s), retrying", name, attempt,
+                         type(exc).__name__, exc)
+                self._sleep(self.policy.delay(attempt))
+            else:
+                self.stats["succeeded"] += 1
+                return attempt, None
+
+    def close(self, wait: bool = True) -> None:
+        """Stop taking tasks; with ``wait``, finish what was submitted."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    def __enter__(self) -> "BackgroundTasks":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- the failure log --------------------------------------------------------
+    def rerun(self, failure: TaskFailure) -> bool:
+        """Run a logged failure again (with the policy's retries, in this thread);
+        marks it ``done`` or records the new attempts and error."""
+        fn = self.function(failure.task)
+        attempts, exc = self._attempt(failure.task, fn, failure.args)
+        if exc is None:
+            self.failure_log.mark_done(failure.id)
+            return True
+        self.failure_log.mark_failed_again(failure.id, attempts, exc)
+        return False
