@@ -7,6 +7,7 @@ header names are not UTF-8 instead of failing on them (see
 """
 
 from streams.app import StreamsApp, StreamTopic
+from streams.background import BackgroundTasks
 from streams.consume.effects import AlreadyProcessed, Effects
 from streams.consume.retry import PermanentError, RetryPolicy, TransientError
 from streams.consume.runner import Delivery
@@ -22,6 +23,7 @@ record_headers.install()
 
 __all__ = [
     "AlreadyProcessed",
+    "BackgroundTasks",
     "CircuitBreaker",
     "ConfigurationError",
     "Database",

@@ -114,16 +114,19 @@ class FailureLog:
     def record(self, task: str, args: dict[str, Any], attempts: int, exc: BaseException) -> int:
         """Write a failed task; returns its id."""
         with self.connect() as conn:
-            return conn.execute(
+            row = conn.execute(
                 sql.SQL("INSERT INTO {} (task, args, attempts, error_type, error_message) "
                         "VALUES (%s, %s, %s, %s, %s) RETURNING id").format(sql.Identifier(self.table)),
                 (task, json.dumps(args), attempts, type(exc).__name__, str(exc)[:2000]),
-            ).fetchone()[0]
+            ).fetchone()
+            assert row is not None  # RETURNING always gives the row
+            return int(row[0])
 
     def list(self, status: str | None = "failed", task: str | None = None,
              ids: list[int] | None = None) -> list[TaskFailure]:
         """Rows, oldest first (``status=None``: every status)."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if status:
             where.append("status = %s")
             params.append(status)
@@ -196,10 +199,11 @@ class BackgroundTasks:
                                      f"(registered: {', '.join(sorted(self._tasks)) or 'none'})") from None
 
     # --- running ----------------------------------------------------------------
-    def submit(self, name: str, **kwargs: Any) -> Future:
-        """Run task ``name`` in the pool (call it after the commit). Blocks while
+    def submit(self, task: str, /, **kwargs: Any) -> Future:
+        """Run ``task`` in the pool (call it after the commit). Blocks while
         ``max_pending`` tasks are in flight. The future's result is ``True`` if it
         succeeded, ``False`` if it ended in the failure log."""
+        name = task
         fn = self.function(name)
         json.dumps(kwargs)  # refuse now what the failure log could not store later
         self._slots.acquire()

@@ -51,11 +51,12 @@ class Isolated:
     artifacts: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    def worker(self, label: str | None = None, **extra_env: str) -> WorkerProcess:
-        """A worker process for this test's app (not started yet)."""
+    def worker(self, label: str | None = None, *, args: list[str] | None = None, **extra_env: str) -> WorkerProcess:
+        """A worker process for this test's app (not started yet); ``args`` go to ``streams worker``
+        (default ``--without-web``)."""
         label = label or f"worker-{len(self.workers) + 1}"
         env = {**self.env, "STREAMS_WORKER_DATA_DIR": str(self.settings.home_path / label), **extra_env}
-        proc = WorkerProcess(env, self.artifacts / f"{label}.log", cwd=ROOT)
+        proc = WorkerProcess(env, self.artifacts / f"{label}.log", cwd=ROOT, args=args)
         self.workers.append(proc)
         return proc
 

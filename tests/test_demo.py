@@ -13,15 +13,23 @@ from tests.harness import ROOT
 
 
 @pytest.mark.timeout(300)
-def test_demo_places_orders_through_the_outbox_and_every_one_is_pushed_once(isolated):
+def test_demo_runs_every_integration_and_each_effect_happens_once(isolated):
     env = {**os.environ, **isolated.env}
     out = subprocess.run([sys.executable, "-m", "agents.demo", "--events", "150", "--timeout", "120"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
     (isolated.artifacts / "demo.out").write_text(out.stdout + out.stderr)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = " ".join(out.stdout.split())
-    assert "OK: every committed order pushed exactly once, no declined order announced" in text
-    assert "dead-lettered: 3 of 3 bad records" in text
-    placed, declined = map(int, re.search(r"placed (\d+) orders through the outbox \((\d+) declined", text).groups())
+    assert "OK: every integration made each effect once" in text
+    assert "FAILED" not in text and "MISMATCH" not in text
+    placed, declined = map(int, re.search(r"placed (\d+) orders \((\d+) declined", text).groups())
     assert placed + declined == 150 and placed > 100
+    for check in (f"OK pushes = orders placed ({placed}), 3/3 bad records parked, 0 declined announced",
+                  f"OK points ledger = orders placed ({placed})", f"OK index rebuilt: {placed} docs at v2",
+                  f"OK {placed} SMS, 0 sent twice", f"receipts = orders ({placed})"):
+        assert check in text, check
+    # the servers agree with the summary
     assert isolated.sql("SELECT count(*) FROM orders")[0][0] == placed
+    assert isolated.sql("SELECT count(*), count(DISTINCT message_id) FROM points_ledger")[0] == (placed, placed)
+    assert isolated.sql("SELECT count(*) FROM order_search WHERE indexer_version = 2")[0][0] == placed
+    assert isolated.sql("SELECT count(DISTINCT order_id) FROM order_receipts")[0][0] == placed
