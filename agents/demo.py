@@ -248,8 +248,9 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
 
     if not outcome:
         return 1
-    ok = _report(outcome, svc, receipts.tasks.stats, provider.snapshot(), placed, len(bad), len(again))
-    console.print(f"  total: {time.monotonic() - t0:.1f}s; logs in {settings.home_path / 'demo'}")
+    summary = settings.home_path / "demo" / "summary.json"
+    ok = _report(outcome, svc, receipts.tasks.stats, provider.snapshot(), placed, len(bad), len(again), summary)
+    console.print(f"  total: {time.monotonic() - t0:.1f}s; logs and summary.json in {settings.home_path / 'demo'}")
     return 0 if ok else 1
 
 
@@ -341,7 +342,8 @@ def _outcome(settings: Settings, run_id: str, placed: int, declined: list[str], 
 
 # --- the summary ------------------------------------------------------------------
 def _report(o: dict, svc: dict[str, Service], task_stats: Counter, provider: dict, placed: int, bad: int,
-            redelivered: int) -> bool:
+            redelivered: int, summary: Path) -> bool:
+    """Print the summary table (and write it as JSON to ``summary``); True if every check passed."""
     dl = o["dead_letters"]
 
     def parked(handler: str) -> tuple[int, int]:
@@ -395,6 +397,10 @@ def _report(o: dict, svc: dict[str, Service], task_stats: Counter, provider: dic
         table.add_row(f"[bold]{name}[/]\n[dim]{pattern}[/]", f"{msgs:,}", f"{effects:,}", f"{dups:,}",
                       f"{retried:,}", parked_, ("[green]OK[/] " if ok else "[red]FAILED[/] ") + check)
     console.print(table)
+    columns = ("integration", "pattern", "messages_in", "effects", "duplicates_suppressed", "retried", "parked",
+               "ok", "check")
+    summary.write_text(json.dumps({"orders_placed": placed, "integrations": [dict(zip(columns, r, strict=True))
+                                                                              for r in rows]}, indent=2))
     stats = o["outbox"]
     console.print(f"  outbox: {stats.done} published, {stats.pending} pending, {stats.failed} parked; dead letters "
                   f"this run: {sum(dl.values())} ({', '.join(f'{a}/{r}: {n}' for (a, r), n in sorted(dl.items()))})")
