@@ -142,10 +142,11 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
 
     orders_topic = settings.topic_prefix + "orders.order-placed"
     points_topic = points.grant_points_topic.name
-    provider = SmsProvider(port=free_port(), rate=100, burst=10, outage_at=150, outage_seconds=3.0,
+    outage_at = max(10, events // 4)  # early enough that every run, however small, goes through it
+    provider = SmsProvider(port=free_port(), rate=100, burst=10, outage_at=outage_at, outage_seconds=3.0,
                            lost_reply_every=40).start()
     console.print(f"  SMS provider simulator on {provider.url}: 100 SMS/s (429 above), a 3 s outage (503) from "
-                  "the 150th request, every 40th reply lost (504)")
+                  f"request {outage_at}, every 40th reply lost (504)")
     svc = {
         "orders": Service("seller push", "agents.main:app", "push_seller", app.app_id, orders_topic),
         "points": Service("points", "agents.points:app", "grant_points", points.app.app_id, points_topic),
