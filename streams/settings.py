@@ -119,6 +119,22 @@ class Settings(BaseSettings):
     local_postgres_port: int = Field(55432, ge=1, le=65535)
     local_postgres_database: str = "streams"
 
+    # --- SFTP (batch file transfer) ----------------------------------------
+    sftp_host: str | None = Field(
+        None, description="SFTP server of batch transfer. Unset: the local one (`streams dev sftp up`).")
+    sftp_port: int = Field(22, ge=1, le=65535, description="Port of STREAMS_SFTP_HOST.")
+    sftp_user: str | None = Field(None, description="Login name (unset: the current user).")
+    sftp_key_file: Path | None = Field(None, description="Private key file (unset with the local server: its key).")
+    sftp_password: SecretStr | None = Field(None, description="Password, when the server takes one (secret).")
+    sftp_known_hosts: Path | None = Field(
+        None, description="known_hosts file checked against the server's host key (unset: ~/.ssh/known_hosts; "
+        "the local server's own file with the local server).")
+    sftp_insecure_no_host_check: bool = Field(
+        False, description="Accept any host key (never in production: a man in the middle reads every file).")
+    sftp_remote_dir: str = Field("/", description="Remote folder of the transfers (exports land here, imports "
+                                                  "read from here; done/ and failed/ are made under it).")
+    local_sftp_port: int = Field(2222, ge=1, le=65535, description="Port of the local sshd.")
+
     # --- worker -------------------------------------------------------------
     worker_app: str = Field("agents.main:app", description="module:attribute of the StreamsApp to run.")
     worker_data_dir: Path | None = Field(
@@ -312,6 +328,11 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return f"postgresql://postgres@127.0.0.1:{self.local_postgres_port}/{self.local_postgres_database}"
+
+    @property
+    def uses_local_sftp(self) -> bool:
+        """True when no SFTP server is configured and the local sshd is used."""
+        return self.sftp_host is None
 
     @property
     def home_path(self) -> Path:

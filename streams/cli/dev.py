@@ -15,7 +15,7 @@ from streams.settings import Settings
 # --- dev services ------------------------------------------------------------------
 @click.group("dev")
 def dev() -> None:
-    """Local development services: a real Kafka broker and PostgreSQL server."""
+    """Local development services: a real Kafka broker, PostgreSQL server and SFTP server."""
 
 
 def _service_commands(group: click.Group, name: str, factory) -> None:
@@ -75,7 +75,21 @@ def _postgres(settings: Settings):
     return LocalPostgres.from_settings(settings)
 
 
+@dev.group("sftp")
+def dev_sftp() -> None:
+    """The project's SFTP server (OpenSSH sshd, key authentication, SFTP only) for batch transfer."""
+
+
+def _sftp(settings: Settings):
+    from streams.dev.sftp import LocalSftp
+
+    if not settings.uses_local_sftp:
+        raise ServiceError(f"STREAMS_SFTP_HOST is set ({settings.sftp_host}): no local SFTP server is managed")
+    return LocalSftp.from_settings(settings)
+
+
 _service_commands(dev_kafka, "kafka", _kafka)
+_service_commands(dev_sftp, "sftp", _sftp)
 _service_commands(dev_postgres, "postgres", _postgres)
 
 

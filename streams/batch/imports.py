@@ -1,0 +1,203 @@
+"""Import: files on the SFTP server → envelopes of a registered type on a Kafka topic, never twice.
+
+One run (:func:`import_once`) goes through the remote folder and, for each
+``<file>.manifest.json``:
+
+* the data file must be there with the manifest's size and sha256 — otherwise
+  the file is **left alone** (an upload in progress, a truncated or replaced
+  file) and the ledger records why (``rejected``);
+* a file the ledger already finished (same name and checksum) is only moved
+  out of the way;
+* the file is parsed once to count its records: a count unlike the manifest's
+  is refused before anything is published;
+* every good row becomes an envelope of the registered type with a
+  **deterministic** ``message_id`` (file checksum + line number) and the key
+  column as key, published with an idempotent ``acks=all`` producer. A crash
+  mid-file, or a second import of the same file, publishes the same ids again:
+  consumers' processed-ID tables drop them, so no effect repeats;
+* bad lines (unparseable, or failing the payload model) are listed with line,
+  column and reason; good lines still go through;
+* the file and its manifest move to ``done/``, or to ``failed/`` with
+  ``<file>.errors.json`` beside them when some lines were bad; the ledger
+  (``streams_batch_imports``) records rows, bad rows, published, when.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from pydantic import ValidationError
+
+from streams.batch import ledger
+from streams.batch.formats import LineError, parse
+from streams.batch.manifest import SUFFIX, Manifest, file_digest
+from streams.batch.remote import Remote
+from streams.messages.envelope import Envelope
+from streams.messages.registry import MessageRegistry
+from streams.settings import Settings
+
+DONE, FAILED = "done", "failed"
+#: namespace of the message ids of imported rows (uuid5 of "<sha256>:<line>")
+ID_NAMESPACE = uuid.UUID("5b0f5a0e-3c1d-4a51-9e57-0b6a7c2d9e11")
+
+
+@dataclass(frozen=True)
+class ImportSpec:
+    """Where rows go: a registered message type, a topic (full name), the key column."""
+
+    source: str
+    topic: str
+    registry: MessageRegistry
+    message_type: str
+    key_column: str | None = None
+
+
+@dataclass
+class FileResult:
+    """What one run did with one file."""
+
+    file: str
+    status: str  # done | failed | rejected | waiting | skipped
+    rows: int = 0
+    bad_rows: int = 0
+    published: int = 0
+    detail: str = ""
+    errors: list[LineError] = field(default_factory=list)
+
+
+def message_id(sha256: str, line: int) -> str:
+    """The id of the row starting at ``line`` of the file with checksum ``sha256``."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{sha256}:{line}"))
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", newline="", errors="strict") as fh:
+        yield from fh
+
+
+def _count(path: Path, manifest: Manifest) -> tuple[int, str | None]:
+    """(records, why not readable) — records are rows and bad lines."""
+    try:
+        return sum(1 for _ in parse(_lines(path), manifest.options, manifest.columns)), None
+    except UnicodeDecodeError as exc:
+        return 0, f"not UTF-8 at byte {exc.start}"
+
+
+async def import_once(settings: Settings, spec: ImportSpec, remote: Remote, *,
+                      progress: Callable[[str, int, int], None] | None = None) -> list[FileResult]:
+    """One pass over the remote folder (see the module docstring)."""
+    workdir = settings.home_path / "batch" / "import"
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = await remote.names()
+    results = []
+    with psycopg.connect(settings.dsn, autocommit=True) as conn:
+        ledger.migrate(conn)
+        for manifest_name in (n for n in names if n.endswith(SUFFIX)):
+            results.append(await _import_file(settings, spec, remote, conn, manifest_name, names, workdir, progress))
+    return results
+
+
+async def _import_file(settings: Settings, spec: ImportSpec, remote: Remote, conn: psycopg.Connection,
+                       manifest_name: str, names: list[str], workdir: Path,
+                       progress: Callable[[str, int, int], None] | None) -> FileResult:
+    data_name = manifest_name[: -len(SUFFIX)]
+    try:
+        manifest = Manifest.from_bytes(await remote.read(manifest_name))
+    except ValueError as exc:
+        return _reject(conn, spec, data_name, "-", f"{manifest_name}: {exc}")
+    if manifest.file != data_name:
+        return _reject(conn, spec, data_name, manifest.sha256, f"manifest names {manifest.file!r}")
+    if data_name not in names:
+        return FileResult(data_name, "waiting", detail="manifest without its file (yet)")
+    status = ledger.import_status(conn, spec.source, data_name, manifest.sha256)
+    if status in (DONE, FAILED):
+        await remote.move(data_name, status)
+        await remote.move(manifest_name, status)
+        return FileResult(data_name, "skipped", detail=f"already imported ({status}); moved to {status}/")
+    local = workdir / data_name
+    await remote.download(data_name, local)
+    try:
+        size, sha256 = file_digest(local)
+        if (size, sha256) != (manifest.size, manifest.sha256):
+            return _reject(conn, spec, data_name, manifest.sha256,
+                           f"{size} bytes, sha256 {sha256[:12]}…; the manifest says {manifest.size} bytes, "
+                           f"sha256 {manifest.sha256[:12]}… (incomplete or replaced upload: left alone)")
+        records, unreadable = _count(local, manifest)
+        if unreadable or records != manifest.rows:
+            return _reject(conn, spec, data_name, sha256, unreadable or
+                           f"{records} records, the manifest says {manifest.rows} (left alone)")
+        ledger.import_started(conn, spec.source, data_name, sha256, manifest.rows)
+        result = FileResult(data_name, DONE, rows=manifest.rows)
+        envelopes = _envelopes(spec, manifest, local, result, progress)
+        from streams.kafka.admin import produce_envelopes
+
+        result.published = await produce_envelopes(settings, spec.topic, envelopes)
+    finally:
+        local.unlink(missing_ok=True)
+    result.bad_rows = len(result.errors)
+    if result.errors:
+        result.status = FAILED
+        report = {"file": data_name, "sha256": manifest.sha256, "rows": manifest.rows,
+                  "bad_rows": len(result.errors), "published": result.published,
+                  "errors": [{"line": e.line, "column": e.column, "error": e.message} for e in result.errors]}
+        await remote.write(f"{data_name}.errors.json", json.dumps(report, indent=2, ensure_ascii=False).encode(),
+                           subdir=FAILED)
+        result.detail = f"{len(result.errors)} bad line(s): see {FAILED}/{data_name}.errors.json"
+    await remote.move(data_name, result.status)
+    await remote.move(manifest_name, result.status)
+    ledger.import_finished(conn, spec.source, data_name, manifest.sha256, status=result.status, rows=manifest.rows,
+                           bad_rows=result.bad_rows, published=result.published, detail=result.detail or None)
+    return result
+
+
+def _reject(conn: psycopg.Connection, spec: ImportSpec, name: str, sha256: str, why: str) -> FileResult:
+    ledger.import_finished(conn, spec.source, name, sha256, status="rejected", rows=0, bad_rows=0, published=0,
+                           detail=why)
+    return FileResult(name, "rejected", detail=why)
+
+
+def _envelopes(spec: ImportSpec, manifest: Manifest, local: Path, result: FileResult,
+               progress: Callable[[str, int, int], None] | None) -> Iterator[Envelope]:
+    model = spec.registry.spec(spec.message_type).model
+    done = 0
+    for item in parse(_lines(local), manifest.options, manifest.columns):
+        done += 1
+        if progress is not None and done % 5000 == 0:
+            progress(manifest.file, done, manifest.rows)
+        if item.error is not None:
+            result.errors.append(item.error)
+            continue
+        assert item.row is not None
+        row = {k: v for k, v in item.row.items() if v is not None}
+        try:
+            payload = model.model_validate(row)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            column = ".".join(str(p) for p in first["loc"]) or "-"
+            result.errors.append(LineError(item.line, column, f"{first['msg']} (got {first.get('input')!r})"[:300]))
+            continue
+        key = row.get(spec.key_column) if spec.key_column else None
+        yield spec.registry.envelope(
+            payload, key=key, message_id=message_id(manifest.sha256, item.line), source=f"batch:{spec.source}",
+            headers={"batch.file": manifest.file, "batch.line": str(item.line)})
+    if progress is not None:
+        progress(manifest.file, done, manifest.rows)
+
+
+def read_report(data: bytes) -> dict:
+    """An ``<file>.errors.json`` report (tests, tools)."""
+    return json.load(io.BytesIO(data))
+
+
+async def run_import(settings: Settings, spec: ImportSpec, **kwargs) -> list[FileResult]:
+    """Connect to the SFTP server and run :func:`import_once`."""
+    from streams.batch.remote import connect
+
+    async with connect(settings) as remote:
+        return await import_once(settings, spec, remote, **kwargs)

@@ -1,0 +1,107 @@
+"""What batch transfer remembers in PostgreSQL: export watermarks and the import ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams_batch_watermarks (
+    name          text        PRIMARY KEY,
+    column_name   text        NOT NULL,
+    watermark     text,
+    pending_to    text,
+    pending_file  text,
+    files         integer     NOT NULL DEFAULT 0,
+    rows          bigint      NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS streams_batch_imports (
+    source        text        NOT NULL,
+    file          text        NOT NULL,
+    sha256        text        NOT NULL,
+    status        text        NOT NULL CHECK (status IN ('importing', 'done', 'failed', 'rejected')),
+    rows          integer,
+    bad_rows      integer,
+    published     integer,
+    detail        text,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    attempts      integer     NOT NULL DEFAULT 1,
+    PRIMARY KEY (source, file, sha256)
+);
+"""
+
+
+def migrate(conn: psycopg.Connection) -> None:
+    """Create the tables (idempotent)."""
+    with conn.transaction():
+        conn.execute(SCHEMA)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Where an export stands: rows up to ``watermark`` are on the server; ``pending_to`` is
+    a file being written (resumed with the same rows and name after a crash)."""
+
+    name: str
+    column_name: str
+    watermark: str | None
+    pending_to: str | None
+    pending_file: str | None
+    files: int
+    rows: int
+    updated_at: datetime
+
+
+def watermark(conn: psycopg.Connection, name: str, column: str) -> Watermark:
+    conn.execute("INSERT INTO streams_batch_watermarks (name, column_name) VALUES (%s, %s) "
+                 "ON CONFLICT (name) DO NOTHING", (name, column))
+    row = conn.execute("SELECT name, column_name, watermark, pending_to, pending_file, files, rows, updated_at "
+                       "FROM streams_batch_watermarks WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    if row[1] != column:
+        raise ValueError(f"export {name!r} runs on column {row[1]!r}, not {column!r} (pick another name)")
+    return Watermark(*row)
+
+
+def set_pending(conn: psycopg.Connection, name: str, pending_to: str, pending_file: str) -> None:
+    conn.execute("UPDATE streams_batch_watermarks SET pending_to = %s, pending_file = %s, updated_at = now() "
+                 "WHERE name = %s", (pending_to, pending_file, name))
+
+
+def advance(conn: psycopg.Connection, name: str, to: str, rows: int) -> None:
+    conn.execute("UPDATE streams_batch_watermarks SET watermark = %s, pending_to = NULL, pending_file = NULL, "
+                 "files = files + 1, rows = rows + %s, updated_at = now() WHERE name = %s", (to, rows, name))
+
+
+def import_status(conn: psycopg.Connection, source: str, file: str, sha256: str) -> str | None:
+    row = conn.execute("SELECT status FROM streams_batch_imports WHERE source = %s AND file = %s AND sha256 = %s",
+                       (source, file, sha256)).fetchone()
+    return row[0] if row else None
+
+
+def import_started(conn: psycopg.Connection, source: str, file: str, sha256: str, rows: int) -> None:
+    conn.execute(
+        "INSERT INTO streams_batch_imports (source, file, sha256, status, rows) VALUES (%s, %s, %s, 'importing', %s) "
+        "ON CONFLICT (source, file, sha256) DO UPDATE SET status = 'importing', started_at = now(), "
+        "finished_at = NULL, attempts = streams_batch_imports.attempts + 1", (source, file, sha256, rows))
+
+
+def import_finished(conn: psycopg.Connection, source: str, file: str, sha256: str, *, status: str, rows: int,
+                    bad_rows: int, published: int, detail: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO streams_batch_imports (source, file, sha256, status, rows, bad_rows, published, detail, "
+        "finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (source, file, sha256) DO UPDATE "
+        "SET status = EXCLUDED.status, rows = EXCLUDED.rows, bad_rows = EXCLUDED.bad_rows, "
+        "published = EXCLUDED.published, detail = EXCLUDED.detail, finished_at = now()",
+        (source, file, sha256, status, rows, bad_rows, published, detail))
+
+
+def rows(conn: psycopg.Connection, query: str, params: Any = None) -> list[dict[str, Any]]:
+    cur = conn.execute(query, params)
+    names = [d.name for d in cur.description or []]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
