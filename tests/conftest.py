@@ -95,6 +95,23 @@ def cluster3():
         cluster.down()
 
 
+@pytest.fixture(scope="session")
+def sftp_server():
+    """The project's own sshd (SFTP only, key authentication) on a free port, started on first use
+    in this test process and stopped at its end. Each test uses its own remote folder."""
+    from streams.dev.sftp import LocalSftp
+
+    SESSION_HOME.mkdir(parents=True, exist_ok=True)
+    server = LocalSftp(SESSION_HOME / "sftp", free_port())
+    took = server.up()
+    print(f"\n[sftp] 127.0.0.1:{server.port} ({took:.1f}s), files in {server.files}")
+    try:
+        yield server
+    finally:
+        server.down()
+        server.remove_files()
+
+
 @pytest.fixture
 def isolated(servers: Servers, request, tmp_path: Path) -> Iterator[Isolated]:
     """Own app id / consumer group, topic prefix, database and state folder; workers stopped after."""
