@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv services-down clean bench
+.PHONY: demo test venv services-down clean bench bench-batch
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -28,11 +28,15 @@ test: $(STAMP)
 	$(BIN)/mypy                                        # types of streams/
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit   # the fast tier: pure logic, no servers
 	bash scripts/ensure-chromium.sh  # Debian's chromium for the dashboard's browser test
+	bash scripts/ensure-sshd.sh      # Debian's OpenSSH sshd for the batch-transfer tests' SFTP server
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'  # Quix Streams, a benchmark peer only
 	$(BIN)/python -m bench.consume $(BENCH_ARGS)
+
+bench-batch: $(STAMP)
+	$(BIN)/python -m bench.batch $(BENCH_ARGS)
 
 services-down: $(STAMP)
 	$(BIN)/streams dev down

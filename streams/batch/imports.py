@@ -180,7 +180,8 @@ def _envelopes(spec: ImportSpec, manifest: Manifest, local: Path, result: FileRe
         except ValidationError as exc:
             first = exc.errors()[0]
             column = ".".join(str(p) for p in first["loc"]) or "-"
-            result.errors.append(LineError(item.line, column, f"{first['msg']} (got {first.get('input')!r})"[:300]))
+            got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
+            result.errors.append(LineError(item.line, column, f"{first['msg']}{got}"[:300]))
             continue
         key = row.get(spec.key_column) if spec.key_column else None
         yield spec.registry.envelope(

@@ -183,8 +183,9 @@ def import_cmd(ctx: Context, source: str, topic: str, registry_path: str, messag
 
 @batch.command("status")
 @click.option("--limit", type=int, default=20, show_default=True, help="Latest imports shown.")
+@click.option("--source", default=None, help="Only the imports of this source.")
 @pass_ctx
-def status_cmd(ctx: Context, limit: int) -> None:
+def status_cmd(ctx: Context, limit: int, source: str | None) -> None:
     """Export watermarks and the import ledger."""
     import psycopg
 
@@ -194,8 +195,8 @@ def status_cmd(ctx: Context, limit: int) -> None:
         with psycopg.connect(ctx.settings.dsn, autocommit=True) as conn:
             ledger.migrate(conn)
             marks = ledger.rows(conn, "SELECT * FROM streams_batch_watermarks ORDER BY name")
-            imports = ledger.rows(conn, "SELECT * FROM streams_batch_imports ORDER BY started_at DESC LIMIT %s",
-                                  (limit,))
+            imports = ledger.rows(conn, "SELECT * FROM streams_batch_imports WHERE %s::text IS NULL OR source = %s "
+                                        "ORDER BY started_at DESC LIMIT %s", (source, source, limit))
     except psycopg.OperationalError as exc:
         fail(f"cannot reach PostgreSQL: {exc}")
     table = Table("export", "column", "watermark", "pending file", "files", "rows", "updated",
