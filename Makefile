@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv services-down clean bench bench-batch
+.PHONY: demo test venv services-down clean bench bench-batch image k8s-check k8s-manifests
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -37,6 +37,21 @@ bench: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(BIN)/python -m bench.batch $(BENCH_ARGS)
+
+# the container image (buildah, no Docker): dist/streams-image.oci.tar, localhost/streams:<version>
+image: $(STAMP)
+	bash scripts/build-image.sh
+
+# helm lint --strict, offline schemas (Kubernetes 1.35 + KEDA CRDs, strict) and a server-side dry run
+# against a real kube-apiserver + etcd (tools fetched or built once under ~/.cache/streams)
+k8s-check: $(STAMP)
+	$(BIN)/python -m streams.dev.kube check
+
+# k8s/manifests/streams.yaml: the chart rendered with its default values (for kubectl apply -f)
+k8s-manifests: $(STAMP)
+	{ echo "# Rendered from k8s/charts/streams with its default values by make k8s-manifests; do not edit."; \
+	  echo "# kubectl apply -n streams -f k8s/manifests/streams.yaml"; \
+	  $(BIN)/python -m streams.dev.kube render; } > k8s/manifests/streams.yaml
 
 services-down: $(STAMP)
 	$(BIN)/streams dev down

@@ -144,9 +144,10 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
     points_topic = points.grant_points_topic.name
     outage_at = max(10, events // 4)  # early enough that every run, however small, goes through it
     provider = SmsProvider(port=free_port(), rate=100, burst=10, outage_at=outage_at, outage_seconds=3.0,
-                           lost_reply_every=40).start()
-    console.print(f"  SMS provider simulator on {provider.url}: 100 SMS/s (429 above), a 3 s outage (503) from "
-                  f"request {outage_at}, every 40th reply lost (504)")
+                           lost_reply_every=40, throttle_at=outage_at // 2, throttle_count=5).start()
+    console.print(f"  SMS provider simulator on {provider.url}: 100 SMS/s (429 above, and for requests "
+                  f"{outage_at // 2}-{outage_at // 2 + 4}), a 3 s outage (503) from request {outage_at}, "
+                  "every 40th reply lost (504)")
     svc = {
         "orders": Service("seller push", "agents.main:app", "push_seller", app.app_id, orders_topic),
         "points": Service("points", "agents.points:app", "grant_points", points.app.app_id, points_topic),
@@ -381,7 +382,8 @@ def _report(o: dict, svc: dict[str, Service], task_stats: Counter, provider: dic
     retried = s.counters["retried"] + s.counters["sink_throttled"] + s.counters["sink_failures"]
     rows.append(("sms", "event, flaky HTTP provider, sink guards", s.messages_in(), o["sms"],
                  provider.get("repeats", 0) + s.counters["duplicate"], retried, f"{bad_in} bad + {errors}",
-                 o["sms"] == placed and provider["sent_twice"] == 0 and not errors and provider.get("unavailable"),
+                 o["sms"] == placed and provider["sent_twice"] == 0 and not errors and provider.get("unavailable")
+                 and provider.get("throttled"),
                  f"{o['sms']} SMS, {provider['sent_twice']} sent twice, outage: "
                  f"{provider.get('unavailable', 0)} × 503, {provider.get('throttled', 0)} × 429, 0 parked"))
     receipts, receipt_orders = o["receipts"]

@@ -4,7 +4,9 @@
 ``Idempotency-Key`` header sends one SMS. What makes it realistic:
 
 * **rate limit**: more than ``rate`` requests per second (token bucket of
-  ``burst``) get ``429 Too Many Requests`` with ``Retry-After: 1``;
+  ``burst``) get ``429 Too Many Requests`` with ``Retry-After: 1``; and, on a
+  schedule that does not depend on the client's speed, the ``throttle_at``-th to
+  the ``(throttle_at + throttle_count - 1)``-th request get it too;
 * **outage**: from the ``outage_at``-th request on, for ``outage_seconds``, every
   request gets ``503 Service Unavailable``;
 * **lost replies**: every ``lost_reply_every``-th new SMS is sent but answered
@@ -33,11 +35,13 @@ class SmsProvider:
     """The simulator; :meth:`start` runs it in a background thread, :meth:`stop` ends it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, rate: float = 100.0, burst: int = 10,
-                 outage_at: int | None = None, outage_seconds: float = 3.0, lost_reply_every: int = 0) -> None:
+                 outage_at: int | None = None, outage_seconds: float = 3.0, lost_reply_every: int = 0,
+                 throttle_at: int | None = None, throttle_count: int = 5) -> None:
         self.host, self.port = host, port
         self.rate, self.burst = rate, burst
         self.outage_at, self.outage_seconds = outage_at, outage_seconds
         self.lost_reply_every = lost_reply_every
+        self.throttle_at, self.throttle_count = throttle_at, throttle_count
         self.stats: Counter[str] = Counter()
         #: idempotency key -> (to, text)
         self.messages: dict[str, tuple[str, str]] = {}
@@ -90,7 +94,9 @@ class SmsProvider:
             if self._in_outage():
                 self.stats["unavailable"] += 1
                 return web.json_response({"error": "service unavailable"}, status=503)
-            if not self._take_token():
+            scheduled = (self.throttle_at is not None
+                         and self.throttle_at <= self.stats["requests"] < self.throttle_at + self.throttle_count)
+            if scheduled or not self._take_token():
                 self.stats["throttled"] += 1
                 return web.json_response({"error": "rate limit exceeded"}, status=429, headers={"Retry-After": "1"})
         try:

@@ -161,7 +161,7 @@ class StreamsApp:
             "web_enabled": s.web_enabled,
             "web_bind": s.web_host,
             "web_port": s.web_port,
-            "web_host": s.web_host,
+            "web_host": s.web_advertised_host or s.web_host,
             "consumer_auto_offset_reset": "earliest",
             "topic_allow_declare": s.create_topics,
             "topic_disable_leader": True,  # the leader topic serves on_leader timers, which no agent uses

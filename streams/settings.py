@@ -142,7 +142,10 @@ class Settings(BaseSettings):
     )
     store: str = Field("rocksdb://", description="Faust table store URL.")
     rocksdb_block_cache_mb: int = Field(64, ge=1, le=65536)
-    web_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
+    web_advertised_host: str | None = Field(
+        None, description="Host name other workers use to reach this one (table routing). Unset: STREAMS_WEB_HOST. "
+        "On Kubernetes, the pod's stable DNS name (the chart sets it).")
     web_port: int = Field(6066, ge=1, le=65535)
     web_enabled: bool = True
     web_token: SecretStr | None = Field(
