@@ -42,7 +42,7 @@ def ledger(iso: Isolated) -> tuple[int, int]:
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_redelivered_grant_points_never_credits_twice(isolated: Isolated, guarantee: str) -> None:
-    n, repeats = 2000, 200
+    n, repeats = 4000, 200
     topic = isolated.topic(TOPIC)
     run(ensure_topics(isolated.settings, [TopicSpec(topic, PARTITIONS), TopicSpec(topic + ".dlq", PARTITIONS)]))
     rng = random.Random(guarantee)
@@ -55,11 +55,12 @@ def test_redelivered_grant_points_never_credits_twice(isolated: Isolated, guaran
         payload = json.loads(c["value"])["payload"]
         expected[payload["buyer_id"]] += payload["points"]
 
+    # the whole backlog first: the crash below lands mid-stream however fast the producer is
+    produce(isolated.settings.bootstrap_servers, topic, records)
     env = {"STREAMS_WORKER_APP": "agents.points:app", "STREAMS_PROCESSING_GUARANTEE": guarantee}
     first = isolated.worker("points-1", **env).start()
     first.wait_ready()
-    produce(isolated.settings.bootstrap_servers, topic, records)
-    wait_for(lambda: ledger(isolated)[0] >= n // 4, 120, what="some credits")
+    wait_for(lambda: ledger(isolated)[0] >= n // 10, 120, interval=0.1, what="some credits")
     first.kill()  # crash mid-stream: uncommitted commands are delivered again
     credited_before = ledger(isolated)[0]
     assert credited_before < n, "the crash must land mid-stream"
