@@ -29,6 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit   # the fast tier: pure logic, no servers
 	bash scripts/ensure-chromium.sh  # Debian's chromium for the dashboard's browser test
 	bash scripts/ensure-sshd.sh      # Debian's OpenSSH sshd for the batch-transfer tests' SFTP server
+	$(BIN)/python -m streams.dev.kube check   # the Helm chart: lint, strict schemas, dry run on a real API server
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
