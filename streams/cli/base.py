@@ -49,16 +49,22 @@ class StreamsGroup(click.Group):
             fail(str(exc), 1)
 
 
-def load_app(path: str):
-    """Import ``module:attribute`` and return the StreamsApp it names."""
-    from streams.app import StreamsApp
-
+def load_object(path: str, kind: type, what: str, default_attr: str) -> Any:
+    """Import ``module:attribute`` (``attribute`` defaults to ``default_attr``) and return it if it is a
+    ``kind``; a :class:`ServiceError` naming ``what`` otherwise."""
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ServiceError(f"cannot import the app module {module_name!r}: {exc}") from None
-    app = getattr(module, attr or "app", None)
-    if not isinstance(app, StreamsApp):
-        raise ServiceError(f"{path!r} is not a StreamsApp (got {type(app).__name__})")
-    return app
+        raise ServiceError(f"cannot import the {what} module {module_name!r}: {exc}") from None
+    obj = getattr(module, attr or default_attr, None)
+    if not isinstance(obj, kind):
+        raise ServiceError(f"{path!r} is not a {kind.__name__} (got {type(obj).__name__})")
+    return obj
+
+
+def load_app(path: str):
+    """Import ``module:attribute`` and return the StreamsApp it names."""
+    from streams.app import StreamsApp
+
+    return load_object(path, StreamsApp, "app", "app")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 
 import click
@@ -21,8 +20,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from streams.cli.base import Context, console, fail, pass_ctx
-from streams.dev.process import ServiceError
+from streams.cli.base import Context, console, fail, load_object, pass_ctx
 
 
 class RowsPerSecond(ProgressColumn):
@@ -110,15 +108,7 @@ def export_cmd(ctx: Context, name: str, table: str | None, query: str | None, co
 def _registry(path: str):
     from streams.messages.registry import MessageRegistry
 
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ServiceError(f"cannot import the registry module {module_name!r}: {exc}") from None
-    registry = getattr(module, attr or "registry", None)
-    if not isinstance(registry, MessageRegistry):
-        raise ServiceError(f"{path!r} is not a MessageRegistry (got {type(registry).__name__})")
-    return registry
+    return load_object(path, MessageRegistry, "registry", "registry")
 
 
 @batch.command("import")

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import click
 from rich.table import Table
 
-from streams.cli.base import Context, console, fail, pass_ctx
-from streams.dev.process import ServiceError
+from streams.cli.base import Context, console, fail, load_object, pass_ctx
 
 
 def _load_tasks(path: str):
     """Import ``module:attribute`` and return the BackgroundTasks it names."""
     from streams.background import BackgroundTasks
 
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ServiceError(f"cannot import the tasks module {module_name!r}: {exc}") from None
-    tasks = getattr(module, attr or "tasks", None)
-    if not isinstance(tasks, BackgroundTasks):
-        raise ServiceError(f"{path!r} is not a BackgroundTasks registry (got {type(tasks).__name__})")
-    return tasks
+    return load_object(path, BackgroundTasks, "tasks", "tasks")
 
 
 def _failure_log(ctx: Context, table: str):
