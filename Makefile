@@ -27,8 +27,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
 	$(BIN)/mypy                                        # types of streams/
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit   # the fast tier: pure logic, no servers
-	bash scripts/ensure-chromium.sh  # Debian's chromium for the dashboard's browser test
-	bash scripts/ensure-sshd.sh      # Debian's OpenSSH sshd for the batch-transfer tests' SFTP server
+	bash scripts/ensure-deb.sh $${STREAMS_CHROMIUM:-/usr/bin/chromium} chromium fonts-dejavu-core  # the dashboard's browser test
+	bash scripts/ensure-deb.sh $${STREAMS_SSHD:-/usr/sbin/sshd} openssh-server openssh-sftp-server   # the SFTP server of batch tests
 	$(BIN)/python -m streams.dev.kube check   # the Helm chart: lint, strict schemas, dry run on a real API server
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
 

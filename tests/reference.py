@@ -58,6 +58,13 @@ def offsets(iso: Isolated, topic: str = TOPIC) -> tuple[dict[int, int], dict[int
     return ends, committed
 
 
+def committed_to_end(settings, group: str, topic: str) -> bool:
+    """True when ``group``'s committed offsets equal the log-end offsets on every partition of ``topic``."""
+    ends = run(end_offsets(settings, topic))
+    committed = run(committed_offsets(settings, group, topic))
+    return bool(ends) and all(committed.get((topic, p), 0) == e for p, e in ends.items())
+
+
 def wait_committed_to_end(iso: Isolated, timeout: float = 90) -> dict[int, int]:
     seen: list = []
 

@@ -24,11 +24,12 @@ from streams.batch.formats import FormatOptions
 from streams.batch.imports import ImportSpec, run_import
 from streams.batch.manifest import Manifest
 from streams.dev.process import free_port
-from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics
+from streams.kafka.admin import TopicSpec, end_offsets, ensure_topics
 from streams.settings import Settings
 from tests.apps.batch_app import SCHEMA, registry
 from tests.harness import ROOT, Isolated
 from tests.helpers import run, wait_for
+from tests.reference import committed_to_end
 
 TOPIC = "partner.orders"
 NASTY = ['plain', 'comma, inside', 'semi;colon', 'tab\tinside', 'quote " inside', '"quoted"', 'new\nline',
@@ -58,6 +59,10 @@ class Batch:
     def published(self) -> int:
         return sum(run(end_offsets(self.settings, self.topic)).values())
 
+    def caught_up(self) -> bool:
+        """The consumer group committed everything published to the topic."""
+        return committed_to_end(self.settings, self.settings.app_id, self.topic)
+
     def stored(self) -> list[tuple]:
         return self.iso.sql("SELECT file, line, order_id, buyer, amount, note FROM imported_rows ORDER BY file, line")
 
@@ -85,12 +90,6 @@ def _worker(b: Batch):
     return b.iso.worker("consumer", STREAMS_WORKER_APP="tests.apps.batch_app:app").start()
 
 
-def _committed_to_end(b: Batch) -> bool:
-    ends = run(end_offsets(b.settings, b.topic))
-    committed = run(committed_offsets(b.settings, b.settings.app_id, b.topic))
-    return all(committed.get((b.topic, p), 0) == e for p, e in ends.items())
-
-
 FORMATS = [FormatOptions("csv"), FormatOptions("csv", delimiter=";", quoting="all"), FormatOptions("kv"),
            FormatOptions("jsonl")]
 
@@ -115,7 +114,7 @@ def test_every_format_round_trips_through_sftp_to_the_handler(batch: Batch) -> N
     assert " ".join(out.stdout.split()).count(f"{n:,} rows, {n:,} published, 0 bad") == len(FORMATS), out.stdout
     worker.wait_ready()
     wait_for(lambda: len(batch.stored()) >= n * len(FORMATS), 120, what="every imported row handled")
-    wait_for(lambda: _committed_to_end(batch), 60, what="committed offsets at the log end")
+    wait_for(lambda: batch.caught_up(), 60, what="committed offsets at the log end")
     source = batch.iso.sql("SELECT order_id, buyer, amount, note FROM partner_orders ORDER BY seq")
     stored = batch.stored()
     assert len(stored) == n * len(FORMATS)
@@ -221,7 +220,7 @@ def test_an_importer_killed_mid_file_repeats_no_handler_effect(batch: Batch) -> 
     assert batch.published() == first + n, "the second run published the whole file again, same ids"
     worker = _worker(batch)
     worker.wait_ready()
-    wait_for(lambda: _committed_to_end(batch), 180, what="every record handled")
+    wait_for(lambda: batch.caught_up(), 180, what="every record handled")
     stored = batch.iso.sql("SELECT count(*), count(DISTINCT message_id), count(DISTINCT order_id) FROM imported_rows")
     assert stored == [(n, n, n)], "each row's effect exactly once"
     assert batch.iso.sql("SELECT status, attempts, published FROM streams_batch_imports") == [("done", 2, n)]

@@ -20,6 +20,7 @@ from streams.kafka.admin import TopicSpec, ensure_topics
 from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.raw_producer import produce
+from tests.reference import committed_to_end
 
 TOPIC = "points.grant-points"
 PARTITIONS = 4  # as declared by agents.points
@@ -69,7 +70,7 @@ def test_redelivered_grant_points_never_credits_twice(isolated: Isolated, guaran
     second.wait_ready()
     wait_for(lambda: ledger(isolated)[0] >= n, 180, what=f"{n} credits")
     group = f"{isolated.settings.app_id}.points"
-    wait_for(lambda: _committed_to_end(isolated, group, topic), 90, what="committed offsets at the log end")
+    wait_for(lambda: committed_to_end(isolated.settings, group, topic), 90, what="committed offsets at the log end")
     second.stop()
 
     rows, distinct = ledger(isolated)
@@ -80,14 +81,6 @@ def test_redelivered_grant_points_never_credits_twice(isolated: Isolated, guaran
     assert processed == n
     # nothing parked: every record was a valid command
     assert sum(run(_end_offsets(isolated, topic + ".dlq")).values()) == 0
-
-
-def _committed_to_end(iso: Isolated, group: str, topic: str) -> bool:
-    from streams.kafka.admin import committed_offsets, end_offsets
-
-    ends = run(end_offsets(iso.settings, topic))
-    committed = run(committed_offsets(iso.settings, group, topic))
-    return bool(ends) and all(committed.get((topic, p), 0) == e for p, e in ends.items())
 
 
 async def _end_offsets(iso: Isolated, topic: str):

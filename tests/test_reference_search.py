@@ -16,22 +16,16 @@ import sys
 
 import pytest
 
-from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics, produce_envelopes
+from streams.kafka.admin import TopicSpec, ensure_topics, produce_envelopes
 from tests.harness import ROOT, Isolated
 from tests.helpers import run, wait_for
-from tests.reference import PARTITIONS, TOPIC, orders
+from tests.reference import PARTITIONS, TOPIC, committed_to_end, orders
 
 
 def _docs(iso: Isolated, where: str = "TRUE") -> int:
     if not iso.sql("SELECT to_regclass('order_search') IS NOT NULL")[0][0]:
         return 0
     return iso.sql(f"SELECT count(*) FROM order_search WHERE {where}")[0][0]
-
-
-def _committed_to_end(iso: Isolated, group: str, topic: str) -> bool:
-    ends = run(end_offsets(iso.settings, topic))
-    committed = run(committed_offsets(iso.settings, group, topic))
-    return all(committed.get((topic, p), 0) == e for p, e in ends.items())
 
 
 def _worker(iso: Isolated, version: int):
@@ -51,7 +45,7 @@ def test_a_fixed_indexer_rebuilds_every_document_once_by_reprocessing(isolated: 
     v1 = _worker(isolated, 1)
     v1.wait_ready()
     wait_for(lambda: _docs(isolated) >= n, 120, what=f"{n} documents")
-    wait_for(lambda: _committed_to_end(isolated, group, topic), 90, what="committed offsets at the log end")
+    wait_for(lambda: committed_to_end(isolated.settings, group, topic), 90, what="committed offsets at the log end")
     v1.stop()
     seller_hits = "document @@ plainto_tsquery('simple', seller_id)"
     assert _docs(isolated, "indexer_version = 1") == n and _docs(isolated, seller_hits) == 0, "the bug: no seller"
@@ -65,7 +59,7 @@ def test_a_fixed_indexer_rebuilds_every_document_once_by_reprocessing(isolated: 
     v2 = _worker(isolated, 2)
     v2.wait_ready()
     wait_for(lambda: _docs(isolated, "indexer_version = 2") >= n, 120, what="every document rebuilt by v2")
-    wait_for(lambda: _committed_to_end(isolated, group, topic), 90, what="committed offsets at the log end")
+    wait_for(lambda: committed_to_end(isolated.settings, group, topic), 90, what="committed offsets at the log end")
     assert _docs(isolated, seller_hits) == n, "the fix: every order found by its seller"
     assert _docs(isolated, "writes = 2") == n, "each document written once by v1 and once by the rebuild"
 

@@ -19,7 +19,7 @@ from streams.dev.process import free_port
 from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics, produce_envelopes
 from tests.harness import Isolated
 from tests.helpers import run, wait_for
-from tests.reference import PARTITIONS, TOPIC, orders
+from tests.reference import PARTITIONS, TOPIC, committed_to_end, orders
 
 GROUP_SUFFIX = ".sms"
 
@@ -44,11 +44,8 @@ def _sent(provider: SmsProvider, tag: str) -> int:
     return sum(text.startswith(f"Order {tag}-") for _, text in list(provider.messages.values()))
 
 
-def _committed_to_end(iso: Isolated, topic: str) -> bool:
-    group = iso.settings.app_id + GROUP_SUFFIX
-    ends = run(end_offsets(iso.settings, topic))
-    committed = run(committed_offsets(iso.settings, group, topic))
-    return all(committed.get((topic, p), 0) == e for p, e in ends.items())
+def _caught_up(iso: Isolated, topic: str) -> bool:
+    return committed_to_end(iso.settings, iso.settings.app_id + GROUP_SUFFIX, topic)
 
 
 @pytest.mark.timeout(300)
@@ -64,7 +61,7 @@ def test_rate_limits_outage_and_lost_replies_send_each_sms_once(isolated: Isolat
         envelopes = orders(400, tag="sms")
         run(produce_envelopes(isolated.settings, topic, envelopes))
         wait_for(lambda: _sent(provider, "sms") >= 400, 180, what="400 SMS")
-        wait_for(lambda: _committed_to_end(isolated, topic), 90, what="committed offsets at the log end")
+        wait_for(lambda: _caught_up(isolated, topic), 90, what="committed offsets at the log end")
         counters = _counters(port)
         stats = provider.snapshot()
     finally:
@@ -105,7 +102,7 @@ def test_provider_down_pauses_and_parks_nothing_until_it_is_back(isolated: Isola
     provider.start()  # the provider is back
     try:
         wait_for(lambda: _sent(provider, "down") >= 150, 120, what="150 SMS after recovery")
-        wait_for(lambda: _committed_to_end(isolated, topic), 90, what="committed offsets at the log end")
+        wait_for(lambda: _caught_up(isolated, topic), 90, what="committed offsets at the log end")
         assert provider.snapshot()["sent_twice"] == 0
         assert sum(run(end_offsets(isolated.settings, topic + ".dlq")).values()) == 0
         assert _counters(port)["handled"] == 150

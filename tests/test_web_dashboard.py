@@ -1,5 +1,5 @@
 """The dashboard in a real browser: Debian's headless Chromium (/usr/bin/chromium, installed by
-``scripts/ensure-chromium.sh`` from ``make test``) driven by Playwright, against a real worker.
+``scripts/ensure-deb.sh`` from ``make test``) driven by Playwright, against a real worker.
 
 The page must show what the servers hold — table sizes, per-partition lag from the broker, dead
 letters, the outbox — keep it current as new messages arrive, and answer a key search.
@@ -38,7 +38,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def test_dashboard_in_headless_chromium(isolated: Isolated, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    assert CHROMIUM.exists(), "Chromium missing: `make test` installs it (scripts/ensure-chromium.sh)"
+    assert CHROMIUM.exists(), "Chromium missing: `make test` installs it (scripts/ensure-deb.sh)"
     iso = isolated
     create_topics(iso)
     worker, url = web_worker(iso, "w1", STREAMS_WEB_TOKEN=TOKEN)

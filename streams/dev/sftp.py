@@ -139,7 +139,7 @@ LogLevel INFO
             return 0.0
         if not Path(SSHD).exists():
             raise ServiceError(f"{SSHD} not found: install Debian's openssh-server "
-                               "(bash scripts/ensure-sshd.sh does it when run as root)")
+                               "(make test installs it with scripts/ensure-deb.sh when run as root)")
         if port_open("127.0.0.1", self.port):
             raise ServiceError(f"port {self.port} is taken by another process (STREAMS_LOCAL_SFTP_PORT)")
         started = time.monotonic()
