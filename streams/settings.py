@@ -135,6 +135,11 @@ class Settings(BaseSettings):
                                                   "read from here; done/ and failed/ are made under it).")
     local_sftp_port: int = Field(2222, ge=1, le=65535, description="Port of the local sshd.")
 
+    # --- Kafka Connect (CDC) -------------------------------------------------
+    connect_url: str | None = Field(
+        None, description="REST URL of an existing Kafka Connect cluster. Unset: the local worker.")
+    local_connect_port: int = Field(8083, ge=1, le=65535, description="REST port of the local Connect worker.")
+
     # --- worker -------------------------------------------------------------
     worker_app: str = Field("agents.main:app", description="module:attribute of the StreamsApp to run.")
     worker_data_dir: Path | None = Field(

@@ -88,7 +88,21 @@ def _sftp(settings: Settings):
     return LocalSftp.from_settings(settings)
 
 
+@dev.group("connect")
+def dev_connect() -> None:
+    """The project's Kafka Connect worker (distributed mode) with Debezium's PostgreSQL connector."""
+
+
+def _connect(settings: Settings):
+    from streams.dev.connect import LocalConnect
+
+    if settings.connect_url:
+        raise ServiceError(f"STREAMS_CONNECT_URL is set ({settings.connect_url}): no local Connect worker is managed")
+    return LocalConnect.from_settings(settings)
+
+
 _service_commands(dev_kafka, "kafka", _kafka)
+_service_commands(dev_connect, "connect", _connect)
 _service_commands(dev_sftp, "sftp", _sftp)
 _service_commands(dev_postgres, "postgres", _postgres)
 

@@ -1,0 +1,243 @@
+"""The project's Kafka Connect worker (distributed mode) with Debezium's PostgreSQL connector.
+
+``streams dev connect up`` resolves, once, with Maven into ``<home>/cache``:
+
+* the Connect worker: ``org.apache.kafka:connect-runtime``, ``connect-json``,
+  ``connect-transforms`` at the broker's version, plus the log4j2 backend;
+* Debezium's PostgreSQL connector (``io.debezium:debezium-connector-postgres``,
+  Kafka's own jars excluded) into its own folder under ``plugin.path``;
+
+then starts ``org.apache.kafka.connect.cli.ConnectDistributed`` with its config,
+offsets and status in Kafka topics (``<group>-configs|offsets|status``),
+``plugin.discovery=service_load`` (2–3 s start instead of 15–19 s), its REST API
+on a local port and its log under ``<home>/connect/``. Ready when the REST API
+lists the Debezium connector class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.dev.kafka import KAFKA_VERSION, LOG4J_VERSION, _require, java_major_version
+from streams.dev.process import ServiceError, file_lock, pid_alive, port_open, read_pid, spawn, tail, terminate
+
+DEBEZIUM_VERSION = "3.4.3.Final"
+POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
+_MAIN_CLASS = "org.apache.kafka.connect.cli.ConnectDistributed"
+
+log = logging.getLogger(__name__)
+
+_WORKER_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.streams</groupId>
+  <artifactId>connect-worker-jars</artifactId>
+  <version>{kafka}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>connect-runtime</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>connect-json</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>connect-transforms</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_PLUGIN_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.streams</groupId>
+  <artifactId>debezium-postgres-plugin</artifactId>
+  <version>{debezium}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>io.debezium</groupId><artifactId>debezium-connector-postgres</artifactId><version>{debezium}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.reflections.name = org.reflections
+logger.reflections.level = ERROR
+"""
+
+
+def _mvn_copy(pom_text: str, work: Path, lib: Path, *extra: str) -> None:
+    mvn = _require("mvn", "Maven (to fetch Kafka Connect and Debezium from Maven Central)")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(pom_text)
+    if lib.exists():
+        shutil.rmtree(lib)
+    result = subprocess.run([mvn, "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+                             f"-DoutputDirectory={lib}", "-DincludeScope=runtime", *extra],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not any(lib.glob("*.jar")):
+        raise ServiceError(f"Maven could not resolve {work.name} (exit {result.returncode}).\n"
+                           f"{(result.stdout + result.stderr)[-3000:]}")
+
+
+def resolve_connect(cache_dir: Path, kafka: str = KAFKA_VERSION, debezium: str = DEBEZIUM_VERSION) -> tuple[Path, Path]:
+    """(worker lib folder, plugin path) resolved once from Maven Central."""
+    cache_dir = Path(cache_dir).resolve()
+    worker = cache_dir / f"connect-{kafka}"
+    plugins = cache_dir / f"connect-plugins-debezium-{debezium}"
+    with file_lock(cache_dir / f"connect-{kafka}-{debezium}.lock"):
+        if not (worker / ".complete").exists():
+            log.info("resolving Kafka Connect %s jars from Maven Central", kafka)
+            _mvn_copy(_WORKER_POM.format(kafka=kafka, log4j=LOG4J_VERSION), worker, worker / "lib")
+            (worker / ".complete").write_text(kafka + "\n")
+        if not (plugins / ".complete").exists():
+            log.info("resolving Debezium %s (PostgreSQL connector) from Maven Central", debezium)
+            _mvn_copy(_PLUGIN_POM.format(debezium=debezium), plugins / "build",
+                      plugins / "debezium-connector-postgres", "-DexcludeGroupIds=org.apache.kafka")
+            (plugins / ".complete").write_text(debezium + "\n")
+    return worker / "lib", plugins
+
+
+@dataclass
+class LocalConnect:
+    """One Kafka Connect worker in distributed mode: ``up``, ``down``, ``status``, ``rest``."""
+
+    data_dir: Path
+    cache_dir: Path
+    bootstrap: str
+    port: int = 8083
+    group: str = "streams-connect"
+    heap: str = "512m"
+
+    @classmethod
+    def from_settings(cls, settings) -> "LocalConnect":
+        return cls(settings.home_path / "connect", settings.home_path / "cache", settings.bootstrap_servers,
+                   port=settings.local_connect_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "connect.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "connect.pid"
+
+    def running(self) -> bool:
+        return pid_alive(read_pid(self.pid_file), _MAIN_CLASS)
+
+    def rest(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, object]:
+        """One REST call: (HTTP status, parsed JSON or text)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def status(self) -> dict:
+        out = {"running": self.running(), "pid": read_pid(self.pid_file), "rest": self.url,
+               "bootstrap": self.bootstrap, "group": self.group, "log_file": str(self.log_file)}
+        if out["running"] and port_open("127.0.0.1", self.port):
+            try:
+                _, plugins = self.rest("GET", "/connector-plugins", timeout=5)
+                out["plugins"] = sorted(p["class"] for p in plugins if isinstance(p, dict))  # type: ignore[union-attr]
+            except OSError:
+                pass
+        return out
+
+    def _write_config(self, plugins: Path) -> Path:
+        config = self.data_dir / "connect-distributed.properties"
+        config.write_text("\n".join([
+            f"bootstrap.servers={self.bootstrap}",
+            f"group.id={self.group}",
+            f"config.storage.topic={self.group}-configs",
+            f"offset.storage.topic={self.group}-offsets",
+            f"status.storage.topic={self.group}-status",
+            "config.storage.replication.factor=1",
+            "offset.storage.replication.factor=1",
+            "status.storage.replication.factor=1",
+            "offset.storage.partitions=5",
+            "status.storage.partitions=3",
+            "offset.flush.interval.ms=1000",
+            "key.converter=org.apache.kafka.connect.json.JsonConverter",
+            "value.converter=org.apache.kafka.connect.json.JsonConverter",
+            "key.converter.schemas.enable=false",
+            "value.converter.schemas.enable=false",
+            f"listeners=http://127.0.0.1:{self.port}",
+            "rest.advertised.host.name=127.0.0.1",
+            f"rest.advertised.port={self.port}",
+            f"plugin.path={plugins}",
+            "plugin.discovery=service_load",
+            # topics Debezium writes to are created by Connect with these defaults
+            "topic.creation.enable=true",
+        ]) + "\n")
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2)
+        return config
+
+    def up(self, timeout: float = 120.0) -> float:
+        """Start the worker (no-op if it runs); wait until its REST API lists the Debezium connector."""
+        if self.running():
+            return 0.0
+        if port_open("127.0.0.1", self.port):
+            raise ServiceError(f"port {self.port} is taken by another process (STREAMS_LOCAL_CONNECT_PORT)")
+        java = _require("java", "a JDK 17+ (Kafka Connect)")
+        if java_major_version(java) < 17:
+            raise ServiceError("Kafka Connect 4.x needs Java 17 or newer")
+        started = time.monotonic()
+        lib, plugins = resolve_connect(self.cache_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config(plugins)
+        env = {**os.environ, "KAFKA_HEAP_OPTS": f"-Xmx{self.heap}"}
+        cmd = [java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+               "-cp", f"{lib}/*", _MAIN_CLASS, str(config)]
+        pid = spawn(cmd, self.log_file, self.pid_file, env=env)
+        while time.monotonic() - started < timeout:
+            if not pid_alive(pid):
+                raise ServiceError(f"Kafka Connect exited:\n{tail(self.log_file, 40)}")
+            if port_open("127.0.0.1", self.port):
+                try:
+                    status, body = self.rest("GET", "/connector-plugins", timeout=5)
+                except OSError:
+                    status, body = 0, None
+                if status == 200 and any(isinstance(p, dict) and p.get("class") == POSTGRES_CONNECTOR
+                                         for p in body or []):  # type: ignore[union-attr]
+                    return time.monotonic() - started
+            time.sleep(0.5)
+        raise ServiceError(f"Kafka Connect not ready after {timeout:.0f}s:\n{tail(self.log_file, 40)}")
+
+    def down(self, timeout: float = 30.0) -> bool:
+        pid = read_pid(self.pid_file)
+        stopped = pid is not None and terminate(pid, _MAIN_CLASS, timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return stopped
+
+    def kill(self) -> None:
+        """SIGKILL (crash tests): no offset flush."""
+        import signal
+
+        pid = read_pid(self.pid_file)
+        if pid is not None and pid_alive(pid, _MAIN_CLASS):
+            os.kill(pid, signal.SIGKILL)
