@@ -1,0 +1,104 @@
+"""A CDC connector declared in a few lines, and the Debezium config the framework generates from it.
+
+Work in progress (issue 15): the spec and the generated config; `streams cdc create --dry-run` prints it.
+
+    name: shop-orders
+    tables: [public.orders, public.order_lines]     # or: outbox: true
+    publication: shop_orders_pub                      # default <name>_pub
+    slot: shop_orders                                 # default <name> with '-' as '_'
+    topic_prefix: cdc.shop                            # default cdc.<name>
+    snapshot: initial                                 # initial | no_data | always | when_needed
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, model_validator
+
+POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
+
+
+class CdcSpec(BaseModel):
+    """What to capture and where it goes."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    tables: list[str] = Field(default_factory=list)
+    outbox: bool = False
+    outbox_table: str = "public.streams_outbox"
+    publication: str | None = None
+    slot: str | None = None
+    topic_prefix: str | None = None
+    snapshot: Literal["initial", "no_data", "always", "when_needed"] | None = None
+    partitions: int = Field(6, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CdcSpec":
+        if bool(self.tables) == self.outbox:
+            raise ValueError("give tables, or outbox: true (one of them)")
+        for t in self.tables:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", t):
+                raise ValueError(f"table {t!r}: schema.table in lower case")
+        return self
+
+    @property
+    def slot_name(self) -> str:
+        return self.slot or self.name.replace("-", "_")
+
+    @property
+    def publication_name(self) -> str:
+        return self.publication or f"{self.slot_name}_pub"
+
+    @property
+    def prefix(self) -> str:
+        return self.topic_prefix or f"cdc.{self.name}"
+
+
+def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1) -> dict[str, Any]:
+    """Debezium PostgreSQL connector config (strings only, as Connect's REST API takes them)."""
+    url = urlsplit(dsn)
+    config: dict[str, Any] = {
+        "connector.class": POSTGRES_CONNECTOR,
+        "tasks.max": "1",
+        "database.hostname": url.hostname or "127.0.0.1",
+        "database.port": str(url.port or 5432),
+        "database.user": url.username or "postgres",
+        "database.password": url.password or "",
+        "database.dbname": (url.path or "/postgres").lstrip("/"),
+        "plugin.name": "pgoutput",
+        "slot.name": spec.slot_name,
+        "publication.name": spec.publication_name,
+        "publication.autocreate.mode": "filtered",
+        "topic.prefix": spec.prefix,
+        # the broker does not create topics by itself: Connect creates Debezium's with these
+        "topic.creation.default.replication.factor": str(replication_factor),
+        "topic.creation.default.partitions": str(spec.partitions),
+        "decimal.handling.mode": "string",
+        "time.precision.mode": "connect",
+        "tombstones.on.delete": "true",
+        "heartbeat.interval.ms": "10000",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter.schemas.enable": "false",
+    }
+    if spec.outbox:
+        config.update({
+            "table.include.list": spec.outbox_table,
+            "snapshot.mode": spec.snapshot or "no_data",
+            "transforms": "outbox",
+            "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+            "transforms.outbox.table.field.event.id": "message_id",
+            "transforms.outbox.table.field.event.key": "aggregateid",
+            "transforms.outbox.route.by.field": "aggregatetype",
+            "transforms.outbox.route.topic.replacement": "${routedByValue}",
+            "transforms.outbox.table.expand.json.payload": "true",
+            "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+        })
+    else:
+        config.update({"table.include.list": ",".join(spec.tables), "snapshot.mode": spec.snapshot or "initial"})
+    return config
