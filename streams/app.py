@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
+from pydantic import BaseModel
 
 from streams.consume.dead_letters import DeadLetters
 from streams.consume.dedup import ProcessedIds
@@ -217,6 +218,29 @@ class StreamsApp:
         self.topics[full] = topic
         return topic
 
+    def changes(self, name: str, row: type[BaseModel] | None = None, *, table: str | None = None,
+                tables: dict[str, type[BaseModel]] | None = None, partitions: int | None = None) -> StreamTopic:
+        """Declare a topic of Debezium change events (``<prefix>.<schema>.<table>``): its handlers
+        get ``Envelope[ChangeEvent[row]]`` with a message_id made from the change's log position
+        (see :mod:`streams.cdc.changes`). ``table`` (``schema.table``) defaults to the topic name's
+        last two parts; ``tables`` maps several tables to their row models (a routed topic)."""
+        from streams.cdc.changes import ChangeDecoder, change_message_type
+
+        if tables is None:
+            if row is None:
+                raise ConfigurationError(f"changes({name!r}): give the row model (or tables={{...}})")
+            table = table or ".".join(name.split(".")[-2:])
+            tables = {table: row}
+        decoder = ChangeDecoder(tables, self.decode_limits)
+        for table_name in tables:
+            self.registry.register(change_message_type(table_name), decoder.event_model(table_name), Kind.EVENT)
+        topic = self.topic(name, kind=Kind.EVENT, partitions=partitions)
+        if topic.decoder is not None and set(topic.decoder.tables) != set(tables):
+            raise ConfigurationError(f"topic {topic.name!r} is declared twice with different tables")
+        topic.decoder = decoder
+        topic.message_types = decoder.message_types
+        return topic
+
     def table(self, name: str, *, partitions: int | None = None, default: Any = None,
               **options: Any) -> Any:
         """Declare a Faust table (RocksDB through rocksdict by default) backed by the
@@ -264,6 +288,7 @@ class StreamsApp:
         database writes commit together with the message's processed id, and a
         processed message is skipped before the handler runs (see :mod:`streams.consume.effects`).
         """
+        message_types = message_types or topic.message_types
         if not message_types:
             raise ConfigurationError("a handler needs at least one message type")
 

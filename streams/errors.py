@@ -25,6 +25,9 @@ class DecodeReason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"  # envelope whose message_type no one registered
     KIND_MISMATCH = "kind_mismatch"  # envelope says event, registry says command (or back)
     INVALID_PAYLOAD = "invalid_payload"  # payload fails its model's validation
+    NOT_CHANGE_EVENT = "not_change_event"  # on a change-event topic: JSON, but not a Debezium change event
+    UNKNOWN_TABLE = "unknown_table"  # a change of a table the topic was not declared with
+    SCHEMA_CHANGE = "schema_change"  # a changed row the table's model no longer accepts
 
 
 class DecodeError(StreamsError):

@@ -37,6 +37,7 @@ COUNTERS = {
     "retried": "In-place retries after a handler error.",
     "retry_scheduled": "Messages sent to a delayed retry topic.",
     "dead_lettered": "Records parked in the dead-letter topic.",
+    "tombstone": "Tombstones (null values) on a change-event topic, acknowledged without a handler call.",
 }
 
 

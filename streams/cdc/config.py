@@ -1,6 +1,6 @@
 """A CDC connector declared in a few lines, and the Debezium config the framework generates from it.
 
-Work in progress (issue 15): the spec and the generated config; `streams cdc create --dry-run` prints it.
+``streams cdc create --dry-run`` prints the generated config.
 
     name: shop-orders
     tables: [public.orders, public.order_lines]     # or: outbox: true
@@ -8,6 +8,7 @@ Work in progress (issue 15): the spec and the generated config; `streams cdc cre
     slot: shop_orders                                 # default <name> with '-' as '_'
     topic_prefix: cdc.shop                            # default cdc.<name>
     snapshot: initial                                 # initial | no_data | always | when_needed
+    before_rows: full                                 # full (REPLICA IDENTITY FULL) | key
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class CdcSpec(BaseModel):
     topic_prefix: str | None = None
     snapshot: Literal["initial", "no_data", "always", "when_needed"] | None = None
     partitions: int = Field(6, ge=1)
+    #: "full": Debezium sets REPLICA IDENTITY FULL on the tables, so updates and deletes carry the
+    #: whole old row; "key": only the primary key (the other columns of ``before`` are placeholders)
+    before_rows: Literal["full", "key"] = "full"
 
     @model_validator(mode="after")
     def _one_source(self) -> "CdcSpec":
@@ -58,8 +62,10 @@ class CdcSpec(BaseModel):
         return self.topic_prefix or f"cdc.{self.name}"
 
 
-def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1) -> dict[str, Any]:
-    """Debezium PostgreSQL connector config (strings only, as Connect's REST API takes them)."""
+def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
+                     partitions: int | None = None) -> dict[str, Any]:
+    """Debezium PostgreSQL connector config (strings only, as Connect's REST API takes them).
+    ``replication_factor`` -1 leaves it to the brokers' default."""
     url = urlsplit(dsn)
     config: dict[str, Any] = {
         "connector.class": POSTGRES_CONNECTOR,
@@ -76,7 +82,7 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1) -> di
         "topic.prefix": spec.prefix,
         # the broker does not create topics by itself: Connect creates Debezium's with these
         "topic.creation.default.replication.factor": str(replication_factor),
-        "topic.creation.default.partitions": str(spec.partitions),
+        "topic.creation.default.partitions": str(partitions or spec.partitions),
         "decimal.handling.mode": "string",
         "time.precision.mode": "connect",
         "tombstones.on.delete": "true",
@@ -93,12 +99,21 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1) -> di
             "transforms": "outbox",
             "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
             "transforms.outbox.table.field.event.id": "message_id",
-            "transforms.outbox.table.field.event.key": "aggregateid",
-            "transforms.outbox.route.by.field": "aggregatetype",
+            "transforms.outbox.table.field.event.key": "key",
+            "transforms.outbox.route.by.field": "topic",
             "transforms.outbox.route.topic.replacement": "${routedByValue}",
-            "transforms.outbox.table.expand.json.payload": "true",
+            # the value is the envelope column: the relay's bytes, sent as they are
+            "transforms.outbox.table.field.event.payload": "envelope",
+            "transforms.outbox.table.expand.json.payload": "false",
+            "transforms.outbox.table.fields.additional.placement":
+                "message_id:header:message_id,message_type:header:message_type,kind:header:kind",
             "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+            "value.converter": "org.apache.kafka.connect.storage.StringConverter",
+            # the router takes inserts only: updates (relay bookkeeping) and deletes (purge) are not read
+            "skipped.operations": "u,d,t",
         })
     else:
         config.update({"table.include.list": ",".join(spec.tables), "snapshot.mode": spec.snapshot or "initial"})
+        if spec.before_rows == "full":
+            config["replica.identity.autoset.values"] = ",".join(f"{t}:FULL" for t in spec.tables)
     return config

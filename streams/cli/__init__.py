@@ -14,6 +14,7 @@ import click
 from streams.cli import help_tree
 from streams.cli.base import StreamsGroup
 from streams.cli.batch import batch
+from streams.cli.cdc import cdc
 from streams.cli.demo import demo
 from streams.cli.dev import dev
 from streams.cli.dlq import dlq
@@ -40,7 +41,7 @@ def cli(log_level: str | None) -> None:
 # --- settings --------------------------------------------------------------------
 
 
-for command in (settings_cmd, worker_cmd, batch, dev, dlq, lag_cmd, offsets, state, tasks, topics):
+for command in (settings_cmd, worker_cmd, batch, cdc, dev, dlq, lag_cmd, offsets, state, tasks, topics):
     cli.add_command(command)
 help_tree.install(cli)
 cli.add_command(demo)

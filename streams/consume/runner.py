@@ -3,8 +3,9 @@ schedule a delayed retry or park it — and always let the partition move on.
 
 Order of work for a record of a handler's source (or retry) topic:
 
-1. decode through the registry; failure → dead letter (``dlq.reason`` = the
-   decode reason), the offset moves on;
+1. decode through the registry (or the topic's own decoder: change events,
+   :mod:`streams.cdc.changes`); failure → dead letter (``dlq.reason`` = the
+   decode reason), the offset moves on; a change topic's tombstone is acked;
 2. a registered type the handler does not take → acked and counted ``ignored``;
 3. idempotent handlers look the ``message_id`` up in the processed-ID table:
    ``handled`` → skipped and counted ``duplicate``; ``dead_lettered`` → skipped
@@ -182,12 +183,19 @@ class HandlerRunner:
     async def _process(self, msg: Any, origin: Origin) -> str:
         spec = self.spec
         try:
-            header = headers_dict(msg).get(HEADER_MESSAGE_TYPE)
-            envelope = self.app.registry.decode(msg.value, limits=self.app.decode_limits,
-                                                fallback_id=self._fallback_id(msg, origin),
-                                                message_type=header.decode("utf-8", "replace") if header else None)
+            decoder = spec.topic.decoder
+            if decoder is not None:
+                envelope = decoder.decode(msg.value, msg.key)
+            else:
+                header = headers_dict(msg).get(HEADER_MESSAGE_TYPE)
+                envelope = self.app.registry.decode(msg.value, limits=self.app.decode_limits,
+                                                    fallback_id=self._fallback_id(msg, origin),
+                                                    message_type=header.decode("utf-8", "replace") if header else None)
         except DecodeError as exc:
             return await self._park_undecodable(msg, origin, exc)
+        if envelope is None:  # a tombstone on a change-event topic
+            self._count("tombstone", origin)
+            return "ignored"
         if envelope.message_type not in spec.message_types:
             self._count("ignored", origin)
             return "ignored"

@@ -28,6 +28,11 @@ class StreamTopic:
     dead_letter_name: str
     #: what stands in for a missing message_id (default: refuse the record)
     message_id_fallback: MessageIdFallback = MessageIdFallback.REJECT
+    #: turns a record into an envelope instead of the registry (change-event topics:
+    #: streams.cdc.changes.ChangeDecoder); None: records are envelopes
+    decoder: Any = None
+    #: the message types a handler of this topic takes when it names none
+    message_types: tuple[str, ...] = ()
 
 
 @dataclass

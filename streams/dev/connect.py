@@ -16,22 +16,20 @@ lists the Debezium connector class.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.cdc.config import POSTGRES_CONNECTOR
+from streams.cdc.connect_api import ConnectClient, ConnectError
 from streams.dev.kafka import KAFKA_VERSION, LOG4J_VERSION, _require, java_major_version
 from streams.dev.process import ServiceError, file_lock, pid_alive, port_open, read_pid, spawn, tail, terminate
 
 DEBEZIUM_VERSION = "3.4.3.Final"
-POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 _MAIN_CLASS = "org.apache.kafka.connect.cli.ConnectDistributed"
 
 log = logging.getLogger(__name__)
@@ -140,30 +138,17 @@ class LocalConnect:
     def running(self) -> bool:
         return pid_alive(read_pid(self.pid_file), _MAIN_CLASS)
 
-    def rest(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, object]:
-        """One REST call: (HTTP status, parsed JSON or text)."""
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                raw = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+    def client(self, timeout: float = 30.0) -> ConnectClient:
+        """The REST client of this worker."""
+        return ConnectClient(self.url, timeout)
 
     def status(self) -> dict:
-        out = {"running": self.running(), "pid": read_pid(self.pid_file), "rest": self.url,
+        out: dict[str, object] = {"running": self.running(), "pid": read_pid(self.pid_file), "rest": self.url,
                "bootstrap": self.bootstrap, "group": self.group, "log_file": str(self.log_file)}
         if out["running"] and port_open("127.0.0.1", self.port):
             try:
-                _, plugins = self.rest("GET", "/connector-plugins", timeout=5)
-                out["plugins"] = sorted(p["class"] for p in plugins if isinstance(p, dict))  # type: ignore[union-attr]
-            except OSError:
+                out["plugins"] = self.client(5).plugins()
+            except ConnectError:
                 pass
         return out
 
@@ -219,12 +204,10 @@ class LocalConnect:
                 raise ServiceError(f"Kafka Connect exited:\n{tail(self.log_file, 40)}")
             if port_open("127.0.0.1", self.port):
                 try:
-                    status, body = self.rest("GET", "/connector-plugins", timeout=5)
-                except OSError:
-                    status, body = 0, None
-                if status == 200 and any(isinstance(p, dict) and p.get("class") == POSTGRES_CONNECTOR
-                                         for p in body or []):  # type: ignore[union-attr]
-                    return time.monotonic() - started
+                    if POSTGRES_CONNECTOR in self.client(5).plugins():
+                        return time.monotonic() - started
+                except ConnectError:
+                    pass
             time.sleep(0.5)
         raise ServiceError(f"Kafka Connect not ready after {timeout:.0f}s:\n{tail(self.log_file, 40)}")
 

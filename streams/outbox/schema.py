@@ -20,7 +20,11 @@ the key: all rows of a key share a lane, and one relay at a time owns a lane).
 
 ``aggregatetype`` / ``aggregateid`` / ``type`` are generated copies of topic / key /
 message_type, so Debezium's outbox event router can read the same table with its
-default field names (set ``table.field.event.id=message_id``).
+default field names (set ``table.field.event.id=message_id``). ``envelope`` (v2) is
+the whole envelope as JSON text, exactly what the relay publishes; it is filled only
+while the table is published through the log (``streams cdc create --outbox``
+installs the trigger that fills it, see :mod:`streams.cdc.outbox`), so a relay-only
+outbox pays nothing for it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 #: bumped whenever the DDL below changes; stored as the table's comment
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _VERSION_TEXT = "streams outbox schema v{}"
 
 #: rows are spread over this many lanes (the most relays that can share the work)
@@ -61,9 +65,13 @@ CREATE TABLE IF NOT EXISTS {table} (
     aggregatetype   text GENERATED ALWAYS AS (topic) STORED,
     aggregateid     text GENERATED ALWAYS AS (key) STORED,
     type            text GENERATED ALWAYS AS (message_type) STORED,
+    envelope        text,
     CONSTRAINT {uniq} UNIQUE (message_id),
     CONSTRAINT {status_check} CHECK (status IN ('pending', 'done', 'failed'))
 );
+
+-- v1 → v2: the envelope column (nullable, no default: no table rewrite)
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS envelope text;
 
 -- the relay claims pending rows in id order, per lane
 CREATE INDEX IF NOT EXISTS {ix_pending} ON {table} (lane, id) WHERE status = 'pending';
@@ -88,6 +96,19 @@ BEGIN
     END IF;
     NEW.txid := pg_current_xact_id();
     NEW.id := nextval({seq_literal});
+    RETURN NEW;
+END $$;
+
+-- CDC mode (streams.cdc.outbox): the row carries the envelope the relay would have sent, and
+-- is handed to the log at commit: it is never pending, so no relay publishes it as well
+CREATE OR REPLACE FUNCTION {fn_envelope}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.envelope := (jsonb_build_object(
+        'message_id', NEW.message_id, 'message_type', NEW.message_type, 'kind', NEW.kind,
+        'occurred_at', to_char(NEW.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'key', NEW.key, 'payload', NEW.payload, 'headers', NEW.headers) || NEW.meta)::text;
+    NEW.status := 'done';
+    NEW.processed_at := NEW.occurred_at;
     RETURN NEW;
 END $$;
 
@@ -124,6 +145,7 @@ def names(table: str) -> dict[str, sql.Composable]:
         "ix_failed": ident(f"{table}_failed_failed_at"),
         "fn_assign": ident(f"{table}_assign_id"),
         "fn_notify": ident(f"{table}_notify"),
+        "fn_envelope": ident(f"{table}_envelope"),
         "trg_assign": ident(f"{table}_assign_id"),
         "trg_notify": ident(f"{table}_notify"),
         "channel": sql.Literal(channel(table)),

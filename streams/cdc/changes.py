@@ -1,0 +1,212 @@
+"""Debezium change events as typed messages.
+
+A topic of Debezium's change events (``<prefix>.<schema>.<table>``) is declared with
+:meth:`streams.app.StreamsApp.changes` and handled like any other topic; the handler
+gets an ``Envelope[ChangeEvent[Row]]``::
+
+    class Order(BaseModel):
+        id: int
+        status: str
+
+    orders = app.changes("cdc.shop.public.orders", Order)
+
+    @app.handler(orders)
+    async def on_order(message: Envelope[ChangeEvent[Order]], delivery: Delivery) -> None:
+        change = message.payload
+        if change.op is Operation.DELETE: ...
+        row = change.after          # an Order (None for a delete)
+
+Each event's ``message_id`` is made from where it sits in the database's log —
+table, LSN, transaction id, operation and primary key — so a re-delivery of the same
+change (Connect re-sends what it had not committed when it crashed: a whole
+transaction twice) has the same id and the processed-ID table drops it.
+
+What is not a change of a declared table is decided here, never by a crash:
+
+* a tombstone (the null value Debezium writes after a delete for log compaction):
+  acknowledged without calling the handler, counted ``tombstone``;
+* not JSON, not a change event, an unknown operation: parked (``not_change_event``);
+* a change of a table the topic was not declared with: parked (``unknown_table``);
+* a row the model no longer accepts (a column dropped, renamed or retyped): parked
+  (``schema_change``) with the failing columns, to replay once the model follows.
+  An added column is ignored by the model and does not stop anything.
+
+Rows of a delete (and the ``before`` of an update) carry only the primary key
+unless the table has ``REPLICA IDENTITY FULL``; when such a ``before`` does not fit
+the model it is ``None`` and its columns are in ``before_columns``; ``key`` always
+holds the primary key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streams.errors import DecodeError, DecodeReason
+from streams.messages.envelope import Envelope, Kind
+from streams.messages.registry import DEFAULT_LIMITS, DecodeLimits, parse_json
+
+R = TypeVar("R", bound=BaseModel)
+
+#: message types of change events are ``change:<schema>.<table>``
+MESSAGE_TYPE_PREFIX = "change:"
+
+
+class Operation(StrEnum):
+    """What happened to the row (Debezium's ``op``)."""
+
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    READ = "r"  # read by a snapshot
+    TRUNCATE = "t"
+
+
+class SourcePosition(BaseModel):
+    """Where the change sits in the database's log (Debezium's ``source`` block)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    connector: str | None = None
+    name: str | None = Field(None, description="The connector's topic prefix.")
+    db: str | None = None
+    schema_name: str = Field(alias="schema")
+    table: str
+    lsn: int | None = Field(None, description="Log sequence number of the change (PostgreSQL).")
+    tx_id: int | None = Field(None, alias="txId")
+    ts_ms: int | None = Field(None, description="Commit time in the database, ms since the epoch.")
+    snapshot: str | None = Field(None, description="true/first/last/... while snapshotting, else false.")
+
+    @property
+    def in_snapshot(self) -> bool:
+        return self.snapshot not in (None, "false")
+
+    @property
+    def committed_at(self) -> datetime | None:
+        return datetime.fromtimestamp(self.ts_ms / 1000, UTC) if self.ts_ms is not None else None
+
+
+class ChangeEvent(BaseModel, Generic[R]):
+    """One row change: the operation, the row before and after, the primary key and
+    the source position."""
+
+    model_config = ConfigDict(frozen=True)
+
+    op: Operation
+    table: str = Field(description="schema.table")
+    key: dict[str, Any] | None = Field(None, description="The primary key columns (the record key).")
+    before: R | None = None
+    after: R | None = None
+    before_columns: dict[str, Any] | None = Field(
+        None, description="The raw before row when it did not fit the model (key-only replica identity).")
+    source: SourcePosition
+    ts_ms: int | None = Field(None, description="When the connector processed the change.")
+
+    @property
+    def row(self) -> R | None:
+        """The row as it is now (``after``), or as it was for a delete (``before``)."""
+        return self.after if self.after is not None else self.before
+
+
+def change_message_type(table: str) -> str:
+    """``public.orders`` → ``change:public.orders``."""
+    return MESSAGE_TYPE_PREFIX + table
+
+
+def change_message_id(table: str, source: SourcePosition, op: Operation, key: Any) -> str:
+    """The deterministic id of a change: the same change delivered twice gets the same id."""
+    key_text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    key_hash = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    name = table if len(table) <= 120 else table[:100] + "~" + hashlib.sha256(table.encode()).hexdigest()[:12]
+    return f"cdc:{name}:{source.lsn}:{source.tx_id}:{op.value}:{key_hash}"
+
+
+class ChangeDecoder:
+    """Record → ``Envelope[ChangeEvent[Row]]`` for the tables declared on one topic."""
+
+    def __init__(self, tables: dict[str, type[BaseModel]], limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+        self.tables = dict(tables)
+        self.limits = limits
+        self._events = {table: ChangeEvent[model] for table, model in self.tables.items()}  # type: ignore[valid-type]
+        self._envelopes = {table: Envelope[self._events[table]] for table in self.tables}  # type: ignore[name-defined]
+
+    @property
+    def message_types(self) -> tuple[str, ...]:
+        return tuple(change_message_type(t) for t in self.tables)
+
+    def event_model(self, table: str) -> type[ChangeEvent]:
+        return self._events[table]
+
+    def decode(self, value: bytes | None, key: bytes | None) -> Envelope | None:
+        """The typed envelope, ``None`` for a tombstone, or :class:`DecodeError` saying why not."""
+        if value is None or value == b"":
+            return None
+        data = parse_json(value, self.limits)
+        if isinstance(data, dict) and "payload" in data and "schema" in data:
+            data = data["payload"]  # the JSON converter with schemas enabled
+        if not isinstance(data, dict) or "op" not in data or not isinstance(data.get("source"), dict):
+            raise DecodeError(DecodeReason.NOT_CHANGE_EVENT,
+                              "not a Debezium change event (expected a JSON object with op and source)")
+        try:
+            op = Operation(data["op"])
+        except ValueError:
+            raise DecodeError(DecodeReason.NOT_CHANGE_EVENT, f"unknown change operation {data['op']!r}") from None
+        try:
+            source = SourcePosition.model_validate(data["source"])
+        except ValidationError as exc:
+            raise DecodeError(DecodeReason.NOT_CHANGE_EVENT, "the change event's source block is not readable",
+                              details=_errors(exc)) from None
+        table = f"{source.schema_name}.{source.table}"
+        message_type = change_message_type(table)
+        if table not in self.tables:
+            raise DecodeError(DecodeReason.UNKNOWN_TABLE,
+                              f"change of table {table!r}, which this topic was not declared with "
+                              f"(declared: {', '.join(sorted(self.tables))})", message_type=message_type)
+        record_key = self._key(key)
+        message_id = change_message_id(table, source, op, record_key)
+        model = self.tables[table]
+        fields: dict[str, Any] = {"op": op, "table": table, "key": record_key, "source": source,
+                                  "ts_ms": data.get("ts_ms") if isinstance(data.get("ts_ms"), int) else None}
+        for side in ("before", "after"):
+            row = data.get(side)
+            if row is None:
+                continue
+            try:
+                fields[side] = model.model_validate(row)
+            except ValidationError as exc:
+                if side == "before" and op in (Operation.DELETE, Operation.UPDATE):
+                    fields["before_columns"] = row if isinstance(row, dict) else None
+                    continue
+                raise DecodeError(
+                    DecodeReason.SCHEMA_CHANGE,
+                    f"the {side} row of {table} does not match {model.__qualname__} (a column dropped, renamed "
+                    "or retyped?); replay it once the model follows the table",
+                    details=_errors(exc), message_type=message_type, message_id=message_id) from None
+        event = self._events[table].model_construct(**fields)
+        occurred = source.committed_at or datetime.now(UTC)
+        return self._envelopes[table].model_construct(
+            message_id=message_id, message_type=message_type, kind=Kind.EVENT, occurred_at=occurred,
+            key=key.decode("utf-8", "replace") if key is not None else None, payload=event, source=source.name,
+            correlation_id=None, causation_id=None, trace_id=None, headers={})
+
+    @staticmethod
+    def _key(key: bytes | None) -> dict[str, Any] | None:
+        if not key:
+            return None
+        try:
+            data = json.loads(key)
+        except ValueError:
+            return {"_raw": key.decode("utf-8", "replace")}
+        if isinstance(data, dict) and "payload" in data and "schema" in data:
+            data = data["payload"]
+        return data if isinstance(data, dict) else {"_key": data}
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors(include_url=False, include_input=False)]

@@ -1,0 +1,309 @@
+"""What ``streams cdc`` does: connectors on Kafka Connect plus their slots in PostgreSQL.
+
+:class:`CdcConnectors` joins the two sides a CDC connector has — its config and tasks
+on Connect, its replication slot and publication in the database — so that
+creating one checks the database can do it, ``status`` shows both, and deleting
+one leaves no slot holding WAL behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from streams.cdc import outbox as outbox_mode
+from streams.cdc.config import POSTGRES_CONNECTOR, CdcSpec, connector_config
+from streams.cdc.connect_api import RUNNING, STOPPED, ConnectClient, ConnectError
+from streams.cdc.slots import (
+    SlotError,
+    SlotInfo,
+    check_logical_decoding,
+    drop_publication,
+    drop_slot,
+    int_to_lsn,
+    lsn_to_int,
+    slot_info,
+)
+from streams.errors import StreamsError
+from streams.settings import Settings
+
+
+class CdcError(StreamsError):
+    """A CDC operation was refused or failed (says what to do)."""
+
+
+@dataclass
+class ConnectorStatus:
+    """Both sides of one connector."""
+
+    name: str
+    state: str
+    tasks: list[dict[str, Any]]
+    slot_name: str | None
+    publication: str | None
+    topic_prefix: str | None
+    tables: str | None
+    outbox: bool
+    slot: SlotInfo | None
+    #: Debezium's stored source positions (Connect's offsets)
+    offsets: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["slot"] = self.slot.as_dict() if self.slot else None
+        return out
+
+
+def redact(config: dict[str, str]) -> dict[str, str]:
+    """The config with passwords hidden (for printing)."""
+    return {k: ("********" if "password" in k and v else v) for k, v in config.items()}
+
+
+def database_url(settings: Settings, dbname: str | None = None) -> str:
+    """The framework's database URL, optionally pointed at another database of the same server."""
+    dsn = settings.dsn
+    if dbname is None:
+        return dsn
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+
+
+class CdcConnectors:
+    """Create, inspect, pause, resume, restart and delete CDC connectors."""
+
+    def __init__(self, settings: Settings, client: ConnectClient | None = None) -> None:
+        self.settings = settings
+        self.client = client or ConnectClient(connect_url(settings))
+
+    # --- building -----------------------------------------------------------------
+    def resolve(self, spec: CdcSpec) -> CdcSpec:
+        """The spec with the app's defaults filled in (topic prefix, outbox table)."""
+        update: dict[str, Any] = {}
+        if spec.topic_prefix is None:
+            update["topic_prefix"] = f"{self.settings.topic_prefix}cdc.{spec.name}"
+        if spec.outbox and "outbox_table" not in spec.model_fields_set:
+            update["outbox_table"] = f"public.{self.settings.outbox_table}"
+        return spec.model_copy(update=update) if update else spec
+
+    def config(self, spec: CdcSpec, database: str | None = None) -> dict[str, str]:
+        """The Debezium config the framework generates for ``spec``."""
+        replication = self.settings.topic_replication_factor or -1  # -1: the brokers' default
+        return connector_config(self.resolve(spec), database or self.settings.dsn, replication_factor=replication,
+                                partitions=self.settings.topic_partitions if "partitions" not in spec.model_fields_set
+                                else spec.partitions)
+
+    # --- create -----------------------------------------------------------------------
+    def create(self, spec: CdcSpec, *, database: str | None = None, timeout: float = 90.0) -> dict[str, str]:
+        """Check the database, create the connector, wait until it streams; for an outbox
+        connector, then hand new outbox rows to the log. Returns the config used."""
+        spec = self.resolve(spec)
+        config = self.config(spec, database)
+        dsn = database or self.settings.dsn
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+                check_logical_decoding(conn)
+                if spec.outbox:
+                    from streams.outbox.schema import migrate
+
+                    migrate(conn, _table_name(spec.outbox_table))
+                existing = slot_info(conn, spec.slot_name)
+                if existing is not None and existing.active:
+                    raise CdcError(f"replication slot {spec.slot_name!r} is in use by process {existing.active_pid}: "
+                                   "another connector reads it; choose another slot name")
+        except psycopg.OperationalError as exc:
+            raise CdcError(f"PostgreSQL at {_redacted(dsn)} does not answer: {str(exc).strip()}") from None
+        except SlotError as exc:
+            raise CdcError(str(exc)) from None
+        if POSTGRES_CONNECTOR not in self.client.plugins():
+            raise CdcError(f"Kafka Connect at {self.client.url} has no {POSTGRES_CONNECTOR} plugin")
+        try:
+            self.client.create(spec.name, config)
+        except ConnectError as exc:
+            if exc.status == 409:
+                raise CdcError(f"a connector named {spec.name!r} already exists (streams cdc status {spec.name})") from None
+            raise
+        self.client.wait_for(spec.name, RUNNING, timeout)
+        if spec.outbox:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                self._wait_for_slot(conn, spec.slot_name, timeout)
+                outbox_mode.enable(conn, _table_name(spec.outbox_table))
+        return config
+
+    @staticmethod
+    def _wait_for_slot(conn: psycopg.Connection, slot: str, timeout: float) -> None:
+        """Until the connector reads its slot: from then on every commit is captured."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = slot_info(conn, slot)
+            if info is not None and info.active:
+                return
+            time.sleep(0.2)
+        raise CdcError(f"the connector did not open replication slot {slot!r} within {timeout:.0f}s")
+
+    # --- inspect --------------------------------------------------------------------------
+    def status(self, name: str) -> ConnectorStatus:
+        """Connector and task state, slot lag, stored positions."""
+        st = self.client.status(name)
+        config = self.client.config(name)
+        slot_name = config.get("slot.name", "debezium")
+        slot = None
+        outbox = "outbox" in (config.get("transforms") or "").split(",")
+        try:
+            with psycopg.connect(database_url(self.settings, config.get("database.dbname")), autocommit=True,
+                                 connect_timeout=10) as conn:
+                slot = slot_info(conn, slot_name)
+                if outbox:
+                    outbox = outbox_mode.enabled(conn, _table_name(config.get("table.include.list", "")))
+        except psycopg.OperationalError:
+            slot = None
+        offsets = []
+        for item in self.client.offsets(name):
+            offset = dict(item.get("offset") or {})
+            for k in ("lsn", "lsn_commit", "lsn_proc"):
+                if isinstance(offset.get(k), int):
+                    offset[k + "_text"] = int_to_lsn(offset[k])
+            offsets.append({"partition": item.get("partition"), "offset": offset})
+        return ConnectorStatus(
+            name=name, state=st["connector"]["state"],
+            tasks=[{"id": t["id"], "state": t["state"], "worker": t.get("worker_id"),
+                    "error": (t.get("trace") or "").strip().splitlines()[0] if t.get("trace") else None}
+                   for t in st.get("tasks", [])],
+            slot_name=slot_name, publication=config.get("publication.name"), topic_prefix=config.get("topic.prefix"),
+            tables=config.get("table.include.list"), outbox=outbox, slot=slot, offsets=offsets)
+
+    def names(self) -> list[str]:
+        return self.client.connectors()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def pause(self, name: str) -> None:
+        self.client.pause(name)
+
+    def resume(self, name: str) -> None:
+        self.client.resume(name)
+
+    def stop(self, name: str, timeout: float = 60.0) -> None:
+        self.client.stop(name)
+        self.client.wait_for(name, STOPPED, timeout)
+
+    def restart(self, name: str, *, only_failed: bool = False, timeout: float = 90.0) -> None:
+        self.client.restart(name, only_failed=only_failed)
+        self.client.wait_for(name, RUNNING, timeout)
+
+    def delete(self, name: str, *, keep_slot: bool = False, drain_timeout: float = 60.0,
+               requeue_seconds: float = 300.0) -> dict[str, Any]:
+        """Delete the connector with its stored position, then its slot and publication
+        (unless ``keep_slot``: then a connector created again under this name resumes).
+
+        An outbox connector first stops handing rows to the log (new rows are pending
+        again, for the relay) and waits up to ``drain_timeout`` for the slot to confirm
+        the log up to that point. If it does not, the rows handed to the log in the last
+        ``requeue_seconds`` are made pending again: the relay sends them, and consumers
+        drop those the connector had already sent (same message_id). See :meth:`_drain`."""
+        config = self.client.config(name)
+        dsn = database_url(self.settings, config.get("database.dbname"))
+        slot = config.get("slot.name", "debezium")
+        publication = config.get("publication.name")
+        is_outbox = "outbox" in (config.get("transforms") or "").split(",")
+        report: dict[str, Any] = {"connector": name, "slot": slot, "publication": publication}
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            if is_outbox:
+                table = _table_name(config.get("table.include.list", ""))
+                report.update(self._drain(conn, name, config, table, drain_timeout, requeue_seconds))
+            if not keep_slot:
+                # a later connector of the same name must not resume from this one's position
+                self.client.stop(name)
+                self.client.wait_for(name, STOPPED, 60)
+                self.client.reset_offsets(name)
+            self.client.delete(name)
+            if keep_slot:
+                report["slot_dropped"] = False
+                return report
+            try:
+                report["slot_dropped"] = drop_slot(conn, slot)
+            except SlotError as exc:
+                raise CdcError(f"connector {name} deleted, but: {exc}") from None
+            report["publication_dropped"] = drop_publication(conn, publication) if publication else False
+        return report
+
+    def _drain(self, conn: psycopg.Connection, name: str, config: dict[str, str], table: str, timeout: float,
+               requeue_seconds: float) -> dict[str, Any]:
+        """Stop handing outbox rows to the log, and make sure the connector has sent all it was handed.
+
+        One transaction writes a marker row (to the connector's heartbeat topic, which no consumer
+        reads) and drops the trigger: every row handed to the log commits before the marker, every
+        later row is pending. Once the connector's stored position is past the marker, all of
+        them are on Kafka. If it does not get there in ``timeout`` seconds, the rows handed to
+        the log in the last ``requeue_seconds`` become pending again (the relay resends them)."""
+        from psycopg import sql
+
+        from streams.messages.envelope import event
+        from streams.outbox.writer import write_message
+
+        with conn.transaction():
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            before = lsn_to_int(row[0]) if row else 0
+            write_message(conn, event("streams.cdc.Drained", {"connector": name}, key=name),
+                          topic=f"__debezium-heartbeat.{config.get('topic.prefix')}", table=table)
+            outbox_mode.disable(conn, table)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = [max(int(o.get("offset", {}).get("lsn") or 0), int(o.get("offset", {}).get("lsn_commit") or 0))
+                         for o in self.client.offsets(name)]
+            if positions and max(positions) > before:
+                return {"drained": True, "requeued": 0}
+            time.sleep(0.5)
+        cur = conn.execute(sql.SQL(
+            "UPDATE {} SET status = 'pending', processed_at = NULL WHERE status = 'done' AND envelope IS NOT NULL "
+            "AND processed_at > now() - make_interval(secs => %s)").format(sql.Identifier(table)), (requeue_seconds,))
+        return {"drained": False, "requeued": cur.rowcount}
+
+    # --- offsets ------------------------------------------------------------------------------
+    def offsets(self, name: str) -> list[dict[str, Any]]:
+        return self.client.offsets(name)
+
+    def reset_offsets(self, name: str, *, to_lsn: int | None = None) -> list[dict[str, Any]]:
+        """Forget (or with ``to_lsn`` move) the stored position of a STOPPED connector.
+
+        Forgotten: on resume the connector starts as a new one — a snapshot if its
+        snapshot mode takes one, then the log from the slot's confirmed position. The slot
+        cannot go back: a position before its ``confirmed_flush_lsn`` is read from there."""
+        state, _ = self.client.state(name)
+        if state != STOPPED:
+            raise CdcError(f"connector {name} is {state}; offsets change only on a stopped connector: "
+                           f"streams cdc stop {name}")
+        before = self.client.offsets(name)
+        if to_lsn is None:
+            self.client.reset_offsets(name)
+        else:
+            if not before:
+                raise CdcError(f"connector {name} has no stored position to move")
+            moved = []
+            for item in before:
+                offset = {**item["offset"], "lsn": to_lsn, "lsn_proc": to_lsn, "lsn_commit": to_lsn}
+                offset.pop("txId", None)
+                moved.append({"partition": item["partition"], "offset": offset})
+            self.client.alter_offsets(name, moved)
+        return before
+
+
+def connect_url(settings: Settings) -> str:
+    """The Connect REST URL: STREAMS_CONNECT_URL, else the local worker's."""
+    return settings.connect_url or f"http://127.0.0.1:{settings.local_connect_port}"
+
+
+def _table_name(qualified: str) -> str:
+    """``public.streams_outbox`` → ``streams_outbox`` (the outbox lives in the search path)."""
+    return qualified.split(",")[0].rpartition(".")[2]
+
+
+def _redacted(dsn: str) -> str:
+    from streams.settings import redact_url
+
+    return redact_url(dsn)
+
+
+__all__ = ["CdcConnectors", "CdcError", "ConnectError", "ConnectorStatus", "SlotError", "connect_url", "redact"]

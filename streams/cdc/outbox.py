@@ -1,0 +1,54 @@
+"""The outbox published through the database's log instead of the polling relay.
+
+While an outbox connector runs, a trigger on the outbox table writes each row's whole
+envelope (the bytes the relay would have sent) into its ``envelope`` column and
+marks the row ``done``: Debezium's outbox event router sends that column as the
+record value to the row's ``topic`` with its ``key`` and ``message_id``, ``message_type``
+and ``kind`` headers — the same records the relay sends, so consumers do not change
+and their processed-ID tables deduplicate across both paths.
+
+Switching, with no row lost (consumers drop the few sent by both):
+
+* relay → CDC: ``streams cdc create --outbox`` creates the slot (every commit after
+  it is captured), waits until the connector runs, then installs the trigger; rows
+  committed before it are still ``pending`` and the relay sends them; stop the relay
+  once ``streams outbox stats`` shows none pending.
+* CDC → relay: ``streams cdc delete`` drops the trigger first (new rows are
+  ``pending`` again, for the relay), waits until the connector has read the log up to
+  that point, then deletes the connector, its slot and publication.
+
+Rows marked ``done`` this way are removed by the relay's usual purge of done rows
+(``STREAMS_OUTBOX_RETENTION``).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+
+def _trigger(table: str) -> sql.Identifier:
+    return sql.Identifier(f"{table}_envelope")
+
+
+def enable(conn: psycopg.Connection, table: str = "streams_outbox") -> None:
+    """Install the envelope trigger (idempotent)."""
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {trg} ON {table}").format(
+            trg=_trigger(table), table=sql.Identifier(table)))
+        # BEFORE triggers fire in name order: <table>_assign_id (id, xid, key lock) runs first
+        conn.execute(sql.SQL("CREATE TRIGGER {trg} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {fn}()")
+                     .format(trg=_trigger(table), table=sql.Identifier(table), fn=sql.Identifier(f"{table}_envelope")))
+
+
+def disable(conn: psycopg.Connection, table: str = "streams_outbox") -> None:
+    """Remove the envelope trigger: new rows are pending again, for the relay."""
+    conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {trg} ON {table}").format(
+        trg=_trigger(table), table=sql.Identifier(table)))
+
+
+def enabled(conn: psycopg.Connection, table: str = "streams_outbox") -> bool:
+    """Whether rows of ``table`` are currently handed to the log."""
+    row = conn.execute("SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass(%s)",
+                       (f"{table}_envelope", table)).fetchone()
+    return row is not None

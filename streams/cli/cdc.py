@@ -1,0 +1,218 @@
+"""``streams cdc``: Debezium connectors on Kafka Connect, with their replication slots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from rich.table import Table
+
+from streams.cli.base import Context, console, fail, pass_ctx
+from streams.errors import StreamsError
+
+
+class CdcGroup(click.Group):
+    """Every CDC failure (Connect, PostgreSQL, a refused operation) is one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StreamsError as exc:
+            fail(str(exc))
+
+
+@click.group("cdc", cls=CdcGroup)
+def cdc() -> None:
+    """Change data capture: Debezium's PostgreSQL connector on Kafka Connect (STREAMS_CONNECT_URL)."""
+
+
+def _connectors(ctx: Context):
+    from streams.cdc.connectors import CdcConnectors
+
+    return CdcConnectors(ctx.settings)
+
+
+def _load_spec(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: expected a mapping of spec fields")
+    return data
+
+
+@cdc.command("create")
+@click.argument("name", required=False)
+@click.option("--file", "-f", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A spec in JSON or YAML (name, tables or outbox, publication, slot, topic_prefix, snapshot, "
+                   "partitions); options given here override it.")
+@click.option("--table", "-t", "tables", multiple=True, help="schema.table to capture (repeatable).")
+@click.option("--outbox", is_flag=True, default=None, help="Publish the outbox table through the log.")
+@click.option("--publication", default=None, help="Publication name (default <slot>_pub).")
+@click.option("--slot", default=None, help="Replication slot name (default: the name with '-' as '_').")
+@click.option("--topic-prefix", default=None, help="Debezium topic prefix (default <STREAMS_TOPIC_PREFIX>cdc.<name>).")
+@click.option("--snapshot", type=click.Choice(["initial", "no_data", "always", "when_needed"]), default=None,
+              help="Snapshot mode (default: initial for tables, no_data for the outbox).")
+@click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="Partitions of the topics it creates.")
+@click.option("--dry-run", is_flag=True, help="Print the generated connector config; create nothing.")
+@pass_ctx
+def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: tuple[str, ...], outbox: bool | None,
+               publication: str | None, slot: str | None, topic_prefix: str | None, snapshot: str | None,
+               partitions: int | None, dry_run: bool) -> None:
+    """Create connector NAME and wait until it streams (its config is generated from the spec)."""
+    from streams.cdc.config import CdcSpec
+    from streams.cdc.connectors import redact
+
+    fields = _load_spec(spec_file) if spec_file else {}
+    given = {"name": name, "tables": list(tables) or None, "outbox": outbox, "publication": publication,
+             "slot": slot, "topic_prefix": topic_prefix, "snapshot": snapshot, "partitions": partitions}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    try:
+        spec = CdcSpec(**fields)
+    except ValidationError as exc:
+        fail("the CDC spec is not valid:\n" + "\n".join(
+            f"  {'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()))
+    connectors = _connectors(ctx)
+    config = connectors.config(spec)
+    if dry_run:
+        click.echo(json.dumps({"name": spec.name, "config": redact(config)}, indent=2))
+        return
+    connectors.create(spec)
+    resolved = connectors.resolve(spec)
+    console.print(f"connector {spec.name} is RUNNING — slot {resolved.slot_name}, publication "
+                  f"{resolved.publication_name}, topics {resolved.prefix}.<schema>.<table>"
+                  + (" (the outbox's rows now go through the log)" if spec.outbox else ""), highlight=False)
+
+
+@cdc.command("list")
+@pass_ctx
+def list_cmd(ctx: Context) -> None:
+    """Connectors on the Connect cluster."""
+    for name in _connectors(ctx).names():
+        click.echo(name)
+
+
+@cdc.command("status")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
+    """Connector and task state, replication slot lag, stored position."""
+    st = _connectors(ctx).status(name)
+    if as_json:
+        click.echo(json.dumps(st.as_dict(), indent=2, default=str))
+        return
+    table = Table(title=f"connector {name}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("state", st.state)
+    for t in st.tasks:
+        table.add_row(f"task {t['id']}", t["state"] + (f" — {t['error']}" if t.get("error") else ""))
+    table.add_row("captures", "the outbox (rows handed to the log)" if st.outbox else str(st.tables))
+    table.add_row("topics", f"{st.topic_prefix}.<schema>.<table>")
+    table.add_row("publication", str(st.publication))
+    if st.slot is None:
+        table.add_row("slot", f"{st.slot_name}: not found")
+    else:
+        s = st.slot
+        table.add_row("slot", f"{s.name} ({'active, pid ' + str(s.active_pid) if s.active else 'inactive'}), "
+                              f"WAL status {s.wal_status}")
+        table.add_row("slot lag", f"{_bytes(s.lag_bytes)} not confirmed; {_bytes(s.retained_bytes)} of WAL kept")
+    for item in st.offsets:
+        offset = item["offset"]
+        table.add_row("stored position", f"lsn {offset.get('lsn_text', '?')}, commit {offset.get('lsn_commit_text', '?')}, "
+                                         f"tx {offset.get('txId', '?')}")
+    if not st.offsets:
+        table.add_row("stored position", "none yet")
+    console.print(table)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _lifecycle(command: str, doc: str) -> None:
+    @cdc.command(command, help=doc)
+    @click.argument("name")
+    @pass_ctx
+    def run(ctx: Context, name: str) -> None:
+        connectors = _connectors(ctx)
+        getattr(connectors, command)(name)
+        console.print(f"connector {name}: {command} done — now {connectors.client.state(name)[0]}")
+
+
+_lifecycle("pause", "Pause the connector's tasks (the slot keeps WAL meanwhile).")
+_lifecycle("resume", "Resume a paused or stopped connector.")
+_lifecycle("stop", "Stop the connector and its tasks, keeping its config (needed to change offsets).")
+_lifecycle("restart", "Restart the connector and its tasks; they resume from the stored position.")
+
+
+@cdc.command("delete")
+@click.argument("name")
+@click.option("--keep-slot", is_flag=True, help="Keep the replication slot and publication (WAL stays held!).")
+@click.option("--requeue-seconds", type=float, default=300.0, show_default=True,
+              help="Outbox connectors: if the slot does not confirm the log in time, rows handed to the log in "
+                   "this many seconds become pending again for the relay.")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted.")
+@pass_ctx
+def delete_cmd(ctx: Context, name: str, keep_slot: bool, requeue_seconds: float, dry_run: bool) -> None:
+    """Delete connector NAME, then drop its replication slot and publication."""
+    connectors = _connectors(ctx)
+    if dry_run:
+        config = connectors.client.config(name)
+        click.echo(json.dumps({"connector": name, "slot": None if keep_slot else config.get("slot.name"),
+                               "publication": None if keep_slot else config.get("publication.name")}))
+        return
+    report = connectors.delete(name, keep_slot=keep_slot, requeue_seconds=requeue_seconds)
+    click.echo(json.dumps(report))
+
+
+@cdc.group("offsets")
+def offsets_group() -> None:
+    """The connector's stored source position (Connect's offsets API)."""
+
+
+@offsets_group.command("show")
+@click.argument("name")
+@pass_ctx
+def offsets_show(ctx: Context, name: str) -> None:
+    """Print the stored positions as JSON."""
+    click.echo(json.dumps(_connectors(ctx).status(name).offsets, indent=2))
+
+
+@offsets_group.command("reset")
+@click.argument("name")
+@click.option("--to-lsn", default=None, help="Move to this LSN (0/1A2B3C or an integer) instead of forgetting.")
+@click.option("--execute", is_flag=True, help="Apply (the connector must be stopped: streams cdc stop NAME).")
+@pass_ctx
+def offsets_reset(ctx: Context, name: str, to_lsn: str | None, execute: bool) -> None:
+    """Plan (and with --execute apply) a reset of NAME's stored position.
+
+    Without --to-lsn the position is forgotten: on resume the connector starts as a new
+    one (a snapshot if its snapshot mode takes one, then the log from the slot). The slot
+    never goes back: a position before its confirmed LSN is read from there."""
+    from streams.cdc.slots import lsn_to_int
+
+    connectors = _connectors(ctx)
+    target = None if to_lsn is None else (lsn_to_int(to_lsn) if "/" in to_lsn else int(to_lsn))
+    current = connectors.status(name)
+    plan = {"connector": name, "state": current.state, "current": current.offsets,
+            "new": "forgotten (starts as a new connector)" if target is None else {"lsn": target}}
+    if not execute:
+        click.echo(json.dumps({**plan, "applied": False}, indent=2))
+        return
+    connectors.reset_offsets(name, to_lsn=target)
+    click.echo(json.dumps({**plan, "applied": True}, indent=2))
