@@ -112,6 +112,25 @@ def sftp_server():
         server.remove_files()
 
 
+@pytest.fixture(scope="session")
+def connect_worker(servers: Servers):
+    """One Kafka Connect worker (distributed mode, Debezium's PostgreSQL connector) for this test
+    process, started on first use, stopped at its end. The CDC tests share it (one xdist group);
+    each creates and deletes its own connectors. It stores source positions every 5 s, so a
+    SIGKILL re-sends what it had sent since (what the crash tests need to see)."""
+    from streams.dev.connect import LocalConnect
+
+    SESSION_HOME.mkdir(parents=True, exist_ok=True)
+    worker = LocalConnect(SESSION_HOME / "connect", ROOT / ".streams" / "cache", servers.bootstrap,
+                          port=free_port(), group=f"streams-connect-{os.getpid()}", offset_flush_ms=5000)
+    took = worker.up()
+    print(f"\n[connect] {worker.url} ({took:.1f}s)")
+    try:
+        yield worker
+    finally:
+        worker.down()
+
+
 @pytest.fixture
 def isolated(servers: Servers, request, tmp_path: Path) -> Iterator[Isolated]:
     """Own app id / consumer group, topic prefix, database and state folder; workers stopped after."""

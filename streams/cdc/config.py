@@ -87,6 +87,8 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
         "time.precision.mode": "connect",
         "tombstones.on.delete": "true",
         "heartbeat.interval.ms": "10000",
+        # the database went away (restart, failover): Connect restarts the task after this wait
+        "retriable.restart.connector.wait.ms": "3000",
         "key.converter": "org.apache.kafka.connect.json.JsonConverter",
         "key.converter.schemas.enable": "false",
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 
@@ -63,13 +63,17 @@ def redact(config: dict[str, str]) -> dict[str, str]:
     return {k: ("********" if "password" in k and v else v) for k, v in config.items()}
 
 
-def database_url(settings: Settings, dbname: str | None = None) -> str:
-    """The framework's database URL, optionally pointed at another database of the same server."""
-    dsn = settings.dsn
-    if dbname is None:
-        return dsn
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+def connector_dsn(settings: Settings, config: dict[str, str]) -> str:
+    """The database a connector reads, from its config; the framework's credentials are used
+    when it is the framework's own server and the config holds no password."""
+    own = urlsplit(settings.dsn)
+    host, port = config.get("database.hostname", "127.0.0.1"), config.get("database.port", "5432")
+    user = config.get("database.user") or own.username or "postgres"
+    password = config.get("database.password") or ""
+    if not password and (own.hostname, str(own.port or 5432)) == (host, port) and own.username == user:
+        password = own.password or ""
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(("postgresql", f"{auth}@{host}:{port}", "/" + config.get("database.dbname", "postgres"), "", ""))
 
 
 class CdcConnectors:
@@ -153,8 +157,7 @@ class CdcConnectors:
         slot = None
         outbox = "outbox" in (config.get("transforms") or "").split(",")
         try:
-            with psycopg.connect(database_url(self.settings, config.get("database.dbname")), autocommit=True,
-                                 connect_timeout=10) as conn:
+            with psycopg.connect(connector_dsn(self.settings, config), autocommit=True, connect_timeout=10) as conn:
                 slot = slot_info(conn, slot_name)
                 if outbox:
                     outbox = outbox_mode.enabled(conn, _table_name(config.get("table.include.list", "")))
@@ -204,7 +207,7 @@ class CdcConnectors:
         ``requeue_seconds`` are made pending again: the relay sends them, and consumers
         drop those the connector had already sent (same message_id). See :meth:`_drain`."""
         config = self.client.config(name)
-        dsn = database_url(self.settings, config.get("database.dbname"))
+        dsn = connector_dsn(self.settings, config)
         slot = config.get("slot.name", "debezium")
         publication = config.get("publication.name")
         is_outbox = "outbox" in (config.get("transforms") or "").split(",")

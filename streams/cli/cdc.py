@@ -61,11 +61,13 @@ def _load_spec(path: Path) -> dict[str, Any]:
 @click.option("--snapshot", type=click.Choice(["initial", "no_data", "always", "when_needed"]), default=None,
               help="Snapshot mode (default: initial for tables, no_data for the outbox).")
 @click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="Partitions of the topics it creates.")
+@click.option("--database-url", default=None,
+              help="The captured database as Connect reaches it (default STREAMS_DATABASE_URL).")
 @click.option("--dry-run", is_flag=True, help="Print the generated connector config; create nothing.")
 @pass_ctx
 def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: tuple[str, ...], outbox: bool | None,
                publication: str | None, slot: str | None, topic_prefix: str | None, snapshot: str | None,
-               partitions: int | None, dry_run: bool) -> None:
+               partitions: int | None, database_url: str | None, dry_run: bool) -> None:
     """Create connector NAME and wait until it streams (its config is generated from the spec)."""
     from streams.cdc.config import CdcSpec
     from streams.cdc.connectors import redact
@@ -80,11 +82,11 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
         fail("the CDC spec is not valid:\n" + "\n".join(
             f"  {'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()))
     connectors = _connectors(ctx)
-    config = connectors.config(spec)
+    config = connectors.config(spec, database_url)
     if dry_run:
         click.echo(json.dumps({"name": spec.name, "config": redact(config)}, indent=2))
         return
-    connectors.create(spec)
+    connectors.create(spec, database=database_url)
     resolved = connectors.resolve(spec)
     console.print(f"connector {spec.name} is RUNNING — slot {resolved.slot_name}, publication "
                   f"{resolved.publication_name}, topics {resolved.prefix}.<schema>.<table>"

@@ -117,6 +117,8 @@ class LocalConnect:
     port: int = 8083
     group: str = "streams-connect"
     heap: str = "512m"
+    #: how often the worker stores its connectors' source positions (what a crash re-sends)
+    offset_flush_ms: int = 1000
 
     @classmethod
     def from_settings(cls, settings) -> "LocalConnect":
@@ -165,7 +167,7 @@ class LocalConnect:
             "status.storage.replication.factor=1",
             "offset.storage.partitions=5",
             "status.storage.partitions=3",
-            "offset.flush.interval.ms=1000",
+            f"offset.flush.interval.ms={self.offset_flush_ms}",
             "key.converter=org.apache.kafka.connect.json.JsonConverter",
             "value.converter=org.apache.kafka.connect.json.JsonConverter",
             "key.converter.schemas.enable=false",

@@ -1,0 +1,395 @@
+"""Change data capture on the real stack: PostgreSQL 18 → Debezium 3.4 on Kafka Connect 4.1 → Kafka → a worker.
+
+All tests of this module share the test process's Connect worker (one xdist group); each
+creates its connectors with ``streams cdc create`` and deletes them (slot included) at
+its end. The worker's handlers write every effect with the framework's transactional
+effects into tables without unique constraints, so a repeated effect shows as a row.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import psycopg
+import pytest
+
+from streams.cdc.connectors import CdcConnectors
+from streams.kafka.admin import end_offsets, read_topic
+from streams.kafka.failure_log import read_dead_letters
+from tests.apps.cdc_app import SCHEMA
+from tests.harness import ROOT, SESSION_HOME, Isolated
+from tests.helpers import run, wait_for
+from tests.raw_producer import produce
+from tests.reference import committed_to_end
+
+pytestmark = pytest.mark.xdist_group("cdc")
+
+APP = "tests.apps.cdc_app:app"
+ORDERS = "cdc.orders.public.cdc_orders"
+
+
+@dataclass
+class Cdc:
+    """One test's connectors on the shared Connect worker."""
+
+    iso: Isolated
+    connect: object
+    suffix: str
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**self.iso.env, "STREAMS_CONNECT_URL": self.connect.url}  # type: ignore[attr-defined]
+
+    @property
+    def connectors(self) -> CdcConnectors:
+        return CdcConnectors(self.iso.settings.model_copy(update={"connect_url": self.connect.url}))  # type: ignore[attr-defined]
+
+    def name(self, base: str) -> str:
+        return f"{base}-{self.suffix}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "streams.cli", "cdc", *args], env=self.env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=180, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"streams cdc {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def create_orders(self, base: str = "orders", *extra: str) -> str:
+        name = self.name(base)
+        self.created.append(name)
+        self.cli("create", name, "--table", "public.cdc_orders", "--topic-prefix", self.iso.topic("cdc.orders"), *extra)
+        return name
+
+    def worker(self, label: str = "consumer"):
+        return self.iso.worker(label, STREAMS_WORKER_APP=APP).start()
+
+
+@pytest.fixture
+def cdc(isolated: Isolated, connect_worker) -> Iterator[Cdc]:
+    isolated.sql(SCHEMA)
+    helper = Cdc(isolated, connect_worker, isolated.settings.app_id.removeprefix("test-"))
+    try:
+        yield helper
+    finally:
+        for w in isolated.workers:
+            w.kill()
+        connect_worker.up()  # no-op unless a test left it down
+        names = set(helper.connectors.names())
+        for name in helper.created:
+            if name in names:
+                helper.connectors.delete(name)  # its slot would keep the test's database from being dropped
+
+
+# --- helpers -------------------------------------------------------------------------
+def changes(iso: Isolated) -> list[tuple]:
+    """(message_id, op, order_id, version, status, before_status, snapshot) in handling order per partition."""
+    return iso.sql("SELECT message_id, op, order_id, version, status, before_status, snapshot FROM order_changes "
+                   "ORDER BY partition, kafka_offset")
+
+
+def effect_count(iso: Isolated) -> tuple[int, int]:
+    return iso.sql("SELECT count(*), count(DISTINCT message_id) FROM order_changes")[0]
+
+
+def wait_effects(iso: Isolated, n: int, timeout: float = 120) -> None:
+    wait_for(lambda: effect_count(iso)[1] >= n, timeout, what=f"{n} change effects (have {effect_count(iso)})")
+    topic = iso.topic(ORDERS)
+    wait_for(lambda: committed_to_end(iso.settings, iso.settings.app_id, topic), 60,
+             what="the group committed to the end of the change topic")
+
+
+def per_key(rows: list[tuple]) -> dict[int, list[tuple]]:
+    out: dict[int, list[tuple]] = defaultdict(list)
+    for _mid, op, order_id, version, *_ in rows:
+        out[order_id].append((op, version))
+    return out
+
+
+class Writer:
+    """Writes changes to cdc_orders in transactions, keeping the expected (op, version) history per key."""
+
+    def __init__(self, dsn: str, seed: int = 7) -> None:
+        self.dsn = dsn
+        self.rng = random.Random(seed)
+        self.expected: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        self.versions: dict[int, int] = {}
+        self.transactions = 0
+        self.next_id = 1
+
+    def snapshot_rows(self, n: int) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO cdc_orders SELECT g, 'new', 1 FROM generate_series(%s::int, %s::int) g",
+                         (self.next_id, self.next_id + n - 1))
+        for i in range(self.next_id, self.next_id + n):
+            self.versions[i] = 1
+            self.expected[i].append(("r", 1))
+        self.next_id += n
+
+    def transaction(self, conn: psycopg.Connection, size: int) -> None:
+        with conn.transaction():
+            for _ in range(size):
+                live = list(self.versions)
+                choice = self.rng.random()
+                if not live or choice < 0.4:
+                    key = self.next_id
+                    self.next_id += 1
+                    conn.execute("INSERT INTO cdc_orders VALUES (%s, 'new', 1)", (key,))
+                    self.versions[key] = 1
+                    self.expected[key].append(("c", 1))
+                elif choice < 0.9:
+                    key = self.rng.choice(live)
+                    self.versions[key] += 1
+                    conn.execute("UPDATE cdc_orders SET version = %s, status = %s WHERE id = %s",
+                                 (self.versions[key], f"v{self.versions[key]}", key))
+                    self.expected[key].append(("u", self.versions[key]))
+                else:
+                    key = self.rng.choice(live)
+                    conn.execute("DELETE FROM cdc_orders WHERE id = %s", (key,))
+                    self.expected[key].append(("d", self.versions.pop(key)))
+        self.transactions += 1
+
+    def run(self, transactions: int, size: int, pause: float = 0.0) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for _ in range(transactions):
+                self.transaction(conn, size)
+                if pause:
+                    time.sleep(pause)
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.expected.values())
+
+
+# --- tests -----------------------------------------------------------------------------------
+def test_snapshot_then_inserts_updates_deletes_in_order_per_key(cdc: Cdc) -> None:
+    iso = cdc.iso
+    writer = Writer(iso.settings.dsn)
+    writer.snapshot_rows(300)
+    dry = json.loads(cdc.cli("create", cdc.name("orders"), "--table", "public.cdc_orders", "--dry-run").stdout)
+    assert dry["config"]["table.include.list"] == "public.cdc_orders"
+    assert dry["config"]["replica.identity.autoset.values"] == "public.cdc_orders:FULL"
+    cdc.create_orders()
+    worker = cdc.worker()
+    worker.wait_ready()
+    writer.run(120, 10)
+    wait_effects(iso, writer.total)
+
+    rows = changes(iso)
+    assert len(rows) == len({r[0] for r in rows}) == writer.total, "every change once"
+    assert per_key(rows) == writer.expected, "per key: the history in the order it was committed"
+    snapshot = [r for r in rows if r[1] == "r"]
+    assert len(snapshot) == 300 and all(r[6] for r in snapshot)
+    deletes = [r for r in rows if r[1] == "d"]
+    assert deletes and all(r[5] is not None for r in deletes), "REPLICA IDENTITY FULL: a delete carries its old row"
+    records = run(read_topic(iso.settings, iso.topic(ORDERS)))
+    tombstones = [r for r in records if r.value is None]
+    assert len(tombstones) == len(deletes), "Debezium wrote a tombstone after each delete; none reached the handler"
+    assert worker.running()
+    print(f"{writer.total} changes ({len(snapshot)} snapshot reads, {len(deletes)} deletes) handled once, in order")
+
+
+def test_connect_killed_mid_stream_redelivers_without_repeated_effects(cdc: Cdc) -> None:
+    iso = cdc.iso
+    name = cdc.create_orders()
+    worker = cdc.worker()
+    worker.wait_ready()
+    writer = Writer(iso.settings.dsn, seed=11)
+    # paced, so the database is still being written for a while after the kill
+    thread = threading.Thread(target=writer.run, kwargs={"transactions": 400, "size": 25, "pause": 0.02}, daemon=True)
+    thread.start()
+    topic = iso.topic(ORDERS)
+    wait_for(lambda: sum(run(end_offsets(iso.settings, topic)).values()) >= 1500, 120,
+             what="Connect has sent 1,500 changes")
+    try:
+        cdc.connect.kill()  # type: ignore[attr-defined]
+        assert thread.is_alive(), "the crash must land while the database is still being written"
+        time.sleep(1)
+    finally:
+        took = cdc.connect.up()  # type: ignore[attr-defined]
+    cdc.connectors.client.wait_for(name, "RUNNING", 120)
+    thread.join(300)
+    assert not thread.is_alive()
+    wait_effects(iso, writer.total, timeout=180)
+
+    rows = changes(iso)
+    assert len(rows) == len({r[0] for r in rows}) == writer.total, "no repeated effect, nothing lost"
+    assert per_key(rows) == writer.expected
+    records = [r for r in run(read_topic(iso.settings, iso.topic(ORDERS))) if r.value is not None]
+    by_tx: Counter = Counter()
+    for r in records:
+        by_tx[json.loads(r.value)["source"]["txId"]] += 1
+    per_tx = 25
+    twice = [tx for tx, n in by_tx.items() if n > per_tx]
+    redelivered = len(records) - writer.total
+    assert redelivered > 0, "the crash re-sent nothing: the test did not exercise a re-delivery"
+    print(f"Connect SIGKILLed mid-stream, back in {took:.1f}s: {len(records)} change records on Kafka for "
+          f"{writer.total} changes ({redelivered} re-delivered, {len(twice)} transactions seen more than once); "
+          f"{len(rows)} effects, each once")
+
+
+def test_postgres_restart_mid_stream(cdc: Cdc, tmp_path) -> None:
+    """The captured database restarts while it is written: the connector reconnects and misses nothing."""
+    from streams.dev.postgres import LocalPostgres
+    from streams.dev.process import free_port
+
+    if not iso_local(cdc.iso):
+        pytest.skip("needs the project's own PostgreSQL binaries")
+    source = LocalPostgres(root=SESSION_HOME / f"pg-{cdc.suffix}", port=free_port())
+    source.up()
+    try:
+        with psycopg.connect(source.url, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+        cdc.created.append(cdc.name("orders"))
+        cdc.cli("create", cdc.name("orders"), "--table", "public.cdc_orders", "--topic-prefix",
+                cdc.iso.topic("cdc.orders"), "--database-url", source.url)
+        worker = cdc.worker()
+        worker.wait_ready()
+        writer = Writer(source.url, seed=5)
+        writer.run(40, 20)
+        source.down()
+        time.sleep(2)
+        source.up()
+        writer.run(40, 20)
+        wait_effects(cdc.iso, writer.total, timeout=180)
+        rows = changes(cdc.iso)
+        assert len(rows) == len({r[0] for r in rows}) == writer.total
+        assert per_key(rows) == writer.expected
+        print(f"PostgreSQL restarted mid-stream: {writer.total} changes, each handled once, in order")
+    finally:
+        if cdc.name("orders") in cdc.connectors.names():
+            cdc.connectors.delete(cdc.name("orders"))
+        cdc.created.clear()
+        source.down()
+
+
+def iso_local(iso: Isolated) -> bool:
+    from streams.dev.postgres import bin_dir
+
+    try:
+        return bin_dir().exists()
+    except Exception:  # noqa: BLE001 - no embedded binaries: skip
+        return False
+
+
+def test_stop_resume_restart_and_offset_resets(cdc: Cdc) -> None:
+    """The connector resumes from its stored position; a consumer offset reset re-reads without
+    repeating effects; forgetting the connector's position takes a new snapshot."""
+    iso = cdc.iso
+    writer = Writer(iso.settings.dsn, seed=3)
+    writer.snapshot_rows(50)
+    name = cdc.create_orders()
+    worker = cdc.worker()
+    worker.wait_ready()
+    writer.run(20, 5)
+    wait_effects(iso, writer.total)
+
+    cdc.cli("pause", name)
+    assert cdc.connectors.client.state(name)[0] == "PAUSED"
+    cdc.cli("stop", name)
+    writer.run(20, 5)  # written while the connector is stopped: the slot keeps it
+    status = json.loads(cdc.cli("status", name, "--json").stdout)
+    assert status["state"] == "STOPPED" and status["slot"]["lag_bytes"] > 0 and status["offsets"]
+    cdc.cli("resume", name)
+    writer.run(10, 5)
+    cdc.cli("restart", name)
+    writer.run(10, 5)
+    wait_effects(iso, writer.total)
+    rows = changes(iso)
+    assert len(rows) == len({r[0] for r in rows}) == writer.total
+    assert per_key(rows) == writer.expected
+    assert sum(1 for r in rows if r[1] == "r") == 50, "resumed from the stored position: no second snapshot"
+
+    # the consumer re-reads everything: no effect repeats
+    worker.stop()
+    topic = iso.topic(ORDERS)
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "offsets", "reset", "--group", iso.settings.app_id,
+                          "--topic", topic, "--to-earliest", "--execute"], env=cdc.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not committed_to_end(iso.settings, iso.settings.app_id, topic)
+    worker = cdc.worker("consumer-2")
+    worker.wait_ready()
+    wait_effects(iso, writer.total)
+    assert effect_count(iso) == (writer.total, writer.total), "re-read, nothing handled twice"
+
+    # the connector's position: refused while running, forgotten once stopped → a new snapshot
+    refused = cdc.cli("offsets", "reset", name, "--execute", check=False)
+    assert refused.returncode == 1 and "stopped connector" in refused.stderr
+    cdc.cli("stop", name)
+    plan = json.loads(cdc.cli("offsets", "reset", name).stdout)
+    assert plan["applied"] is False and plan["current"]
+    cdc.cli("offsets", "reset", name, "--execute")
+    assert cdc.connectors.offsets(name) == []
+    cdc.cli("resume", name)
+    live = len(writer.versions)
+    wait_effects(iso, writer.total + live)
+    rows = changes(iso)
+    assert sum(1 for r in rows if r[1] == "r") == 50 + live, "a second snapshot, read as new changes"
+    assert len(rows) == len({r[0] for r in rows})
+
+
+def test_bad_change_events_are_parked_with_reasons(cdc: Cdc) -> None:
+    iso = cdc.iso
+    writer = Writer(iso.settings.dsn, seed=9)
+    writer.snapshot_rows(3)
+    cdc.create_orders()
+    worker = cdc.worker()
+    worker.wait_ready()
+    wait_effects(iso, 3)
+    topic = iso.topic(ORDERS)
+    template = next(json.loads(r.value) for r in run(read_topic(iso.settings, topic)) if r.value)
+
+    # a real schema change: the column is renamed, a row changes, the rename is undone
+    with psycopg.connect(iso.settings.dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE cdc_orders RENAME COLUMN status TO state")
+        conn.execute("UPDATE cdc_orders SET version = 2, state = 'renamed' WHERE id = 1")
+        conn.execute("ALTER TABLE cdc_orders RENAME COLUMN state TO status")
+    other_table = {**template, "source": {**template["source"], "table": "payments"}}
+    bad_op = {**template, "op": "x"}
+    produce(iso.settings.bootstrap_servers, topic, [
+        {"key": b'{"id":1}', "value": b"\xff\xfe not json", "headers": []},
+        {"key": b'{"id":1}', "value": b'{"hello": "world"}', "headers": []},
+        {"key": b'{"id":1}', "value": json.dumps(other_table).encode(), "headers": []},
+        {"key": b'{"id":1}', "value": json.dumps(bad_op).encode(), "headers": []},
+        {"key": b'{"id":1}', "value": None, "headers": []},
+    ])
+    with psycopg.connect(iso.settings.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE cdc_orders SET version = 2, status = 'fine' WHERE id = 2")
+    wait_effects(iso, 4)
+
+    letters = run(read_dead_letters(iso.settings, topic))
+    reasons = Counter(dl.header("dlq.reason") for dl in letters)
+    assert reasons == {"schema_change": 1, "not_json": 1, "not_change_event": 2, "unknown_table": 1}, reasons
+    schema = next(dl for dl in letters if dl.header("dlq.reason") == "schema_change")
+    assert "status" in (schema.header("dlq.error.message") or ""), schema.header("dlq.error.message")
+    assert ("u", 2) in per_key(changes(iso))[2] and ("u", 2) not in per_key(changes(iso))[1]
+    assert worker.running()
+    print("parked:", dict(reasons), "| first line:", (schema.header("dlq.error.message") or "").splitlines()[0])
+
+
+def test_create_refuses_a_taken_slot_and_delete_drops_slot_and_publication(cdc: Cdc) -> None:
+    iso = cdc.iso
+    name = cdc.create_orders()
+    slot = name.replace("-", "_")
+    taken = cdc.cli("create", cdc.name("second"), "--table", "public.cdc_orders", "--slot", slot, check=False)
+    assert taken.returncode == 1 and "in use by process" in taken.stderr, taken.stderr
+    dry = cdc.cli("delete", name, "--dry-run")
+    assert json.loads(dry.stdout)["slot"] == slot
+    assert iso.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == [(1,)]
+    report = json.loads(cdc.cli("delete", name).stdout)
+    assert report["slot_dropped"] and report["publication_dropped"]
+    assert iso.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == [(0,)]
+    assert iso.sql("SELECT count(*) FROM pg_publication WHERE pubname = %s", (f"{slot}_pub",)) == [(0,)]
+    assert name not in cdc.connectors.names()
+    gone = cdc.cli("status", name, check=False)
+    assert gone.returncode == 1 and "404" in gone.stderr
