@@ -7,15 +7,23 @@ record value to the row's ``topic`` with its ``key`` and ``message_id``, ``messa
 and ``kind`` headers — the same records the relay sends, so consumers do not change
 and their processed-ID tables deduplicate across both paths.
 
-Switching, with no row lost (consumers drop the few sent by both):
+Switching, with no row lost and none sent twice:
 
 * relay → CDC: ``streams cdc create --outbox`` creates the slot (every commit after
-  it is captured), waits until the connector runs, then installs the trigger; rows
-  committed before it are still ``pending`` and the relay sends them; stop the relay
-  once ``streams outbox stats`` shows none pending.
-* CDC → relay: ``streams cdc delete`` drops the trigger first (new rows are
-  ``pending`` again, for the relay), waits until the connector has read the log up to
-  that point, then deletes the connector, its slot and publication.
+  it is captured), waits until the connector reads it, then installs the trigger.
+  Rows committed before the trigger have no envelope and stay ``pending``: the
+  connector drops them (a filter on the router's empty records) and the relay sends
+  them. Stop the relay once ``streams outbox stats`` shows none pending.
+* CDC → relay: ``streams cdc delete`` writes a marker row and drops the trigger in one
+  transaction (later rows are ``pending``, for the relay), waits until the connector's
+  stored position is past the marker, then deletes the connector, its slot and
+  publication. Should the connector not get there, the rows handed to the log in the
+  last minutes are made pending again: the relay resends them and consumers drop the
+  copies (same ``message_id``).
+
+Order per key holds within each path; across a switch a key's older row sent by the
+relay can arrive after a newer one sent through the log (stop the writers of the
+table, or accept it, for the seconds of the switch).
 
 Rows marked ``done`` this way are removed by the relay's usual purge of done rows
 (``STREAMS_OUTBOX_RETENTION``).

@@ -1,6 +1,8 @@
-"""CDC specs and the Debezium config generated from them (work in progress, issue 15)."""
+"""CDC specs and the Debezium config generated from them."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from pydantic import ValidationError
@@ -26,6 +28,10 @@ def test_outbox_spec_routes_by_topic_with_the_message_id() -> None:
     assert config["table.include.list"] == "public.streams_outbox" and config["snapshot.mode"] == "no_data"
     assert config["transforms.outbox.table.field.event.id"] == "message_id"
     assert config["transforms.outbox.route.topic.replacement"] == "${routedByValue}"
+    # the value is the relay's envelope, as text; rows without one (pending, for the relay) are dropped
+    assert config["transforms.outbox.table.field.event.payload"] == "envelope"
+    assert config["value.converter"] == "org.apache.kafka.connect.storage.StringConverter"
+    assert config["transforms"] == "outbox,unhandedRows" and config["skipped.operations"] == "u,d,t"
 
 
 @pytest.mark.parametrize("bad", [{"name": "x"}, {"name": "x", "tables": ["public.a"], "outbox": True},
@@ -34,3 +40,24 @@ def test_outbox_spec_routes_by_topic_with_the_message_id() -> None:
 def test_bad_specs_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
         CdcSpec(**bad)
+
+
+def test_create_dry_run_reads_a_yaml_spec_and_hides_the_password(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli import cli
+
+    spec = tmp_path / "orders.yaml"
+    spec.write_text("name: shop-orders\ntables: [public.orders]\nsnapshot: no_data\nbefore_rows: key\n")
+    monkeypatch.setenv("STREAMS_DATABASE_URL", "postgresql://app:s3cret@db.example:5433/shop")
+    monkeypatch.setenv("STREAMS_TOPIC_PREFIX", "prod.")
+    result = CliRunner().invoke(cli, ["cdc", "create", "--file", str(spec), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["name"] == "shop-orders" and out["config"]["database.password"] == "********"
+    assert out["config"]["topic.prefix"] == "prod.cdc.shop-orders" and out["config"]["snapshot.mode"] == "no_data"
+    assert "replica.identity.autoset.values" not in out["config"]
+    assert "s3cret" not in result.output
+
+    bad = CliRunner().invoke(cli, ["cdc", "create", "x", "--table", "orders", "--dry-run"])
+    assert bad.exit_code == 1 and "schema.table" in bad.output
