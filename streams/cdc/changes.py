@@ -19,7 +19,10 @@ gets an ``Envelope[ChangeEvent[Row]]``::
 Each event's ``message_id`` is made from where it sits in the database's log —
 table, LSN, transaction id, operation and primary key — so a re-delivery of the same
 change (Connect re-sends what it had not committed when it crashed: a whole
-transaction twice) has the same id and the processed-ID table drops it.
+transaction twice) has the same id and the processed-ID table drops it. Several
+changes can share an LSN (a snapshot's rows, the rows of one COPY): the key tells
+them apart, or for a table without a primary key the row itself (so two identical
+rows of one COPY into a keyless table count as one change: give tables a key).
 
 What is not a change of a declared table is decided here, never by a crash:
 
@@ -168,7 +171,10 @@ class ChangeDecoder:
                               f"change of table {table!r}, which this topic was not declared with "
                               f"(declared: {', '.join(sorted(self.tables))})", message_type=message_type)
         record_key = self._key(key)
-        message_id = change_message_id(table, source, op, record_key)
+        # a table without a primary key has no record key: the row itself tells the changes
+        # of one WAL record apart (rows a COPY writes share an LSN)
+        identity = record_key if record_key is not None else data.get("after") or data.get("before")
+        message_id = change_message_id(table, source, op, identity)
         model = self.tables[table]
         fields: dict[str, Any] = {"op": op, "table": table, "key": record_key, "source": source,
                                   "ts_ms": data.get("ts_ms") if isinstance(data.get("ts_ms"), int) else None}

@@ -87,3 +87,9 @@ def test_what_is_not_a_change_of_a_declared_table_is_refused_with_its_reason(val
 def test_an_added_column_is_ignored() -> None:
     change = decode(event(after={"id": 2, "status": "paid", "amount": "3.00", "coupon": "X"})).payload
     assert change.after == Order(id=2, status="paid", amount=Decimal("3.00"))
+
+
+def test_a_keyless_table_tells_rows_at_one_lsn_apart_by_their_content() -> None:
+    one = decoder.decode(json.dumps(event("c", after={"id": 1, "status": "a", "amount": "1"})).encode(), None)
+    two = decoder.decode(json.dumps(event("c", after={"id": 2, "status": "a", "amount": "1"})).encode(), None)
+    assert one.payload.key is None and one.message_id != two.message_id

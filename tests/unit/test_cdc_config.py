@@ -61,3 +61,13 @@ def test_create_dry_run_reads_a_yaml_spec_and_hides_the_password(tmp_path, monke
 
     bad = CliRunner().invoke(cli, ["cdc", "create", "x", "--table", "orders", "--dry-run"])
     assert bad.exit_code == 1 and "schema.table" in bad.output
+
+
+def test_the_documented_spec_file_is_valid() -> None:
+    from click.testing import CliRunner
+
+    from streams.cli import cli
+
+    result = CliRunner().invoke(cli, ["cdc", "create", "--file", "docs/cdc-orders.yaml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["table.include.list"] == "public.orders,public.order_lines"
