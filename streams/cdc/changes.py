@@ -19,7 +19,10 @@ gets an ``Envelope[ChangeEvent[Row]]``::
 Each event's ``message_id`` is made from where it sits in the database's log —
 table, LSN, transaction id, operation and primary key — so a re-delivery of the same
 change (Connect re-sends what it had not committed when it crashed: a whole
-transaction twice) has the same id and the processed-ID table drops it. Several
+transaction twice) has the same id and the processed-ID table drops it. A snapshot
+read has no stable position (a snapshot interrupted by a crash starts over at a new
+LSN): its id is the table, the key and the row read, so an unchanged row read again
+is dropped and a changed one handled. Several
 changes can share an LSN (a snapshot's rows, the rows of one COPY): the key tells
 them apart, or for a table without a primary key the row itself (so two identical
 rows of one COPY into a keyless table count as one change: give tables a key).
@@ -34,6 +37,10 @@ What is not a change of a declared table is decided here, never by a crash:
   (``schema_change``) with the failing columns, to replay once the model follows.
   An added column is ignored by the model and does not stop anything.
 
+Column values arrive as the generated connector config sets them: numerics as
+decimal strings (``Decimal`` fields), dates, times and timestamps as ISO 8601 text,
+``json``/``jsonb`` as JSON text (type those fields ``pydantic.Json[...]``), arrays as lists.
+
 Rows of a delete (and the ``before`` of an update) carry only the primary key
 unless the table has ``REPLICA IDENTITY FULL``; when such a ``before`` does not fit
 the model it is ``None`` and its columns are in ``before_columns``; ``key`` always
@@ -44,9 +51,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from types import UnionType
+from typing import Any, Generic, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -121,12 +129,21 @@ def change_message_type(table: str) -> str:
     return MESSAGE_TYPE_PREFIX + table
 
 
-def change_message_id(table: str, source: SourcePosition, op: Operation, key: Any) -> str:
-    """The deterministic id of a change: the same change delivered twice gets the same id."""
-    key_text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
-    key_hash = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+def change_message_id(table: str, source: SourcePosition, op: Operation, key: Any, row: Any = None) -> str:
+    """The deterministic id of a change: the same change delivered twice gets the same id.
+
+    A change from the log: table, LSN, transaction id, operation, key. A snapshot read:
+    table, key and the row read — a snapshot Debezium starts over after a crash reads
+    the rows again at a new LSN, and an unchanged row must still be recognised."""
     name = table if len(table) <= 120 else table[:100] + "~" + hashlib.sha256(table.encode()).hexdigest()[:12]
-    return f"cdc:{name}:{source.lsn}:{source.tx_id}:{op.value}:{key_hash}"
+    if op is Operation.READ:
+        return f"cdc:{name}:r:{_digest(key)}:{_digest(row)}"
+    return f"cdc:{name}:{source.lsn}:{source.tx_id}:{op.value}:{_digest(key)}"
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class ChangeDecoder:
@@ -136,6 +153,7 @@ class ChangeDecoder:
         self.tables = dict(tables)
         self.limits = limits
         self._events = {table: ChangeEvent[model] for table, model in self.tables.items()}  # type: ignore[valid-type]
+        self._date_fields = {table: _date_fields(model) for table, model in self.tables.items()}
         self._envelopes = {table: Envelope[self._events[table]] for table in self.tables}  # type: ignore[name-defined]
 
     @property
@@ -174,14 +192,17 @@ class ChangeDecoder:
         # a table without a primary key has no record key: the row itself tells the changes
         # of one WAL record apart (rows a COPY writes share an LSN)
         identity = record_key if record_key is not None else data.get("after") or data.get("before")
-        message_id = change_message_id(table, source, op, identity)
+        message_id = change_message_id(table, source, op, identity, data.get("after"))
         model = self.tables[table]
         fields: dict[str, Any] = {"op": op, "table": table, "key": record_key, "source": source,
                                   "ts_ms": data.get("ts_ms") if isinstance(data.get("ts_ms"), int) else None}
+        dates = self._date_fields[table]
         for side in ("before", "after"):
             row = data.get(side)
             if row is None:
                 continue
+            if dates and isinstance(row, dict):
+                row = _plain_dates(row, dates)
             try:
                 fields[side] = model.model_validate(row)
             except ValidationError as exc:
@@ -211,6 +232,27 @@ class ChangeDecoder:
         if isinstance(data, dict) and "payload" in data and "schema" in data:
             data = data["payload"]
         return data if isinstance(data, dict) else {"_key": data}
+
+
+def _date_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields of ``model`` typed ``date`` (or ``date | None``)."""
+    out = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+        if any(m is date for m in members):
+            out.add(info.alias or name)
+    return frozenset(out)
+
+
+def _plain_dates(row: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
+    """Debezium's ISO dates carry a zone (``2026-12-02Z``) that a ``date`` does not take."""
+    out = dict(row)
+    for name in fields:
+        value = out.get(name)
+        if isinstance(value, str) and len(value) == 11 and value.endswith("Z"):
+            out[name] = value[:-1]
+    return out
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:

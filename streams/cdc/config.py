@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -67,13 +67,14 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
     """Debezium PostgreSQL connector config (strings only, as Connect's REST API takes them).
     ``replication_factor`` -1 leaves it to the brokers' default."""
     url = urlsplit(dsn)
+    options = dict(parse_qsl(url.query))
     config: dict[str, Any] = {
         "connector.class": POSTGRES_CONNECTOR,
         "tasks.max": "1",
         "database.hostname": url.hostname or "127.0.0.1",
         "database.port": str(url.port or 5432),
-        "database.user": url.username or "postgres",
-        "database.password": url.password or "",
+        "database.user": unquote(url.username or "") or "postgres",
+        "database.password": unquote(url.password or ""),
         "database.dbname": (url.path or "/postgres").lstrip("/"),
         "plugin.name": "pgoutput",
         "slot.name": spec.slot_name,
@@ -84,7 +85,7 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
         "topic.creation.default.replication.factor": str(replication_factor),
         "topic.creation.default.partitions": str(partitions or spec.partitions),
         "decimal.handling.mode": "string",
-        "time.precision.mode": "connect",
+        "time.precision.mode": "isostring",  # dates, times, timestamps as ISO 8601 text
         "tombstones.on.delete": "true",
         "heartbeat.interval.ms": "10000",
         # Debezium hands a batch to Connect when it is full or after this wait: its default (500 ms)
@@ -97,6 +98,8 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",
         "value.converter.schemas.enable": "false",
     }
+    if options.get("sslmode"):
+        config["database.sslmode"] = options["sslmode"]
     if spec.outbox:
         config.update({
             "table.include.list": spec.outbox_table,

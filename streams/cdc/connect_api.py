@@ -143,7 +143,7 @@ class ConnectClient:
             task_states = [t["state"] for t in st.get("tasks", [])]
             seen = (st["connector"]["state"], task_states)
             failed = [t for t in st.get("tasks", []) if t["state"] == FAILED]
-            if failed and state != FAILED:
+            if failed and state in (RUNNING, PAUSED):  # a stop or delete of a failed connector goes on
                 trace = (failed[0].get("trace") or "").strip().splitlines()
                 raise ConnectError(500, f"connector {name}: task {failed[0]['id']} FAILED: "
                                         + " | ".join(trace[:3]))

@@ -8,16 +8,17 @@ one leaves no slot holding WAL behind.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 
 from streams.cdc import outbox as outbox_mode
 from streams.cdc.config import POSTGRES_CONNECTOR, CdcSpec, connector_config
-from streams.cdc.connect_api import RUNNING, STOPPED, ConnectClient, ConnectError
+from streams.cdc.connect_api import PAUSED, RUNNING, STOPPED, ConnectClient, ConnectError
 from streams.cdc.slots import (
     SlotError,
     SlotInfo,
@@ -68,12 +69,13 @@ def connector_dsn(settings: Settings, config: dict[str, str]) -> str:
     when it is the framework's own server and the config holds no password."""
     own = urlsplit(settings.dsn)
     host, port = config.get("database.hostname", "127.0.0.1"), config.get("database.port", "5432")
-    user = config.get("database.user") or own.username or "postgres"
+    user = config.get("database.user") or unquote(own.username or "") or "postgres"
     password = config.get("database.password") or ""
-    if not password and (own.hostname, str(own.port or 5432)) == (host, port) and own.username == user:
-        password = own.password or ""
+    if not password and (own.hostname, str(own.port or 5432)) == (host, port) and unquote(own.username or "") == user:
+        password = unquote(own.password or "")
     auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-    return urlunsplit(("postgresql", f"{auth}@{host}:{port}", "/" + config.get("database.dbname", "postgres"), "", ""))
+    query = f"sslmode={config['database.sslmode']}" if config.get("database.sslmode") else ""
+    return urlunsplit(("postgresql", f"{auth}@{host}:{port}", "/" + config.get("database.dbname", "postgres"), query, ""))
 
 
 class CdcConnectors:
@@ -101,9 +103,14 @@ class CdcConnectors:
                                 else spec.partitions)
 
     # --- create -----------------------------------------------------------------------
-    def create(self, spec: CdcSpec, *, database: str | None = None, timeout: float = 90.0) -> dict[str, str]:
+    def create(self, spec: CdcSpec, *, database: str | None = None, reuse_slot: bool = False,
+               timeout: float = 90.0) -> dict[str, str]:
         """Check the database, create the connector, wait until it streams; for an outbox
-        connector, then hand new outbox rows to the log. Returns the config used."""
+        connector, then hand new outbox rows to the log. Returns the config used.
+
+        An existing replication slot of that name is refused (another connector, running or
+        stopped, may own it and would lose its changes) unless ``reuse_slot``: a connector
+        deleted with ``keep_slot`` and created again resumes from it."""
         spec = self.resolve(spec)
         config = self.config(spec, database)
         dsn = database or self.settings.dsn
@@ -118,18 +125,32 @@ class CdcConnectors:
                 if existing is not None and existing.active:
                     raise CdcError(f"replication slot {spec.slot_name!r} is in use by process {existing.active_pid}: "
                                    "another connector reads it; choose another slot name")
+                if existing is not None and not reuse_slot:
+                    kept = _size(existing.retained_bytes)
+                    raise CdcError(f"replication slot {spec.slot_name!r} already exists (inactive, {kept} of WAL kept): "
+                                   "a stopped connector may own it. To resume from it, pass --reuse-slot; "
+                                   f"to discard it: SELECT pg_drop_replication_slot('{spec.slot_name}')")
         except psycopg.OperationalError as exc:
             raise CdcError(f"PostgreSQL at {_redacted(dsn)} does not answer: {str(exc).strip()}") from None
+        except psycopg.Error as exc:
+            raise CdcError(f"PostgreSQL refused the preparation: {str(exc).strip()}") from None
         except SlotError as exc:
             raise CdcError(str(exc)) from None
         if POSTGRES_CONNECTOR not in self.client.plugins():
             raise CdcError(f"Kafka Connect at {self.client.url} has no {POSTGRES_CONNECTOR} plugin")
-        try:
-            self.client.create(spec.name, config)
-        except ConnectError as exc:
-            if exc.status == 409:
-                raise CdcError(f"a connector named {spec.name!r} already exists (streams cdc status {spec.name})") from None
-            raise
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.create(spec.name, config)
+                break
+            except ConnectError as exc:
+                if exc.status != 409:
+                    raise
+                if self.client.exists(spec.name):
+                    raise CdcError(f"a connector named {spec.name!r} already exists (streams cdc status {spec.name})") from None
+                if time.monotonic() > deadline:  # 409 also means "the workers are rebalancing"
+                    raise
+                time.sleep(1)
         self.client.wait_for(spec.name, RUNNING, timeout)
         if spec.outbox:
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -182,11 +203,13 @@ class CdcConnectors:
         return self.client.connectors()
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def pause(self, name: str) -> None:
+    def pause(self, name: str, timeout: float = 60.0) -> None:
         self.client.pause(name)
+        self.client.wait_for(name, PAUSED, timeout)
 
-    def resume(self, name: str) -> None:
+    def resume(self, name: str, timeout: float = 90.0) -> None:
         self.client.resume(name)
+        self.client.wait_for(name, RUNNING, timeout)
 
     def stop(self, name: str, timeout: float = 60.0) -> None:
         self.client.stop(name)
@@ -212,7 +235,12 @@ class CdcConnectors:
         publication = config.get("publication.name")
         is_outbox = "outbox" in (config.get("transforms") or "").split(",")
         report: dict[str, Any] = {"connector": name, "slot": slot, "publication": publication}
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        try:
+            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise CdcError(f"PostgreSQL at {_redacted(dsn)} does not answer: {str(exc).strip()}; nothing was deleted "
+                           "(the slot must be dropped with the connector, or it keeps WAL forever)") from None
+        with conn:
             if is_outbox:
                 table = _table_name(config.get("table.include.list", ""))
                 report.update(self._drain(conn, name, config, table, drain_timeout, requeue_seconds))
@@ -236,22 +264,34 @@ class CdcConnectors:
                requeue_seconds: float) -> dict[str, Any]:
         """Stop handing outbox rows to the log, and make sure the connector has sent all it was handed.
 
-        One transaction writes a marker row (to the connector's heartbeat topic, which no consumer
-        reads) and drops the trigger: every row handed to the log commits before the marker, every
-        later row is pending. Once the connector's stored position is past the marker, all of
-        them are on Kafka. If it does not get there in ``timeout`` seconds, the rows handed to
-        the log in the last ``requeue_seconds`` become pending again (the relay resends them)."""
+        One transaction drops the trigger — which waits until every transaction that wrote a
+        row with it has committed — and then writes a marker row (with its envelope, to the
+        connector's heartbeat topic, which no consumer reads). Every row handed to the log
+        commits before the marker; every later row is pending, for the relay. The connector
+        processes commits in order and stores a position only for records Kafka acknowledged,
+        so once its stored LSN is past the point where the marker was written, all of them are
+        on Kafka. If it does not get there in ``timeout`` seconds (it is failing or stopped),
+        the rows handed to the log in the last ``requeue_seconds`` become pending again: a
+        status-mode relay resends them and consumers drop the copies."""
         from psycopg import sql
 
         from streams.messages.envelope import event
-        from streams.outbox.writer import write_message
 
-        with conn.transaction():
-            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-            before = lsn_to_int(row[0]) if row else 0
-            write_message(conn, event("streams.cdc.Drained", {"connector": name}, key=name),
-                          topic=f"__debezium-heartbeat.{config.get('topic.prefix')}", table=table)
-            outbox_mode.disable(conn, table)
+        marker = event("streams.cdc.Drained", {"connector": name}, key=name)
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '30s'")
+                outbox_mode.disable(conn, table)
+                row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+                before = lsn_to_int(row[0]) if row else 0
+                conn.execute(sql.SQL(
+                    "INSERT INTO {} (message_id, message_type, kind, topic, key, payload, envelope, status, processed_at) "
+                    "VALUES (%s, %s, 'event', %s, %s, %s, %s, 'done', clock_timestamp())").format(sql.Identifier(table)),
+                    (marker.message_id, marker.message_type, f"__debezium-heartbeat.{config.get('topic.prefix')}",
+                     name, json.dumps(marker.payload), marker.to_json().decode()))
+        except psycopg.errors.LockNotAvailable:
+            raise CdcError(f"the outbox table {table!r} stayed locked for 30 s (a long transaction?): nothing changed; "
+                           "run the delete again") from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             positions = [max(int(o.get("offset", {}).get("lsn") or 0), int(o.get("offset", {}).get("lsn_commit") or 0))
@@ -261,7 +301,8 @@ class CdcConnectors:
             time.sleep(0.5)
         cur = conn.execute(sql.SQL(
             "UPDATE {} SET status = 'pending', processed_at = NULL WHERE status = 'done' AND envelope IS NOT NULL "
-            "AND processed_at > now() - make_interval(secs => %s)").format(sql.Identifier(table)), (requeue_seconds,))
+            "AND message_type <> %s AND processed_at > now() - make_interval(secs => %s)").format(sql.Identifier(table)),
+            (marker.message_type, requeue_seconds))
         return {"drained": False, "requeued": cur.rowcount}
 
     # --- offsets ------------------------------------------------------------------------------
@@ -301,6 +342,10 @@ def connect_url(settings: Settings) -> str:
 def _table_name(qualified: str) -> str:
     """``public.streams_outbox`` → ``streams_outbox`` (the outbox lives in the search path)."""
     return qualified.split(",")[0].rpartition(".")[2]
+
+
+def _size(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1024 / 1024:,.1f} MiB"
 
 
 def _redacted(dsn: str) -> str:

@@ -25,8 +25,10 @@ Order per key holds within each path; across a switch a key's older row sent by 
 relay can arrive after a newer one sent through the log (stop the writers of the
 table, or accept it, for the seconds of the switch).
 
-Rows marked ``done`` this way are removed by the relay's usual purge of done rows
-(``STREAMS_OUTBOX_RETENTION``).
+Rows marked ``done`` this way are removed like the relay's: by ``streams outbox purge``
+(status mode; run it on a schedule while no relay runs) or a running relay's periodic
+purge, after ``STREAMS_RELAY_RETENTION``. The requeue fallback of a switch back needs a
+status-mode relay (a pointer-mode relay's cursor is already past those rows).
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ def _trigger(table: str) -> sql.Identifier:
 
 
 def enable(conn: psycopg.Connection, table: str = "streams_outbox") -> None:
-    """Install the envelope trigger (idempotent)."""
+    """Install the envelope trigger (idempotent; waits at most 30 s for the table's lock)."""
     with conn.transaction():
-        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {trg} ON {table}").format(
-            trg=_trigger(table), table=sql.Identifier(table)))
+        conn.execute("SET LOCAL lock_timeout = '30s'")
         # BEFORE triggers fire in name order: <table>_assign_id (id, xid, key lock) runs first
-        conn.execute(sql.SQL("CREATE TRIGGER {trg} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {fn}()")
+        conn.execute(sql.SQL("CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT ON {table} FOR EACH ROW "
+                             "EXECUTE FUNCTION {fn}()")
                      .format(trg=_trigger(table), table=sql.Identifier(table), fn=sql.Identifier(f"{table}_envelope")))
 
 

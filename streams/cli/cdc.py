@@ -18,10 +18,14 @@ class CdcGroup(click.Group):
     """Every CDC failure (Connect, PostgreSQL, a refused operation) is one line and exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import psycopg
+
         try:
             return super().invoke(ctx)
         except StreamsError as exc:
             fail(str(exc))
+        except psycopg.Error as exc:
+            fail(f"PostgreSQL: {str(exc).strip()}")
 
 
 @click.group("cdc", cls=CdcGroup)
@@ -37,14 +41,18 @@ def _connectors(ctx: Context):
 
 def _load_spec(path: Path) -> dict[str, Any]:
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - yaml.YAMLError, json.JSONDecodeError: one line either way
+        raise click.BadParameter(f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: "
+                                 f"{str(exc).splitlines()[0]}", param_hint="--file") from None
     if not isinstance(data, dict):
-        raise click.BadParameter(f"{path}: expected a mapping of spec fields")
+        raise click.BadParameter(f"{path}: expected a mapping of spec fields", param_hint="--file")
     return data
 
 
@@ -63,11 +71,13 @@ def _load_spec(path: Path) -> dict[str, Any]:
 @click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="Partitions of the topics it creates.")
 @click.option("--database-url", default=None,
               help="The captured database as Connect reaches it (default STREAMS_DATABASE_URL).")
+@click.option("--reuse-slot", is_flag=True,
+              help="Resume from an existing (inactive) slot of that name, e.g. after `delete --keep-slot`.")
 @click.option("--dry-run", is_flag=True, help="Print the generated connector config; create nothing.")
 @pass_ctx
 def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: tuple[str, ...], outbox: bool | None,
                publication: str | None, slot: str | None, topic_prefix: str | None, snapshot: str | None,
-               partitions: int | None, database_url: str | None, dry_run: bool) -> None:
+               partitions: int | None, database_url: str | None, reuse_slot: bool, dry_run: bool) -> None:
     """Create connector NAME and wait until it streams (its config is generated from the spec)."""
     from streams.cdc.config import CdcSpec
     from streams.cdc.connectors import redact
@@ -86,7 +96,7 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
     if dry_run:
         click.echo(json.dumps({"name": spec.name, "config": redact(config)}, indent=2))
         return
-    connectors.create(spec, database=database_url)
+    connectors.create(spec, database=database_url, reuse_slot=reuse_slot)
     resolved = connectors.resolve(spec)
     console.print(f"connector {spec.name} is RUNNING — slot {resolved.slot_name}, publication "
                   f"{resolved.publication_name}, topics {resolved.prefix}.<schema>.<table>"
@@ -168,9 +178,12 @@ _lifecycle("restart", "Restart the connector and its tasks; they resume from the
 @click.option("--requeue-seconds", type=float, default=300.0, show_default=True,
               help="Outbox connectors: if the slot does not confirm the log in time, rows handed to the log in "
                    "this many seconds become pending again for the relay.")
+@click.option("--drain-timeout", type=float, default=60.0, show_default=True,
+              help="Outbox connectors: seconds to wait for the connector to send every row handed to the log.")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted.")
 @pass_ctx
-def delete_cmd(ctx: Context, name: str, keep_slot: bool, requeue_seconds: float, dry_run: bool) -> None:
+def delete_cmd(ctx: Context, name: str, keep_slot: bool, requeue_seconds: float, drain_timeout: float,
+               dry_run: bool) -> None:
     """Delete connector NAME, then drop its replication slot and publication."""
     connectors = _connectors(ctx)
     if dry_run:
@@ -178,7 +191,7 @@ def delete_cmd(ctx: Context, name: str, keep_slot: bool, requeue_seconds: float,
         click.echo(json.dumps({"connector": name, "slot": None if keep_slot else config.get("slot.name"),
                                "publication": None if keep_slot else config.get("publication.name")}))
         return
-    report = connectors.delete(name, keep_slot=keep_slot, requeue_seconds=requeue_seconds)
+    report = connectors.delete(name, keep_slot=keep_slot, requeue_seconds=requeue_seconds, drain_timeout=drain_timeout)
     click.echo(json.dumps(report))
 
 
@@ -209,7 +222,10 @@ def offsets_reset(ctx: Context, name: str, to_lsn: str | None, execute: bool) ->
     from streams.cdc.slots import lsn_to_int
 
     connectors = _connectors(ctx)
-    target = None if to_lsn is None else (lsn_to_int(to_lsn) if "/" in to_lsn else int(to_lsn))
+    try:
+        target = None if to_lsn is None else (lsn_to_int(to_lsn) if "/" in to_lsn else int(to_lsn))
+    except ValueError:
+        raise click.BadParameter(f"{to_lsn!r} is not an LSN (0/1A2B3C, or an integer)", param_hint="--to-lsn") from None
     current = connectors.status(name)
     plan = {"connector": name, "state": current.state, "current": current.offsets,
             "new": "forgotten (starts as a new connector)" if target is None else {"lsn": target}}

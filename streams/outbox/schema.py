@@ -108,7 +108,7 @@ BEGIN
         'occurred_at', to_char(NEW.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         'key', NEW.key, 'payload', NEW.payload, 'headers', NEW.headers) || NEW.meta)::text;
     NEW.status := 'done';
-    NEW.processed_at := NEW.occurred_at;
+    NEW.processed_at := clock_timestamp();
     RETURN NEW;
 END $$;
 
@@ -173,17 +173,23 @@ def schema_version(conn: psycopg.Connection, table: str = "streams_outbox") -> i
 def migrate(conn: psycopg.Connection, table: str = "streams_outbox") -> bool:
     """Create (or bring up to date) the outbox table, its indexes and triggers.
 
-    Does nothing when the table is already at :data:`SCHEMA_VERSION` (re-creating
-    the triggers takes a lock that would queue behind, and block, live writers).
+    Does nothing when the table is already at :data:`SCHEMA_VERSION` or newer (re-creating
+    the triggers takes a lock that would queue behind, and block, live writers); waits
+    at most 10 s for that lock (``LockNotAvailable`` otherwise).
     Returns whether it changed anything."""
-    if schema_version(conn, table) == SCHEMA_VERSION:
+    version = schema_version(conn, table)
+    if version is not None and version >= SCHEMA_VERSION:  # a newer release migrated it: never downgrade
         return False
     statement = sql.SQL(_DDL).format(**names(table))
     with conn.transaction():
         # one migration at a time (several relays may start together)
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('streams-outbox-migrate'))")
-        if schema_version(conn, table) == SCHEMA_VERSION:
+        version = schema_version(conn, table)
+        if version is not None and version >= SCHEMA_VERSION:
             return False
+        # the triggers' re-creation queues behind live writers and blocks new ones: give up
+        # (and say so) rather than stall them behind a long transaction
+        conn.execute("SET LOCAL lock_timeout = '10s'")
         conn.execute(statement)
     return True
 
