@@ -435,6 +435,9 @@ def test_create_refuses_a_taken_slot_and_delete_drops_slot_and_publication(cdc: 
     slot = name.replace("-", "_")
     taken = cdc.cli("create", cdc.name("second"), "--table", "public.cdc_orders", "--slot", slot, check=False)
     assert taken.returncode == 1 and "in use by process" in taken.stderr, taken.stderr
+    listed = [json.loads(line) for line in cdc.cli("list", "--json").stdout.splitlines()]
+    mine = next(c for c in listed if c["name"] == name)
+    assert mine["state"] == "RUNNING" and mine["slot"]["active"] and mine["slot"]["lag_bytes"] is not None
     dry = cdc.cli("delete", name, "--dry-run")
     assert json.loads(dry.stdout)["slot"] == slot
     assert iso.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == [(1,)]

@@ -104,11 +104,23 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
 
 
 @cdc.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_ctx
-def list_cmd(ctx: Context) -> None:
-    """Connectors on the Connect cluster."""
-    for name in _connectors(ctx).names():
-        click.echo(name)
+def list_cmd(ctx: Context, as_json: bool) -> None:
+    """Connectors on the Connect cluster: state, tasks, slot and how far behind it is."""
+    connectors = _connectors(ctx)
+    table = Table("connector", "state", "tasks", "slot", "slot lag", "WAL kept", title="CDC connectors")
+    for name in connectors.names():
+        st = connectors.status(name)
+        if as_json:
+            click.echo(json.dumps(st.as_dict(), default=str))
+            continue
+        slot = st.slot
+        table.add_row(name, st.state, ", ".join(t["state"] for t in st.tasks) or "-",
+                      f"{st.slot_name} ({'active' if slot and slot.active else 'inactive' if slot else 'missing'})",
+                      _bytes(slot.lag_bytes) if slot else "-", _bytes(slot.retained_bytes) if slot else "-")
+    if not as_json:
+        console.print(table)
 
 
 @cdc.command("status")
