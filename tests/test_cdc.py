@@ -435,6 +435,18 @@ def test_create_refuses_a_taken_slot_and_delete_drops_slot_and_publication(cdc: 
     slot = name.replace("-", "_")
     taken = cdc.cli("create", cdc.name("second"), "--table", "public.cdc_orders", "--slot", slot, check=False)
     assert taken.returncode == 1 and "in use by process" in taken.stderr, taken.stderr
+    # what a worker's /metrics reports for the database's slots
+    from streams.cdc.slots import database_slots
+    from streams.metrics import Metrics, render_prometheus
+    from streams.web.api import slot_gauges
+
+    async def scrape() -> str:
+        async with await psycopg.AsyncConnection.connect(iso.settings.dsn, autocommit=True) as conn:
+            return render_prometheus(Metrics(), slot_gauges(await database_slots(conn))).decode()
+
+    text = run(scrape())
+    assert f'streams_replication_slot_active{{slot="{slot}"}} 1' in text, text
+    assert f'streams_replication_slot_retained_bytes{{slot="{slot}"}}' in text
     listed = [json.loads(line) for line in cdc.cli("list", "--json").stdout.splitlines()]
     mine = next(c for c in listed if c["name"] == name)
     assert mine["state"] == "RUNNING" and mine["slot"]["active"] and mine["slot"]["lag_bytes"] is not None

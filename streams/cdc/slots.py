@@ -43,14 +43,22 @@ class SlotInfo:
         return dict(self.__dict__)
 
 
-def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
-    """The slot named ``slot`` (None: no such slot)."""
-    row = conn.execute(
-        """SELECT slot_name, database, plugin, active, active_pid, restart_lsn::text, confirmed_flush_lsn::text,
+_SLOTS = """SELECT slot_name, database, plugin, active, active_pid, restart_lsn::text, confirmed_flush_lsn::text,
                   pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
                   pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status
-             FROM pg_replication_slots WHERE slot_name = %s""", (slot,)).fetchone()
+             FROM pg_replication_slots"""
+
+
+def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
+    """The slot named ``slot`` (None: no such slot)."""
+    row = conn.execute(_SLOTS + " WHERE slot_name = %s", (slot,)).fetchone()
     return SlotInfo(*row) if row else None
+
+
+async def database_slots(conn: psycopg.AsyncConnection) -> list[SlotInfo]:
+    """The logical slots of ``conn``'s database (what the workers' ``/metrics`` report)."""
+    cur = await conn.execute(_SLOTS + " WHERE database = current_database() ORDER BY slot_name")
+    return [SlotInfo(*row) for row in await cur.fetchall()]
 
 
 def lsn_to_int(lsn: str) -> int:

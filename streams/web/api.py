@@ -372,6 +372,16 @@ class WebApi:
                               "(the outbox is not set up)"}
         return stats.to_dict()
 
+    async def read_slots(self) -> list[Any]:
+        """Replication slots of the app's database (CDC): a slot nobody reads holds WAL forever."""
+        import psycopg
+
+        from streams.cdc.slots import database_slots
+
+        async with await psycopg.AsyncConnection.connect(self.app.settings.dsn, autocommit=True,
+                                                         connect_timeout=5) as conn:
+            return await asyncio.wait_for(database_slots(conn), READ_TIMEOUT)
+
     async def outbox(self, request: web.Request) -> web.Response:
         """Outbox: pending rows, oldest pending age, failed rows, publish rate."""
         try:
@@ -392,8 +402,9 @@ class WebApi:
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format: counters, processing-time histogram, lag, outbox and table gauges."""
         gauges = self._table_gauges()
-        lag, outbox, dlqs = await asyncio.gather(self._safe(self.read_lag()), self._safe(self.read_outbox()),
-                                                 asyncio.gather(*(self._dlq(t, 0) for t in self._dead_letter_topics())))
+        lag, outbox, slots, dlqs = await asyncio.gather(
+            self._safe(self.read_lag()), self._safe(self.read_outbox()), self._safe(self.read_slots()),
+            asyncio.gather(*(self._dlq(t, 0) for t in self._dead_letter_topics())))
         up = Gauge("streams_lag_up", "1 when the last lag reading from the broker succeeded.", ())
         up.add(0 if isinstance(lag, Exception) else 1)
         gauges.append(up)
@@ -415,6 +426,8 @@ class WebApi:
                 dl.add(d["count"], d["topic"])
         gauges.append(dl)
         gauges += self._outbox_gauges(outbox)
+        if not isinstance(slots, Exception):
+            gauges += slot_gauges(slots)
         return web.Response(body=render_prometheus(self.app.metrics, gauges),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -463,3 +476,18 @@ class WebApi:
                 g.add(outbox[field] or 0, table)
                 out.append(g)
         return out
+
+
+def slot_gauges(slots: list[Any]) -> list[Gauge]:
+    """``streams_replication_slot_*`` gauges of the database's logical slots."""
+    active = Gauge("streams_replication_slot_active", "1 when a process reads the replication slot.", ("slot",))
+    lag = Gauge("streams_replication_slot_lag_bytes", "WAL written since the slot's reader confirmed its position.",
+                ("slot",))
+    kept = Gauge("streams_replication_slot_retained_bytes", "WAL the server keeps for the slot.", ("slot",))
+    for slot in slots:
+        active.add(1 if slot.active else 0, slot.name)
+        if slot.lag_bytes is not None:
+            lag.add(slot.lag_bytes, slot.name)
+        if slot.retained_bytes is not None:
+            kept.add(slot.retained_bytes, slot.name)
+    return [active, lag, kept]
