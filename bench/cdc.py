@@ -31,10 +31,8 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -50,6 +48,7 @@ for _name in [n for n in os.environ if n.startswith("STREAMS_")]:
 import psycopg  # noqa: E402
 
 from bench.cdc_app import PARTITIONS, PINGS_TOPIC, ROWS_TOPIC, Ping, registry  # noqa: E402
+from bench.latency import latencies_ms, percentiles, steady_writes  # noqa: E402
 from streams.cdc.config import CdcSpec  # noqa: E402
 from streams.cdc.connectors import CdcConnectors  # noqa: E402
 from streams.dev.connect import LocalConnect  # noqa: E402
@@ -59,7 +58,6 @@ from streams.dev.process import free_port  # noqa: E402
 from streams.dev.worker import WorkerProcess  # noqa: E402
 from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics  # noqa: E402
 from streams.outbox.schema import migrate  # noqa: E402
-from streams.outbox.writer import write_message  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 GROUP = "bench-cdc"
@@ -174,33 +172,11 @@ class Bench:
     def latency(self, path: str, rate: int, seconds: int) -> LatencyResult:
         s = self.settings
         total = rate * seconds
-        committed: dict[str, float] = {}
-        lock = threading.Lock()
-        writers = 4
         self.arrivals.write_text("")
         with psycopg.connect(s.dsn, autocommit=True) as conn:
             before = self._db_counters(conn)
-
-        def write_share(w: int) -> None:
-            with psycopg.connect(s.dsn) as conn:
-                for i in range(w, total, writers):
-                    delay = start + i / rate - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    envelope = registry.envelope(Ping(n=i), key=f"key-{i % 1000}")
-                    write_message(conn, envelope, topic=PINGS_TOPIC)
-                    conn.commit()
-                    now = time.time()
-                    with lock:
-                        committed[envelope.message_id] = now
-
-        start = time.monotonic()
-        threads = [threading.Thread(target=write_share, args=(w,)) for w in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        achieved = total / (time.monotonic() - start)
+        committed, achieved = steady_writes(s.dsn, PINGS_TOPIC, rate, seconds,
+                                            lambda i: registry.envelope(Ping(n=i), key=f"key-{i % 1000}"))
         deadline = time.monotonic() + 60
         arrived: dict[str, float] = {}
         while time.monotonic() < deadline:
@@ -210,17 +186,14 @@ class Bench:
             time.sleep(0.5)
         with psycopg.connect(s.dsn, autocommit=True) as conn:
             after = self._db_counters(conn)
-        lat = sorted((arrived[m] - committed[m]) * 1000 for m in committed if m in arrived)
+        lat = latencies_ms(committed, arrived)
         if len(lat) < total:
             print(f"warning ({path}): {total - len(lat)} rows did not arrive within 60 s", file=sys.stderr)
-
-        def pct(p: float) -> float:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1)
-
         commits = (after[0] - before[0] - total) / total  # the writer's own commits taken out
         wal = (after[1] - before[1]) / total
-        return LatencyResult(path, rate, seconds, len(lat), round(achieved, 1), round(statistics.median(lat), 1),
-                             pct(0.95), pct(0.99), round(lat[-1], 1), round(commits, 3), round(wal))
+        p = percentiles(lat)
+        return LatencyResult(path, rate, seconds, len(lat), round(achieved, 1), p["p50"], p["p95"], p["p99"], p["max"],
+                             round(commits, 3), round(wal))
 
     def _arrived(self) -> dict[str, float]:
         out = {}

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -44,6 +43,7 @@ for _name in [n for n in os.environ if n.startswith("STREAMS_")]:
 import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
+from bench.latency import latencies_ms, percentiles, steady_writes  # noqa: E402
 from streams.dev.kafka import LocalKafka  # noqa: E402
 from streams.dev.postgres import LocalPostgres  # noqa: E402
 from streams.dev.process import free_port  # noqa: E402
@@ -51,7 +51,6 @@ from streams.dev.worker import WorkerProcess  # noqa: E402
 from streams.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
 from streams.messages.envelope import event  # noqa: E402
 from streams.outbox.schema import migrate  # noqa: E402
-from streams.outbox.writer import write_message  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 TOPIC = "bench.outbox"
@@ -157,7 +156,6 @@ class Bench:
         asyncio.run(ensure_topics(settings, [TopicSpec(topic, PARTITIONS)]))
         relay = self.relay(settings, "latency").start()
         relay.wait_ready(60)
-        committed: dict[str, float] = {}
         arrived: dict[str, float] = {}
         ready = threading.Event()
         stop = threading.Event()
@@ -165,44 +163,19 @@ class Bench:
         consumer.start()
         ready.wait(60)
         total = rate * seconds
-        writers = 4  # one commit per row: a single connection cannot keep up with 1,000/s on 2 cores
-        lock = threading.Lock()
-
-        def write_share(w: int) -> None:
-            with psycopg.connect(settings.dsn) as conn:
-                for i in range(w, total, writers):
-                    delay = start + i / rate - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    env = event("Ping", {"n": i}, key=f"key-{i % 1000}")
-                    write_message(conn, env, topic=topic)
-                    conn.commit()
-                    now = time.time()
-                    with lock:
-                        committed[env.message_id] = now
-
-        start = time.monotonic()
-        threads = [threading.Thread(target=write_share, args=(w,)) for w in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        achieved = total / (time.monotonic() - start)
+        committed, achieved = steady_writes(settings.dsn, topic, rate, seconds,
+                                            lambda i: event("Ping", {"n": i}, key=f"key-{i % 1000}"))
         deadline = time.monotonic() + 60
         while len(arrived) < total and time.monotonic() < deadline:
             time.sleep(0.2)
         stop.set()
         consumer.join(30)
         relay.stop()
-        lat = sorted((arrived[m] - committed[m]) * 1000 for m in committed if m in arrived)
+        lat = latencies_ms(committed, arrived)
         if len(lat) < total:
             print(f"warning: {total - len(lat)} rows did not arrive within 60 s", file=sys.stderr)
-
-        def pct(p: float) -> float:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1)
-
-        return LatencyResult(rate, seconds, len(lat), round(achieved, 1), round(statistics.median(lat), 1),
-                             pct(0.95), pct(0.99), round(lat[-1], 1))
+        p = percentiles(lat)
+        return LatencyResult(rate, seconds, len(lat), round(achieved, 1), p["p50"], p["p95"], p["p99"], p["max"])
 
     @staticmethod
     async def _consume(settings: Settings, topic: str, arrived: dict, ready: threading.Event,

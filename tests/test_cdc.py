@@ -473,34 +473,52 @@ def test_create_refuses_a_taken_slot_and_delete_drops_slot_and_publication(cdc: 
     assert gone.returncode == 1 and "404" in gone.stderr
 
 
+class Shop:
+    """The outbox side of a test: the target topic, a worker and a status-mode relay running, and
+    the message ids written so far."""
+
+    def __init__(self, cdc: Cdc) -> None:
+        from tests.outbox_helpers import prepare, relay_process
+
+        self.iso = cdc.iso
+        self.topic = prepare(self.iso, "shop.events", partitions=self.iso.settings.topic_partitions)
+        worker = cdc.worker()
+        relay = relay_process(self.iso, "relay").start()
+        worker.wait_ready()
+        relay.wait_ready()
+        self.written: list[str] = []
+
+    def write(self, conn: psycopg.Connection, n: int, keys: int = 10) -> None:
+        """``n`` ShopEvents in ``conn``'s current transaction."""
+        from streams.outbox.writer import write_message
+        from tests.apps.cdc_app import ShopEvent, registry
+
+        for _ in range(n):
+            i = len(self.written)
+            envelope = registry.envelope(ShopEvent(seq=i, text=f"event {i} ✓"), key=f"k{i % keys}")
+            write_message(conn, envelope, topic=self.topic, table=self.iso.settings.outbox_table)
+            self.written.append(envelope.message_id)
+
+    def handled(self) -> tuple[int, int]:
+        """(effects, distinct message ids) of the handler."""
+        return self.iso.sql("SELECT count(*), count(DISTINCT message_id) FROM shop_events_seen")[0]
+
+
 def test_outbox_switches_between_relay_and_log_without_loss(cdc: Cdc) -> None:
     """Relay → CDC → relay while the shop keeps writing: every message handled once, and what the
     log publishes is what the relay would have sent for the same row."""
     from streams.messages.envelope import Envelope
     from streams.outbox.relay import HEADER_OUTBOX_ID, OutboxRow
-    from tests.apps.cdc_app import ShopEvent, registry
-    from tests.outbox_helpers import prepare, relay_process
 
     iso = cdc.iso
-    topic = prepare(iso, "shop.events", partitions=iso.settings.topic_partitions)
-    worker = cdc.worker()
-    relay = relay_process(iso, "relay").start()
-    worker.wait_ready()
-    relay.wait_ready()
-    written: list[str] = []
-    seq = iter(range(1_000_000))
+    shop = Shop(cdc)
+    topic, written = shop.topic, shop.written
 
     def write(n: int, pause: float = 0.0) -> None:
-        from streams.outbox.writer import write_message
-
         with psycopg.connect(iso.settings.dsn, autocommit=True) as conn:
             for _ in range(n // 3):
                 with conn.transaction():
-                    for _ in range(3):
-                        i = next(seq)
-                        envelope = registry.envelope(ShopEvent(seq=i, text=f"event {i} ✓"), key=f"k{i % 10}")
-                        write_message(conn, envelope, topic=topic, table=iso.settings.outbox_table)
-                        written.append(envelope.message_id)
+                    shop.write(conn, 3)
                 if pause:
                     time.sleep(pause)
 
@@ -554,27 +572,9 @@ def test_outbox_switch_back_waits_for_open_writers_and_requeues_when_the_connect
     """``cdc delete`` of an outbox connector: a row written with the trigger by a transaction still
     open when the delete starts is sent through the log before the slot goes; a paused connector
     cannot drain, so the rows it was handed are made pending again and the relay sends them."""
-    from tests.apps.cdc_app import ShopEvent, registry
-    from tests.outbox_helpers import prepare, relay_process
-
     iso = cdc.iso
-    topic = prepare(iso, "shop.events", partitions=iso.settings.topic_partitions)
-    worker = cdc.worker()
-    relay = relay_process(iso, "relay").start()
-    worker.wait_ready()
-    relay.wait_ready()
-    written: list[str] = []
-
-    def write(conn: psycopg.Connection, n: int) -> None:
-        from streams.outbox.writer import write_message
-
-        for _ in range(n):
-            envelope = registry.envelope(ShopEvent(seq=len(written), text="x"), key=f"k{len(written) % 5}")
-            write_message(conn, envelope, topic=topic, table=iso.settings.outbox_table)
-            written.append(envelope.message_id)
-
-    def handled() -> tuple[int, int]:
-        return iso.sql("SELECT count(*), count(DISTINCT message_id) FROM shop_events_seen")[0]
+    shop = Shop(cdc)
+    topic, written, write, handled = shop.topic, shop.written, shop.write, shop.handled
 
     first = cdc.name("shop")
     cdc.created.append(first)
