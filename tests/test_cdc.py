@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from streams.cdc.connectors import CdcConnectors
-from streams.kafka.admin import end_offsets, read_topic
+from streams.kafka.admin import committed_offsets, end_offsets, read_topic
 from streams.kafka.failure_log import read_dead_letters
 from tests.apps.cdc_app import SCHEMA
 from tests.harness import ROOT, SESSION_HOME, Isolated
@@ -44,6 +44,7 @@ class Cdc:
     connect: object
     suffix: str
     created: list[str] = field(default_factory=list)
+    create_output: str = ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -64,10 +65,15 @@ class Cdc:
                                  f"{result.stdout}\n{result.stderr}")
         return result
 
-    def create_orders(self, base: str = "orders", *extra: str) -> str:
+    def create_orders(self, base: str = "orders", *extra: str, expect_wait: bool = True) -> str:
+        """Create a connector of ``cdc_orders``; with the default snapshot mode it returns once
+        Connect stored its first position (its output: ``create_output``)."""
         name = self.name(base)
         self.created.append(name)
-        self.cli("create", name, "--table", "public.cdc_orders", "--topic-prefix", self.iso.topic("cdc.orders"), *extra)
+        out = self.cli("create", name, "--table", "public.cdc_orders", "--topic-prefix", self.iso.topic("cdc.orders"),
+                       *extra).stdout
+        self.create_output = " ".join(out.split())  # rich wraps at the terminal width
+        assert "position stored after" in self.create_output or not expect_wait, out
         return name
 
     def worker(self, label: str = "consumer"):
@@ -102,7 +108,17 @@ def effect_count(iso: Isolated) -> tuple[int, int]:
 
 
 def wait_effects(iso: Isolated, n: int, timeout: float = 120) -> None:
-    wait_for(lambda: effect_count(iso)[1] >= n, timeout, what=f"{n} change effects (have {effect_count(iso)})")
+    try:
+        wait_for(lambda: effect_count(iso)[1] >= n, timeout, what=f"{n} change effects")
+    except AssertionError as exc:
+        for worker in iso.workers:  # their task stacks and consumer state go to their logs
+            worker.dump_state()
+        topic = iso.topic(ORDERS)
+        records = run(read_topic(iso.settings, topic))
+        ops = Counter(json.loads(r.value).get("op") if r.value else None for r in records)
+        raise AssertionError(f"{exc}; effects {effect_count(iso)}; {topic}: ends {run(end_offsets(iso.settings, topic))}, "
+                             f"committed {run(committed_offsets(iso.settings, iso.settings.app_id, topic))}, "
+                             f"records by op {dict(ops)}") from None
     topic = iso.topic(ORDERS)
     wait_for(lambda: committed_to_end(iso.settings, iso.settings.app_id, topic), 60,
              what="the group committed to the end of the change topic")
@@ -225,6 +241,8 @@ def test_connect_killed_mid_stream_redelivers_without_repeated_effects(cdc: Cdc)
     assert len(rows) == len({r[0] for r in rows}) == writer.total, "no repeated effect, nothing lost"
     assert per_key(rows) == writer.expected
     records = [r for r in run(read_topic(iso.settings, iso.topic(ORDERS))) if r.value is not None]
+    assert not [r for r in records if json.loads(r.value)["op"] == "r"], \
+        "the restarted connector resumed from its stored position: no second snapshot"
     by_tx: Counter = Counter()
     for r in records:
         by_tx[json.loads(r.value)["source"]["txId"]] += 1
@@ -388,6 +406,33 @@ def test_stop_resume_restart_and_offset_resets(cdc: Cdc) -> None:
     rows = changes(iso)
     assert sum(1 for r in rows if r[1] == "r") == 50 + news, "a second snapshot: changed and new rows handled"
     assert len(rows) == len({r[0] for r in rows})
+
+
+def test_a_no_data_connector_without_a_stored_position_reads_from_its_slot(cdc: Cdc) -> None:
+    """`no_data` (the outbox's mode) has no restart-from-scratch window: with its position
+    forgotten, changes written meanwhile still arrive (from the slot), none is skipped."""
+    iso = cdc.iso
+    writer = Writer(iso.settings.dsn, seed=5)
+    writer.snapshot_rows(20)  # before the connector: not captured (no snapshot)
+    before = writer.total
+    name = cdc.create_orders("nodata", "--snapshot", "no_data", expect_wait=False)
+    assert "until a position is stored, a restart reads the log from the slot" in cdc.create_output
+    worker = cdc.worker()
+    worker.wait_ready()
+    writer.run(20, 5)
+    wait_effects(iso, writer.total - before)
+    cdc.cli("stop", name)
+    writer.run(20, 5)  # while stopped, and then the position is forgotten
+    cdc.cli("offsets", "reset", name, "--execute")
+    status = json.loads(cdc.cli("status", name, "--json").stdout)
+    assert status["offsets"] == [] and status["resume_lsn"] is None and status["snapshot_mode"] == "no_data"
+    cdc.cli("resume", name)
+    writer.run(10, 5)
+    wait_effects(iso, writer.total - before)
+    rows = changes(iso)
+    assert len(rows) == len({r[0] for r in rows}) == writer.total - before, "nothing skipped, nothing twice"
+    expected = {k: [c for c in v if c[0] != "r"] for k, v in writer.expected.items()}
+    assert per_key(rows) == {k: v for k, v in expected.items() if v}, "per key: every change, in commit order"
 
 
 def test_bad_change_events_are_parked_with_reasons(cdc: Cdc) -> None:

@@ -49,6 +49,7 @@ class ConnectorStatus:
     topic_prefix: str | None
     tables: str | None
     outbox: bool
+    snapshot_mode: str
     slot: SlotInfo | None
     #: Debezium's stored source positions (Connect's offsets)
     offsets: list[dict[str, Any]] = field(default_factory=list)
@@ -56,7 +57,45 @@ class ConnectorStatus:
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["slot"] = self.slot.as_dict() if self.slot else None
+        out["resume_lsn"] = resume_lsn(self.offsets)  # None: a restart starts over with a snapshot
         return out
+
+
+@dataclass
+class Created:
+    """What ``create`` did: the config used, and the stored position it waited for."""
+
+    config: dict[str, str]
+    #: the LSN a restarted connector streams from; None if Connect had not stored one in time
+    resume_lsn: int | None
+    #: seconds spent waiting for it
+    waited: float
+
+
+def resume_lsn(offsets: list[dict[str, Any]]) -> int | None:
+    """The LSN a restarted connector streams from, or None when it would start over.
+
+    Debezium starts over — takes its snapshot again and then reads the log from where
+    that snapshot ends — when Connect has stored no position for it, or only one inside
+    an unfinished snapshot. Changes committed between the first start and the new
+    snapshot then reach consumers only as the rows' new state (a row deleted meanwhile
+    gets no delete event). Once a position after the snapshot is stored, a crash only
+    re-sends changes."""
+    for item in offsets:
+        offset = item.get("offset") or {}
+        if offset.get("snapshot") not in (None, False, "false", "FALSE") and not offset.get("last_snapshot_record"):
+            continue  # inside the snapshot: a restart takes it again
+        lsn = offset.get("lsn_proc") or offset.get("lsn")
+        if isinstance(lsn, int):
+            return lsn
+    return None
+
+
+def starts_over_without_position(config: dict[str, str]) -> bool:
+    """Whether the connector takes its snapshot again when restarted with no stored position
+    (``initial``, ``when_needed``). ``no_data`` then reads the log from its slot's confirmed
+    position (re-sending, never skipping); ``always`` takes a snapshot at every start."""
+    return config.get("snapshot.mode", "initial") in ("initial", "when_needed")
 
 
 def redact(config: dict[str, str]) -> dict[str, str]:
@@ -104,9 +143,15 @@ class CdcConnectors:
 
     # --- create -----------------------------------------------------------------------
     def create(self, spec: CdcSpec, *, database: str | None = None, reuse_slot: bool = False,
-               timeout: float = 90.0) -> dict[str, str]:
+               timeout: float = 90.0, position_timeout: float = 120.0) -> Created:
         """Check the database, create the connector, wait until it streams; for an outbox
-        connector, then hand new outbox rows to the log. Returns the config used.
+        connector, then hand new outbox rows to the log. Then wait up to ``position_timeout``
+        seconds until Connect has stored a position after the snapshot (see :func:`resume_lsn`:
+        before that, a crash of Connect makes the connector start over). It takes the
+        snapshot, then Debezium's next heartbeat or change, then Connect's next offset flush
+        (``offset.flush.interval.ms``, 60 s by default). Only for snapshot modes that start
+        over (:func:`starts_over_without_position`); a ``no_data`` connector (the outbox's)
+        restarted without a position reads from its slot, and is not waited for.
 
         An existing replication slot of that name is refused (another connector, running or
         stopped, may own it and would lose its changes) unless ``reuse_slot``: a connector
@@ -156,7 +201,21 @@ class CdcConnectors:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 self._wait_for_slot(conn, spec.slot_name, timeout)
                 outbox_mode.enable(conn, _table_name(spec.outbox_table))
-        return config
+        started = time.monotonic()
+        wait = position_timeout > 0 and starts_over_without_position(config)
+        lsn = self.wait_for_position(spec.name, position_timeout) if wait else None
+        return Created(config, lsn, time.monotonic() - started)
+
+    def wait_for_position(self, name: str, timeout: float) -> int | None:
+        """Until Connect has stored a position the connector resumes from (its LSN), or None
+        after ``timeout`` seconds; a failed task ends the wait with its error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lsn = resume_lsn(self.client.offsets(name))
+            if lsn is not None or time.monotonic() >= deadline:
+                return lsn
+            self.client.wait_for(name, RUNNING, 30)  # raises with the trace if the task failed
+            time.sleep(0.5)
 
     @staticmethod
     def _wait_for_slot(conn: psycopg.Connection, slot: str, timeout: float) -> None:
@@ -197,7 +256,8 @@ class CdcConnectors:
                     "error": (t.get("trace") or "").strip().splitlines()[0] if t.get("trace") else None}
                    for t in st.get("tasks", [])],
             slot_name=slot_name, publication=config.get("publication.name"), topic_prefix=config.get("topic.prefix"),
-            tables=config.get("table.include.list"), outbox=outbox, slot=slot, offsets=offsets)
+            tables=config.get("table.include.list"), outbox=outbox, snapshot_mode=config.get("snapshot.mode", "initial"),
+            slot=slot, offsets=offsets)
 
     def names(self) -> list[str]:
         return self.client.connectors()

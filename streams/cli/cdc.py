@@ -73,12 +73,17 @@ def _load_spec(path: Path) -> dict[str, Any]:
               help="The captured database as Connect reaches it (default STREAMS_DATABASE_URL).")
 @click.option("--reuse-slot", is_flag=True,
               help="Resume from an existing (inactive) slot of that name, e.g. after `delete --keep-slot`.")
+@click.option("--wait-position", type=click.FloatRange(0), default=120.0, show_default=True, metavar="SECONDS",
+              help="Wait this long for Connect to store the connector's first position after its snapshot "
+                   "(until then a Connect crash makes it start over); 0: do not wait.")
 @click.option("--dry-run", is_flag=True, help="Print the generated connector config; create nothing.")
 @pass_ctx
 def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: tuple[str, ...], outbox: bool | None,
                publication: str | None, slot: str | None, topic_prefix: str | None, snapshot: str | None,
-               partitions: int | None, database_url: str | None, reuse_slot: bool, dry_run: bool) -> None:
-    """Create connector NAME and wait until it streams (its config is generated from the spec)."""
+               partitions: int | None, database_url: str | None, reuse_slot: bool, wait_position: float,
+               dry_run: bool) -> None:
+    """Create connector NAME, wait until it streams and Connect has stored its first position
+    (its config is generated from the spec)."""
     from streams.cdc.config import CdcSpec
     from streams.cdc.connectors import redact
 
@@ -96,11 +101,25 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
     if dry_run:
         click.echo(json.dumps({"name": spec.name, "config": redact(config)}, indent=2))
         return
-    connectors.create(spec, database=database_url, reuse_slot=reuse_slot)
+    from streams.cdc.connectors import starts_over_without_position
+    from streams.cdc.slots import int_to_lsn
+
+    created = connectors.create(spec, database=database_url, reuse_slot=reuse_slot, position_timeout=wait_position)
     resolved = connectors.resolve(spec)
     console.print(f"connector {spec.name} is RUNNING — slot {resolved.slot_name}, publication "
                   f"{resolved.publication_name}, topics {resolved.prefix}.<schema>.<table>"
                   + (" (the outbox's rows now go through the log)" if spec.outbox else ""), highlight=False)
+    if created.resume_lsn is not None:
+        console.print(f"position stored after {created.waited:.1f}s: a restart resumes from LSN "
+                      f"{int_to_lsn(created.resume_lsn)}", highlight=False)
+    elif not starts_over_without_position(created.config):
+        console.print(f"snapshot mode {created.config.get('snapshot.mode')}: until a position is stored, a restart "
+                      "reads the log from the slot", highlight=False)
+    elif wait_position > 0:
+        console.print(f"[yellow]warning:[/] Connect has stored no position after the snapshot within "
+                      f"{wait_position:.0f}s (its offset.flush.interval.ms?); until it does, a Connect crash makes "
+                      f"the connector start over with a new snapshot. Check: streams cdc status {spec.name}",
+                      highlight=False)
 
 
 @cdc.command("list")
@@ -129,6 +148,8 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
     """Connector and task state, replication slot lag, stored position."""
+    from streams.cdc.connectors import resume_lsn
+
     st = _connectors(ctx).status(name)
     if as_json:
         click.echo(json.dumps(st.as_dict(), indent=2, default=str))
@@ -155,6 +176,13 @@ def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
                                          f"tx {offset.get('txId', '?')}")
     if not st.offsets:
         table.add_row("stored position", "none yet")
+    if resume_lsn(st.offsets) is not None:
+        restart = "resumes from the stored position"
+    elif st.snapshot_mode in ("initial", "when_needed"):
+        restart = "starts over: takes the snapshot again (no position after the snapshot stored yet)"
+    else:
+        restart = f"snapshot mode {st.snapshot_mode}: reads the log from the slot's confirmed position"
+    table.add_row("a restart", restart)
     console.print(table)
 
 

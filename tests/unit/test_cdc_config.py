@@ -71,3 +71,20 @@ def test_the_documented_spec_file_is_valid() -> None:
     result = CliRunner().invoke(cli, ["cdc", "create", "--file", "docs/cdc-orders.yaml", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["config"]["table.include.list"] == "public.orders,public.order_lines"
+
+
+def _stored(offset: dict) -> list[dict]:
+    return [{"partition": {"server": "shop.cdc.orders"}, "offset": offset}]
+
+
+@pytest.mark.parametrize(("offsets", "expected"), [
+    ([], None),  # nothing stored: a restart takes the snapshot again
+    (_stored({"snapshot": True, "last_snapshot_record": False, "lsn": 500, "txId": 7, "ts_usec": 1}), None),
+    (_stored({"snapshot": True, "last_snapshot_record": True, "lsn": 500, "txId": 7, "ts_usec": 1}), 500),
+    (_stored({"lsn": 900, "txId": 9, "ts_usec": 2}), 900),  # a heartbeat after the snapshot
+    (_stored({"lsn_proc": 880, "lsn_commit": 870, "lsn": 880, "txId": 9, "messageType": "UPDATE"}), 880),
+])
+def test_resume_lsn_is_none_until_a_position_after_the_snapshot_is_stored(offsets: list, expected: int | None) -> None:
+    from streams.cdc.connectors import resume_lsn
+
+    assert resume_lsn(offsets) == expected
