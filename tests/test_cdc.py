@@ -365,6 +365,7 @@ def test_stop_resume_restart_and_offset_resets(cdc: Cdc) -> None:
     writer.run(20, 5)  # written while the connector is stopped: the slot keeps it
     status = json.loads(cdc.cli("status", name, "--json").stdout)
     assert status["state"] == "STOPPED" and status["slot"]["lag_bytes"] > 0 and status["offsets"]
+    assert status["on_restart"] == "resume"
     cdc.cli("resume", name)
     writer.run(10, 5)
     cdc.cli("restart", name)
@@ -396,6 +397,7 @@ def test_stop_resume_restart_and_offset_resets(cdc: Cdc) -> None:
     assert plan["applied"] is False and plan["current"]
     cdc.cli("offsets", "reset", name, "--execute")
     assert cdc.connectors.offsets(name) == []
+    assert cdc.connectors.status(name).on_restart == "snapshot"
     cdc.cli("resume", name)
     # a snapshot read is known by its key and row: the rows still as the first snapshot read
     # them are dropped as duplicates, every other live row is read as news
@@ -425,7 +427,7 @@ def test_a_no_data_connector_without_a_stored_position_reads_from_its_slot(cdc: 
     writer.run(20, 5)  # while stopped, and then the position is forgotten
     cdc.cli("offsets", "reset", name, "--execute")
     status = json.loads(cdc.cli("status", name, "--json").stdout)
-    assert status["offsets"] == [] and status["resume_lsn"] is None and status["snapshot_mode"] == "no_data"
+    assert status["offsets"] == [] and status["resume_lsn"] is None and status["on_restart"] == "slot"
     cdc.cli("resume", name)
     writer.run(10, 5)
     wait_effects(iso, writer.total - before)

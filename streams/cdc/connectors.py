@@ -57,8 +57,20 @@ class ConnectorStatus:
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["slot"] = self.slot.as_dict() if self.slot else None
-        out["resume_lsn"] = resume_lsn(self.offsets)  # None: a restart starts over with a snapshot
+        out["resume_lsn"] = resume_lsn(self.offsets)
+        out["on_restart"] = self.on_restart
         return out
+
+    @property
+    def on_restart(self) -> str:
+        """What a restarted connector does: ``resume`` from its stored position, take a
+        ``snapshot`` (mode ``always``, or no position after the snapshot stored yet), or
+        read the log from its ``slot``'s confirmed position (``no_data`` without a position)."""
+        if self.snapshot_mode == "always":
+            return "snapshot"
+        if resume_lsn(self.offsets) is not None:
+            return "resume"
+        return "snapshot" if starts_over_without_position({"snapshot.mode": self.snapshot_mode}) else "slot"
 
 
 @dataclass

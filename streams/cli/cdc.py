@@ -148,8 +148,6 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
     """Connector and task state, replication slot lag, stored position."""
-    from streams.cdc.connectors import resume_lsn
-
     st = _connectors(ctx).status(name)
     if as_json:
         click.echo(json.dumps(st.as_dict(), indent=2, default=str))
@@ -176,13 +174,12 @@ def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
                                          f"tx {offset.get('txId', '?')}")
     if not st.offsets:
         table.add_row("stored position", "none yet")
-    if resume_lsn(st.offsets) is not None:
-        restart = "resumes from the stored position"
-    elif st.snapshot_mode in ("initial", "when_needed"):
-        restart = "starts over: takes the snapshot again (no position after the snapshot stored yet)"
-    else:
-        restart = f"snapshot mode {st.snapshot_mode}: reads the log from the slot's confirmed position"
-    table.add_row("a restart", restart)
+    table.add_row("a restart", {
+        "resume": "resumes from the stored position",
+        "snapshot": f"takes the snapshot again (snapshot mode {st.snapshot_mode}"
+                    + ("" if st.snapshot_mode == "always" else ", no position after the snapshot stored yet") + ")",
+        "slot": f"reads the log from the slot's confirmed position (snapshot mode {st.snapshot_mode})",
+    }[st.on_restart])
     console.print(table)
 
 

@@ -88,3 +88,21 @@ def test_resume_lsn_is_none_until_a_position_after_the_snapshot_is_stored(offset
     from streams.cdc.connectors import resume_lsn
 
     assert resume_lsn(offsets) == expected
+
+
+@pytest.mark.parametrize(("mode", "offsets", "expected"), [
+    ("initial", [], "snapshot"),
+    ("initial", _stored({"snapshot": True, "last_snapshot_record": False, "lsn": 500}), "snapshot"),
+    ("initial", _stored({"lsn": 900}), "resume"),
+    ("when_needed", [], "snapshot"),
+    ("no_data", [], "slot"),
+    ("no_data", _stored({"lsn": 900}), "resume"),
+    ("always", _stored({"lsn": 900}), "snapshot"),
+])
+def test_what_a_restarted_connector_does(mode: str, offsets: list, expected: str) -> None:
+    from streams.cdc.connectors import ConnectorStatus
+
+    status = ConnectorStatus(name="c", state="RUNNING", tasks=[], slot_name="c", publication=None, topic_prefix=None,
+                             tables=None, outbox=False, snapshot_mode=mode, slot=None, offsets=offsets)
+    assert status.on_restart == expected
+    assert status.as_dict()["on_restart"] == expected
