@@ -7,7 +7,7 @@
     publication: shop_orders_pub                      # default <name>_pub
     slot: shop_orders                                 # default <name> with '-' as '_'
     topic_prefix: cdc.shop                            # default cdc.<name>
-    snapshot: initial                                 # initial | no_data | always | when_needed
+    snapshot: initial                                 # initial | incremental | no_data | always | when_needed
     before_rows: full                                 # full (REPLICA IDENTITY FULL) | key
 """
 
@@ -34,7 +34,10 @@ class CdcSpec(BaseModel):
     publication: str | None = None
     slot: str | None = None
     topic_prefix: str | None = None
-    snapshot: Literal["initial", "no_data", "always", "when_needed"] | None = None
+    #: "incremental": no snapshot at start; ``create`` signals Debezium to read the tables in
+    #: chunks while it streams the log (resumable, and a crash before the first stored position
+    #: re-reads the signal from the slot instead of starting over)
+    snapshot: Literal["initial", "incremental", "no_data", "always", "when_needed"] | None = None
     partitions: int = Field(6, ge=1)
     #: "full": Debezium sets REPLICA IDENTITY FULL on the tables, so updates and deletes carry the
     #: whole old row; "key": only the primary key (the other columns of ``before`` are placeholders)
@@ -47,6 +50,8 @@ class CdcSpec(BaseModel):
         for t in self.tables:
             if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", t):
                 raise ValueError(f"table {t!r}: schema.table in lower case")
+        if self.outbox and self.snapshot == "incremental":
+            raise ValueError("snapshot: incremental is for tables (the outbox is read from the log only)")
         return self
 
     @property
@@ -56,6 +61,13 @@ class CdcSpec(BaseModel):
     @property
     def publication_name(self) -> str:
         return self.publication or f"{self.slot_name}_pub"
+
+    @property
+    def signal_table(self) -> str | None:
+        """``schema.table`` of the connector's signal table (incremental snapshots), else None."""
+        if self.snapshot != "incremental":
+            return None
+        return f"{self.tables[0].split('.')[0]}.{self.slot_name}_signal"
 
     @property
     def prefix(self) -> str:
@@ -131,6 +143,11 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
         })
     else:
         config.update({"table.include.list": ",".join(spec.tables), "snapshot.mode": spec.snapshot or "initial"})
+        if spec.signal_table:
+            # Debezium reads signals from the log: the signal table is captured with the tables
+            config.update({"snapshot.mode": "no_data", "signal.data.collection": spec.signal_table,
+                           "signal.enabled.channels": "source",
+                           "table.include.list": ",".join([*spec.tables, spec.signal_table])})
         if spec.before_rows == "full":
             config["replica.identity.autoset.values"] = ",".join(f"{t}:FULL" for t in spec.tables)
     return config

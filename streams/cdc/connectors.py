@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import psycopg
 
 from streams.cdc import outbox as outbox_mode
+from streams.cdc import signals
 from streams.cdc.config import POSTGRES_CONNECTOR, CdcSpec, connector_config
 from streams.cdc.connect_api import PAUSED, RUNNING, STOPPED, ConnectClient, ConnectError
 from streams.cdc.slots import (
@@ -178,6 +179,8 @@ class CdcConnectors:
                     from streams.outbox.schema import migrate
 
                     migrate(conn, _table_name(spec.outbox_table))
+                if spec.signal_table:
+                    signals.ensure_signal_table(conn, spec.signal_table)
                 existing = slot_info(conn, spec.slot_name)
                 if existing is not None and existing.active:
                     raise CdcError(f"replication slot {spec.slot_name!r} is in use by process {existing.active_pid}: "
@@ -209,10 +212,13 @@ class CdcConnectors:
                     raise
                 time.sleep(1)
         self.client.wait_for(spec.name, RUNNING, timeout)
-        if spec.outbox:
+        if spec.outbox or spec.signal_table:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                self._wait_for_slot(conn, spec.slot_name, timeout)
-                outbox_mode.enable(conn, _table_name(spec.outbox_table))
+                self._wait_for_slot(conn, spec.slot_name, timeout)  # from here on, the connector sees every commit
+                if spec.outbox:
+                    outbox_mode.enable(conn, _table_name(spec.outbox_table))
+                if spec.signal_table:
+                    signals.request_incremental_snapshot(conn, spec.signal_table, spec.tables)
         started = time.monotonic()
         wait = position_timeout > 0 and starts_over_without_position(config)
         lsn = self.wait_for_position(spec.name, position_timeout) if wait else None
@@ -330,6 +336,8 @@ class CdcConnectors:
             except SlotError as exc:
                 raise CdcError(f"connector {name} deleted, but: {exc}") from None
             report["publication_dropped"] = drop_publication(conn, publication) if publication else False
+            if config.get("signal.data.collection"):
+                report["signal_table_dropped"] = signals.drop_signal_table(conn, config["signal.data.collection"])
         return report
 
     def _drain(self, conn: psycopg.Connection, name: str, config: dict[str, str], table: str, timeout: float,

@@ -66,8 +66,9 @@ def _load_spec(path: Path) -> dict[str, Any]:
 @click.option("--publication", default=None, help="Publication name (default <slot>_pub).")
 @click.option("--slot", default=None, help="Replication slot name (default: the name with '-' as '_').")
 @click.option("--topic-prefix", default=None, help="Debezium topic prefix (default <STREAMS_TOPIC_PREFIX>cdc.<name>).")
-@click.option("--snapshot", type=click.Choice(["initial", "no_data", "always", "when_needed"]), default=None,
-              help="Snapshot mode (default: initial for tables, no_data for the outbox).")
+@click.option("--snapshot", type=click.Choice(["initial", "incremental", "no_data", "always", "when_needed"]),
+              default=None, help="Snapshot mode (default: initial for tables, no_data for the outbox); incremental: "
+                                 "read the tables in chunks while streaming, resumable after a crash.")
 @click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="Partitions of the topics it creates.")
 @click.option("--database-url", default=None,
               help="The captured database as Connect reaches it (default STREAMS_DATABASE_URL).")
@@ -109,6 +110,9 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
     console.print(f"connector {spec.name} is RUNNING — slot {resolved.slot_name}, publication "
                   f"{resolved.publication_name}, topics {resolved.prefix}.<schema>.<table>"
                   + (" (the outbox's rows now go through the log)" if spec.outbox else ""), highlight=False)
+    if resolved.signal_table:
+        console.print(f"incremental snapshot requested (signal table {resolved.signal_table}): the tables are read "
+                      "in chunks while the log streams; a restart resumes it", highlight=False)
     if created.resume_lsn is not None:
         console.print(f"position stored after {created.waited:.1f}s: a restart resumes from LSN "
                       f"{int_to_lsn(created.resume_lsn)}", highlight=False)

@@ -34,7 +34,19 @@ def test_outbox_spec_routes_by_topic_with_the_message_id() -> None:
     assert config["transforms"] == "outbox,unhandedRows" and config["skipped.operations"] == "u,d,t"
 
 
+def test_incremental_snapshot_spec_streams_from_the_start_and_captures_its_signal_table() -> None:
+    spec = CdcSpec(name="shop-orders", tables=["sales.orders", "sales.order_lines"], snapshot="incremental")
+    config = connector_config(spec, "postgresql://postgres@127.0.0.1:55432/streams")
+    assert spec.signal_table == "sales.shop_orders_signal"
+    assert config["snapshot.mode"] == "no_data" and config["signal.data.collection"] == "sales.shop_orders_signal"
+    assert config["table.include.list"] == "sales.orders,sales.order_lines,sales.shop_orders_signal"
+    # only the captured tables get REPLICA IDENTITY FULL, not the signal table
+    assert config["replica.identity.autoset.values"] == "sales.orders:FULL,sales.order_lines:FULL"
+    assert CdcSpec(name="shop-orders", tables=["sales.orders"]).signal_table is None
+
+
 @pytest.mark.parametrize("bad", [{"name": "x"}, {"name": "x", "tables": ["public.a"], "outbox": True},
+                                 {"name": "x", "outbox": True, "snapshot": "incremental"},
                                  {"name": "Bad Name", "tables": ["public.a"]}, {"name": "x", "tables": ["a"]},
                                  {"name": "x", "tables": ["public.a"], "colour": "red"}])
 def test_bad_specs_are_refused(bad: dict) -> None:
