@@ -12,6 +12,9 @@ handlers run in one ``streams worker`` process (``bench/cdc_app.py``).
   as fast as one connection can. Timed from the first commit until (a) all N change
   events are on Kafka (log-end offsets) and (b) the worker's group has committed them
   all after its idempotent handler ran.
+* **snapshot**: N rows already in a table; a connector created with snapshot ``initial``
+  (one consistent read, then the log) and one with ``incremental`` (chunks read while
+  the log streams; resumable). Timed from the create call until all N reads are on Kafka.
 * **latency**: a writer commits one outbox row per transaction at a steady rate (4
   threads, one connection each), first with a ``streams relay`` process running, then
   with an outbox connector (``streams cdc create --outbox``) and no relay. The worker's
@@ -37,6 +40,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -71,6 +75,14 @@ class ThroughputResult:
     to_handler_s: float
     kafka_rows_per_s: float
     handler_rows_per_s: float
+
+
+@dataclass
+class SnapshotResult:
+    mode: str
+    rows: int
+    to_kafka_s: float
+    rows_per_s: float
 
 
 @dataclass
@@ -168,6 +180,37 @@ class Bench:
         return ThroughputResult(rows, round(inserted, 2), round(to_kafka, 2), round(to_handler, 2),
                                 round(rows / to_kafka), round(rows / to_handler))
 
+    # --- snapshot --------------------------------------------------------------------
+    def snapshot(self, rows: int, mode: Literal["initial", "incremental"]) -> SnapshotResult:
+        s = self.settings
+        table = f"bench_snap_{mode}"
+        with psycopg.connect(s.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, note text NOT NULL)")
+            conn.execute(f"INSERT INTO {table} SELECT g, repeat('x', 200) FROM generate_series(1, %s::bigint) g",
+                         (rows,))
+            conn.execute(f"VACUUM ANALYZE {table}")
+        connectors = CdcConnectors(s)
+        prefix = f"bench.cdc.snap-{mode}"
+        topic = f"{prefix}.public.{table}"
+        started = time.monotonic()
+        connectors.create(CdcSpec(name=f"bench-snap-{mode.replace('_', '-')}", tables=[f"public.{table}"],
+                                  snapshot=mode, topic_prefix=prefix, before_rows="key"),
+                          position_timeout=0)
+        deadline = time.monotonic() + 900
+        took = None
+        while time.monotonic() < deadline:
+            try:
+                if sum(asyncio.run(end_offsets(s, topic)).values()) >= rows:
+                    took = time.monotonic() - started
+                    break
+            except Exception:  # noqa: BLE001 - the topic appears with the first read
+                pass
+            time.sleep(0.25)
+        if took is None:
+            raise RuntimeError(f"the {mode} snapshot did not reach Kafka within 15 minutes")
+        connectors.delete(f"bench-snap-{mode.replace('_', '-')}")
+        return SnapshotResult(mode, rows, round(took, 2), round(rows / took))
+
     # --- latency ---------------------------------------------------------------------
     def latency(self, path: str, rate: int, seconds: int) -> LatencyResult:
         s = self.settings
@@ -232,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="Rows for the throughput run.")
     parser.add_argument("--rate", type=int, default=1000, help="Outbox rows/s for the latency runs.")
     parser.add_argument("--seconds", type=int, default=20, help="Length of each latency run.")
+    parser.add_argument("--snapshot-rows", type=int, default=100_000, help="Rows for the snapshot runs (0: skip).")
     args = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
@@ -242,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             worker = bench.worker().start()
             worker.wait_ready(120)
             tp = bench.throughput(args.rows)
+            snaps = [bench.snapshot(args.snapshot_rows, mode) for mode in ("initial", "incremental")
+                     if args.snapshot_rows]
             lats = bench.latencies(args.rate, args.seconds)
         finally:
             if worker is not None:
@@ -252,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'insert s':>9} {'on Kafka s':>11} {'handled s':>10} {'to Kafka rows/s':>16} {'handled rows/s':>15}")
     print(f"{tp.insert_s:>9.2f} {tp.to_kafka_s:>11.2f} {tp.to_handler_s:>10.2f} {tp.kafka_rows_per_s:>16,.0f} "
           f"{tp.handler_rows_per_s:>15,.0f}")
+    if snaps:
+        print(f"\nSnapshot of {args.snapshot_rows:,} existing rows, create → all reads on Kafka")
+        print(f"{'snapshot mode':<14} {'seconds':>8} {'rows/s':>8}")
+        for sn in snaps:
+            print(f"{sn.mode:<14} {sn.to_kafka_s:>8.2f} {sn.rows_per_s:>8,.0f}")
     print(f"\nOutbox commit → handler latency, {args.rate:,} rows/s offered for {args.seconds}s, one row per transaction")
     print(f"{'path':<16} {'rows':>7} {'rows/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'extra commits/row':>18} {'WAL B/row':>10}")
@@ -261,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"cdc-{datetime.now():%Y-%m-%d-%H%M%S}.json"
     out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                               "throughput": asdict(tp), "latency": [asdict(r) for r in lats]}, indent=2))
+                               "throughput": asdict(tp), "snapshot": [asdict(sn) for sn in snaps],
+                               "latency": [asdict(r) for r in lats]}, indent=2))
     print(f"\nresults: {out.relative_to(ROOT)}")
     return 0
 

@@ -60,7 +60,24 @@ class ConnectorStatus:
         out["slot"] = self.slot.as_dict() if self.slot else None
         out["resume_lsn"] = resume_lsn(self.offsets)
         out["on_restart"] = self.on_restart
+        out["incremental_snapshot"] = self.incremental_snapshot
         return out
+
+    @property
+    def incremental_snapshot(self) -> list[str]:
+        """Tables an incremental snapshot is still reading (from the stored position), else []."""
+        tables: list[str] = []
+        for item in self.offsets:
+            raw = (item.get("offset") or {}).get("incremental_snapshot_collections")
+            try:
+                entries = json.loads(raw) if isinstance(raw, str) else (raw or [])
+            except ValueError:
+                entries = [raw]
+            for entry in entries:
+                name = entry.get("incremental_snapshot_collections_id") if isinstance(entry, dict) else entry
+                if name:
+                    tables.append(str(name))
+        return tables
 
     @property
     def on_restart(self) -> str:

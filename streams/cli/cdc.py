@@ -178,6 +178,9 @@ def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
                                          f"tx {offset.get('txId', '?')}")
     if not st.offsets:
         table.add_row("stored position", "none yet")
+    if st.incremental_snapshot:
+        table.add_row("incremental snapshot", "reading " + ", ".join(st.incremental_snapshot)
+                      + " (a restart resumes it from the stored position)")
     table.add_row("a restart", {
         "resume": "resumes from the stored position",
         "snapshot": f"takes the snapshot again (snapshot mode {st.snapshot_mode}"

@@ -118,3 +118,18 @@ def test_what_a_restarted_connector_does(mode: str, offsets: list, expected: str
                              tables=None, outbox=False, snapshot_mode=mode, slot=None, offsets=offsets)
     assert status.on_restart == expected
     assert status.as_dict()["on_restart"] == expected
+
+
+def test_status_names_the_tables_an_incremental_snapshot_still_reads() -> None:
+    from streams.cdc.connectors import ConnectorStatus
+
+    collections = json.dumps([{"incremental_snapshot_collections_id": "public.orders",
+                               "incremental_snapshot_collections_additional_condition": None,
+                               "incremental_snapshot_collections_surrogate_key": None}])
+    offsets = _stored({"lsn": 900, "incremental_snapshot_collections": collections,
+                       "incremental_snapshot_primary_key": "aced0005", "incremental_snapshot_maximum_key": "aced0006"})
+    status = ConnectorStatus(name="c", state="RUNNING", tasks=[], slot_name="c", publication=None, topic_prefix=None,
+                             tables="public.orders", outbox=False, snapshot_mode="no_data", slot=None, offsets=offsets)
+    assert status.incremental_snapshot == ["public.orders"]
+    assert status.on_restart == "resume"
+    assert ConnectorStatus(**{**status.__dict__, "offsets": _stored({"lsn": 900})}).incremental_snapshot == []
