@@ -431,6 +431,7 @@ class StreamsApp:
 
         private.check_consumer(self.faust.consumer)
         consumer_fixes.install(self.faust.consumer)
+        consumer_fixes.forget_delivery_starts(self.faust.consumer)
         self.transactions.install()
         if self.dispatcher is not None:
             self.dispatcher.install()

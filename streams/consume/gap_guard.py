@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from streams.faust_compat import consumer_fixes
 from streams.faust_compat.private import require
 from streams.kafka.clients import plain_consumer
 
@@ -139,16 +140,19 @@ class GapGuard:
 
     async def _start_offset(self, tp: Any) -> int | None:
         """Where the partition's delivery starts after an assignment: the group's committed
-        offset, or without one the log start (the consumer resets to the earliest offset)."""
+        offset, or without one the log start (the consumer resets to the earliest offset).
+        Noted for the commit computation too: no commit may pass an offset below it that was
+        never acknowledged (:func:`~streams.faust_compat.consumer_fixes.next_commit_offset`)."""
         committed = await self.app.committed_offset(tp.topic, tp.partition)
-        if committed is not None:
-            return committed
-        from aiokafka import TopicPartition
+        if committed is None:
+            from aiokafka import TopicPartition
 
-        async with self._reader_lock:
-            reader = await self._ensure_reader()
-            ktp = TopicPartition(tp.topic, tp.partition)
-            return (await reader.beginning_offsets([ktp]))[ktp]
+            async with self._reader_lock:
+                reader = await self._ensure_reader()
+                ktp = TopicPartition(tp.topic, tp.partition)
+                committed = (await reader.beginning_offsets([ktp]))[ktp]
+        consumer_fixes.note_delivery_start(self.app.faust.consumer, tp, committed)
+        return committed
 
     def acknowledge(self, tp: Any, offset: int) -> None:
         """Tell Faust's consumer a recovered record is done, so commits can pass it

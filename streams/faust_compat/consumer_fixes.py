@@ -11,6 +11,13 @@ commit advances only a few offsets (seen: a partition committing +10 offsets per
 :func:`install` replaces ``Consumer._new_offset`` with the same computation over
 distinct offsets.
 
+**The commit could pass an unacknowledged record.** Faust's check lets the offset right
+after the committed one through unacknowledged, skips the check when the committed offset
+is 0, and its fetch loop counts the record that reveals a gap (a transaction marker, an
+aborted record) as part of the gap — as done before any handler saw it.
+:func:`next_commit_offset` commits only a run that starts exactly at the committed offset
+(or, before the first commit, where delivery started), and the gap ends before the record.
+
 **Exactly-once restores wait for records that never come** (and start from an
 unknown end). Faust restores a
 table until it has seen the record just before the changelog's end offset. Under
@@ -50,11 +57,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def next_commit_offset(acked: list[int], acked_index: set[int], gaps: Any, committed: int | None) -> int | None:
+def next_commit_offset(acked: list[int], acked_index: set[int], gaps: Any, committed: int | None,
+                       start: int | None = None) -> int | None:
     """The offset Faust's consumer may commit for one partition (``Consumer._new_offset`` over
-    distinct offsets): the first run of consecutive offsets among the acknowledged ones and the
-    gaps below them, if it continues the committed offset; None if nothing can be committed.
-    Consumes what it returns from ``acked``/``acked_index`` and the gaps it used, like Faust."""
+    distinct offsets): the end of the first run of consecutive offsets among the acknowledged
+    ones and the gaps, if that run starts exactly at the committed offset (the next offset to
+    read); None if nothing can be committed. Consumes what it returns from
+    ``acked``/``acked_index`` and the gaps it used, like Faust.
+
+    ``committed`` is Faust's ``_committed_offset`` (None both after a seek to offset 0 and
+    without any committed offset); ``start`` is where the partition's delivery began (the
+    committed offset, or the log start without one), the floor used when ``committed`` is None.
+    Faust's own check let one unacknowledged offset through (committed 100, acknowledged
+    [101, 102] → 103) and skipped the check when the committed offset was 0."""
     if not acked:
         return None
     max_offset = max(acked)
@@ -65,13 +80,39 @@ def next_commit_offset(acked: list[int], acked_index: set[int], gaps: Any, commi
             new_max = max(extra[-1], max_offset + 1)
             acked.extend(extra)
             gaps.chop(0, new_max)
-    acked[:] = sorted(set(acked))  # the fix: an offset counted twice must not break the run
-    if committed and min(acked) - committed > 1:
-        return None
+    acked[:] = sorted(set(acked))  # an offset counted twice must not break the run
+    base = committed if committed is not None else start
+    if base is not None:
+        below = 0
+        while below < len(acked) and acked[below] < base:  # committed already: not part of any run
+            below += 1
+        if below:
+            acked_index.difference_update(acked[:below])
+            acked[:below] = []
+        if not acked or acked[0] != base:
+            return None  # the next offset to commit is not done yet
     batch = next(consecutive_numbers(acked))
     acked[: len(batch)] = []
     acked_index.difference_update(batch)
     return batch[-1] + 1
+
+
+#: per Faust consumer: tp -> the offset its delivery started from after the last assignment
+_STARTS: "weakref.WeakKeyDictionary[Any, dict[Any, int]]" = weakref.WeakKeyDictionary()
+
+
+def note_delivery_start(consumer: Any, tp: Any, offset: int) -> None:
+    """Record where ``tp``'s delivery starts after an assignment (the committed offset or the log
+    start), the floor of its commits while Faust's own committed offset is unknown (None)."""
+    starts = _STARTS.get(consumer)
+    if starts is None:
+        starts = _STARTS[consumer] = {}
+    starts[tp] = offset
+
+
+def forget_delivery_starts(consumer: Any) -> None:
+    """A new assignment: the starts are noted again by the first batch of each partition."""
+    _STARTS.pop(consumer, None)
 
 
 def install(consumer: Any) -> None:
@@ -80,10 +121,20 @@ def install(consumer: Any) -> None:
         return
 
     def _new_offset(tp: Any) -> int | None:
+        start = _STARTS.get(consumer, {}).get(tp)
         return next_commit_offset(consumer._acked[tp], consumer._acked_index[tp],
-                                  consumer._gap[tp], consumer._committed_offset[tp])
+                                  consumer._gap[tp], consumer._committed_offset[tp], start)
 
     consumer._new_offset = _new_offset
+    original_add_gap = consumer._add_gap
+
+    async def _add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
+        # Faust's fetch loop calls this with the offset of the record that revealed the gap as
+        # ``offset_to`` and adds [offset_from, offset_to + 1): the revealing record itself was
+        # counted as done before any handler saw it. The gap is the offsets strictly between.
+        await original_add_gap(tp, offset_from, offset_to - 1)
+
+    consumer._add_gap = _add_gap
     consumer._streams_fixes = True
 
 
