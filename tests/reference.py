@@ -65,11 +65,11 @@ def committed_to_end(settings, group: str, topic: str) -> bool:
     return bool(ends) and all(committed.get((topic, p), 0) == e for p, e in ends.items())
 
 
-def wait_committed_to_end(iso: Isolated, timeout: float = 90) -> dict[int, int]:
+def wait_committed_to_end(iso: Isolated, timeout: float = 90, topic: str = TOPIC) -> dict[int, int]:
     seen: list = []
 
     def done():
-        ends, committed = offsets(iso)
+        ends, committed = offsets(iso, topic)
         seen[:] = [ends, committed]
         return ends if ends and all(committed.get(p, 0) == e for p, e in ends.items()) else None
     try:

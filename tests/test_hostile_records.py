@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import random
 import string
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 
+from streams.kafka.admin import TopicSpec, ensure_topics
 from streams.kafka.failure_log import original_value, read_dead_letters
-from tests.harness import Isolated
+from tests.harness import ROOT, Isolated
 from tests.helpers import run, wait_for
 from tests.raw_producer import produce
 from tests.reference import (
@@ -32,6 +35,7 @@ from tests.reference import (
 )
 
 MAX_VALUE_BYTES = 100_000
+CHANGES = "cdc.orders.public.cdc_orders"
 #: 999,799 bytes: a dead letter of it (value plus the dlq.* headers) exceeds the 1,000,000 bytes the worker's
 #: producer sends, while the topic (1,048,588 bytes per record) takes the record itself
 HUGE = b"[" + b"0," * 499_898 + b"0]"
@@ -180,3 +184,69 @@ def test_hostile_records_are_parked_and_valid_ones_handled_once(isolated: Isolat
             if reason == "bad_headers":
                 assert any(name.startswith("\\xff\\xfe") for name in dl.headers)
                 assert "streams.bad_header_names" not in dl.headers
+
+    # the failure log's own tools read every letter, the ones parked because no parser takes them included
+    cli = [sys.executable, "-m", "streams.cli", "dlq"]
+    listed = subprocess.run([*cli, "list", iso.topic(TOPIC), "--json"], env=worker.env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and not listed.stderr.strip(), listed.stderr[-3000:]
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(lines) == len(letters)
+    assert Counter(line["reason"] for line in lines) == Counter(dl.header("dlq.reason") for dl in letters)
+    deepest = next(dl for dl in letters if dl.header("dlq.reason") == "too_deep" and len(dl.value or b"") > 20_000)
+    shown = subprocess.run([*cli, "show", iso.topic(TOPIC), f"{deepest.partition}:{deepest.offset}"], env=worker.env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and '"reason": "too_deep"' in shown.stdout, shown.stderr[-3000:]
+
+
+def _change(i: int, *, key_id: int | None = None, **row) -> tuple[bytes, bytes]:
+    """A Debezium change event of ``public.cdc_orders`` as Connect's JSON converter writes it."""
+    after = {"id": i, "status": "placed", "version": 1, "note": None, **row}
+    value = {"before": None, "after": after, "op": "c", "ts_ms": 1796191154068,
+             "source": {"version": "3.4.3.Final", "connector": "postgresql", "name": "cdc.orders",
+                        "ts_ms": 1796191153830, "snapshot": "false", "db": "app", "schema": "public",
+                        "table": "cdc_orders", "txId": 1000 + i, "lsn": 50_000 + i}}
+    return json.dumps({"id": i if key_id is None else key_id}).encode(), json.dumps(value).encode()
+
+
+def test_hostile_change_records_are_parked_and_the_worker_keeps_going(isolated: Isolated) -> None:
+    """Keys and values a Connect cluster, a misconfigured converter or another client could write
+    to a change topic: each one is parked (never a crash loop) and the valid changes are handled once."""
+    from tests.apps.cdc_app import SCHEMA
+
+    iso = isolated
+    iso.sql(SCHEMA)
+    topic = iso.topic(CHANGES)
+    run(ensure_topics(iso.settings, [TopicSpec(topic, 3), TopicSpec(topic + ".dlq", 3)]))
+    worker = iso.worker("changes", STREAMS_WORKER_APP="tests.apps.cdc_app:app").start()
+    worker.wait_ready()
+
+    good = [_change(i) for i in range(1, 61)]
+    deep_key = b'{"id": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    hostile: list[tuple[str, bytes | None, bytes]] = [
+        ("too_deep", deep_key, _change(1001)[1]),                                  # a key nested past the limit
+        ("too_deep", b"[" * 5000 + b"]" * 5000, _change(1002)[1]),
+        ("too_deep", _change(1003)[0], b'{"op": "c", "source": ' + b"[" * 3000 + b"]" * 3000 + b"}"),
+        ("not_change_event", _change(1004)[0], json.dumps({"op": ["c"], "source": {}}).encode()),
+        ("not_change_event", _change(1005)[0], b"null"),
+        ("schema_change", *_change(1006, status=["not", "a", "string"])),
+        ("schema_change", *_change(1007, version="seven")),
+    ]
+    out_of_range = json.loads(_change(1008)[1])
+    out_of_range["source"]["ts_ms"] = 10 ** 20                                    # a commit time no clock shows
+    hostile.append(("not_change_event", _change(1008)[0], json.dumps(out_of_range).encode()))
+    records = [{"key": k, "value": v, "headers": []} for k, v in good[:30]]
+    records += [{"key": k, "value": v, "headers": []} for _, k, v in hostile]
+    records += [{"key": k, "value": v, "headers": []} for k, v in good[30:]]
+    where = produce(iso.settings.bootstrap_servers, topic, records)
+    expected = dict(zip(where[30:30 + len(hostile)], [reason for reason, _, _ in hostile], strict=True))
+
+    wait_for(lambda: iso.sql("SELECT count(*) FROM order_changes")[0][0] >= len(good), 120,
+             what=f"{len(good)} change effects")
+    wait_committed_to_end(iso, topic=CHANGES)
+    assert worker.running(), worker.log_text()[-3000:]
+    assert iso.sql("SELECT count(*), count(DISTINCT order_id) FROM order_changes") == [(len(good), len(good))]
+    letters = run(read_dead_letters(iso.settings, topic))
+    parked = {(int(dl.header("dlq.original.partition")), int(dl.header("dlq.original.offset"))):
+              dl.header("dlq.reason") for dl in letters}
+    assert parked == expected

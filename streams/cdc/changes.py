@@ -164,7 +164,21 @@ class ChangeDecoder:
         return self._events[table]
 
     def decode(self, value: bytes | None, key: bytes | None) -> Envelope | None:
-        """The typed envelope, ``None`` for a tombstone, or :class:`DecodeError` saying why not."""
+        """The typed envelope, ``None`` for a tombstone, or :class:`DecodeError` saying why not.
+
+        Nothing else escapes, whatever the key and value hold (the envelope decoder's
+        promise): the key is held to the same size and nesting limits as the value, and a
+        row model's validator that raises anything (``IndexError``, ``TypeError``, ...) is
+        the record's problem, parked as ``schema_change``."""
+        try:
+            return self._decode(value, key)
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a record must never stop the worker: classify it
+            raise DecodeError(DecodeReason.NOT_CHANGE_EVENT,
+                              f"decoding the change event raised {type(exc).__name__}: {_short(exc)}") from None
+
+    def _decode(self, value: bytes | None, key: bytes | None) -> Envelope | None:
         if value is None or value == b"":
             return None
         data = parse_json(value, self.limits)
@@ -175,13 +189,17 @@ class ChangeDecoder:
                               "not a Debezium change event (expected a JSON object with op and source)")
         try:
             op = Operation(data["op"])
-        except ValueError:
-            raise DecodeError(DecodeReason.NOT_CHANGE_EVENT, f"unknown change operation {data['op']!r}") from None
+        except (ValueError, TypeError):
+            raise DecodeError(DecodeReason.NOT_CHANGE_EVENT, f"unknown change operation {_short(data['op'])}") from None
         try:
             source = SourcePosition.model_validate(data["source"])
+            occurred = source.committed_at or datetime.now(UTC)
         except ValidationError as exc:
             raise DecodeError(DecodeReason.NOT_CHANGE_EVENT, "the change event's source block is not readable",
                               details=_errors(exc)) from None
+        except (ValueError, OverflowError, OSError) as exc:  # a commit time no clock can show
+            raise DecodeError(DecodeReason.NOT_CHANGE_EVENT, f"the change event's commit time ts_ms="
+                              f"{source.ts_ms} is out of range ({_short(exc)})") from None
         table = f"{source.schema_name}.{source.table}"
         message_type = change_message_type(table)
         if table not in self.tables:
@@ -205,29 +223,34 @@ class ChangeDecoder:
                 row = _plain_dates(row, dates)
             try:
                 fields[side] = model.model_validate(row)
-            except ValidationError as exc:
+            except Exception as exc:  # noqa: BLE001 - ValidationError, or a validator's own bug
                 if side == "before" and op in (Operation.DELETE, Operation.UPDATE):
                     fields["before_columns"] = row if isinstance(row, dict) else None
                     continue
+                why = "" if isinstance(exc, ValidationError) else f" (validating it raised {type(exc).__name__}: " \
+                    f"{_short(exc)})"
                 raise DecodeError(
                     DecodeReason.SCHEMA_CHANGE,
-                    f"the {side} row of {table} does not match {model.__qualname__} (a column dropped, renamed "
-                    "or retyped?); replay it once the model follows the table",
-                    details=_errors(exc), message_type=message_type, message_id=message_id) from None
+                    f"the {side} row of {table} does not match {model.__qualname__}{why} (a column dropped, "
+                    "renamed or retyped?); replay it once the model follows the table",
+                    details=_errors(exc) if isinstance(exc, ValidationError) else None,
+                    message_type=message_type, message_id=message_id) from None
         event = self._events[table].model_construct(**fields)
-        occurred = source.committed_at or datetime.now(UTC)
         return self._envelopes[table].model_construct(
             message_id=message_id, message_type=message_type, kind=Kind.EVENT, occurred_at=occurred,
             key=key.decode("utf-8", "replace") if key is not None else None, payload=event, source=source.name,
             correlation_id=None, causation_id=None, trace_id=None, headers={})
 
-    @staticmethod
-    def _key(key: bytes | None) -> dict[str, Any] | None:
+    def _key(self, key: bytes | None) -> dict[str, Any] | None:
+        """The record key's columns: JSON within the decode limits (``too_large`` / ``too_deep``
+        otherwise); a key that is not JSON is kept as ``{"_raw": text}``."""
         if not key:
             return None
         try:
-            data = json.loads(key)
-        except ValueError:
+            data = parse_json(key, self.limits)
+        except DecodeError as exc:
+            if exc.reason in (DecodeReason.TOO_LARGE, DecodeReason.TOO_DEEP):
+                raise DecodeError(exc.reason, f"record key: {exc}") from None
             return {"_raw": key.decode("utf-8", "replace")}
         if isinstance(data, dict) and "payload" in data and "schema" in data:
             data = data["payload"]
@@ -253,6 +276,11 @@ def _plain_dates(row: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
         if isinstance(value, str) and len(value) == 11 and value.endswith("Z"):
             out[name] = value[:-1]
     return out
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value) if not isinstance(value, BaseException) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -36,6 +36,8 @@ def cli(log_level: str | None) -> None:
     level = (log_level or os.environ.get("STREAMS_LOG_LEVEL") or "info").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level == "INFO":  # the Kafka client's routine notes ("Updating subscribed topics ...") are not the tool's output
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
 # --- settings --------------------------------------------------------------------

@@ -23,12 +23,17 @@ processed-ID tables.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
+from streams.errors import DecodeError
 from streams.kafka.admin import TopicSpec, ensure_topics, read_topic
 from streams.kafka.clients import durable_producer
+from streams.messages.registry import DEFAULT_LIMITS, parse_json
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def windows_topic(settings: Settings) -> str:
@@ -110,17 +115,20 @@ async def load_windows(settings: Settings, group: str) -> ReprocessWindows:
     live: dict[tuple[str, int], Window] = {}
     prefix = f"{group}|"
     for r in records:
-        key = (r.key or b"").decode()
-        if not key.startswith(prefix):
+        key = (r.key or b"").decode("utf-8", "replace")
+        if not key.startswith(prefix) or key.count("|") < 2:
             continue
-        if key.count("|") < 2:
-            continue
-        _, topic, partition = key.rsplit("|", 2)
-        tp = (topic, int(partition))
-        if r.value is None:
-            live.pop(tp, None)
-            continue
-        data = json.loads(r.value)
-        live[tp] = Window(group, topic, int(partition), int(data["start"]), int(data["end"]),
-                          float(data.get("created_at", time.time())))
+        try:
+            _, topic, partition = key.rsplit("|", 2)
+            tp = (topic, int(partition))
+            if r.value is None:
+                live.pop(tp, None)
+                continue
+            data = parse_json(r.value, DEFAULT_LIMITS)
+            live[tp] = Window(group, topic, int(partition), int(data["start"]), int(data["end"]),
+                              float(data.get("created_at", time.time())))
+        except (DecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # written by something else than `streams offsets reset`: skipped, said where
+            log.warning("reprocess window record %s[%d]@%d (key %r) is not readable and is ignored: %s",
+                        r.topic, r.partition, r.offset, key[:200], exc)
     return ReprocessWindows(live)

@@ -11,7 +11,6 @@ handled again exactly because it is a replay.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,9 +18,11 @@ from typing import Any
 
 from streams.consume.dead_letters import H_VALUE_OMITTED
 from streams.consume.headers import H_REPLAY_OF
+from streams.errors import DecodeError
 from streams.kafka.admin import read_record, read_topic
 from streams.kafka.clients import durable_producer, plain_consumer, read_ranges
 from streams.kafka.names import dead_letter_topic, source_of_dead_letter_topic
+from streams.messages.registry import DEFAULT_LIMITS, DecodeLimits, parse_json
 from streams.settings import Settings
 
 
@@ -36,6 +37,9 @@ class DeadLetter:
     value: bytes | None
     headers: dict[str, bytes]
     timestamp_ms: int
+    #: the bounds a value is parsed within (for its message_id / message_type): a letter is often
+    #: parked *because* its value is over them, and reading it must not fail the way handling did
+    limits: DecodeLimits = field(default=DEFAULT_LIMITS, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
         raw = self.headers.get(name)
@@ -67,8 +71,8 @@ class DeadLetter:
 
     def _from_value(self, name: str) -> str | None:
         try:
-            data = json.loads(self.value or b"")
-        except (ValueError, UnicodeDecodeError):
+            data = parse_json(self.value, self.limits)
+        except DecodeError:  # not JSON, too large, too deep: the headers are all there is
             return None
         value = data.get(name) if isinstance(data, dict) else None
         return value if isinstance(value, str) else None
@@ -127,6 +131,7 @@ async def read_dead_letters(settings: Settings, topic: str, flt: Filter | None =
                             limit: int | None = None) -> list[DeadLetter]:
     """All dead letters of ``topic`` present now (up to the current end), filtered."""
     name = dlq_topic_name(topic)
+    limits = DecodeLimits(settings.max_value_bytes, settings.max_nesting_depth)
     try:
         records = await read_topic(settings, name)
     except LookupError:
@@ -134,7 +139,7 @@ async def read_dead_letters(settings: Settings, topic: str, flt: Filter | None =
     out: list[DeadLetter] = []
     for r in records:
         dl = DeadLetter(name, r.partition, r.offset, r.key, r.value, dict(r.headers or ()),
-                        r.timestamp)
+                        r.timestamp, limits)
         if flt is None or flt.matches(dl):
             out.append(dl)
     out.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset))
@@ -185,6 +190,7 @@ async def dead_letter_overview(settings: Settings, topic: str, recent: int = 10)
     from streams.kafka.admin import topic_partitions
 
     name = dlq_topic_name(topic)
+    limits = DecodeLimits(settings.max_value_bytes, settings.max_nesting_depth)
     consumer = plain_consumer(settings)
     await consumer.start()
     try:
@@ -198,8 +204,8 @@ async def dead_letter_overview(settings: Settings, topic: str, recent: int = 10)
         tails = {tp: max(starts[tp], ends[tp] - recent) for tp in tps if recent > 0 and ends[tp] > starts[tp]}
         read = await read_ranges(consumer, {tp: (start, ends[tp]) for tp, start in tails.items()})
         for records in read.values():
-            letters.extend(DeadLetter(name, r.partition, r.offset, r.key, r.value, dict(r.headers or ()), r.timestamp)
-                           for r in records)
+            letters.extend(DeadLetter(name, r.partition, r.offset, r.key, r.value, dict(r.headers or ()), r.timestamp,
+                                      limits) for r in records)
     finally:
         await consumer.stop()
     letters.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset), reverse=True)
