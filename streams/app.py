@@ -45,7 +45,9 @@ from pydantic import BaseModel
 from streams.consume.dead_letters import DeadLetters
 from streams.consume.dedup import ProcessedIds
 from streams.consume.dispatch import BatchDispatcher
-from streams.consume.effects import Effects, Output, capture_output
+from streams.consume.effects import Effects, capture_output
+from streams.consume.outputs import Output
+from streams.consume.outputs import staged as staged_outputs
 from streams.consume.retry import RetryPolicy
 from streams.consume.retry_topics import RetryTopics
 from streams.consume.runner import (
@@ -370,21 +372,44 @@ class StreamsApp:
         return self._effects
 
     async def send(self, topic: StreamTopic, envelope: Envelope) -> None:
-        """Publish an envelope from a handler and wait for the broker's ack. Under
-        ``exactly_once`` it joins the transaction of the message being handled. Inside
-        ``delivery.transaction()`` it is also recorded with the processed id, to be sent
-        again if a redelivery is skipped (see :mod:`streams.consume.effects`)."""
+        """Publish an envelope. From a handler, it is held until the handler's attempt succeeds
+        and only then sent (an attempt that fails, is retried or parked sends nothing), with a
+        ``message_id`` derived from the input's unless the envelope was given one (see
+        :mod:`streams.consume.outputs`); under ``exactly_once`` it joins the transaction of
+        the message being handled. Inside ``delivery.transaction()`` it is also recorded with
+        the processed id, to be sent again if a redelivery is skipped (see
+        :mod:`streams.consume.effects`). Outside a handler it is sent at once and the broker's
+        ack awaited."""
+        attempt = staged_outputs()
+        if attempt is not None:
+            capture_output(attempt.add(topic.name, envelope))
+            return
         key, value, headers = envelope.to_record()
         capture_output(Output(topic.name, key, value, headers))
         await self.publish(topic.faust_topic, key, value, headers)
 
-    async def publish_to(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
-        """:meth:`publish` to a topic given by its full name."""
+    async def send_outputs(self, outputs: list[Output]) -> None:
+        """Send a succeeded attempt's outputs (in order) and wait for the broker's acks; under
+        ``exactly_once`` in the transaction of the message being handled."""
+        if not outputs:
+            return
+        if self.transactions.enabled:
+            sent = [self.transactions.send_soon(o.topic, o.key, o.value, o.headers) for o in outputs]
+        else:
+            sent = [await self._raw_topic(o.topic).send(key=o.key, value=o.value, headers=o.headers)
+                    for o in outputs]
+        await asyncio.gather(*sent)
+
+    def _raw_topic(self, topic: str) -> Any:
         faust_topic = self._raw_topics.get(topic)
         if faust_topic is None:
             faust_topic = self._raw_topics[topic] = self.faust.topic(topic, key_serializer="raw",
                                                                      value_serializer="raw")
-        await self.publish(faust_topic, key, value, headers)
+        return faust_topic
+
+    async def publish_to(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
+        """:meth:`publish` to a topic given by its full name."""
+        await self.publish(self._raw_topic(topic), key, value, headers)
 
     async def publish(self, faust_topic: Any, key: bytes | None, value: bytes | None, headers: Any,
                       partition: int | None = None) -> None:

@@ -28,11 +28,14 @@ What the framework does:
   if it is still open — and the handler is stopped with :class:`AlreadyProcessed`,
   which the framework treats as a duplicate, not as an error;
 * Kafka messages the handler sends with ``app.send`` inside the block are stored
-  in the row. When a redelivery is skipped, they are sent again: under
+  in the row; they leave only after the handler returned, so after the database
+  commit (:mod:`streams.consume.outputs`): a transaction that does not commit sends
+  nothing. When a redelivery is skipped, they are sent again: under
   ``exactly_once`` the first sends belonged to the aborted Kafka transaction, so
   the outputs appear exactly once; under ``at_least_once`` they may appear twice,
-  with the same ``message_id``. Table writes made in a skipped handler are *not*
-  repeated: derive such state from the outputs, or keep it in the database;
+  with the same ``message_id`` (derived from the input's). Table writes made in a
+  skipped handler are *not* repeated: derive such state from the outputs, or keep
+  it in the database;
 * rows expire after ``retention`` seconds (``STREAMS_DEDUP_RETENTION``): an older
   row no longer makes a duplicate, and the worker deletes such rows in batches;
 * a forced reprocess (``streams offsets reset --reprocess``) handles a message
@@ -52,12 +55,13 @@ import asyncio
 import contextvars
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
+from streams.consume.outputs import Output
 from streams.errors import StreamsError
 
 if TYPE_CHECKING:
@@ -99,27 +103,6 @@ class Processed:
 
     at: float
     outputs: list["Output"]
-
-
-@dataclass(frozen=True)
-class Output:
-    """A Kafka message a handler sent inside its effect transaction (raw record)."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"topic": self.topic, "key": None if self.key is None else self.key.hex(),
-                "value": None if self.value is None else self.value.hex(),
-                "headers": [[k, v.hex()] for k, v in self.headers]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Output":
-        return cls(data["topic"], None if data["key"] is None else bytes.fromhex(data["key"]),
-                   None if data["value"] is None else bytes.fromhex(data["value"]),
-                   [(k, bytes.fromhex(v)) for k, v in data.get("headers", [])])
 
 
 #: the outputs of the effect transaction open in this task (None: none open)

@@ -45,6 +45,7 @@ from streams.consume.headers import (
     origin_of,
     record_origin,
 )
+from streams.consume.outputs import AttemptOutputs, staging
 from streams.consume.pausing import SourcePause
 from streams.consume.sink import SinkThrottled
 from streams.errors import DecodeError
@@ -247,8 +248,11 @@ class HandlerRunner:
             tries_here += 1
             delivery = Delivery(origin.topic, origin.partition, origin.offset, attempts, envelope.message_id,
                                 origin.level, origin.replayed, consumer, effects, forced)
+            outputs = AttemptOutputs(consumer, envelope.message_id)
             try:
-                await spec.fn(envelope, delivery)
+                with staging(outputs):
+                    await spec.fn(envelope, delivery)
+                await self.app.send_outputs(outputs.items)  # only a successful attempt's outputs leave
             except asyncio.CancelledError:
                 raise
             except AlreadyProcessed:  # another delivery of it committed its effect meanwhile
