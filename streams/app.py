@@ -591,16 +591,18 @@ def _agent_fn(runner: HandlerRunner, name: str, doc: str, topic_name: str, *, wa
     transactions = runner.app.transactions
 
     async def handle(stream, message, records, ack):
-        # exactly_once: the record's writes and its offset are one transaction (no-op otherwise)
-        async with transactions.scope(message.topic, message.partition) as scope:
-            for record in records:
+        # exactly_once: each record's writes and its offset are one transaction (no-op otherwise); a
+        # record takes the commit barrier at its first write and gives it up once it is acknowledged
+        for record in records:
+            async with transactions.scope(message.topic, message.partition) as scope:
                 await runner.process(record)
                 if not await changelog_writes_durable(stream.app, record, runner.take_pending()):
                     return
                 await scope.flush()
                 guard.acknowledge(message.tp, record.offset)
-            if ack is None:
-                return
+        if ack is None:
+            return
+        async with transactions.scope(message.topic, message.partition) as scope:
             await runner.process(message)
             if transactions.enabled:
                 if not await changelog_writes_durable(stream.app, message, runner.take_pending()):

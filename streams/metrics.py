@@ -38,6 +38,11 @@ COUNTERS = {
     "retry_scheduled": "Messages sent to a delayed retry topic.",
     "dead_lettered": "Records parked in the dead-letter topic.",
     "tombstone": "Tombstones (null values) on a change-event topic, acknowledged without a handler call.",
+    "reprocessed": "Messages handled again on purpose (a reprocess window of streams offsets reset --reprocess).",
+    "sink_throttled": "Attempts the downstream answered with 'slow down' (SinkThrottled): waited, not counted.",
+    "sink_failures": "Attempts that failed with the downstream's error (a sink guard's trip_on): waited, not counted.",
+    "sink_pauses": "Times a sink guard paused the handler's partitions.",
+    "effects_unavailable": "Lookups in the effects database that failed (the partitions paused and tried again).",
 }
 
 

@@ -150,3 +150,43 @@ def test_slow_sink_with_backlog_keeps_worker_rss_within_the_bound_and_drains_aft
     assert slow_lag > n - 10 * PARTITIONS * 200 * 4 // 3, "the slow sink must have left a backlog in Kafka"
     assert peak <= MEMORY_BOUND_MIB
     worker.stop()
+
+
+def test_a_paused_sink_never_holds_the_groups_rebalance(isolated: Isolated) -> None:
+    """The downstream is down (the breaker keeps the partitions paused) when a second worker joins:
+    the waiting batch gives its records up instead of holding the revocation, so the group
+    rebalances within the session timeout; once the downstream is back, every job is delivered
+    once, nothing lost, nothing repeated."""
+    from tests.apps.sink_app import SCHEMA, Job, registry
+    from tests.kafka_tool import describe
+
+    iso = isolated
+    topic = iso.topic("jobs")
+    iso.sql(SCHEMA)
+    iso.sql("UPDATE downstream SET state = 'down'")
+    run(ensure_topics(iso.settings, [TopicSpec(topic, 3), TopicSpec(topic + ".dlq", 3)]))
+    first = _sink_worker(iso, "w1").start()
+    first.wait_ready()
+    envelopes = [registry.envelope(Job(n=i), key=f"job-{i}") for i in range(120)]
+    run(produce_envelopes(iso.settings, topic, envelopes))
+    wait_for(lambda: "paused 3 partition(s) of " + topic in first.log_text(), 60, what="the breaker pausing")
+
+    def owners() -> set[str]:
+        return {row.consumer_id for row in describe(iso.settings.bootstrap_servers, iso.settings.app_id)
+                if row.topic == topic and row.consumer_id}
+    second = _sink_worker(iso, "w2").start()
+    bound = iso.settings.broker_session_timeout + 15  # joining, the group's rebalance, one describe
+    wait_for(lambda: len(owners()) == 2, bound, interval=1.0,
+             what="the group rebalancing onto both workers while the downstream is down")
+    assert iso.sql("SELECT count(*) FROM calls WHERE ok")[0][0] == 0
+
+    iso.sql("UPDATE downstream SET state = 'up'")
+    wait_for(lambda: iso.sql("SELECT count(DISTINCT message_id) FROM calls WHERE ok")[0][0] >= 120, 120,
+             what="all 120 jobs delivered after recovery")
+    wait_for(lambda: run(group_lag(iso.settings, iso.settings.app_id, [topic])).total_lag == 0, 60,
+             what="lag drained")
+    assert iso.sql("SELECT count(*), count(DISTINCT message_id) FROM calls WHERE ok")[0] == (120, 120)
+    assert read_topic(iso, topic + ".dlq") == []
+    assert first.running() and second.running()
+    second.stop()
+    first.stop()

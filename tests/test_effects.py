@@ -10,6 +10,7 @@ crashes: ``test_chaos.py``.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
@@ -80,19 +81,36 @@ def test_a_failing_handler_rolls_back_the_processed_id_with_its_writes(isolated:
 def test_two_deliveries_at_once_one_wins(isolated: Isolated, effects: Effects) -> None:
     """A zombie worker and its successor handle the same message at the same moment: the
     second insert waits for the first transaction and then finds the id."""
-    async def deliver(note: str, hold: float) -> str:
+    first_in, release = asyncio.Event(), asyncio.Event()
+
+    async def deliver(note: str) -> str:
         try:
             async with _delivery(effects, "m-4").transaction() as tx:
                 await tx.execute("INSERT INTO effect VALUES ('m-4', %s)", (note,))
-                await asyncio.sleep(hold)
+                if note == "a":
+                    first_in.set()
+                    await release.wait()  # open until the second delivery waits on its row
             return "committed"
         except AlreadyProcessed:
             return "skipped"
 
+    async def lock_waiters() -> int:
+        async with await psycopg.AsyncConnection.connect(isolated.settings.dsn, autocommit=True) as conn:
+            cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND wait_event_type = 'Lock'")
+            return (await cur.fetchone())[0]
+
     async def scenario() -> list[str]:
-        first = asyncio.create_task(deliver("a", 0.5))
-        await asyncio.sleep(0.1)
-        second = asyncio.create_task(deliver("b", 0))
+        first = asyncio.create_task(deliver("a"))
+        await first_in.wait()
+        second = asyncio.create_task(deliver("b"))
+        for _ in range(200):  # until PostgreSQL shows the second insert waiting for the first's row lock
+            if await lock_waiters():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the second delivery never waited for the first one's row")
+        release.set()
         results = await asyncio.gather(first, second)
         await effects.close()
         return results
@@ -213,9 +231,15 @@ def test_an_expired_row_or_a_forced_reprocess_takes_the_row_over(isolated: Isola
         with pytest.raises(AlreadyProcessed):
             async with _delivery(fx, "m-11").transaction():
                 pass
-        forced = Delivery("orders", 2, 41, 1, "m-11", consumer="app:handler", effects=fx, reprocessing=True)
+        window = time.time() + 0.5  # the reprocess window opened after the first handling
+        await asyncio.sleep(1.0)
+        forced = Delivery("orders", 2, 41, 1, "m-11", consumer="app:handler", effects=fx, reprocessing=True,
+                          reprocess_since=window)
         async with forced.transaction() as tx:
             await tx.execute("INSERT INTO effect VALUES ('m-11', 'reprocessed')")
+        with pytest.raises(AlreadyProcessed):  # once per window: a second forced delivery finds the new row
+            async with forced.transaction() as tx:
+                await tx.execute("INSERT INTO effect VALUES ('m-11', 'reprocessed twice')")
         await asyncio.to_thread(isolated.sql, "UPDATE streams_processed_messages SET processed_at = now() - "
                                 "interval '2 hours' WHERE message_id = 'm-11'")
         assert await fx.processed("app:handler", "m-11") is None

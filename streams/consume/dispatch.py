@@ -36,14 +36,17 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
+from streams.consume import waiting
 from streams.consume.changelog import ChangelogBatch
 from streams.consume.runner import changelog_writes_durable
+from streams.consume.waiting import PartitionRevoked
 from streams.faust_compat import fetches
 from streams.faust_compat.consumer_fixes import ack_offsets
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
     from streams.consume.gap_guard import GapGuard
+    from streams.consume.pausing import SourcePause
     from streams.consume.runner import HandlerRunner
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,161 @@ class StandInEvent:
         self.message = record
 
 
+class BatchLane:
+    """One batch of one partition being handled: its records in order, through every handler
+    of the topic, written and acknowledged together — and cut where a record must wait.
+
+    The batch holds the commit barrier (under ``exactly_once``; taken before the handlers take
+    any other resource, such as a database connection, so a batch waiting at the barrier holds
+    nothing else) and an :class:`InFlight` marker that Faust's revocation waits for. When a
+    handler must wait (:func:`streams.consume.waiting.wait`) the lane first finishes the
+    records before the waiting one (their changelog writes durable, their offsets
+    acknowledged), gives the barrier and the marker up, waits, and takes both again — or, if
+    the partition was revoked meanwhile, raises :class:`PartitionRevoked` and leaves the rest
+    unacknowledged for the next owner. Handlers of one topic go side by side record by record,
+    so a cut always falls between records (see the README's exactly-once section for what a
+    cut means for a second handler that had finished the waiting record)."""
+
+    def __init__(self, dispatcher: "BatchDispatcher", route: Route, tp: Any, records: list[Any],
+                 generation: int) -> None:
+        self.dispatcher = dispatcher
+        self.app = dispatcher.app
+        self.route = route
+        self.tp = tp
+        self.records = records
+        self.generation = generation
+        self.runners = [runner for runner, _ in route.handlers]
+        #: first record not yet acknowledged; the record being handled
+        self.start = 0
+        self.position = 0
+        self._marker = InFlight(tp)
+        self._released = False
+        #: handlers inside this record, and those of them not waiting
+        self._inside = 0
+        self._running = 0
+        self._transition = asyncio.Lock()
+        self._scope: Any = None
+        self._changelog: ChangelogBatch | None = None
+
+    async def run(self) -> None:
+        app = self.app
+        fetches.hold_revocation(app.faust, self._marker)
+        token = waiting.waits_of(self)
+        try:
+            async with app.transactions.scope(self.tp.topic, self.tp.partition) as scope:
+                self._scope = scope
+                if app.transactions.enabled:
+                    await scope.enter_writing()
+                with ChangelogBatch(app) as changelog:
+                    self._changelog = changelog
+                    for position, record in enumerate(self.records):
+                        self.position = position
+                        await self._through_handlers(record)
+                    await self._finish(len(self.records))
+        finally:
+            waiting.reset(token)
+            self._marker.acked = True
+            fetches.release_revocation(app.faust, self._marker)
+
+    async def _through_handlers(self, record: Any) -> None:
+        from faust.streams import _current_event
+
+        stand_in = StandInEvent(record)
+        token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]  # what table writes read of it
+        try:
+            if len(self.runners) == 1:
+                await self._process(self.runners[0], record)
+                return
+            # the handlers of one topic go side by side, one record at a time; a revocation stops them all
+            tasks = [asyncio.ensure_future(self._process(runner, record)) for runner in self.runners]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        finally:
+            _current_event.reset(token)
+
+    async def _process(self, runner: "HandlerRunner", record: Any) -> None:
+        self._inside += 1
+        self._running += 1
+        try:
+            if self.route.wait_until_due:
+                await runner.wait_until_due(record)
+            await runner.process(record)
+        finally:
+            self._inside -= 1
+            self._running -= 1
+        if self._running == 0 and self._inside > 0:
+            await self._cut()  # the other handlers of this record are waiting: nobody needs the barrier now
+
+    async def wait(self, seconds: float, pause: "SourcePause | None", why: str) -> None:
+        """See :mod:`streams.consume.waiting`."""
+        self._running -= 1
+        try:
+            if self._running == 0:
+                await self._cut()
+            if pause is not None:
+                revoked = await waiting.first_of(pause.hold(seconds, why), self.dispatcher.revoked)
+            elif seconds > 0:
+                revoked = await waiting.first_of(asyncio.sleep(seconds), self.dispatcher.revoked)
+            else:
+                revoked = False
+            if revoked:
+                raise PartitionRevoked(f"{self.tp.topic}[{self.tp.partition}]")
+        finally:
+            self._running += 1
+        await self._resume()
+
+    async def _cut(self) -> None:
+        """Finish the records before the current one and give the barrier and the revocation up."""
+        async with self._transition:
+            if self._released:
+                return
+            await self._finish(self.position)
+            await self._scope.release()
+            self._marker.acked = True
+            fetches.release_revocation(self.app.faust, self._marker)
+            self._released = True
+
+    async def _resume(self) -> None:
+        """Take the revocation hold and the barrier again, unless the partition was revoked."""
+        async with self._transition:
+            if not self._released:
+                return
+            faust = self.app.faust
+            await faust.flow_control.acquire()  # not while a rebalance is under way
+            if self.generation != self.dispatcher.generation or self.tp not in faust.consumer.assignment():
+                raise PartitionRevoked(f"{self.tp.topic}[{self.tp.partition}]")
+            self._marker = InFlight(self.tp)
+            fetches.hold_revocation(faust, self._marker)
+            self._released = False
+            if self.app.transactions.enabled:
+                await self._scope.enter_writing()
+
+    async def _finish(self, end: int) -> None:
+        """Make the writes so far durable and acknowledge records ``start .. end - 1``."""
+        app = self.app
+        assert self._changelog is not None
+        futures = [*await self._changelog.send(), *(f for runner in self.runners for f in runner.take_pending())]
+        last = self.records[max(end, 1) - 1]
+        if not await changelog_writes_durable(app.faust, last, futures):
+            raise WorkerStopping(f"{self.tp.topic}[{self.tp.partition}]")
+        await self._scope.flush()
+        if end > self.start:
+            done = self.records[self.start:end]
+            self.route.guard.handled(self.tp, done[-1].offset)
+            ack_offsets(app.faust.consumer, self.tp, [r.offset for r in done])
+            self.start = end
+
+
+class WorkerStopping(Exception):
+    """A changelog write failed: the worker is stopping (see ``changelog_writes_durable``);
+    nothing more of the batch is acknowledged."""
+
+
 class BatchDispatcher:
     """Takes routed topics' records out of Faust's delivery and handles them per partition."""
 
@@ -106,6 +264,9 @@ class BatchDispatcher:
         self._buffer_full: set[Any] = set()
         self._installed = False
         self._stopping = False
+        #: bumped whenever a rebalance drops queued batches (see BatchLane)
+        self._generation = 0
+        self._revoked = asyncio.Event()
 
     def route(self, topic: str, runner: "HandlerRunner", name: str, *, wait_until_due: bool = False) -> None:
         """Send the records of ``topic`` to ``runner`` too (the topic's gap guard is made with its first)."""
@@ -162,6 +323,8 @@ class BatchDispatcher:
 
     def drop(self, tps: set[Any]) -> None:
         consumer = self.app.faust.consumer
+        if tps:
+            self._next_generation()
         for tp in tps:
             self._queues[tp].clear()
             self._queued[tp] = 0
@@ -202,13 +365,7 @@ class BatchDispatcher:
                 records = self._take(tp, 1 if route.wait_until_due else self.max_batch)
                 if not records:
                     continue
-                marker = InFlight(tp)
-                fetches.hold_revocation(self.app.faust, marker)
-                try:
-                    await self._handle(route, tp, records)
-                finally:
-                    marker.acked = True
-                    fetches.release_revocation(self.app.faust, marker)
+                await self._handle(route, tp, records)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -219,42 +376,37 @@ class BatchDispatcher:
             await self.app.faust.crash(exc)
 
     async def _handle(self, route: Route, tp: Any, records: list[Any]) -> None:
-        """One batch of one partition: handled in order, written, then acknowledged at once."""
-        from faust.streams import _current_event
-
-        app = self.app
+        """One batch of one partition: handled in order, written, then acknowledged at once
+        (or in parts, where a record waits: see :class:`BatchLane`)."""
+        generation = self.generation
         missing = await route.guard.missing_before(records[0], tp)
         if missing:
             records = missing + records
+        lane = BatchLane(self, route, tp, records, generation)
+        try:
+            await lane.run()
+        except WorkerStopping:
+            return  # a changelog write failed: the worker is stopping, nothing more is acknowledged
+        except PartitionRevoked:
+            log.info("%s: %s[%d] was revoked while a record waited; %d record(s) from offset %d are left to "
+                     "its next owner", route.name, tp.topic, tp.partition, len(records) - lane.start,
+                     records[lane.start].offset)
 
-        async def run(runner: "HandlerRunner") -> None:
-            for record in records:
-                if route.wait_until_due:
-                    await runner.wait_until_due(record)
-                stand_in = StandInEvent(record)
-                token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]  # what table writes read of it
-                try:
-                    await runner.process(record)
-                finally:
-                    _current_event.reset(token)
+    # --- rebalances -------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """How many times queued batches were dropped (rebalances) so far."""
+        return self._generation
 
-        async with app.transactions.scope(tp.topic, tp.partition) as scope:
-            if app.transactions.enabled:
-                # hold the commit barrier from the start of the batch, before the handlers take any other
-                # resource (a database connection): a batch waiting at the barrier holds nothing else
-                await scope.enter_writing()
-            with ChangelogBatch(app) as changelog:
-                runners = [runner for runner, _ in route.handlers]
-                if len(runners) == 1:
-                    await run(runners[0])
-                else:  # the handlers of one topic go side by side, as their agents did
-                    await asyncio.gather(*(run(runner) for runner in runners))
-                futures = [*await changelog.send(), *(f for runner in runners for f in runner.take_pending())]
-            if not await changelog_writes_durable(app.faust, records[-1], futures):
-                return  # the worker is stopping; nothing of this batch is acknowledged
-            await scope.flush()
-            route.guard.handled(tp, records[-1].offset)
-            ack_offsets(app.faust.consumer, tp, [r.offset for r in records])
+    @property
+    def revoked(self) -> asyncio.Event:
+        """Set when queued batches are dropped (a rebalance): waiting batches give their records up."""
+        return self._revoked
+
+    def _next_generation(self) -> None:
+        self._generation += 1
+        self._revoked.set()
+        self._revoked = asyncio.Event()
 
     async def stop(self) -> None:
         self._stopping = True

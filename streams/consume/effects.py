@@ -39,7 +39,12 @@ What the framework does:
 * rows expire after ``retention`` seconds (``STREAMS_DEDUP_RETENTION``): an older
   row no longer makes a duplicate, and the worker deletes such rows in batches;
 * a forced reprocess (``streams offsets reset --reprocess``) handles a message
-  again on purpose: its transaction takes the existing row over.
+  again on purpose: its transaction takes over a row written before the reprocess
+  window opened — once: a second delivery in the same window (a worker that died
+  after the commit, a stale worker and its successor) finds the new row and is
+  skipped;
+* while the database does not answer the lookup, the handler's partitions pause
+  and the lookup is tried again: an outage parks nothing and stops no worker.
 
 The transaction can also be given: ``async with delivery.transaction(aconn)`` (a
 psycopg ``AsyncConnection``), ``with delivery.transaction(conn)`` (a psycopg
@@ -84,6 +89,10 @@ CREATE TABLE IF NOT EXISTS {table} (
 );
 CREATE INDEX IF NOT EXISTS {index} ON {table} (processed_at);
 """
+
+
+#: what a database that does not answer raises (psycopg; its pool's timeout is one too)
+DatabaseUnavailable = psycopg.OperationalError
 
 
 class AlreadyProcessed(StreamsError):
@@ -134,12 +143,15 @@ class Effects:
         self._pool_lock = asyncio.Lock()
         self._schema_ready = False
         t = sql.Identifier(table)
-        # a row past the retention, or any row when the delivery is a forced reprocess, is taken over
+        # a row past the retention is taken over; in a forced reprocess, a row written before the
+        # reprocess window opened (once: the row then carries a later time, so a second delivery of
+        # the message in the same window finds it and is skipped)
         self.insert_sql = sql.SQL(
             'INSERT INTO {t} AS p (consumer, message_id, topic, partition, "offset") VALUES (%s, %s, %s, %s, %s) '
             'ON CONFLICT (consumer, message_id) DO UPDATE SET processed_at = now(), topic = EXCLUDED.topic, '
             'partition = EXCLUDED.partition, "offset" = EXCLUDED."offset", outputs = NULL '
-            "WHERE %s OR p.processed_at <= now() - make_interval(secs => %s) RETURNING 1").format(t=t)
+            "WHERE p.processed_at < to_timestamp(CAST(%s AS double precision)) "
+            "OR p.processed_at <= now() - make_interval(secs => %s) RETURNING 1").format(t=t)
         self.outputs_sql = sql.SQL("UPDATE {} SET outputs = %s WHERE consumer = %s AND message_id = %s").format(t)
         self._lookup = sql.SQL(
             "SELECT outputs, extract(epoch FROM processed_at) FROM {} WHERE consumer = %s AND message_id = %s "
@@ -238,29 +250,30 @@ class Effects:
                 log.warning("%s: purge failed: %r", self.table, exc)
 
     def transaction(self, consumer: str, message_id: str, where: tuple[str, int, int],
-                    conn: Any = None, *, forced: bool = False) -> "EffectTransaction":
+                    conn: Any = None, *, reprocess_since: float | None = None) -> "EffectTransaction":
         """The transaction of one delivery (see :meth:`streams.consume.runner.Delivery.transaction`);
-        ``forced``: a reprocess on purpose, which takes over an existing row."""
-        return EffectTransaction(self, consumer, message_id, where, conn, forced)
+        ``reprocess_since``: a reprocess on purpose, whose window opened then: it takes over a row
+        written before that time."""
+        return EffectTransaction(self, consumer, message_id, where, conn, reprocess_since)
 
 
 class EffectTransaction:
     """``async with`` / ``with``: a database transaction that starts by recording the message as processed."""
 
     def __init__(self, effects: Effects, consumer: str, message_id: str, where: tuple[str, int, int],
-                 conn: Any, forced: bool = False) -> None:
+                 conn: Any, reprocess_since: float | None = None) -> None:
         self.effects = effects
         self.consumer = consumer
         self.message_id = message_id
         self.where = where
         self.conn = conn
-        self.forced = forced
+        self.reprocess_since = reprocess_since
         self.outputs: list[Output] = []
         self._token: Any = None
         self._stack: list[Any] = []
 
     def _row(self) -> tuple:
-        return (self.consumer, self.message_id, *self.where, self.forced, self.effects.retention)
+        return (self.consumer, self.message_id, *self.where, self.reprocess_since, self.effects.retention)
 
     def _outputs_json(self) -> str:
         return json.dumps([o.to_json() for o in self.outputs])

@@ -71,6 +71,11 @@ class ReprocessWindows:
         w = self.windows.get((topic, partition))
         return w is not None and w.start <= offset < w.end and handled_at < w.created_at
 
+    def since(self, topic: str, partition: int) -> float | None:
+        """When the window of ``topic[partition]`` was opened (None: it has none)."""
+        w = self.windows.get((topic, partition))
+        return None if w is None else w.created_at
+
     def __len__(self) -> int:
         return len(self.windows)
 

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from streams.consume import waiting
 from streams.consume.dedup import DEAD_LETTERED, HANDLED
-from streams.consume.effects import AlreadyProcessed
+from streams.consume.effects import AlreadyProcessed, DatabaseUnavailable
 from streams.consume.gap_guard import GapGuard
 from streams.consume.headers import (
     H_RETRY_DUE,
@@ -78,6 +79,8 @@ class Delivery:
     effects: Any = field(default=None, repr=False, compare=False)
     #: handled again on purpose (a reprocess window of ``streams offsets reset --reprocess``)
     reprocessing: bool = False
+    #: when that reprocess window was opened (epoch seconds): the effect is applied again once in it
+    reprocess_since: float | None = None
 
     def transaction(self, conn: Any = None) -> Any:
         """A database transaction that first records this message as processed, committed
@@ -96,7 +99,8 @@ class Delivery:
             raise ConfigurationError("delivery.transaction() needs the handler declared with "
                                      "effects=app.effects()")
         return self.effects.transaction(self.consumer, self.idempotency_key,
-                                        (self.topic, self.partition, self.offset), conn, forced=self.reprocessing)
+                                        (self.topic, self.partition, self.offset), conn,
+                                        reprocess_since=self.reprocess_since)
 
 
 class HandlerRunner:
@@ -140,7 +144,7 @@ class HandlerRunner:
             due = 0.0
         delay = due - time.time()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await waiting.wait(delay)  # outside the commit barrier (streams.consume.waiting)
 
     async def process(self, msg: Any) -> str:
         """Handle one record (a Faust message, or an aiokafka record read by the gap
@@ -203,17 +207,20 @@ class HandlerRunner:
 
         processed = spec.processed
         windows = self.app.reprocess_windows
-        forced = False
+        #: when this is a forced reprocess (streams offsets reset --reprocess): its window's start
+        reprocess_since: float | None = None
+
+        def forces(handled_at: float) -> bool:
+            return (origin.level == 0 and windows is not None
+                    and windows.forces(origin.topic, origin.partition, origin.offset, handled_at))
+
         if processed is not None:
             await self.app.transactions.purge_aborted_once(processed, msg.partition)
             processed.maybe_sweep(msg.partition)
             entry = processed.get(envelope.message_id)
-            if (entry is not None and origin.level == 0 and windows is not None
-                    and windows.forces(origin.topic, origin.partition, origin.offset, entry.at)):
-                # a forced reprocess (streams offsets reset --reprocess): handle it again on purpose
-                self._count("reprocessed", origin)
+            if entry is not None and forces(entry.at):
+                reprocess_since = windows.since(origin.topic, origin.partition)
                 entry = None
-                forced = True
             if entry is not None and (entry.outcome == HANDLED or not origin.replayed):
                 if entry.partition == msg.partition and entry.offset == origin.offset:
                     # this very record was handled by a worker that died before its changelog
@@ -227,14 +234,17 @@ class HandlerRunner:
 
         effects = spec.effects
         consumer = f"{self.app.app_id}:{spec.name}"
-        if effects is not None and not forced:
-            done = await effects.processed(consumer, envelope.message_id)
-            if done is not None and origin.level == 0 and windows is not None and windows.forces(
-                    origin.topic, origin.partition, origin.offset, done.at):
-                self._count("reprocessed", origin)
-                forced = True
+        if effects is not None:
+            # consulted even when the processed-ID entry forces a reprocess: an effect already applied
+            # again in this window (by a worker that died before its entry was written, or a stale one)
+            # is not applied a third time
+            done = await self._effect_of(effects, consumer, envelope.message_id, origin)
+            if done is not None and forces(done.at):
+                reprocess_since = windows.since(origin.topic, origin.partition)
             elif done is not None:  # its effect committed with its processed id: skip it
                 return await self._already_processed(msg, origin, envelope, done.outputs)
+        if reprocess_since is not None:
+            self._count("reprocessed", origin)
 
         attempts = origin.attempts_before
         first_failure = origin.first_failure
@@ -247,7 +257,8 @@ class HandlerRunner:
             attempts += 1
             tries_here += 1
             delivery = Delivery(origin.topic, origin.partition, origin.offset, attempts, envelope.message_id,
-                                origin.level, origin.replayed, consumer, effects, forced)
+                                origin.level, origin.replayed, consumer, effects, reprocess_since is not None,
+                                reprocess_since)
             outputs = AttemptOutputs(consumer, envelope.message_id)
             try:
                 with staging(outputs):
@@ -262,7 +273,7 @@ class HandlerRunner:
                 attempts -= 1
                 tries_here -= 1
                 self._count("sink_throttled", origin)
-                await self.sink_pause.hold(exc.retry_after, f"{spec.name}: {exc}")
+                await waiting.wait(exc.retry_after, pause=self.sink_pause, why=f"{spec.name}: {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001 - a handler error must not stop the partition
                 # every guard hears of the failure (a list, not a short-circuiting generator)
@@ -273,7 +284,7 @@ class HandlerRunner:
                     self._count("sink_failures", origin)
                     log.warning("%s: downstream failed on %s %s: %r (%s)", spec.name, envelope.message_type,
                                 envelope.message_id, exc, ", ".join(repr(g) for g in sinks))
-                    await asyncio.sleep(policy.delay(1))
+                    await waiting.wait(policy.delay(1))
                     continue
                 first_failure = first_failure or time.time()
                 if policy.should_retry(exc, tries_here):
@@ -281,7 +292,7 @@ class HandlerRunner:
                     self._count("retried", origin)
                     log.warning("%s failed on %s %s (attempt %d): %r; retrying in %.2fs", spec.name,
                                 envelope.message_type, envelope.message_id, attempts, exc, delay)
-                    await asyncio.sleep(delay)
+                    await waiting.wait(delay)
                     continue
                 if policy.is_retryable(exc) and origin.level < len(policy.delayed_retries):
                     await self.app.retry_topics.schedule(spec, msg, origin, attempts, first_failure, exc,
@@ -308,6 +319,23 @@ class HandlerRunner:
                                                       origin.offset, attempts, msg.topic, msg.offset))
             self._count("handled", origin)
             return "handled"
+
+    async def _effect_of(self, effects: Any, consumer: str, message_id: str, origin: Origin) -> Any:
+        """The message's row in the effects table (None: not processed). While the database does not
+        answer, the handler's source partitions pause and the lookup is tried again (backing off up
+        to 30 s): an outage of the effects database stops no worker and parks nothing."""
+        failures = 0
+        while True:
+            try:
+                return await effects.processed(consumer, message_id)
+            except DatabaseUnavailable as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                self._count("effects_unavailable", origin)
+                why = f"{self.spec.name}: the effects database is unavailable ({str(exc).strip()[:200]})"
+                log.warning("%s; %s[%d]@%d waits %.1fs and looks again", why, origin.topic, origin.partition,
+                            origin.offset, delay)
+                await waiting.wait(delay, pause=self.sink_pause, why=why)
 
     async def _already_processed(self, msg: Any, origin: Origin, envelope: Any, outputs: list[Any]) -> str:
         """A message whose effect transaction committed before: its recorded Kafka outputs are
@@ -336,10 +364,10 @@ class HandlerRunner:
             if wait <= 0:
                 return
             if wait < 0.5:
-                await asyncio.sleep(wait)
+                await waiting.wait(wait)
                 continue
             self._count("sink_pauses", origin)
-            await self.sink_pause.hold(wait, why)
+            await waiting.wait(wait, pause=self.sink_pause, why=why)
 
 
 def ack_when_durable(stream: Any, event: Any, pending: list[Any]) -> Any:

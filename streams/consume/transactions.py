@@ -124,6 +124,15 @@ class RecordScope:
             pending, self.pending = self.pending, []
             await asyncio.gather(*pending)
 
+    async def release(self) -> None:
+        """Give the commit barrier up (once every write so far is flushed and acknowledged, e.g.
+        before a long wait); the next write, or :meth:`enter_writing`, takes it again."""
+        if self._entering is not None:
+            await asyncio.shield(self._entering)
+            self._entering = None
+            self.writing = False
+            await self.tx.barrier.leave()
+
     async def __aenter__(self) -> "RecordScope":
         self._token = _current.set(self)
         return self
@@ -152,6 +161,9 @@ class _NoScope:
     pending: ClassVar[list] = []
 
     async def flush(self) -> None:
+        return None
+
+    async def release(self) -> None:
         return None
 
     async def __aenter__(self) -> "_NoScope":

@@ -11,7 +11,10 @@ job and then behaves as the job's ``mode`` says:
   PostgreSQL refuses (a deferred foreign key), every attempt;
 * ``retry_later``: fails every attempt on the source topic, succeeds on the retry level
   (``TEST_RETRY_DELAY`` seconds later);
-* ``throttled``: the first attempt raises ``SinkThrottled(TEST_THROTTLE)``, then succeeds.
+* ``throttled``: the first attempt raises ``SinkThrottled(TEST_THROTTLE)``, then succeeds;
+* ``effect``: writes one ``effects_applied`` row in ``delivery.transaction()``; with
+  ``TEST_DIE_ON_REPROCESS=1`` the worker process dies right after such a transaction of a
+  forced reprocess committed (before the framework wrote the processed-ID entry or the offset).
 
 Every attempt is a row in ``attempts`` (written on its own connection, so it stays even
 when the attempt's transaction rolls back). ``other`` (3 partitions) is handled by
@@ -48,6 +51,8 @@ CREATE TABLE IF NOT EXISTS attempts (message_id text NOT NULL, n int NOT NULL, m
     level int NOT NULL, attempt int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE TABLE IF NOT EXISTS other_seen (n int NOT NULL, message_id text NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS effects_applied (message_id text NOT NULL, n int NOT NULL, reprocessing bool NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE TABLE IF NOT EXISTS parents (id int PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS children (id serial PRIMARY KEY,
     parent int REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED);
@@ -61,6 +66,7 @@ effects = app.effects()
 db = Database(app.settings)
 RETRY_DELAY = float(os.environ.get("TEST_RETRY_DELAY", "1"))
 THROTTLE = float(os.environ.get("TEST_THROTTLE", "1"))
+DIE_ON_REPROCESS = os.environ.get("TEST_DIE_ON_REPROCESS") == "1"
 
 
 @app.handler(work, "Job", effects=effects,
@@ -72,6 +78,13 @@ async def handle(message: Envelope[Job], delivery: Delivery) -> None:
                      (message.message_id, job.n, job.mode, delivery.retry_level, delivery.attempt))
     if job.mode == "throttled" and done[0][0] == 0:
         raise SinkThrottled(THROTTLE, "the downstream asked to slow down")
+    if job.mode == "effect":
+        async with delivery.transaction() as tx:
+            await tx.execute("INSERT INTO effects_applied (message_id, n, reprocessing) VALUES (%s, %s, %s)",
+                             (message.message_id, job.n, delivery.reprocessing))
+        if DIE_ON_REPROCESS and delivery.reprocessing:
+            os._exit(17)  # a crash between the effect's commit and everything the framework writes after it
+        return
     outputs = [registry.envelope(Result(job=job.n, part=part), key=str(job.n)) for part in (0, 1)]
     if job.mode == "commit_fails":
         async with delivery.transaction() as tx:
