@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class GapNotRead(Exception):
+    """A range of records the consumer skipped could not be read back: the worker stops (loudly)
+    rather than leave the partition's commits stalled below them."""
+
+
 class _RecoveredRecord:
     """The minimum of a Faust message that its consumer's ``ack`` needs."""
 
@@ -56,9 +61,13 @@ class GapGuard:
         self._reader_lock = asyncio.Lock()
         self.records_recovered = 0
         self.gaps_confirmed = 0
+        self.incomplete_reads = 0
 
     #: seconds without a delivered record before :meth:`undelivered_tail` looks for lost ones
     idle_check_interval = 3.0
+    #: seconds one read-back of a skipped range may take, and how many times it is tried
+    read_deadline = 30.0
+    read_attempts = 3
 
     def reset(self) -> None:
         """After a rebalance: positions start afresh."""
@@ -164,22 +173,36 @@ class GapGuard:
             return await self._read_range_locked(topic, partition, start, end)
 
     async def _read_range_locked(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        """Every record of ``topic[partition]`` in ``start .. end - 1``. A read that does not reach
+        ``end`` within :attr:`read_deadline` (the broker slow or away) is tried again, with a
+        warning, up to :attr:`read_attempts` times; then :class:`GapNotRead` is raised — a part of
+        the range is never returned as if it were all of it (the partition's commits would stop
+        below the records left out, unseen)."""
         from aiokafka import TopicPartition
 
         await self._ensure_reader()
         tp = TopicPartition(topic, partition)
-        self._reader.assign([tp])
-        self._reader.seek(tp, start)
-        out: list[Any] = []
-        deadline = asyncio.get_running_loop().time() + 30
-        while asyncio.get_running_loop().time() < deadline:
-            batch = await self._reader.getmany(tp, timeout_ms=500, max_records=1000)
-            records = batch.get(tp, [])
-            out.extend(r for r in records if start <= r.offset < end)
-            position = await self._reader.position(tp)
-            if position >= end or (not records and position >= start and await self._at_end(tp, position)):
-                break
-        return out
+        for attempt in range(1, self.read_attempts + 1):
+            self._reader.assign([tp])
+            self._reader.seek(tp, start)
+            out: list[Any] = []
+            position = start
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.read_deadline
+            while loop.time() < deadline:
+                batch = await self._reader.getmany(tp, timeout_ms=500, max_records=1000)
+                records = batch.get(tp, [])
+                out.extend(r for r in records if start <= r.offset < end)
+                position = await self._reader.position(tp)
+                if position >= end or (not records and position >= start and await self._at_end(tp, position)):
+                    return out
+            self.incomplete_reads += 1
+            log.warning("%s: reading back %s[%d] %d..%d stopped at offset %d after %.0fs (attempt %d of %d)",
+                        self.name, topic, partition, start, end - 1, position, self.read_deadline, attempt,
+                        self.read_attempts)
+        raise GapNotRead(f"{self.name}: could not read back {topic}[{partition}] offsets {start}..{end - 1} "
+                         f"({self.read_attempts} attempts of {self.read_deadline:.0f}s); the records in it are "
+                         "neither handled nor acknowledged, so commits cannot pass them: stopping")
 
     async def _ensure_reader(self) -> Any:
         """The plain consumer (no group) that reads skipped ranges back."""
