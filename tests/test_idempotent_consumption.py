@@ -122,6 +122,7 @@ def test_crash_test_sigkill_five_times(isolated: Isolated, guarantee: str) -> No
     print(summary)
     (isolated.artifacts / "crash-test.txt").write_text(summary + "\n")
     assert not lost, f"lost {len(lost)} messages"
+    assert repeated == 0, f"the push row commits with its processed id (effects=): {summary}"
     assert not missing_in_table, f"{len(missing_in_table)} handled ids missing from the processed-ID table"
     if guarantee == "exactly_once":
         assert set(causes) == ids and duplicates_out == 0, summary
@@ -153,6 +154,7 @@ def test_rebalance_second_worker_joins_and_leaves(isolated: Isolated) -> None:
     assert all(after[e.message_id] == before[e.message_id] for e in early), "re-published duplicates suppressed"
     total, distinct = push_counts(isolated)
     print(f"rebalance: {n} messages, repeated handler calls across join+leave: {total - distinct}")
+    assert total == distinct, "the push row commits with its processed id (effects=): no repeat across rebalances"
     first.stop()
 
 
