@@ -242,6 +242,8 @@ def test_the_scraper_carries_the_token_the_workers_read() -> None:
 def test_where_the_token_comes_from_and_opening_the_views_is_explicit() -> None:
     given = _worker_env(kube.documents(kube.render(sets=["secrets.webToken=a-token-from-values"])))
     assert given["STREAMS_WEB_TOKEN"] == "a-token-from-values"
+    with pytest.raises(ServiceError, match="/secrets/webToken"):  # the worker would refuse it at start
+        kube.render(sets=["secrets.webToken=short"])
 
     # an existing Secret: its key is required (no Secret rendered; a pod without the key does not start)
     docs = kube.documents(kube.render(sets=["secrets.existingSecret=shop-credentials"]))
