@@ -297,11 +297,11 @@ def test_the_generated_token_is_kept_across_upgrades(api_server) -> None:
 
 
 def _run_rendered_worker(iso: Isolated, docs: list[dict], label: str) -> tuple[str, dict[str, str]]:
-    """A reference-app worker run with the environment the chart gives a worker pod; only where the servers are
-    (broker, database, state folder) and where it listens (loopback, a free port) come from the test."""
+    """A reference-app worker run with the environment the chart gives a worker pod, over the harness's base
+    (commit and session timings); where the servers are (broker, database, state folder) and where it listens
+    (loopback, a free port) come from the test, nothing about the token."""
     rendered = _worker_env(docs)
-    env = {**rendered, **{k: iso.env[k] for k in ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_DATABASE_URL", "STREAMS_HOME")},
-           "STREAMS_BROKER_SESSION_TIMEOUT": "8"}
+    env = {**rendered, **{k: iso.env[k] for k in ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_DATABASE_URL", "STREAMS_HOME")}}
     env = {k: v for k, v in env.items() if k not in ("STREAMS_WEB_HOST", "STREAMS_WEB_PORT", "STREAMS_WORKER_DATA_DIR",
                                                     "STREAMS_WEB_ADVERTISED_HOST")}
     worker, url = web_worker(iso, label, **env)
