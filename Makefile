@@ -43,16 +43,17 @@ bench-batch: $(STAMP)
 image: $(STAMP)
 	bash scripts/build-image.sh
 
-# helm lint --strict, offline schemas (Kubernetes 1.35 + KEDA CRDs, strict) and a server-side dry run
-# against a real kube-apiserver + etcd (tools fetched or built once under ~/.cache/streams)
+# helm lint --strict, offline schemas (Kubernetes 1.35 + KEDA and ServiceMonitor CRDs, strict) and a server-side
+# dry run against a real kube-apiserver + etcd (tools fetched or built once under ~/.cache/streams)
 k8s-check: $(STAMP)
 	$(BIN)/python -m streams.dev.kube check
 
-# k8s/manifests/streams.yaml: the chart rendered with its default values (for kubectl apply -f)
+# k8s/manifests/streams.yaml: the chart rendered with its default values (for kubectl apply -f), but with no
+# generated web token (a token in a committed file would be everyone's): the Secret is filled before applying
 k8s-manifests: $(STAMP)
-	{ echo "# Rendered from k8s/charts/streams with its default values by make k8s-manifests; do not edit."; \
-	  echo "# kubectl apply -n streams -f k8s/manifests/streams.yaml"; \
-	  $(BIN)/python -m streams.dev.kube render; } > k8s/manifests/streams.yaml
+	{ echo "# Rendered from k8s/charts/streams (default values, web.generateToken=false) by make k8s-manifests; do not edit."; \
+	  echo "# Fill the Secret streams-secrets first (STREAMS_WEB_TOKEN: the workers do not start without it), then kubectl apply -n streams -f k8s/manifests/streams.yaml"; \
+	  $(BIN)/python -m streams.dev.kube manifests; } > k8s/manifests/streams.yaml
 
 services-down: $(STAMP)
 	$(BIN)/streams dev down

