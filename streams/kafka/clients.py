@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
     KafkaConnectionError,
     NodeNotReadyError,
@@ -60,11 +61,12 @@ def durable_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
 
 async def with_coordinator(call, attempts: int = 40, delay: float = 0.25):
     """Await ``call()``, retrying while the group coordinator is not available yet (a fresh
-    broker creates its offsets topic on the first coordinator lookup)."""
+    broker creates its offsets topic on the first coordinator lookup), has moved, or is still
+    loading the group's state."""
     for attempt in range(attempts):
         try:
             return await call()
-        except (CoordinatorNotAvailableError, NotCoordinatorError):
+        except (CoordinatorNotAvailableError, NotCoordinatorError, CoordinatorLoadInProgressError):
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(delay)

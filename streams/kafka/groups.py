@@ -62,27 +62,31 @@ def _decode_assignment(raw: bytes | None) -> tuple[tuple[str, int], ...]:
 
 
 async def describe_group(settings: Settings, group: str) -> GroupDescription:
-    """Ask the group's coordinator for its state and members."""
+    """Ask the group's coordinator for its state and members (retried while the coordinator
+    moves or is still loading the group: both come back as error codes inside the answer)."""
     admin = admin_client(settings)
     await admin.start()
+
+    async def ask() -> GroupDescription:
+        for response in await admin.describe_consumer_groups([group]):
+            for entry in response.groups:
+                error_code, group_id, state, protocol_type, _protocol, members = entry[:6]
+                if group_id != group:
+                    continue
+                if error_code:
+                    raise for_code(error_code)(f"describing consumer group {group!r} failed")
+                return GroupDescription(
+                    group=group_id,
+                    state=state,
+                    protocol_type=protocol_type,
+                    members=tuple(
+                        GroupMember(member_id, client_id, host.lstrip("/"), _decode_assignment(assignment))
+                        for member_id, client_id, host, _metadata, assignment in members
+                    ),
+                )
+        return GroupDescription(group, "Dead", "")
+
     try:
-        responses = await with_coordinator(lambda: admin.describe_consumer_groups([group]))
+        return await with_coordinator(ask)
     finally:
         await admin.close()
-    for response in responses:
-        for entry in response.groups:
-            error_code, group_id, state, protocol_type, _protocol, members = entry[:6]
-            if group_id != group:
-                continue
-            if error_code:
-                raise for_code(error_code)(f"describing consumer group {group!r} failed")
-            return GroupDescription(
-                group=group_id,
-                state=state,
-                protocol_type=protocol_type,
-                members=tuple(
-                    GroupMember(member_id, client_id, host.lstrip("/"), _decode_assignment(assignment))
-                    for member_id, client_id, host, _metadata, assignment in members
-                ),
-            )
-    return GroupDescription(group, "Dead", "")
