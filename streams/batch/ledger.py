@@ -1,4 +1,5 @@
-"""What batch transfer remembers in PostgreSQL: export watermarks and the import ledger."""
+"""What batch transfer remembers in PostgreSQL: export watermarks, the import ledger and the ids
+of the rows an import published (so that a row that comes again is not published again)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ CREATE TABLE IF NOT EXISTS streams_batch_imports (
     finished_at   timestamptz,
     attempts      integer     NOT NULL DEFAULT 1,
     PRIMARY KEY (source, file, sha256)
+);
+ALTER TABLE streams_batch_imports ADD COLUMN IF NOT EXISTS already_published integer;
+CREATE TABLE IF NOT EXISTS streams_batch_published (
+    source        text        NOT NULL,
+    message_id    uuid        NOT NULL,
+    file          text        NOT NULL,
+    published_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, message_id)
 );
 """
 
@@ -92,13 +101,30 @@ def import_started(conn: psycopg.Connection, source: str, file: str, sha256: str
 
 
 def import_finished(conn: psycopg.Connection, source: str, file: str, sha256: str, *, status: str, rows: int,
-                    bad_rows: int, published: int, detail: str | None = None) -> None:
+                    bad_rows: int, published: int, already_published: int = 0, detail: str | None = None) -> None:
     conn.execute(
-        "INSERT INTO streams_batch_imports (source, file, sha256, status, rows, bad_rows, published, detail, "
-        "finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (source, file, sha256) DO UPDATE "
-        "SET status = EXCLUDED.status, rows = EXCLUDED.rows, bad_rows = EXCLUDED.bad_rows, "
-        "published = EXCLUDED.published, detail = EXCLUDED.detail, finished_at = now()",
-        (source, file, sha256, status, rows, bad_rows, published, detail))
+        "INSERT INTO streams_batch_imports (source, file, sha256, status, rows, bad_rows, published, "
+        "already_published, detail, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
+        "ON CONFLICT (source, file, sha256) DO UPDATE SET status = EXCLUDED.status, rows = EXCLUDED.rows, "
+        "bad_rows = EXCLUDED.bad_rows, published = EXCLUDED.published, "
+        "already_published = EXCLUDED.already_published, detail = EXCLUDED.detail, finished_at = now()",
+        (source, file, sha256, status, rows, bad_rows, published, already_published, detail))
+
+
+def published_among(conn: psycopg.Connection, source: str, message_ids: list[str]) -> set[str]:
+    """The ids among ``message_ids`` that an import of ``source`` published before."""
+    if not message_ids:
+        return set()
+    found = conn.execute("SELECT message_id::text FROM streams_batch_published WHERE source = %s "
+                         "AND message_id = ANY(%s::uuid[])", (source, message_ids)).fetchall()
+    return {r[0] for r in found}
+
+
+def record_published(conn: psycopg.Connection, source: str, file: str, message_ids: list[str]) -> None:
+    """Remember ids that the broker acknowledged (call only after the acks)."""
+    if message_ids:
+        conn.execute("INSERT INTO streams_batch_published (source, message_id, file) "
+                     "SELECT %s, unnest(%s::uuid[]), %s ON CONFLICT DO NOTHING", (source, message_ids, file))
 
 
 def rows(conn: psycopg.Connection, query: str, params: Any = None) -> list[dict[str, Any]]:
