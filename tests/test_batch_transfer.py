@@ -159,10 +159,13 @@ def test_incomplete_or_unverified_files_are_left_alone(batch: Batch) -> None:
     (batch.files / "uploading.csv.part").write_bytes(good)
     _partner_file(batch, "bad-manifest.csv", good)
     (batch.files / "bad-manifest.csv.manifest.json").write_text("{not json")
+    _partner_file(batch, "wrong-delimiter.csv", good.replace(b",", b";"))  # the manifest says ','
 
     results = {r.file: r for r in run(run_import(batch.settings, batch.spec()))}
-    assert set(results) == {"wrong-checksum.csv", "truncated.csv", "wrong-count.csv", "bad-manifest.csv"}
+    assert set(results) == {"wrong-checksum.csv", "truncated.csv", "wrong-count.csv", "bad-manifest.csv",
+                            "wrong-delimiter.csv"}
     assert all(r.status == "rejected" for r in results.values())
+    assert "it splits into them on ';', the manifest's delimiter is ','" in results["wrong-delimiter.csv"].detail
     assert "incomplete or replaced upload" in results["truncated.csv"].detail
     assert "incomplete or replaced upload" in results["wrong-checksum.csv"].detail
     assert "2 records, the manifest says 3" in results["wrong-count.csv"].detail
@@ -446,6 +449,9 @@ def test_a_corrected_file_under_a_new_name_publishes_only_new_rows_with_declared
     good, broken = _with_three_bad_lines(n, "k")
     args = [*batch.import_args(), "--id-columns", "order_id"]
     _partner_file(batch, "orders-0930.csv", _orders_csv(broken), rows=n)
+    typo = batch.cli(*batch.import_args(), "--id-columns", "order_no")
+    assert typo.returncode == 0 and "id column(s) order_no not among the manifest's columns" in typo.stdout
+    assert batch.published() == 0 and (batch.files / "orders-0930.csv").exists(), "left alone"
     first = batch.cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "failed orders-0930.csv: 50 rows, 47 published, 3 bad" in " ".join(first.stdout.split())

@@ -17,8 +17,10 @@ One run (:func:`import_once`) goes through the remote folder and, for each
   and the key column as key. A row whose id an import of this source published
   before (``streams_batch_published``) is counted as *already published* and not
   sent: a corrected re-upload of a failed file publishes only the rows that were
-  not published. The others go out with an idempotent ``acks=all`` producer, and
-  their ids are recorded once the broker acknowledged them. A crash between an
+  not published (ids are looked up only when one can have been published: with
+  id columns, or after an earlier import of the same file name). The others go
+  out with an idempotent ``acks=all`` producer, and their ids are recorded (in a
+  background thread) once the broker acknowledged them. A crash between an
   acknowledgement and its record publishes those rows again with the same ids:
   consumers' processed-ID tables drop them, so no effect repeats;
 * bad lines (unparseable, failing the payload model, an id that cannot be made)
@@ -146,17 +148,23 @@ async def _import_file(settings: Settings, spec: ImportSpec, remote: Remote, con
         if unreadable or records != manifest.rows:
             return _reject(conn, spec, data_name, sha256, unreadable or
                            f"{records} records, the manifest says {manifest.rows} (left alone)")
+        # default ids include the file name: only an earlier import of this name can have published one of them
+        look_up = bool(spec.id_columns) or ledger.imported_before(conn, spec.source, data_name)
         ledger.import_started(conn, spec.source, data_name, sha256, manifest.rows)
         result = FileResult(data_name, DONE, rows=manifest.rows)
         if starts_with_bom(local):
             result.notes.append(BOM_NOTE)
-        envelopes = _envelopes(spec, manifest, local, result, conn, progress)
+        envelopes = _envelopes(spec, manifest, local, result, conn if look_up else None, progress)
         from streams.kafka.admin import produce_envelopes
 
-        def acked(sent: list[Envelope]) -> None:
-            ledger.record_published(conn, spec.source, data_name, [e.message_id for e in sent])
-
-        result.published = await produce_envelopes(settings, spec.topic, envelopes, on_acked=acked)
+        recorder = ledger.PublishedRecorder(settings.dsn, spec.source, data_name)
+        try:
+            result.published = await produce_envelopes(
+                settings, spec.topic, envelopes, on_acked=lambda sent: recorder.add([e.message_id for e in sent]))
+        except BaseException:
+            recorder.close(check=False)  # what stopped the import is the error to report
+            raise
+        recorder.close()
     finally:
         local.unlink(missing_ok=True)
     result.bad_rows = len(result.errors)
@@ -184,9 +192,14 @@ def _reject(conn: psycopg.Connection, spec: ImportSpec, name: str, sha256: str, 
     return FileResult(name, "rejected", detail=why)
 
 
-def _envelopes(spec: ImportSpec, manifest: Manifest, local: Path, result: FileResult, conn: psycopg.Connection,
-               progress: Callable[[str, int, int], None] | None) -> Iterator[Envelope]:
-    """The envelopes of the file's good rows that were not published before (counted in ``result``)."""
+def _envelopes(spec: ImportSpec, manifest: Manifest, local: Path, result: FileResult,
+               conn: psycopg.Connection | None, progress: Callable[[str, int, int], None] | None
+               ) -> Iterator[Envelope]:
+    """The envelopes of the file's good rows that were not published before (counted in ``result``);
+    without ``conn``, none of their ids can have been published: no look-up."""
+    if conn is None:
+        yield from _rows(spec, manifest, local, result, progress)
+        return
     pending: list[Envelope] = []
 
     def not_yet_published() -> Iterator[Envelope]:

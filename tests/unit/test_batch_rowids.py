@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.batch.formats import FormatOptions, parse, render
-from streams.batch.rowids import RowIdError, RowIds
+from streams.batch.rowids import ID_NAMESPACE, RowIdError, RowIds, uuid5
 
 COLUMNS = ["order_id", "buyer", "note"]
 ROWS = [{"order_id": "o-1", "buyer": "ann", "note": "first"},
@@ -69,6 +70,11 @@ def test_id_columns_name_a_row_in_any_file_of_the_source() -> None:
 
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@given(name=st.text(st.characters(blacklist_categories=("Cs",))))
+def test_the_fast_uuid5_is_the_standard_one(name: str) -> None:
+    assert uuid5(name)[0] == str(uuid.uuid5(ID_NAMESPACE, name))
 
 
 @settings(max_examples=200, deadline=None)
