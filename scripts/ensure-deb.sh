@@ -3,7 +3,8 @@
 #   scripts/ensure-deb.sh PROGRAM PACKAGE [PACKAGE...]
 # Installs the packages with apt-get when PROGRAM is missing and we are root; otherwise says what to
 # install and exits non-zero. Used by `make test` for chromium (the dashboard's browser test) and
-# OpenSSH's sshd (the batch-transfer tests' SFTP server; the package's own service is not used).
+# OpenSSH's sshd (the batch-transfer tests' SFTP server; the package's own service is not used) and its
+# sftp client (the batch tests upload partners' files with it).
 set -euo pipefail
 PROGRAM=$1
 shift

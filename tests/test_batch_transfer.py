@@ -24,12 +24,13 @@ from streams.batch.formats import FormatOptions
 from streams.batch.imports import ImportSpec, run_import
 from streams.batch.manifest import Manifest
 from streams.dev.process import free_port
+from streams.dev.sftp import LocalSftp
 from streams.kafka.admin import TopicSpec, end_offsets, ensure_topics
 from streams.settings import Settings
 from tests.apps.batch_app import SCHEMA, registry
 from tests.harness import ROOT, Isolated
 from tests.helpers import run, wait_for
-from tests.reference import committed_to_end
+from tests.reference import committed_to_end, read_topic
 
 TOPIC = "partner.orders"
 NASTY = ['plain', 'comma, inside', 'semi;colon', 'tab\tinside', 'quote " inside', '"quoted"', 'new\nline',
@@ -43,6 +44,8 @@ class Batch:
     settings: Settings
     files: Path  # the remote folder, on the server's disk
     topic: str
+    server: LocalSftp
+    remote: str  # the remote folder, as SFTP clients see it
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "streams.cli", "batch", *args], capture_output=True, text=True,
@@ -77,7 +80,7 @@ def batch(isolated: Isolated, sftp_server) -> Batch:
     isolated.sql(SCHEMA)
     isolated.sql("CREATE TABLE partner_orders (seq bigserial PRIMARY KEY, order_id text NOT NULL, buyer text NOT NULL, "
                  "amount numeric NOT NULL, note text)")
-    return Batch(isolated, env, settings, sftp_server.files / remote.strip("/"), topic)
+    return Batch(isolated, env, settings, sftp_server.files / remote.strip("/"), topic, sftp_server, remote)
 
 
 def _insert(b: Batch, n: int, start: int = 0) -> None:
@@ -156,10 +159,13 @@ def test_incomplete_or_unverified_files_are_left_alone(batch: Batch) -> None:
     (batch.files / "uploading.csv.part").write_bytes(good)
     _partner_file(batch, "bad-manifest.csv", good)
     (batch.files / "bad-manifest.csv.manifest.json").write_text("{not json")
+    _partner_file(batch, "wrong-delimiter.csv", good.replace(b",", b";"))  # the manifest says ','
 
     results = {r.file: r for r in run(run_import(batch.settings, batch.spec()))}
-    assert set(results) == {"wrong-checksum.csv", "truncated.csv", "wrong-count.csv", "bad-manifest.csv"}
+    assert set(results) == {"wrong-checksum.csv", "truncated.csv", "wrong-count.csv", "bad-manifest.csv",
+                            "wrong-delimiter.csv"}
     assert all(r.status == "rejected" for r in results.values())
+    assert "it splits into them on ';', the manifest's delimiter is ','" in results["wrong-delimiter.csv"].detail
     assert "incomplete or replaced upload" in results["truncated.csv"].detail
     assert "incomplete or replaced upload" in results["wrong-checksum.csv"].detail
     assert "2 records, the manifest says 3" in results["wrong-count.csv"].detail
@@ -214,16 +220,20 @@ def test_an_importer_killed_mid_file_repeats_no_handler_effect(batch: Batch) -> 
     assert first < n, "the kill must land mid-file"
     assert batch.iso.sql("SELECT status FROM streams_batch_imports")[0][0] == "importing"
     assert (batch.files / result.file).exists(), "the file stays until it is fully imported"
+    recorded = batch.iso.sql("SELECT count(*) FROM streams_batch_published")[0][0]
+    assert recorded <= first, "an id is recorded as published only after the broker acknowledged its record"
 
     out = batch.cli(*batch.import_args())
     assert out.returncode == 0, out.stdout + out.stderr
-    assert batch.published() == first + n, "the second run published the whole file again, same ids"
+    assert batch.published() == first + n - recorded, \
+        "the second run published every row not recorded as published (the rest again, with the same ids)"
     worker = _worker(batch)
     worker.wait_ready()
     wait_for(lambda: batch.caught_up(), 180, what="every record handled")
     stored = batch.iso.sql("SELECT count(*), count(DISTINCT message_id), count(DISTINCT order_id) FROM imported_rows")
     assert stored == [(n, n, n)], "each row's effect exactly once"
-    assert batch.iso.sql("SELECT status, attempts, published FROM streams_batch_imports") == [("done", 2, n)]
+    assert batch.iso.sql("SELECT status, attempts, published, already_published FROM streams_batch_imports") == [
+        ("done", 2, n - recorded, recorded)]
 
 
 def test_an_exporter_killed_between_upload_and_manifest_re_exports_the_same_rows(batch: Batch) -> None:
@@ -279,3 +289,176 @@ def test_servers_down_give_a_clear_error_lose_nothing_and_the_next_run_retries(b
     ok = batch.cli(*batch.import_args())
     assert ok.returncode == 0 and batch.published() == 40
     time.sleep(0)  # (no waiting needed: every check above read the servers)
+
+
+# --- files written by other tools, uploaded with OpenSSH's own sftp client ------------------------
+SFTP_CLIENT = "/usr/bin/sftp"  # Debian's openssh-client
+COLUMNS = ["order_id", "buyer", "amount", "note"]
+
+
+def _tool_rows(n: int) -> list[dict]:
+    """What the partner's spreadsheet or table holds: every awkward value, some notes empty (NULL)."""
+    return [{"order_id": f"t-{i}", "buyer": f"buyer {i % 13}", "amount": str(i * 3),
+             "note": None if i % 7 == 0 else NASTY[i % len(NASTY)]} for i in range(1, n + 1)]
+
+
+def _spreadsheet_csv(rows: list[dict], delimiter: str, newline: str, bom: bool) -> bytes:
+    """The bytes a spreadsheet's CSV export writes (neither Excel nor LibreOffice runs here).
+
+    The rules, as LibreOffice's ScDocShell::AsciiSave and Excel's "CSV UTF-8" write them: a text
+    cell is quoted only when it holds the quote, the delimiter, LF or CR, quotes doubled; a line
+    break inside a cell is written as it is (LF) inside the quotes; an empty cell is nothing;
+    numbers as shown; every row, the last included, ends with the line end. Excel: a UTF-8 BOM,
+    the list separator of its locale (';' where ',' is the decimal comma), CRLF. LibreOffice on
+    Linux: no BOM (its "Save with BOM" option is off by default), ',', LF."""
+    def cell(value: str | None) -> str:
+        if value is None:
+            return ""
+        if any(c in value for c in (delimiter, '"', "\n", "\r")):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+
+    lines = [delimiter.join(COLUMNS)] + [delimiter.join(cell(r[c]) for c in COLUMNS) for r in rows]
+    return (b"\xef\xbb\xbf" if bom else b"") + "".join(line + newline for line in lines).encode()
+
+
+def _postgres_csv(b: Batch, rows: list[dict]) -> bytes:
+    """``COPY (...) TO STDOUT (FORMAT csv, HEADER)`` of the test's own PostgreSQL."""
+    import psycopg
+
+    b.iso.sql("CREATE TABLE tool_rows (seq int PRIMARY KEY, order_id text, buyer text, amount numeric, note text)")
+    b.iso.sql("INSERT INTO tool_rows SELECT * FROM unnest(%s::int[], %s::text[], %s::text[], %s::numeric[], %s::text[])",
+              (list(range(len(rows))), *([r[c] for r in rows] for c in COLUMNS)))
+    query = "COPY (SELECT order_id, buyer, amount, note FROM tool_rows ORDER BY seq) TO STDOUT (FORMAT csv, HEADER)"
+    with psycopg.connect(b.settings.dsn) as conn, conn.cursor() as cur, cur.copy(query) as copy:
+        return b"".join(bytes(chunk) for chunk in copy)
+
+
+def _pandas_csv(rows: list[dict], path: Path) -> bytes:
+    """``DataFrame.to_csv(path, index=False)`` of real pandas (amounts as integers, missing notes None)."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{**r, "amount": int(r["amount"])} for r in rows], columns=COLUMNS)
+    frame.to_csv(path, index=False)
+    return path.read_bytes()
+
+
+def _manifest_for(name: str, content: bytes, rows: int, **fields) -> bytes:
+    """The manifest a partner writes for its file."""
+    return json.dumps({"file": name, "format": "csv", "columns": COLUMNS, "rows": rows, "size": len(content),
+                       "sha256": hashlib.sha256(content).hexdigest(), "source": "partner-system", **fields}).encode()
+
+
+def _sftp_upload(b: Batch, folder: Path, *names: str) -> None:
+    """Upload local files with OpenSSH's sftp client in batch mode (key authentication, host key checked)."""
+    assert Path(SFTP_CLIENT).exists(), f"{SFTP_CLIENT} missing: install Debian's openssh-client"
+    commands = folder / "sftp-batch"
+    commands.write_text("\n".join([f"-mkdir {b.remote}", f"cd {b.remote}", *(f'put "{folder / n}"' for n in names)])
+                        + "\n")
+    out = subprocess.run([SFTP_CLIENT, "-F", "none", "-b", str(commands), "-P", str(b.server.port),
+                          "-i", str(b.server.client_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                          "-o", f"UserKnownHostsFile={b.server.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                          f"{b.server.user}@127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _topic_rows(b: Batch) -> list[tuple[str, str, dict]]:
+    """(message id, batch.file, payload) of every record on the topic, read with a plain consumer."""
+    values = [json.loads(r.value) for r in read_topic(b.iso, b.topic)]
+    return [(v["message_id"], v["headers"]["batch.file"], v["payload"]) for v in values]
+
+
+@pytest.mark.timeout(300)
+def test_csv_files_of_real_tools_uploaded_with_openssh_sftp_import_whole(batch: Batch, tmp_path: Path) -> None:
+    n = 1000
+    rows = _tool_rows(n)
+    files = {
+        "excel-csv-utf8.csv": (_spreadsheet_csv(rows, ";", "\r\n", bom=True), ";"),
+        "libreoffice.csv": (_spreadsheet_csv(rows, ",", "\n", bom=False), ","),
+        "postgres-copy.csv": (_postgres_csv(batch, rows), ","),
+        "pandas-to-csv.csv": (_pandas_csv(rows, tmp_path / "pandas.csv"), ","),
+    }
+    excel = files["excel-csv-utf8.csv"][0]
+    assert excel.startswith(b"\xef\xbb\xbforder_id;buyer;amount;note\r\n") and b'"new\nline"' in excel
+    assert b"\r\n" not in files["pandas-to-csv.csv"][0].replace(b'"crlf\r\nline"', b"")  # pandas: LF rows
+    for name, (content, delimiter) in files.items():
+        (tmp_path / name).write_bytes(content)
+        (tmp_path / f"{name}.manifest.json").write_bytes(_manifest_for(name, content, n, delimiter=delimiter))
+    _sftp_upload(batch, tmp_path, *(x for name in files for x in (name, f"{name}.manifest.json")))
+    assert (batch.files / "excel-csv-utf8.csv").read_bytes() == excel
+
+    out = batch.cli(*batch.import_args())
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = " ".join(out.stdout.split())
+    for name in files:
+        assert f"done {name}: 1,000 rows, 1,000 published, 0 bad" in text, out.stdout
+    assert "UTF-8 byte-order mark" in text.split("done excel-csv-utf8.csv")[1].split(" done ")[0], out.stdout
+    assert out.stderr == "", "the tool's own lines only (no library warnings)"
+
+    on_topic = _topic_rows(batch)
+    assert len(on_topic) == n * len(files)
+    want = sorted((r["order_id"], r["buyer"], r["amount"], r["note"]) for r in rows)
+    for name in files:
+        got = sorted((p["order_id"], p["buyer"], str(p["amount"]), p["note"]) for _, f, p in on_topic if f == name)
+        assert got == want, f"{name}: every value as the tool wrote it"
+
+
+# --- a corrected re-upload publishes only what was not published before ------------------------------
+def _orders_csv(rows: list[tuple[str, str, str, str]]) -> bytes:
+    return ("order_id,buyer,amount,note\n" + "".join(",".join(r) + "\n" for r in rows)).encode()
+
+
+def _with_three_bad_lines(n: int, tag: str) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:
+    """(the rows as they should be, the same file with rows 7, 20 and 33 broken)."""
+    good = [(f"{tag}-{i}", f"buyer {i % 5}", str(i), f"note {i}") for i in range(1, n + 1)]
+    broken = list(good)
+    broken[6] = (good[6][0], good[6][1], "abc", good[6][3])      # line 8: amount is not a number
+    broken[19] = (good[19][0], "", good[19][2], good[19][3])     # line 21: buyer missing
+    broken[32] = (good[32][0], good[32][1], "-5", good[32][3])   # line 34: amount below 0
+    return good, broken
+
+
+def _assert_each_row_once_on_the_topic(b: Batch, good: list[tuple[str, str, str, str]]) -> None:
+    on_topic = _topic_rows(b)
+    assert len(on_topic) == len(good), f"{len(on_topic)} records on the topic for {len(good)} rows"
+    assert len({message_id for message_id, _, _ in on_topic}) == len(good)
+    got = sorted((p["order_id"], p["buyer"], str(p["amount"]), p["note"]) for _, _, p in on_topic)
+    assert got == sorted(good), "every row once, the corrected ones with their corrected values"
+
+
+def test_a_corrected_re_upload_under_the_same_name_publishes_only_the_rows_not_published_before(batch: Batch) -> None:
+    n, name = 50, "partner-2026-12-03.csv"
+    good, broken = _with_three_bad_lines(n, "s")
+    _partner_file(batch, name, _orders_csv(broken), rows=n)
+    first = batch.cli(*batch.import_args())
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"failed {name}: 50 rows, 47 published" in " ".join(first.stdout.split())
+    assert (batch.files / "failed" / name).exists()
+
+    _partner_file(batch, name, _orders_csv(good), rows=n)  # the partner fixed the three lines: same name again
+    second = batch.cli(*batch.import_args())
+    assert second.returncode == 0, second.stdout + second.stderr
+    _assert_each_row_once_on_the_topic(batch, good)
+    assert f"done {name}: 50 rows, 3 published, 47 already published, 0 bad" in " ".join(second.stdout.split())
+    assert batch.iso.sql("SELECT status, rows, bad_rows, published, already_published FROM streams_batch_imports "
+                         "ORDER BY started_at") == [("failed", n, 3, 47, 0), ("done", n, 0, 3, 47)]
+
+
+def test_a_corrected_file_under_a_new_name_publishes_only_new_rows_with_declared_id_columns(batch: Batch) -> None:
+    n = 50
+    good, broken = _with_three_bad_lines(n, "k")
+    args = [*batch.import_args(), "--id-columns", "order_id"]
+    _partner_file(batch, "orders-0930.csv", _orders_csv(broken), rows=n)
+    typo = batch.cli(*batch.import_args(), "--id-columns", "order_no")
+    assert typo.returncode == 0 and "id column(s) order_no not among the manifest's columns" in typo.stdout
+    assert batch.published() == 0 and (batch.files / "orders-0930.csv").exists(), "left alone"
+    first = batch.cli(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "failed orders-0930.csv: 50 rows, 47 published, 3 bad" in " ".join(first.stdout.split())
+
+    # the partner's system names every export by its time: the corrected file comes under a new name
+    _partner_file(batch, "orders-1015.csv", _orders_csv(good), rows=n)
+    second = batch.cli(*args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "done orders-1015.csv: 50 rows, 3 published, 47 already published, 0 bad" in " ".join(second.stdout.split())
+    _assert_each_row_once_on_the_topic(batch, good)

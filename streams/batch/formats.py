@@ -10,10 +10,13 @@
 * ``jsonl`` — one JSON object per line (newlines inside strings are escaped by JSON).
 
 Every value is text in the file (``None`` becomes an empty field in csv, is
-left out in kv, and is ``null`` in jsonl). Parsing never raises on bad input:
-:func:`parse` yields :class:`ParsedLine` items, each a row or a :class:`LineError`
-with the line number, the column (field name or 1-based character position)
-and what is wrong.
+left out in kv, and is ``null`` in jsonl). Files are UTF-8; :func:`read_lines`
+drops a leading byte-order mark (Excel's "CSV UTF-8" and Windows Notepad write
+one) and :func:`starts_with_bom` tells whether there was one. Parsing never
+raises on bad input: :func:`parse` yields :class:`ParsedLine` items, each a row
+or a :class:`LineError` with the line number, the column (field name or 1-based
+character position) and what is wrong; an error that concerns the whole file (a
+csv header unlike the manifest's columns) is marked ``whole_file``.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 FORMATS = ("csv", "kv", "jsonl")
 EXTENSIONS = {"csv": "csv", "kv": "kv", "jsonl": "jsonl"}
 QUOTING: dict[str, Literal[0, 1, 2, 3]] = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL,
                                            "nonnumeric": csv.QUOTE_NONNUMERIC}
+#: the UTF-8 byte-order mark some tools write at the start of a file
+UTF8_BOM = b"\xef\xbb\xbf"
+#: delimiters tried when a csv header does not split into the manifest's columns (to say which one would)
+COMMON_DELIMITERS = (",", ";", "\t", "|")
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class LineError:
     line: int
     column: str
     message: str
+    #: no row of the file can be read (e.g. its csv header is not the manifest's columns)
+    whole_file: bool = False
 
     def __str__(self) -> str:
         return f"line {self.line}, column {self.column}: {self.message}"
@@ -118,6 +128,20 @@ def _kv_value(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+# --- reading ----------------------------------------------------------------------
+def starts_with_bom(path: Path) -> bool:
+    """True if the file starts with the UTF-8 byte-order mark."""
+    with open(path, "rb") as fh:
+        return fh.read(len(UTF8_BOM)) == UTF8_BOM
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file with their newlines, as :func:`parse` takes them; a leading
+    byte-order mark is dropped. Raises ``UnicodeDecodeError`` on bytes that are not UTF-8."""
+    with open(path, encoding="utf-8-sig", newline="", errors="strict") as fh:
+        yield from fh
+
+
 # --- parsing ----------------------------------------------------------------------
 def parse(lines: Iterable[str], options: FormatOptions, columns: list[str] | None = None) -> Iterator[ParsedLine]:
     """Rows of a file given as lines (with their newlines); bad lines come out as errors.
@@ -138,13 +162,14 @@ def _parse_csv(lines: Iterable[str], options: FormatOptions, columns: list[str] 
     try:
         header = next(reader)
     except StopIteration:
-        yield ParsedLine(1, error=LineError(1, "-", "empty file: no header row"))
+        yield ParsedLine(1, error=LineError(1, "-", "empty file: no header row", whole_file=True))
         return
     except csv.Error as exc:
-        yield ParsedLine(1, error=LineError(1, "-", f"unreadable header: {exc}"))
+        yield ParsedLine(1, error=LineError(1, "-", f"unreadable header: {exc}", whole_file=True))
         return
     if columns is not None and header != columns:
-        yield ParsedLine(1, error=LineError(1, "-", f"header {header} is not the manifest's columns {columns}"))
+        yield ParsedLine(1, error=LineError(1, "-", _header_mismatch(header, columns, options.delimiter),
+                                            whole_file=True))
         return
     start = reader.line_num + 1
     while True:
@@ -165,6 +190,18 @@ def _parse_csv(lines: Iterable[str], options: FormatOptions, columns: list[str] 
                                                                  f"{len(header)}"))
             continue
         yield ParsedLine(line, row={h: (v if v != "" else None) for h, v in zip(header, fields, strict=True)})
+
+
+def _header_mismatch(header: list[str], columns: list[str], delimiter: str) -> str:
+    """Why a csv header is not the manifest's columns, naming the delimiter that would split it into them."""
+    why = f"header {header} is not the manifest's columns {columns}"
+    line = delimiter.join(header)
+    for other in COMMON_DELIMITERS:
+        if other != delimiter and next(csv.reader([line], delimiter=other), None) == columns:
+            return f"{why}: it splits into them on {other!r}, the manifest's delimiter is {delimiter!r}"
+    if header and header[0].startswith("\ufeff"):
+        return f"{why}: its first name starts with a byte-order mark"
+    return why
 
 
 def _parse_lines(lines: Iterable[str], parse_line, columns: list[str] | None) -> Iterator[ParsedLine]:

@@ -8,25 +8,33 @@ One run (:func:`import_once`) goes through the remote folder and, for each
   file) and the ledger records why (``rejected``);
 * a file the ledger already finished (same name and checksum) is only moved
   out of the way;
-* the file is parsed once to count its records: a count unlike the manifest's
-  is refused before anything is published;
+* the file is parsed once to count its records (a leading UTF-8 byte-order
+  mark is skipped and reported): a csv header unlike the manifest's columns,
+  or a count unlike the manifest's, is refused before anything is published;
 * every good row becomes an envelope of the registered type with a
-  **deterministic** ``message_id`` (file checksum + line number) and the key
-  column as key, published with an idempotent ``acks=all`` producer. A crash
-  mid-file, or a second import of the same file, publishes the same ids again:
+  **deterministic** ``message_id`` (:mod:`streams.batch.rowids`: from the
+  source, the file name and the row's content, or from declared id columns)
+  and the key column as key. A row whose id an import of this source published
+  before (``streams_batch_published``) is counted as *already published* and not
+  sent: a corrected re-upload of a failed file publishes only the rows that were
+  not published (ids are looked up only when one can have been published: with
+  id columns, or after an earlier import of the same file name). The others go
+  out with an idempotent ``acks=all`` producer, and their ids are recorded (in a
+  background thread) once the broker acknowledged them. A crash between an
+  acknowledgement and its record publishes those rows again with the same ids:
   consumers' processed-ID tables drop them, so no effect repeats;
-* bad lines (unparseable, or failing the payload model) are listed with line,
-  column and reason; good lines still go through;
+* bad lines (unparseable, failing the payload model, an id that cannot be made)
+  are listed with line, column and reason; good lines still go through;
 * the file and its manifest move to ``done/``, or to ``failed/`` with
   ``<file>.errors.json`` beside them when some lines were bad; the ledger
-  (``streams_batch_imports``) records rows, bad rows, published, when.
+  (``streams_batch_imports``) records rows, bad rows, published, already
+  published, when.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,27 +43,30 @@ import psycopg
 from pydantic import ValidationError
 
 from streams.batch import ledger
-from streams.batch.formats import LineError, parse
+from streams.batch.formats import LineError, parse, read_lines, starts_with_bom
 from streams.batch.manifest import SUFFIX, Manifest, file_digest
 from streams.batch.remote import Remote
+from streams.batch.rowids import RowIdError, RowIds
 from streams.messages.envelope import Envelope
 from streams.messages.registry import MessageRegistry
 from streams.settings import Settings
 
 DONE, FAILED = "done", "failed"
-#: namespace of the message ids of imported rows (uuid5 of "<sha256>:<line>")
-ID_NAMESPACE = uuid.UUID("5b0f5a0e-3c1d-4a51-9e57-0b6a7c2d9e11")
+#: rows whose ids are looked up in the published-id table at a time
+LOOKUP_CHUNK = 1000
 
 
 @dataclass(frozen=True)
 class ImportSpec:
-    """Where rows go: a registered message type, a topic (full name), the key column."""
+    """Where rows go: a registered message type, a topic (full name), the key column, and the
+    columns that identify a row if the source has them (else rows are identified by content)."""
 
     source: str
     topic: str
     registry: MessageRegistry
     message_type: str
     key_column: str | None = None
+    id_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -67,26 +78,26 @@ class FileResult:
     rows: int = 0
     bad_rows: int = 0
     published: int = 0
+    already_published: int = 0
     detail: str = ""
     errors: list[LineError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-def message_id(sha256: str, line: int) -> str:
-    """The id of the row starting at ``line`` of the file with checksum ``sha256``."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{sha256}:{line}"))
-
-
-def _lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", newline="", errors="strict") as fh:
-        yield from fh
+BOM_NOTE = "starts with a UTF-8 byte-order mark (skipped)"
 
 
 def _count(path: Path, manifest: Manifest) -> tuple[int, str | None]:
-    """(records, why not readable) — records are rows and bad lines."""
+    """(records, why the file cannot be read) — records are rows and bad lines."""
+    records = 0
     try:
-        return sum(1 for _ in parse(_lines(path), manifest.options, manifest.columns)), None
+        for item in parse(read_lines(path), manifest.options, manifest.columns):
+            if item.error is not None and item.error.whole_file:
+                return 0, f"line {item.error.line}: {item.error.message} (left alone)"
+            records += 1
     except UnicodeDecodeError as exc:
         return 0, f"not UTF-8 at byte {exc.start}"
+    return records, None
 
 
 async def import_once(settings: Settings, spec: ImportSpec, remote: Remote, *,
@@ -120,6 +131,11 @@ async def _import_file(settings: Settings, spec: ImportSpec, remote: Remote, con
         await remote.move(data_name, status)
         await remote.move(manifest_name, status)
         return FileResult(data_name, "skipped", detail=f"already imported ({status}); moved to {status}/")
+    missing = [c for c in spec.id_columns if c not in manifest.columns]
+    if missing:
+        return _reject(conn, spec, data_name, manifest.sha256,
+                       f"id column(s) {', '.join(missing)} not among the manifest's columns {manifest.columns} "
+                       "(left alone)")
     local = workdir / data_name
     await remote.download(data_name, local)
     try:
@@ -132,12 +148,23 @@ async def _import_file(settings: Settings, spec: ImportSpec, remote: Remote, con
         if unreadable or records != manifest.rows:
             return _reject(conn, spec, data_name, sha256, unreadable or
                            f"{records} records, the manifest says {manifest.rows} (left alone)")
+        # default ids include the file name: only an earlier import of this name can have published one of them
+        look_up = bool(spec.id_columns) or ledger.imported_before(conn, spec.source, data_name)
         ledger.import_started(conn, spec.source, data_name, sha256, manifest.rows)
         result = FileResult(data_name, DONE, rows=manifest.rows)
-        envelopes = _envelopes(spec, manifest, local, result, progress)
+        if starts_with_bom(local):
+            result.notes.append(BOM_NOTE)
+        envelopes = _envelopes(spec, manifest, local, result, conn if look_up else None, progress)
         from streams.kafka.admin import produce_envelopes
 
-        result.published = await produce_envelopes(settings, spec.topic, envelopes)
+        recorder = ledger.PublishedRecorder(settings.dsn, spec.source, data_name)
+        try:
+            result.published = await produce_envelopes(
+                settings, spec.topic, envelopes, on_acked=lambda sent: recorder.add([e.message_id for e in sent]))
+        except BaseException:
+            recorder.close(check=False)  # what stopped the import is the error to report
+            raise
+        recorder.close()
     finally:
         local.unlink(missing_ok=True)
     result.bad_rows = len(result.errors)
@@ -145,14 +172,17 @@ async def _import_file(settings: Settings, spec: ImportSpec, remote: Remote, con
         result.status = FAILED
         report = {"file": data_name, "sha256": manifest.sha256, "rows": manifest.rows,
                   "bad_rows": len(result.errors), "published": result.published,
+                  "already_published": result.already_published,
                   "errors": [{"line": e.line, "column": e.column, "error": e.message} for e in result.errors]}
         await remote.write(f"{data_name}.errors.json", json.dumps(report, indent=2, ensure_ascii=False).encode(),
                            subdir=FAILED)
-        result.detail = f"{len(result.errors)} bad line(s): see {FAILED}/{data_name}.errors.json"
+        result.notes.append(f"{len(result.errors)} bad line(s): see {FAILED}/{data_name}.errors.json")
+    result.detail = "; ".join(result.notes)
     await remote.move(data_name, result.status)
     await remote.move(manifest_name, result.status)
     ledger.import_finished(conn, spec.source, data_name, manifest.sha256, status=result.status, rows=manifest.rows,
-                           bad_rows=result.bad_rows, published=result.published, detail=result.detail or None)
+                           bad_rows=result.bad_rows, published=result.published,
+                           already_published=result.already_published, detail=result.detail or None)
     return result
 
 
@@ -163,10 +193,35 @@ def _reject(conn: psycopg.Connection, spec: ImportSpec, name: str, sha256: str, 
 
 
 def _envelopes(spec: ImportSpec, manifest: Manifest, local: Path, result: FileResult,
-               progress: Callable[[str, int, int], None] | None) -> Iterator[Envelope]:
+               conn: psycopg.Connection | None, progress: Callable[[str, int, int], None] | None
+               ) -> Iterator[Envelope]:
+    """The envelopes of the file's good rows that were not published before (counted in ``result``);
+    without ``conn``, none of their ids can have been published: no look-up."""
+    if conn is None:
+        yield from _rows(spec, manifest, local, result, progress)
+        return
+    pending: list[Envelope] = []
+
+    def not_yet_published() -> Iterator[Envelope]:
+        seen = ledger.published_among(conn, spec.source, [e.message_id for e in pending])
+        result.already_published += len(seen)
+        yield from (e for e in pending if e.message_id not in seen)
+        pending.clear()
+
+    for envelope in _rows(spec, manifest, local, result, progress):
+        pending.append(envelope)
+        if len(pending) >= LOOKUP_CHUNK:
+            yield from not_yet_published()
+    yield from not_yet_published()
+
+
+def _rows(spec: ImportSpec, manifest: Manifest, local: Path, result: FileResult,
+          progress: Callable[[str, int, int], None] | None) -> Iterator[Envelope]:
+    """An envelope for every good row of the file; bad lines go to ``result.errors``."""
     model = spec.registry.spec(spec.message_type).model
+    ids = RowIds(spec.source, manifest.file, spec.id_columns)
     done = 0
-    for item in parse(_lines(local), manifest.options, manifest.columns):
+    for item in parse(read_lines(local), manifest.options, manifest.columns):
         done += 1
         if progress is not None and done % 5000 == 0:
             progress(manifest.file, done, manifest.rows)
@@ -183,9 +238,14 @@ def _envelopes(spec: ImportSpec, manifest: Manifest, local: Path, result: FileRe
             got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
             result.errors.append(LineError(item.line, column, f"{first['msg']}{got}"[:300]))
             continue
+        try:
+            message_id = ids(item.line, item.row)
+        except RowIdError as exc:
+            result.errors.append(LineError(item.line, exc.column, exc.message))
+            continue
         key = row.get(spec.key_column) if spec.key_column else None
         yield spec.registry.envelope(
-            payload, key=key, message_id=message_id(manifest.sha256, item.line), source=f"batch:{spec.source}",
+            payload, key=key, message_id=message_id, source=f"batch:{spec.source}",
             headers={"batch.file": manifest.file, "batch.line": str(item.line)})
     if progress is not None:
         progress(manifest.file, done, manifest.rows)

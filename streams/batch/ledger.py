@@ -1,7 +1,9 @@
-"""What batch transfer remembers in PostgreSQL: export watermarks and the import ledger."""
+"""What batch transfer remembers in PostgreSQL: export watermarks, the import ledger and the ids
+of the rows an import published (so that a row that comes again is not published again)."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +34,14 @@ CREATE TABLE IF NOT EXISTS streams_batch_imports (
     finished_at   timestamptz,
     attempts      integer     NOT NULL DEFAULT 1,
     PRIMARY KEY (source, file, sha256)
+);
+ALTER TABLE streams_batch_imports ADD COLUMN IF NOT EXISTS already_published integer;
+CREATE TABLE IF NOT EXISTS streams_batch_published (
+    source        text        NOT NULL,
+    message_id    uuid        NOT NULL,
+    file          text        NOT NULL,
+    published_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, message_id)
 );
 """
 
@@ -92,13 +102,62 @@ def import_started(conn: psycopg.Connection, source: str, file: str, sha256: str
 
 
 def import_finished(conn: psycopg.Connection, source: str, file: str, sha256: str, *, status: str, rows: int,
-                    bad_rows: int, published: int, detail: str | None = None) -> None:
+                    bad_rows: int, published: int, already_published: int = 0, detail: str | None = None) -> None:
     conn.execute(
-        "INSERT INTO streams_batch_imports (source, file, sha256, status, rows, bad_rows, published, detail, "
-        "finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (source, file, sha256) DO UPDATE "
-        "SET status = EXCLUDED.status, rows = EXCLUDED.rows, bad_rows = EXCLUDED.bad_rows, "
-        "published = EXCLUDED.published, detail = EXCLUDED.detail, finished_at = now()",
-        (source, file, sha256, status, rows, bad_rows, published, detail))
+        "INSERT INTO streams_batch_imports (source, file, sha256, status, rows, bad_rows, published, "
+        "already_published, detail, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
+        "ON CONFLICT (source, file, sha256) DO UPDATE SET status = EXCLUDED.status, rows = EXCLUDED.rows, "
+        "bad_rows = EXCLUDED.bad_rows, published = EXCLUDED.published, "
+        "already_published = EXCLUDED.already_published, detail = EXCLUDED.detail, finished_at = now()",
+        (source, file, sha256, status, rows, bad_rows, published, already_published, detail))
+
+
+def published_among(conn: psycopg.Connection, source: str, message_ids: list[str]) -> set[str]:
+    """The ids among ``message_ids`` that an import of ``source`` published before."""
+    if not message_ids:
+        return set()
+    found = conn.execute("SELECT message_id::text FROM streams_batch_published WHERE source = %s "
+                         "AND message_id = ANY(%s::uuid[])", (source, message_ids)).fetchall()
+    return {r[0] for r in found}
+
+
+def imported_before(conn: psycopg.Connection, source: str, file: str) -> bool:
+    """True if the ledger has an import of a file of that name from ``source`` (any checksum, any outcome)."""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM streams_batch_imports WHERE source = %s AND file = %s)",
+                        (source, file)).fetchone() == (True,)
+
+
+def record_published(conn: psycopg.Connection, source: str, file: str, message_ids: list[str]) -> None:
+    """Remember ids that the broker acknowledged (call only after the acks)."""
+    if message_ids:
+        conn.execute("INSERT INTO streams_batch_published (source, message_id, file) "
+                     "SELECT %s, unnest(%s::uuid[]), %s ON CONFLICT DO NOTHING", (source, message_ids, file))
+
+
+class PublishedRecorder:
+    """Records acknowledged ids on its own connection in a background thread, in order, so the
+    producer goes on sending meanwhile (the insert is PostgreSQL's work, about 8 µs a row).
+    :meth:`close` waits for every record and raises the first failure."""
+
+    def __init__(self, dsn: str, source: str, file: str) -> None:
+        self.source, self.file = source, file
+        self._conn = psycopg.connect(dsn, autocommit=True)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-ids")
+        self._pending: list[Future[None]] = []
+
+    def add(self, message_ids: list[str]) -> None:
+        self._pending.append(self._thread.submit(record_published, self._conn, self.source, self.file,
+                                                 list(message_ids)))
+
+    def close(self, *, check: bool = True) -> None:
+        """Wait for the records; with ``check``, raise the first that failed."""
+        try:
+            for future in self._pending:
+                if check:
+                    future.result()
+        finally:
+            self._thread.shutdown(wait=True)
+            self._conn.close()
 
 
 def rows(conn: psycopg.Connection, query: str, params: Any = None) -> list[dict[str, Any]]:

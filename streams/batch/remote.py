@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import logging
 import posixpath
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ PART_SUFFIX = ".part"
 
 class TransferError(StreamsError):
     """The SFTP server could not be reached or refused an operation."""
+
+
+def load_asyncssh() -> Any:
+    """The ``asyncssh`` module, imported without the warnings its import raises in ``cryptography``
+    ("DSA is deprecated ...", one per type hint naming a DSA class): they concern DSA keys, which
+    nothing here uses, and would otherwise reach the user of every command."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="DSA is deprecated", category=UserWarning)
+        import asyncssh
+    return asyncssh
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -122,8 +133,7 @@ class Remote:
 @contextlib.asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[Remote]:
     """An SFTP session; raises :class:`TransferError` saying which server and why it failed."""
-    import asyncssh
-
+    asyncssh = load_asyncssh()
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # its INFO lines are per connection and channel
     options = connection_options(settings)
     target = where(settings)

@@ -117,11 +117,15 @@ def _registry(path: str):
 @click.option("--registry", "registry_path", required=True, help="module:attribute of the MessageRegistry.")
 @click.option("--type", "message_type", required=True, help="Registered message type of each row.")
 @click.option("--key-column", default=None, help="Column whose value is the record key (ordering key).")
+@click.option("--id-columns", default="", help="Comma-separated columns that identify a row across the source's "
+              "files (message ids from their values); default: ids from the file name and the row's content.")
 @click.option("--interval", type=float, default=0, help="Poll every this many seconds (0: one pass).")
 @pass_ctx
 def import_cmd(ctx: Context, source: str, topic: str, registry_path: str, message_type: str,
-               key_column: str | None, interval: float) -> None:
-    """Import every complete file (manifest present, checksum and rows matching) of the remote folder."""
+               key_column: str | None, id_columns: str, interval: float) -> None:
+    """Import every complete file (manifest present, checksum and rows matching) of the remote folder.
+
+    Rows published before by an import of the same source (same id) are not published again."""
     from streams.batch.imports import ImportSpec, run_import
     from streams.batch.remote import TransferError
     from streams.errors import DecodeError
@@ -131,7 +135,8 @@ def import_cmd(ctx: Context, source: str, topic: str, registry_path: str, messag
         registry.spec(message_type)
     except DecodeError:
         fail(f"message type {message_type!r} is not registered in {registry_path}", 2)
-    spec = ImportSpec(source, topic, registry, message_type, key_column)
+    spec = ImportSpec(source, topic, registry, message_type, key_column,
+                      tuple(c.strip() for c in id_columns.split(",") if c.strip()))
 
     def once() -> bool:
         with _progress() as progress:
@@ -158,7 +163,9 @@ def import_cmd(ctx: Context, source: str, topic: str, registry_path: str, messag
         for r in results:
             colour = {"done": "green", "failed": "yellow", "rejected": "red"}.get(r.status, "dim")
             console.print(f"  [{colour}]{r.status}[/] {r.file}: {r.rows:,} rows, {r.published:,} published, "
-                          f"{r.bad_rows:,} bad {('— ' + r.detail) if r.detail else ''}")
+                          + (f"{r.already_published:,} already published, " if r.already_published else "")
+                          + f"{r.bad_rows:,} bad "
+                          f"{('— ' + r.detail) if r.detail else ''}")
             for e in r.errors[:10]:
                 console.print(f"      {e}", highlight=False)
             if len(r.errors) > 10:
@@ -195,11 +202,12 @@ def status_cmd(ctx: Context, limit: int, source: str | None) -> None:
         table.add_row(m["name"], m["column_name"], str(m["watermark"]), m["pending_file"] or "", str(m["files"]),
                       f"{m['rows']:,}", m["updated_at"].isoformat(timespec="seconds"))
     console.print(table)
-    table = Table("source", "file", "status", "rows", "bad", "published", "attempts", "started", "finished", "detail",
-                  title=f"import ledger (latest {limit})")
+    table = Table("source", "file", "status", "rows", "bad", "published", "already", "attempts", "started",
+                  "finished", "detail", title=f"import ledger (latest {limit})")
     for i in imports:
         table.add_row(i["source"], i["file"], i["status"], str(i["rows"] or 0), str(i["bad_rows"] or 0),
-                      str(i["published"] or 0), str(i["attempts"]), i["started_at"].isoformat(timespec="seconds"),
+                      str(i["published"] or 0), str(i["already_published"] or 0), str(i["attempts"]),
+                      i["started_at"].isoformat(timespec="seconds"),
                       i["finished_at"].isoformat(timespec="seconds") if i["finished_at"] else "",
                       (i["detail"] or "")[:60])
     console.print(table)

@@ -82,8 +82,9 @@ class LocalSftp:
 
     # --- set-up -------------------------------------------------------------------
     def _keys(self) -> None:
-        import asyncssh
+        from streams.batch.remote import load_asyncssh
 
+        asyncssh = load_asyncssh()
         self.root.mkdir(parents=True, exist_ok=True)
         for path in (self.host_key, self.client_key):
             if not path.exists():

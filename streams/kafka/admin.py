@@ -4,7 +4,7 @@ committed offsets. Everything here asks the broker, never a worker's memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -164,21 +164,28 @@ async def committed_offsets(settings: Settings, group: str, topic: str | None = 
 
 
 async def produce_envelopes(settings: Settings, topic: str, envelopes: Iterable[Envelope],
-                            *, linger_ms: int = 5) -> int:
-    """Publish envelopes (key → partition) with an idempotent, acks=all producer; returns the count."""
+                            *, linger_ms: int = 5, on_acked: Callable[[list[Envelope]], None] | None = None) -> int:
+    """Publish envelopes (key → partition) with an idempotent, acks=all producer; returns the count.
+
+    ``on_acked`` is called with each run of envelopes (up to 1,000) once the broker acknowledged them all."""
     producer = durable_producer(settings, linger_ms=linger_ms)
     await producer.start()
     count = 0
     try:
-        futures = []
+        futures, sent = [], []
         for env in envelopes:
             key, value, headers = env.to_record()
             futures.append(await producer.send(topic, value=value, key=key, headers=headers))
+            sent.append(env)
             count += 1
             if len(futures) >= 1000:
                 await asyncio.gather(*futures)
-                futures.clear()
+                if on_acked is not None:
+                    on_acked(sent)
+                futures, sent = [], []
         await asyncio.gather(*futures)
+        if on_acked is not None and sent:
+            on_acked(sent)
     finally:
         await producer.stop()
     return count

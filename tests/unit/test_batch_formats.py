@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.batch.formats import FormatOptions, parse, render
+from streams.batch.formats import FormatOptions, parse, read_lines, render, starts_with_bom
 
 COLUMNS = ["id", "name", "note"]
 ALL = [FormatOptions("csv"), FormatOptions("csv", delimiter=";", quoting="all"), FormatOptions("csv", delimiter="\t"),
@@ -70,3 +70,27 @@ def test_options_are_validated() -> None:
     for bad in ({"format": "xml"}, {"delimiter": '"'}, {"delimiter": ",,"}, {"quoting": "never"}):
         with pytest.raises(ValueError):
             FormatOptions(**bad)
+
+
+def test_a_byte_order_mark_is_dropped_and_told(tmp_path) -> None:
+    # Excel's "CSV UTF-8" with a ';' list separator: BOM, CRLF rows, a line break inside a quoted cell (LF)
+    content = '\ufeffid;name;note\r\n1;"a;b";"two\nlines"\r\n2;c;\r\n'.encode()
+    path = tmp_path / "excel.csv"
+    path.write_bytes(content)
+    assert starts_with_bom(path)
+    options = FormatOptions("csv", delimiter=";")
+    got = list(parse(read_lines(path), options, COLUMNS))
+    assert [(p.line, p.row) for p in got] == [(2, {"id": "1", "name": "a;b", "note": "two\nlines"}),
+                                             (4, {"id": "2", "name": "c", "note": None})]
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(content[3:])
+    assert not starts_with_bom(plain) and list(read_lines(plain)) == list(read_lines(path))
+    # read as plain UTF-8 the mark stays in the first name, and the error says so
+    bad = list(parse(io.StringIO(content.decode(), newline="").readlines(), options, COLUMNS))
+    assert len(bad) == 1 and bad[0].error and bad[0].error.whole_file and "byte-order mark" in bad[0].error.message
+
+
+def test_a_header_that_splits_on_another_delimiter_says_which() -> None:
+    got = list(parse(_lines("id;name;note\r\n1;a;b\r\n"), FormatOptions(), COLUMNS))
+    assert len(got) == 1 and got[0].error is not None and got[0].error.whole_file
+    assert "it splits into them on ';', the manifest's delimiter is ','" in got[0].error.message
