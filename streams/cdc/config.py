@@ -96,8 +96,13 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
         # the broker does not create topics by itself: Connect creates Debezium's with these
         "topic.creation.default.replication.factor": str(replication_factor),
         "topic.creation.default.partitions": str(partitions or spec.partitions),
+        # the column value formats streams.cdc.values converts to the row model's field types:
+        # numeric as decimal text (NaN as "NAN"), dates/times/timestamps as ISO 8601 text, intervals
+        # as ISO text with their months (the numeric mode counts a month as 30.4375 days), bytea as base64
         "decimal.handling.mode": "string",
-        "time.precision.mode": "isostring",  # dates, times, timestamps as ISO 8601 text
+        "time.precision.mode": "isostring",
+        "interval.handling.mode": "string",
+        "binary.handling.mode": "bytes",
         "tombstones.on.delete": "true",
         # a heartbeat carries the position: the first one lets Connect store a position for a
         # connector whose tables are quiet (see CdcConnectors.create), later ones let the slot

@@ -133,3 +133,9 @@ def test_status_names_the_tables_an_incremental_snapshot_still_reads() -> None:
     assert status.incremental_snapshot == ["public.orders"]
     assert status.on_restart == "resume"
     assert ConnectorStatus(**{**status.__dict__, "offsets": _stored({"lsn": 900})}).incremental_snapshot == []
+
+
+def test_column_value_formats_are_the_ones_the_decoder_converts() -> None:
+    config = connector_config(CdcSpec(name="shop", tables=["public.orders"]), "postgresql://postgres@127.0.0.1/shop")
+    assert (config["decimal.handling.mode"], config["time.precision.mode"], config["interval.handling.mode"],
+            config["binary.handling.mode"]) == ("string", "isostring", "string", "bytes")
