@@ -872,3 +872,66 @@ def test_column_values_equal_what_postgresql_returns_type_by_type(cdc: Cdc) -> N
                     differences.append(f"{op} {key} {side}.{column}: {ours!r:.100} ≠ PostgreSQL {theirs!r:.100}")
     assert not differences, "\n".join(differences)
     print(f"{len(expected)} change events × {len(TYPED_COLUMNS)} columns equal to psycopg's values")
+
+
+# --- a table without a primary key -----------------------------------------------------------------
+EVENTS = "cdc.events.public.cdc_events"
+
+
+def test_a_keyless_table_needs_key_columns_and_then_copies_of_a_change_are_handled_once(cdc: Cdc) -> None:
+    """Changes of a table without a primary key have no record key unless the connector is given
+    key columns: a copy of such a change can then land on any partition, past the per-partition
+    processed-ID table. ``create`` refuses the table without ``--key-columns``; with them every
+    record is keyed, a copy goes to its original's partition, and a plain handler (RocksDB
+    processed-ID table only, no ``effects=``) handles each change once."""
+    iso = cdc.iso
+    name = cdc.name("events")
+    cdc.created.append(name)
+    refused = cdc.cli("create", name, "--table", "public.cdc_events", "--topic-prefix", iso.topic("cdc.events"),
+                      check=False)
+    assert refused.returncode == 1, refused.stdout
+    assert "public.cdc_events has no primary key" in refused.stderr and "--key-columns" in refused.stderr, \
+        refused.stderr
+    assert name not in cdc.connectors.names()
+    created = cdc.cli("create", name, "--table", "public.cdc_events", "--key-columns", "public.cdc_events:kind,n",
+                      "--topic-prefix", iso.topic("cdc.events"))
+    assert "no unique index" in " ".join(created.stdout.split()), created.stdout
+    worker = cdc.worker()
+    worker.wait_ready()
+
+    with psycopg.connect(iso.settings.dsn, autocommit=True) as conn:
+        for t in range(6):
+            with conn.transaction():
+                for i in range(10):
+                    conn.execute("INSERT INTO cdc_events VALUES (%s, %s, 'new')", (f"k{i % 3}", t * 10 + i))
+        with conn.transaction():
+            conn.execute("UPDATE cdc_events SET note = 'changed' WHERE n % 3 = 0")   # 20 rows
+            conn.execute("DELETE FROM cdc_events WHERE n % 6 = 1")                  # 10 rows
+    changes_written = 60 + 20 + 10
+    topic = iso.topic(EVENTS)
+
+    def handled() -> tuple[int, int]:
+        return iso.sql("SELECT count(*), count(DISTINCT message_id) FROM event_changes")[0]
+
+    wait_for(lambda: handled()[1] >= changes_written, 120, what=f"{changes_written} changes handled")
+    wait_for(lambda: committed_to_end(iso.settings, iso.settings.app_id, topic), 60, what="committed to the end")
+    records = run(read_topic(iso.settings, topic))
+    assert records and all(r.key is not None for r in records), "every change event keyed by the declared columns"
+    assert {json.loads(r.key)["kind"] for r in records} == {"k0", "k1", "k2"}
+
+    # copies of every change, as a producer re-sending them would place them: a keyed record by
+    # its key's hash (Kafka's partitioner, Connect's too), a record without a key on any partition
+    partitions = len(run(end_offsets(iso.settings, topic)))
+    assert partitions > 1
+    copies = [{"key": r.key, "value": r.value, "headers": [(n.encode(), v) for n, v in r.headers],
+               "partition": None if r.key is not None else (r.partition + 1) % partitions}
+              for r in records if r.value is not None]
+    placed = produce(iso.settings.bootstrap_servers, topic, copies)
+    assert [p for p, _ in placed] == [r.partition for r in records if r.value is not None], \
+        "each copy on its original's partition"
+    wait_for(lambda: committed_to_end(iso.settings, iso.settings.app_id, topic), 60,
+             what="the copies consumed and committed")
+    assert handled() == (changes_written, changes_written), "each change handled once, its copy dropped"
+    assert worker.running()
+    print(f"keyless table keyed by (kind, n): {changes_written} changes, {len(copies)} copies re-sent, each "
+          "change handled once")
