@@ -871,7 +871,8 @@ def test_column_values_equal_what_postgresql_returns_type_by_type(cdc: Cdc) -> N
                 if not same(ours, theirs):
                     differences.append(f"{op} {key} {side}.{column}: {ours!r:.100} ≠ PostgreSQL {theirs!r:.100}")
     assert not differences, "\n".join(differences)
-    print(f"{len(expected)} change events × {len(TYPED_COLUMNS)} columns equal to psycopg's values")
+    rows = sum((before is not None) + (after is not None) for *_, before, after in expected)
+    print(f"{len(expected)} change events ({rows} rows) × {len(TYPED_COLUMNS)} columns equal to psycopg's values")
 
 
 # --- a table without a primary key -----------------------------------------------------------------

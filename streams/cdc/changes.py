@@ -24,8 +24,9 @@ read has no stable position (a snapshot interrupted by a crash starts over at a 
 LSN): its id is the table, the key and the row read, so an unchanged row read again
 is dropped and a changed one handled. Several
 changes can share an LSN (a snapshot's rows, the rows of one COPY): the key tells
-them apart, or for a table without a primary key the row itself (so two identical
-rows of one COPY into a keyless table count as one change: give tables a key).
+them apart (the primary key, or the key columns declared for a table without one:
+``CdcSpec.key_columns``), or for an event without a record key the row itself (so two
+identical rows of one COPY count as one change).
 
 What is not a change of a declared table is decided here, never by a crash:
 
