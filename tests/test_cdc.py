@@ -936,3 +936,29 @@ def test_a_keyless_table_needs_key_columns_and_then_copies_of_a_change_are_handl
     assert worker.running()
     print(f"keyless table keyed by (kind, n): {changes_written} changes, {len(copies)} copies re-sent, each "
           "change handled once")
+
+
+def test_table_keys_read_from_the_catalog(isolated: Isolated) -> None:
+    """What ``create`` checks a keyless table against: primary key, unique indexes (key columns
+    only: not partial, expression or INCLUDE ones), replica identity."""
+    from streams.cdc.tables import table_keys
+
+    isolated.sql("""
+        CREATE TABLE k_pk (a int, b int, c text, PRIMARY KEY (b, a));
+        CREATE TABLE k_none (a int, b int, c text, d int);
+        CREATE UNIQUE INDEX ON k_none (lower(c));
+        CREATE UNIQUE INDEX ON k_none (c) WHERE b > 0;
+        CREATE UNIQUE INDEX ON k_none (b) INCLUDE (c);
+        ALTER TABLE k_none DROP COLUMN d;
+        CREATE TABLE k_full (a int);
+        ALTER TABLE k_full REPLICA IDENTITY FULL;
+    """)
+    with psycopg.connect(isolated.settings.dsn, autocommit=True) as conn:
+        pk = table_keys(conn, "public.k_pk")
+        none = table_keys(conn, "public.k_none")
+        full = table_keys(conn, "public.k_full")
+        assert table_keys(conn, "public.k_missing") is None
+    assert pk is not None and none is not None and full is not None
+    assert (pk.primary_key, pk.unique, pk.columns, pk.replica_identity) == (["b", "a"], [["b", "a"]], ["a", "b", "c"], "d")
+    assert (none.primary_key, none.unique, none.columns) == ([], [["b"]], ["a", "b", "c"])
+    assert full.replica_identity == "f"

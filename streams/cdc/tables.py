@@ -23,7 +23,7 @@ class TableKeys:
     table: str
     columns: list[str]
     primary_key: list[str]
-    #: column lists of its unique indexes (the primary key's included)
+    #: key columns of its unique indexes (the primary key's included; not partial or expression ones)
     unique: list[list[str]] = field(default_factory=list)
     #: ``relreplident``: d(efault: the primary key), n(othing), f(ull), i(ndex)
     replica_identity: str = "d"
@@ -45,7 +45,8 @@ def table_keys(conn: psycopg.Connection, table: str) -> TableKeys | None:
             "SELECT i.indisprimary, array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
             "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
             "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-            "WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL GROUP BY i.indexrelid, i.indisprimary",
+            "WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL "
+            "AND k.ord <= i.indnkeyatts GROUP BY i.indexrelid, i.indisprimary",  # key columns, not INCLUDE
             (oid,)):
         unique.append(list(names))
         if is_primary:
