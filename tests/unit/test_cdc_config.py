@@ -182,3 +182,22 @@ def test_create_checks_of_the_captured_tables_keys() -> None:
     assert "before_rows" in refusals[0]
     indexed = TableKeys("public.events", ["kind", "n"], [], [["kind", "n"]], replica_identity="i")
     assert check({"public.events": indexed}, key_columns={"public.events": ["kind", "n"]}, before_rows="key") == ([], [])
+
+
+def test_create_takes_key_columns_from_the_command_line_over_the_spec_file(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli import cli
+
+    spec = tmp_path / "events.yaml"
+    spec.write_text("name: shop\ntables: [public.events, public.lines]\nkey_columns: {public.lines: [id]}\n")
+    result = CliRunner().invoke(cli, ["cdc", "create", "-f", str(spec), "--key-columns", "public.events:kind, n",
+                                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["message.key.columns"] == "public.lines:id;public.events:kind,n"
+    bad = CliRunner().invoke(cli, ["cdc", "create", "shop", "-t", "public.events", "--key-columns", "public.events",
+                                   "--dry-run"])
+    assert bad.exit_code == 2 and "TABLE:COLUMN" in bad.output, bad.output
+    other = CliRunner().invoke(cli, ["cdc", "create", "shop", "-t", "public.events", "--key-columns",
+                                     "public.other:a", "--dry-run"])
+    assert other.exit_code == 1 and "not one of the captured tables" in other.output, other.output
