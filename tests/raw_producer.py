@@ -3,7 +3,7 @@
 Run as a separate process (``python -m tests.raw_producer BOOTSTRAP TOPIC``) with
 one JSON record per line on stdin::
 
-    {"key": hex|null, "value": hex|null, "headers": [[name_hex, value_hex|null], ...]}
+    {"key": hex|null, "value": hex|null, "headers": [[name_hex, value_hex|null], ...], "partition": int|null}
 
 It prints one JSON line per record, ``{"partition": p, "offset": o}``, in the
 order given. Header *names* are bytes too: names that are not UTF-8 cannot be
@@ -52,19 +52,21 @@ async def _produce(bootstrap: str, topic: str, lines: list[str]) -> None:
             spec = json.loads(line)
             headers = [(RawName(bytes.fromhex(n)), _bytes(v)) for n, v in spec.get("headers", [])]
             md = await producer.send_and_wait(topic, value=_bytes(spec.get("value")), key=_bytes(spec.get("key")),
-                                              headers=headers)
+                                              headers=headers, partition=spec.get("partition"))
             print(json.dumps({"partition": md.partition, "offset": md.offset}), flush=True)
     finally:
         await producer.stop()
 
 
 def produce(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """Write ``records`` (``key``/``value`` bytes or None, ``headers`` [(name bytes, value bytes or None)])
-    with the raw producer process; returns (partition, offset) of each."""
+    """Write ``records`` (``key``/``value`` bytes or None, ``headers`` [(name bytes, value bytes or None)],
+    optional ``partition``, else the producer's partitioner) with the raw producer process; returns
+    (partition, offset) of each."""
     lines = [json.dumps({
         "key": None if r.get("key") is None else r["key"].hex(),
         "value": None if r.get("value") is None else r["value"].hex(),
         "headers": [[n.hex(), None if v is None else v.hex()] for n, v in r.get("headers", [])],
+        "partition": r.get("partition"),
     }) for r in records]
     done = subprocess.run([sys.executable, "-m", "tests.raw_producer", bootstrap, topic], input="\n".join(lines),
                           capture_output=True, text=True, timeout=600,

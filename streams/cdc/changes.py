@@ -24,8 +24,9 @@ read has no stable position (a snapshot interrupted by a crash starts over at a 
 LSN): its id is the table, the key and the row read, so an unchanged row read again
 is dropped and a changed one handled. Several
 changes can share an LSN (a snapshot's rows, the rows of one COPY): the key tells
-them apart, or for a table without a primary key the row itself (so two identical
-rows of one COPY into a keyless table count as one change: give tables a key).
+them apart (the primary key, or the key columns declared for a table without one:
+``CdcSpec.key_columns``), or for an event without a record key the row itself (so two
+identical rows of one COPY count as one change).
 
 What is not a change of a declared table is decided here, never by a crash:
 
@@ -37,9 +38,11 @@ What is not a change of a declared table is decided here, never by a crash:
   (``schema_change``) with the failing columns, to replay once the model follows.
   An added column is ignored by the model and does not stop anything.
 
-Column values arrive as the generated connector config sets them: numerics as
-decimal strings (``Decimal`` fields), dates, times and timestamps as ISO 8601 text,
-``json``/``jsonb`` as JSON text (type those fields ``pydantic.Json[...]``), arrays as lists.
+Column values arrive as the generated connector config sets them (base64 ``bytea``,
+decimal text, ISO 8601 dates, times, timestamps and intervals, JSON text) and are
+converted by the type of the row model's field they go to (:mod:`streams.cdc.values`):
+``bytes``, ``Decimal``, ``date``, a naive ``time``, ``NaiveDatetime`` or an aware
+``datetime``, ``timedelta``, ``dict``/``list`` or ``pydantic.Json[...]``.
 
 Rows of a delete (and the ``before`` of an update) carry only the primary key
 unless the table has ``REPLICA IDENTITY FULL``; when such a ``before`` does not fit
@@ -51,13 +54,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from types import UnionType
-from typing import Any, Generic, TypeVar, Union, get_args, get_origin
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streams.cdc.values import RowConverter
 from streams.errors import DecodeError, DecodeReason
 from streams.messages.envelope import Envelope, Kind
 from streams.messages.registry import DEFAULT_LIMITS, DecodeLimits, parse_json
@@ -153,7 +156,7 @@ class ChangeDecoder:
         self.tables = dict(tables)
         self.limits = limits
         self._events = {table: ChangeEvent[model] for table, model in self.tables.items()}  # type: ignore[valid-type]
-        self._date_fields = {table: _date_fields(model) for table, model in self.tables.items()}
+        self._converters = {table: RowConverter(model) for table, model in self.tables.items()}
         self._envelopes = {table: Envelope[self._events[table]] for table in self.tables}  # type: ignore[name-defined]
 
     @property
@@ -214,15 +217,13 @@ class ChangeDecoder:
         model = self.tables[table]
         fields: dict[str, Any] = {"op": op, "table": table, "key": record_key, "source": source,
                                   "ts_ms": data.get("ts_ms") if isinstance(data.get("ts_ms"), int) else None}
-        dates = self._date_fields[table]
+        convert = self._converters[table]
         for side in ("before", "after"):
             row = data.get(side)
             if row is None:
                 continue
-            if dates and isinstance(row, dict):
-                row = _plain_dates(row, dates)
             try:
-                fields[side] = model.model_validate(row)
+                fields[side] = model.model_validate(convert(row))
             except Exception as exc:  # noqa: BLE001 - ValidationError, or a validator's own bug
                 if side == "before" and op in (Operation.DELETE, Operation.UPDATE):
                     fields["before_columns"] = row if isinstance(row, dict) else None
@@ -255,27 +256,6 @@ class ChangeDecoder:
         if isinstance(data, dict) and "payload" in data and "schema" in data:
             data = data["payload"]
         return data if isinstance(data, dict) else {"_key": data}
-
-
-def _date_fields(model: type[BaseModel]) -> frozenset[str]:
-    """Fields of ``model`` typed ``date`` (or ``date | None``)."""
-    out = set()
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
-        if any(m is date for m in members):
-            out.add(info.alias or name)
-    return frozenset(out)
-
-
-def _plain_dates(row: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
-    """Debezium's ISO dates carry a zone (``2026-12-02Z``) that a ``date`` does not take."""
-    out = dict(row)
-    for name in fields:
-        value = out.get(name)
-        if isinstance(value, str) and len(value) == 11 and value.endswith("Z"):
-            out[name] = value[:-1]
-    return out
 
 
 def _short(value: Any, limit: int = 200) -> str:

@@ -9,6 +9,8 @@
     topic_prefix: cdc.shop                            # default cdc.<name>
     snapshot: initial                                 # initial | incremental | no_data | always | when_needed
     before_rows: full                                 # full (REPLICA IDENTITY FULL) | key
+    key_columns:                                      # record key of a table without a primary key
+      public.order_lines: [order_id, line_no]
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class CdcSpec(BaseModel):
     #: "full": Debezium sets REPLICA IDENTITY FULL on the tables, so updates and deletes carry the
     #: whole old row; "key": only the primary key (the other columns of ``before`` are placeholders)
     before_rows: Literal["full", "key"] = "full"
+    #: the columns whose values key a table's change events (Debezium's ``message.key.columns``):
+    #: required for a table without a primary key, whose events would otherwise have no record key
+    #: (copies of one change could land on different partitions, past a per-partition processed-ID
+    #: table); choose columns that identify a row (a unique index)
+    key_columns: dict[str, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> "CdcSpec":
@@ -50,6 +57,11 @@ class CdcSpec(BaseModel):
         for t in self.tables:
             if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", t):
                 raise ValueError(f"table {t!r}: schema.table in lower case")
+        for t, columns in self.key_columns.items():
+            if t not in self.tables:
+                raise ValueError(f"key_columns: {t!r} is not one of the captured tables")
+            if not columns or not all(re.fullmatch(r"[a-z_][a-z0-9_]*", c) for c in columns):
+                raise ValueError(f"key_columns of {t}: one or more column names in lower case")
         if self.outbox and self.snapshot == "incremental":
             raise ValueError("snapshot: incremental is for tables (the outbox is read from the log only)")
         return self
@@ -96,8 +108,13 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
         # the broker does not create topics by itself: Connect creates Debezium's with these
         "topic.creation.default.replication.factor": str(replication_factor),
         "topic.creation.default.partitions": str(partitions or spec.partitions),
+        # the column value formats streams.cdc.values converts to the row model's field types:
+        # numeric as decimal text (NaN as "NAN"), dates/times/timestamps as ISO 8601 text, intervals
+        # as ISO text with their months (the numeric mode counts a month as 30.4375 days), bytea as base64
         "decimal.handling.mode": "string",
-        "time.precision.mode": "isostring",  # dates, times, timestamps as ISO 8601 text
+        "time.precision.mode": "isostring",
+        "interval.handling.mode": "string",
+        "binary.handling.mode": "bytes",
         "tombstones.on.delete": "true",
         # a heartbeat carries the position: the first one lets Connect store a position for a
         # connector whose tables are quiet (see CdcConnectors.create), later ones let the slot
@@ -150,4 +167,6 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
                            "table.include.list": ",".join([*spec.tables, spec.signal_table])})
         if spec.before_rows == "full":
             config["replica.identity.autoset.values"] = ",".join(f"{t}:FULL" for t in spec.tables)
+        if spec.key_columns:
+            config["message.key.columns"] = ";".join(f"{t}:{','.join(c)}" for t, c in spec.key_columns.items())
     return config

@@ -30,6 +30,7 @@ from streams.cdc.slots import (
     lsn_to_int,
     slot_info,
 )
+from streams.cdc.tables import check_keys, table_keys
 from streams.errors import StreamsError
 from streams.settings import Settings
 
@@ -100,6 +101,8 @@ class Created:
     resume_lsn: int | None
     #: seconds spent waiting for it
     waited: float
+    #: what the checks of the captured tables found worth saying (see :func:`streams.cdc.tables.check_keys`)
+    warnings: list[str] = field(default_factory=list)
 
 
 def resume_lsn(offsets: list[dict[str, Any]]) -> int | None:
@@ -189,9 +192,13 @@ class CdcConnectors:
         spec = self.resolve(spec)
         config = self.config(spec, database)
         dsn = database or self.settings.dsn
+        warnings: list[str] = []
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                 check_logical_decoding(conn)
+                refusals, warnings = check_keys(spec, {t: table_keys(conn, t) for t in spec.tables})
+                if refusals:
+                    raise CdcError("\n".join(refusals))
                 if spec.outbox:
                     from streams.outbox.schema import migrate
 
@@ -239,7 +246,7 @@ class CdcConnectors:
         started = time.monotonic()
         wait = position_timeout > 0 and starts_over_without_position(config)
         lsn = self.wait_for_position(spec.name, position_timeout) if wait else None
-        return Created(config, lsn, time.monotonic() - started)
+        return Created(config, lsn, time.monotonic() - started, warnings)
 
     def wait_for_position(self, name: str, timeout: float) -> int | None:
         """Until Connect has stored a position the connector resumes from (its LSN), or None

@@ -60,7 +60,7 @@ def _load_spec(path: Path) -> dict[str, Any]:
 @click.argument("name", required=False)
 @click.option("--file", "-f", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A spec in JSON or YAML (name, tables or outbox, publication, slot, topic_prefix, snapshot, "
-                   "partitions); options given here override it.")
+                   "partitions, before_rows, key_columns); options given here override it.")
 @click.option("--table", "-t", "tables", multiple=True, help="schema.table to capture (repeatable).")
 @click.option("--outbox", is_flag=True, default=None, help="Publish the outbox table through the log.")
 @click.option("--publication", default=None, help="Publication name (default <slot>_pub).")
@@ -70,6 +70,9 @@ def _load_spec(path: Path) -> dict[str, Any]:
               default=None, help="Snapshot mode (default: initial for tables, no_data for the outbox); incremental: "
                                  "read the tables in chunks while streaming, resumable after a crash.")
 @click.option("--partitions", type=click.IntRange(1, 1000), default=None, help="Partitions of the topics it creates.")
+@click.option("--key-columns", "key_columns", multiple=True, metavar="TABLE:COLUMN[,COLUMN...]",
+              help="Key the change events of TABLE by these columns (required for a table without a primary key; "
+                   "repeatable).")
 @click.option("--database-url", default=None,
               help="The captured database as Connect reaches it (default STREAMS_DATABASE_URL).")
 @click.option("--reuse-slot", is_flag=True,
@@ -81,8 +84,8 @@ def _load_spec(path: Path) -> dict[str, Any]:
 @pass_ctx
 def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: tuple[str, ...], outbox: bool | None,
                publication: str | None, slot: str | None, topic_prefix: str | None, snapshot: str | None,
-               partitions: int | None, database_url: str | None, reuse_slot: bool, wait_position: float,
-               dry_run: bool) -> None:
+               partitions: int | None, key_columns: tuple[str, ...], database_url: str | None, reuse_slot: bool,
+               wait_position: float, dry_run: bool) -> None:
     """Create connector NAME, wait until it streams and Connect has stored its first position
     (its config is generated from the spec)."""
     from streams.cdc.config import CdcSpec
@@ -92,6 +95,8 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
     given = {"name": name, "tables": list(tables) or None, "outbox": outbox, "publication": publication,
              "slot": slot, "topic_prefix": topic_prefix, "snapshot": snapshot, "partitions": partitions}
     fields.update({k: v for k, v in given.items() if v is not None})
+    if key_columns:
+        fields["key_columns"] = {**(fields.get("key_columns") or {}), **_key_columns(key_columns)}
     try:
         spec = CdcSpec(**fields)
     except ValidationError as exc:
@@ -110,6 +115,8 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
     console.print(f"connector {spec.name} is RUNNING — slot {resolved.slot_name}, publication "
                   f"{resolved.publication_name}, topics {resolved.prefix}.<schema>.<table>"
                   + (" (the outbox's rows now go through the log)" if spec.outbox else ""), highlight=False)
+    for warning in created.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if resolved.signal_table:
         console.print(f"incremental snapshot requested (signal table {resolved.signal_table}): the tables are read "
                       "in chunks while the log streams; a restart resumes it", highlight=False)
@@ -124,6 +131,17 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
                       f"{wait_position:.0f}s (its offset.flush.interval.ms?); until it does, a Connect crash makes "
                       f"the connector start over with a new snapshot. Check: streams cdc status {spec.name}",
                       highlight=False)
+
+
+def _key_columns(given: tuple[str, ...]) -> dict[str, list[str]]:
+    """``("public.events:kind,n",)`` → ``{"public.events": ["kind", "n"]}``."""
+    out: dict[str, list[str]] = {}
+    for item in given:
+        table, sep, columns = item.partition(":")
+        if not sep or not table or not columns:
+            raise click.BadParameter(f"{item!r}: expected TABLE:COLUMN[,COLUMN...]", param_hint="--key-columns")
+        out[table.strip()] = [c.strip() for c in columns.split(",")]
+    return out
 
 
 @cdc.command("list")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+from uuid import UUID
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, Json, NaiveDatetime
 
 from streams.cdc.changes import ChangeDecoder, Operation
 from streams.errors import DecodeError, DecodeReason
@@ -102,11 +106,6 @@ def test_a_keyless_table_tells_rows_at_one_lsn_apart_by_their_content() -> None:
 
 
 def test_column_types_as_the_generated_config_sends_them() -> None:
-    from datetime import date, datetime, time
-    from uuid import UUID
-
-    from pydantic import Json
-
     class Typed(BaseModel):
         id: int
         d: date
@@ -127,3 +126,110 @@ def test_column_types_as_the_generated_config_sends_them() -> None:
     row = typed.decode(json.dumps(event("r", after=after, table="typed")).encode(), b'{"id":1}').payload.after
     assert row.d == date(2026, 12, 2) and row.maybe == date(2026, 12, 3) and row.t.hour == 10
     assert row.j == {"a": [1, 2]} and row.n == Decimal("12.50") and row.ts.microsecond == 123456
+
+
+# --- column values as Debezium 3.4.3 wrote them (the generated config), for each PostgreSQL type ---
+class Mood(StrEnum):
+    SAD = "sad"
+    HAPPY = "happy"
+
+
+class Typed(BaseModel):
+    id: int
+    u: UUID | None = None
+    n: Annotated[Decimal, Field(allow_inf_nan=True)] | None = None
+    j: Json[Any] | None = None
+    jo: dict[str, Any] | None = None
+    ja: list[Any] | None = None
+    ta: list[str | None] | None = None
+    ia: list[int | None] | None = None
+    tz: datetime | None = None
+    ts: NaiveDatetime | None = None
+    d: date | None = None
+    t: time | None = None
+    b: bytes | None = None
+    ba: list[bytes | None] | None = None
+    m: Mood | None = None
+    iv: timedelta | None = None
+
+
+# the `after` of one insert, copied from the topic (a row of the end-to-end test's table)
+WRITTEN = {"id": 1, "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "n": "12345678901234567890.123456789012345678",
+           "j": "{\"a\": [1, 2.5, null], \"b\": {\"c\": \"x\"}}", "jo": "{\"a\": [1, 2.5, null]}", "ja": "[1, \"two\", {}]",
+           "ta": ["a", None, "b,c", "q\"u"], "ia": [1, None, -3], "tz": "2026-06-01T06:30:00.123456Z",
+           "ts": "2026-06-01T12:00:00.654321Z", "d": "0001-01-01Z", "t": "10:01:05.123456Z", "b": "AQD/Cg==",
+           "ba": ["AP8=", None, ""], "m": "happy", "iv": "P1Y2M-3DT4H5M6.789S"}
+
+
+def typed_row(after: dict) -> Typed:
+    typed = ChangeDecoder({"public.typed": Typed})
+    return typed.decode(json.dumps(event("c", after=after, table="typed")).encode(), b'{"id":1}').payload.after
+
+
+def test_each_column_type_gets_the_value_postgresql_holds() -> None:
+    row = typed_row(WRITTEN)
+    assert row.b == b"\x01\x00\xff\n", "bytea arrives as base64 text"
+    assert row.ba == [b"\x00\xff", None, b""]
+    assert row.t == time(10, 1, 5, 123456) and row.t.tzinfo is None, "a time column holds no zone"
+    assert row.ts == datetime(2026, 6, 1, 12, 0, 0, 654321) and row.ts.tzinfo is None
+    assert row.tz == datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    assert row.d == date(1, 1, 1)
+    assert row.n == Decimal("12345678901234567890.123456789012345678")
+    assert row.j == {"a": [1, 2.5, None], "b": {"c": "x"}} and row.jo == {"a": [1, 2.5, None]}
+    assert row.ja == [1, "two", {}]
+    assert row.ta == ["a", None, "b,c", 'q"u'] and row.ia == [1, None, -3]
+    assert row.m is Mood.HAPPY and row.u == UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+    # psycopg's reading of '1 year 2 mons -3 days 04:05:06.789': a year is 365 days, a month 30
+    assert row.iv == timedelta(days=365 + 60 - 3, hours=4, minutes=5, seconds=6.789)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("NAN", "NaN"), ("POSITIVE_INFINITY", "Infinity"), ("NEGATIVE_INFINITY", "-Infinity"), ("0.0000001", "1E-7"),
+    ("-0.01", "-0.01"), ("12.50", "12.50")])
+def test_numeric_special_values_and_scale(text: str, expected: str) -> None:
+    assert typed_row({"id": 1, "n": text}).n.as_tuple() == Decimal(expected).as_tuple()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("P0Y0M-1DT2H0M0S", timedelta(days=-1, hours=2)),
+    ("P0Y-1M0DT0H0M-0.000001S", timedelta(days=-30, microseconds=-1)),
+    ("P0Y0M0DT0H0M0S", timedelta(0)),
+    ("P0Y0M0DT-4H-5M-6.5S", -timedelta(hours=4, minutes=5, seconds=6.5)),
+])
+def test_intervals_as_psycopg_reads_them(text: str, expected: timedelta) -> None:
+    assert typed_row({"id": 1, "iv": text}).iv == expected
+
+
+def test_empty_and_null_values() -> None:
+    row = typed_row({"id": 1, "b": "", "ta": [], "j": "null", "jo": None, "d": "9999-12-31Z", "t": "00:00:00Z"})
+    assert row.b == b"" and row.ta == [] and row.j is None and row.jo is None
+    assert row.d == date(9999, 12, 31) and row.t == time(0)
+
+
+@pytest.mark.parametrize(("column", "value", "why"), [
+    ("b", "AQD/Cg=", "base64"),                  # cut short: not base64 (a hex-mode connector's text is not read)
+    ("iv", "PT1H", "interval"),                  # not the connector's interval form
+    ("iv", "P178000000Y0M0DT0H0M0S", "range"),   # a real PostgreSQL interval beyond timedelta
+    ("jo", "{not json", "JSON"),
+    ("n", "POSITIVE_INFINITY", "finite"),        # a Decimal field that does not allow it
+])
+def test_values_that_cannot_be_converted_park_the_row_with_the_column(column: str, value: str, why: str) -> None:
+    class Strict(Typed):
+        n: Decimal | None = None
+
+    strict = ChangeDecoder({"public.typed": Strict})
+    with pytest.raises(DecodeError) as caught:
+        strict.decode(json.dumps(event("c", after={"id": 1, column: value}, table="typed")).encode(), b'{"id":1}')
+    assert caught.value.reason is DecodeReason.SCHEMA_CHANGE
+    assert [d["loc"] for d in caught.value.details] == [[column]]
+    assert why in caught.value.details[0]["msg"], caught.value.details
+
+
+def test_numbers_from_other_connector_modes_are_refused_or_read_exactly() -> None:
+    # interval.handling.mode=numeric (a connector made elsewhere, or before the generated config set string): µs
+    assert typed_row({"id": 1, "iv": 1}).iv == timedelta(microseconds=1)
+    # time.precision.mode=adaptive writes days / µs since the epoch, which pydantic would take as seconds
+    for column, value in (("d", 20424), ("t", 36065123456), ("ts", 1780315200654321), ("tz", 1780315200654)):
+        with pytest.raises(DecodeError) as caught:
+            typed_row({"id": 1, column: value})
+        assert "time.precision.mode" in caught.value.details[0]["msg"], caught.value.details

@@ -133,3 +133,71 @@ def test_status_names_the_tables_an_incremental_snapshot_still_reads() -> None:
     assert status.incremental_snapshot == ["public.orders"]
     assert status.on_restart == "resume"
     assert ConnectorStatus(**{**status.__dict__, "offsets": _stored({"lsn": 900})}).incremental_snapshot == []
+
+
+def test_column_value_formats_are_the_ones_the_decoder_converts() -> None:
+    config = connector_config(CdcSpec(name="shop", tables=["public.orders"]), "postgresql://postgres@127.0.0.1/shop")
+    assert (config["decimal.handling.mode"], config["time.precision.mode"], config["interval.handling.mode"],
+            config["binary.handling.mode"]) == ("string", "isostring", "string", "bytes")
+
+
+def test_key_columns_become_the_record_key_of_their_table() -> None:
+    spec = CdcSpec(name="shop", tables=["public.orders", "public.events"],
+                   key_columns={"public.events": ["kind", "n"]})
+    config = connector_config(spec, "postgresql://postgres@127.0.0.1/shop")
+    assert config["message.key.columns"] == "public.events:kind,n"
+    assert "message.key.columns" not in connector_config(CdcSpec(name="shop", tables=["public.orders"]),
+                                                         "postgresql://postgres@127.0.0.1/shop")
+
+
+@pytest.mark.parametrize("key_columns", [{"public.other": ["a"]}, {"public.events": []},
+                                         {"public.events": ["Bad Column"]}])
+def test_key_columns_of_tables_not_captured_or_without_columns_are_refused(key_columns: dict) -> None:
+    with pytest.raises(ValidationError):
+        CdcSpec(name="shop", tables=["public.events"], key_columns=key_columns)
+
+
+def test_create_checks_of_the_captured_tables_keys() -> None:
+    from streams.cdc.tables import TableKeys, check_keys
+
+    keyed = TableKeys("public.orders", ["id", "status"], ["id"], [["id"]])
+    keyless = TableKeys("public.events", ["kind", "n", "note"], [], [])
+    unique = TableKeys("public.events", ["kind", "n", "note"], [], [["kind", "n"]])
+
+    def check(found: dict, **spec) -> tuple[list[str], list[str]]:
+        return check_keys(CdcSpec(name="shop", tables=list(found), **spec), found)
+
+    assert check({"public.orders": keyed, "public.missing": None}) == ([], [])
+    refusals, _ = check({"public.events": keyless})
+    assert len(refusals) == 1 and "public.events has no primary key" in refusals[0]
+    assert "--key-columns public.events:" in refusals[0]
+    refusals, warnings = check({"public.events": keyless}, key_columns={"public.events": ["kind", "n"]})
+    assert refusals == [] and "no unique index covers the key columns kind, n" in warnings[0]
+    assert check({"public.events": unique}, key_columns={"public.events": ["kind", "n"]}) == ([], [])
+    assert check({"public.events": unique}, key_columns={"public.events": ["kind", "n", "note"]}) == ([], [])
+    refusals, _ = check({"public.events": keyless}, key_columns={"public.events": ["kind", "id"]})
+    assert refusals == ["key_columns of public.events: no column id (it has kind, n, note)"]
+    # without a primary key nor a replica identity, PostgreSQL refuses updates of a published table
+    refusals, _ = check({"public.events": unique}, key_columns={"public.events": ["kind", "n"]}, before_rows="key")
+    assert "before_rows" in refusals[0]
+    indexed = TableKeys("public.events", ["kind", "n"], [], [["kind", "n"]], replica_identity="i")
+    assert check({"public.events": indexed}, key_columns={"public.events": ["kind", "n"]}, before_rows="key") == ([], [])
+
+
+def test_create_takes_key_columns_from_the_command_line_over_the_spec_file(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli import cli
+
+    spec = tmp_path / "events.yaml"
+    spec.write_text("name: shop\ntables: [public.events, public.lines]\nkey_columns: {public.lines: [id]}\n")
+    result = CliRunner().invoke(cli, ["cdc", "create", "-f", str(spec), "--key-columns", "public.events:kind, n",
+                                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["message.key.columns"] == "public.lines:id;public.events:kind,n"
+    bad = CliRunner().invoke(cli, ["cdc", "create", "shop", "-t", "public.events", "--key-columns", "public.events",
+                                   "--dry-run"])
+    assert bad.exit_code == 2 and "TABLE:COLUMN" in bad.output, bad.output
+    other = CliRunner().invoke(cli, ["cdc", "create", "shop", "-t", "public.events", "--key-columns",
+                                     "public.other:a", "--dry-run"])
+    assert other.exit_code == 1 and "not one of the captured tables" in other.output, other.output
