@@ -36,7 +36,9 @@ def cli(log_level: str | None) -> None:
     level = (log_level or os.environ.get("STREAMS_LOG_LEVEL") or "info").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level == "INFO":  # the Kafka client's routine notes ("Updating subscribed topics ...") are not the tool's output
+    # a one-shot command prints its own lines, not the Kafka client's routine notes ("Updating subscribed
+    # topics ..."); a worker keeps them (its partition assignments are among them)
+    if level == "INFO" and click.get_current_context().invoked_subcommand != "worker":
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
