@@ -8,9 +8,9 @@ header names are not UTF-8 instead of failing on them (see
 
 from streams.app import StreamsApp, StreamTopic
 from streams.background import BackgroundTasks
+from streams.consume.delivery import Delivery
 from streams.consume.effects import AlreadyProcessed, Effects
 from streams.consume.retry import PermanentError, RetryPolicy, TransientError
-from streams.consume.runner import Delivery
 from streams.consume.sink import CircuitBreaker, RateLimiter, SinkThrottled
 from streams.db import Database
 from streams.errors import ConfigurationError, DecodeError, DecodeReason, StreamsError

@@ -118,7 +118,7 @@ class StreamsApp:
         self._raw_topics: dict[str, Any] = {}
         self._runners: list[HandlerRunner] = []
         self._committed_at_assignment: dict[tuple[str, int], int] | None = None
-        #: offset ranges to handle again on purpose (streams.consume.reprocess), read on each assignment
+        #: offset ranges to handle again on purpose (streams.kafka.reprocess_windows), read on each assignment
         self.reprocess_windows: Any = None
         self.faust.task(self._declare_topics)
         #: the batch consume path (streams.consume); None with STREAMS_CONSUME_PATH=events
@@ -463,7 +463,7 @@ class StreamsApp:
             self.dispatcher.keep_only(set(self.faust.consumer.assignment()))
         self._committed_at_assignment = None
         if self.handlers:
-            from streams.consume.reprocess import load_windows
+            from streams.kafka.reprocess_windows import load_windows
 
             try:
                 self.reprocess_windows = await load_windows(self.settings, self.app_id)

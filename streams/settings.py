@@ -299,8 +299,6 @@ class Settings(BaseSettings):
         """How many nodes the local cluster has (see ``local_kafka_brokers``)."""
         if self.local_kafka_brokers is not None:
             return self.local_kafka_brokers
-        from streams.dev.kafka import recorded_cluster_size
-
         return recorded_cluster_size(self.home_path / "kafka") or 1
 
     @property
@@ -315,8 +313,6 @@ class Settings(BaseSettings):
         """(replication factor, min.insync.replicas) for topics the app creates on a cluster of
         ``brokers``: the settings where set, else three replicas (at most the cluster size)
         with two in sync."""
-        from streams.dev.kafka import replication_defaults
-
         replication, min_isr = replication_defaults(brokers)
         if self.topic_replication_factor is not None:
             replication = self.topic_replication_factor
@@ -417,3 +413,20 @@ def describe_validation_error(exc: ValidationError) -> str:
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         lines.append(f"  {where}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def replication_defaults(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: three copies
+    where there are three brokers, and acks=all writes need two of them in sync."""
+    replication = max(1, min(3, brokers))
+    return replication, (2 if replication >= 3 else 1)
+
+
+def recorded_cluster_size(kafka_dir: Path) -> int | None:
+    """The size ``streams dev kafka up --brokers N`` recorded in ``kafka_dir`` (None: none)."""
+    import json
+
+    try:
+        return int(json.loads((kafka_dir / "cluster.json").read_text())["brokers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -15,8 +15,8 @@ import time
 import psycopg
 import pytest
 
+from streams.consume.delivery import Delivery
 from streams.consume.effects import AlreadyProcessed, Effects, Output, capture_output
-from streams.consume.runner import Delivery
 from streams.messages.envelope import event
 from streams.outbox.schema import migrate
 from streams.outbox.writer import write_message, write_message_async

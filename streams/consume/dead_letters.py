@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import MessageSizeTooLargeError
 
-from streams.consume.headers import H_REPLAY_OF, Origin, headers_dict
+from streams.consume.headers import Origin, headers_dict
 from streams.faust_compat.record_headers import BAD_HEADER_NAMES
-from streams.kafka.names import dead_letter_topic
+from streams.kafka.names import H_REPLAY_OF, H_VALUE_OMITTED, dead_letter_topic
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: set on a dead letter parked without its value (its size); the value stays in the source topic
-H_VALUE_OMITTED = "dlq.value_omitted"
 _MAX_TEXT = 2000
 
 

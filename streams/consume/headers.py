@@ -14,17 +14,15 @@ from typing import Any
 
 from streams.errors import DecodeError, DecodeReason
 from streams.faust_compat.record_headers import BAD_HEADER_NAMES
-
-# headers of records on retry topics
-H_RETRY_LEVEL = "retry.level"
-H_RETRY_DUE = "retry.due_at"
-H_RETRY_ATTEMPTS = "retry.attempts"
-H_RETRY_FIRST_FAILURE = "retry.first_failure"
-H_ORIGIN_TOPIC = "retry.original.topic"
-H_ORIGIN_PARTITION = "retry.original.partition"
-H_ORIGIN_OFFSET = "retry.original.offset"
-#: set on records replayed from a dead-letter topic
-H_REPLAY_OF = "replay.of"
+from streams.kafka.names import (
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    H_REPLAY_OF,
+    H_RETRY_ATTEMPTS,
+    H_RETRY_FIRST_FAILURE,
+    H_RETRY_LEVEL,
+)
 
 
 @dataclass(frozen=True)

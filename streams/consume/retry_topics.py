@@ -23,7 +23,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from streams.consume.headers import (
+from streams.consume.headers import Origin, headers_dict
+from streams.kafka.names import (
     H_ORIGIN_OFFSET,
     H_ORIGIN_PARTITION,
     H_ORIGIN_TOPIC,
@@ -31,10 +32,8 @@ from streams.consume.headers import (
     H_RETRY_DUE,
     H_RETRY_FIRST_FAILURE,
     H_RETRY_LEVEL,
-    Origin,
-    headers_dict,
+    retry_topic,
 )
-from streams.kafka.names import retry_topic
 from streams.messages.envelope import HEADER_MESSAGE_ID
 
 if TYPE_CHECKING:

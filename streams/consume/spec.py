@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.consume.dedup import ProcessedIds
+from streams.consume.delivery import Delivery
 from streams.consume.effects import Effects
 from streams.consume.retry import RetryPolicy
-from streams.consume.runner import Delivery
 from streams.kafka.names import retry_topics
 from streams.messages.envelope import Envelope, Kind
 from streams.messages.registry import MessageIdFallback

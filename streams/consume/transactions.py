@@ -39,9 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from types import MethodType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from streams.faust_compat import table_changelog
 from streams.faust_compat.private import faust_producer, require
 
 if TYPE_CHECKING:
@@ -148,15 +148,6 @@ class RecordScope:
             await self.tx.barrier.leave()
 
 
-class ChangelogFuture(asyncio.Future):
-    """What a patched ``Table.send_changelog`` returns: the write's future, with the
-    ``message.partition`` Faust's table code reads from it."""
-
-    def __init__(self, partition: int | None) -> None:
-        super().__init__()
-        self.message = SimpleNamespace(partition=partition)
-
-
 class _NoScope:
     pending: ClassVar[list] = []
 
@@ -215,32 +206,8 @@ class Transactions:
 
     def patch_table(self, table: Any) -> None:
         """Send ``table``'s changelog writes inside the current record's transaction."""
-        if not self.enabled:
-            return
-        tx = self
-
-        def send_changelog(self: Any, partition: int | None, key: Any, value: Any,
-                           key_serializer: Any = None, value_serializer: Any = None) -> asyncio.Future:
-            topic = self.changelog_topic
-            raw_key, headers = topic.prepare_key(key, key_serializer or self.key_serializer)
-            raw_value, headers = topic.prepare_value(value, value_serializer or self.value_serializer,
-                                                     headers=headers)
-            sent = tx.send_soon(topic.get_topic_name(), raw_key, raw_value, headers, partition)
-            out = ChangelogFuture(partition)
-
-            def chain(task: asyncio.Future) -> None:
-                if task.cancelled():
-                    out.cancel()
-                elif (error := task.exception()) is not None:
-                    out.set_exception(error)
-                else:
-                    out.set_result(task.result())
-                    self._on_changelog_sent(out)  # Faust's offset book-keeping reads out.result()
-
-            sent.add_done_callback(chain)
-            return out
-
-        table.send_changelog = MethodType(send_changelog, table)
+        if self.enabled:
+            table_changelog.send_through(table, self.send_soon)
 
     # --- after an unclean stop -------------------------------------------------------
     async def purge_aborted_once(self, processed: Any, partition: int) -> None:

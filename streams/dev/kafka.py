@@ -35,6 +35,7 @@ from streams.dev.process import (
     tail,
     terminate,
 )
+from streams.settings import replication_defaults
 
 #: The one place the Kafka version is pinned.
 KAFKA_VERSION = "4.1.1"
@@ -147,13 +148,6 @@ def _resolve_jars(cache_dir: Path, name: str, version: str, with_tools: bool) ->
         )
     marker.write_text(version + "\n")
     return lib
-
-
-def replication_defaults(brokers: int) -> tuple[int, int]:
-    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: three copies
-    where there are three brokers, and acks=all writes need two of them in sync."""
-    replication = max(1, min(3, brokers))
-    return replication, (2 if replication >= 3 else 1)
 
 
 @dataclass
@@ -471,16 +465,6 @@ class LocalKafkaCluster:
         with ThreadPoolExecutor(self.brokers) as pool:
             stopped = list(pool.map(lambda node: node.down(timeout), self.nodes))
         return any(stopped)
-
-
-def recorded_cluster_size(kafka_dir: Path) -> int | None:
-    """The size ``streams dev kafka up --brokers N`` recorded in ``kafka_dir`` (None: none)."""
-    import json
-
-    try:
-        return int(json.loads((kafka_dir / "cluster.json").read_text())["brokers"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _random_cluster_id() -> str:

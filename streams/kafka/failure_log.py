@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from streams.consume.dead_letters import H_VALUE_OMITTED
-from streams.consume.headers import H_REPLAY_OF
 from streams.errors import DecodeError
 from streams.kafka.admin import read_record, read_topic
 from streams.kafka.clients import durable_producer, plain_consumer, read_ranges
-from streams.kafka.names import dead_letter_topic, source_of_dead_letter_topic
+from streams.kafka.names import H_REPLAY_OF, H_VALUE_OMITTED, dead_letter_topic, source_of_dead_letter_topic
 from streams.messages.registry import DEFAULT_LIMITS, DecodeLimits, parse_json
 from streams.settings import Settings
 

@@ -1,13 +1,28 @@
-"""Names of the topics the framework derives from a source topic ``T``.
+"""Names the framework derives and writes: topics of a source topic ``T``, and record headers.
 
 * ``T.dlq``: its dead-letter topic (records that could not be handled, parked);
 * ``T.retry.<n>``: its delayed-retry topics, one per level of a handler's
-  ``RetryPolicy.delayed_retries`` (``n`` counts from 1).
+  ``RetryPolicy.delayed_retries`` (``n`` counts from 1);
+* the headers of records on retry topics (``retry.*``), of replayed dead letters
+  (``replay.of``) and of dead letters parked without their value (``dlq.value_omitted``).
 """
 
 from __future__ import annotations
 
 DLQ_SUFFIX = ".dlq"
+
+# headers of records on retry topics
+H_RETRY_LEVEL = "retry.level"
+H_RETRY_DUE = "retry.due_at"
+H_RETRY_ATTEMPTS = "retry.attempts"
+H_RETRY_FIRST_FAILURE = "retry.first_failure"
+H_ORIGIN_TOPIC = "retry.original.topic"
+H_ORIGIN_PARTITION = "retry.original.partition"
+H_ORIGIN_OFFSET = "retry.original.offset"
+#: set on records replayed from a dead-letter topic
+H_REPLAY_OF = "replay.of"
+#: set on a dead letter parked without its value (its size); the value stays in the source topic
+H_VALUE_OMITTED = "dlq.value_omitted"
 
 
 def dead_letter_topic(topic: str) -> str:

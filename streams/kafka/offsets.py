@@ -18,7 +18,7 @@ Targets (:class:`ResetTarget`):
 An offset outside the retained log (before log start, after log end) is
 clamped to it and the row says so. After a reset the workers re-read, and the
 processed-ID tables make already-handled messages no-ops; see
-:mod:`streams.consume.reprocess` for handling them again on purpose.
+:mod:`streams.kafka.reprocess_windows` for handling them again on purpose.
 """
 
 from __future__ import annotations
@@ -232,9 +232,9 @@ async def execute_reset(settings: Settings, plan: ResetPlan, *, reprocess: bool 
     """Commit the plan's new offsets for the group (re-checking that it is inactive).
 
     With ``reprocess``, records the re-read ranges as reprocess windows (see
-    :mod:`streams.consume.reprocess`); without it, clears earlier windows of these partitions.
+    :mod:`streams.kafka.reprocess_windows`); without it, clears earlier windows of these partitions.
     """
-    from streams.consume.reprocess import Window, clear_windows, save_windows
+    from streams.kafka.reprocess_windows import Window, clear_windows, save_windows
 
     refuse_if_active(await describe_group(settings, plan.group))
     from aiokafka.structs import OffsetAndMetadata
