@@ -32,9 +32,7 @@ Topic conventions, enforced where they can be:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,19 +40,21 @@ from typing import TYPE_CHECKING, Any
 import faust
 from pydantic import BaseModel
 
+from streams.consume.committed import CommittedAtAssignment
+from streams.consume.context import ConsumeContext
 from streams.consume.dead_letters import DeadLetters
 from streams.consume.dedup import ProcessedIds
 from streams.consume.dispatch import BatchDispatcher
 from streams.consume.effects import Effects, capture_output
+from streams.consume.events import agent_body
+from streams.consume.lane import Revocations
+from streams.consume.lifecycle import run_worker
 from streams.consume.outputs import Output
 from streams.consume.outputs import staged as staged_outputs
+from streams.consume.publishing import Publisher
 from streams.consume.retry import RetryPolicy
 from streams.consume.retry_topics import RetryTopics
-from streams.consume.runner import (
-    HandlerRunner,
-    ack_when_durable,
-    changelog_writes_durable,
-)
+from streams.consume.runner import HandlerRunner
 from streams.consume.spec import Handler, HandlerSpec, StreamTopic
 from streams.consume.transactions import Transactions
 from streams.errors import ConfigurationError, DecodeError
@@ -101,35 +101,42 @@ class StreamsApp:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         private.check_classes()  # every private name of Faust/aiokafka used here still exists
         self.faust = faust.App(self.app_id, **{**self._faust_config(), **faust_options})
-        self.dead_letters = DeadLetters(self)
-        self.retry_topics = RetryTopics(self)
+        #: the group's committed offsets as of the last assignment
+        self.committed = CommittedAtAssignment(self.settings, self.app_id)
         #: exactly_once routing: every write of a record in the transaction of its offset
-        self.transactions = Transactions(self)
+        self.transactions = Transactions(self.faust, self.committed,
+                                         enabled=self.settings.processing_guarantee.value == "exactly_once")
+        self.publisher = Publisher(self.faust, self.transactions)
+        self.dead_letters = DeadLetters(self.publisher, self.faust.topic)
+        self.retry_topics = RetryTopics(self.publisher, self.faust.topic)
+        #: what the runners and the dispatcher use of the app
+        self.context = ConsumeContext(self.app_id, self.settings, self.faust, self.registry, self.decode_limits,
+                                      self.metrics, self.transactions, self.publisher, self.dead_letters,
+                                      self.retry_topics, self.committed)
         #: the batch consume path (streams.consume); None with STREAMS_CONSUME_PATH=events
         self.dispatcher: BatchDispatcher | None = None
         from streams.faust_compat import consumer_fixes
 
-        consumer_fixes.install_cleared_events_fix(self.faust, on_clear=lambda: self.dispatcher and self.dispatcher.clear())
+        #: rebalances that dropped records under way (the events path's; the dispatcher keeps its own)
+        self.revocations = Revocations()
+        consumer_fixes.install_cleared_events_fix(self.faust, on_clear=self._on_clear)
         if self.transactions.enabled:
             consumer_fixes.install_recovery_fix(self.faust, self.settings)
         self._outputs: list[Any] = []
         self._effects: Effects | None = None
         self._effects_purged: list[Effects] = []
-        self._raw_topics: dict[str, Any] = {}
         self._runners: list[HandlerRunner] = []
-        self._committed_at_assignment: dict[tuple[str, int], int] | None = None
-        #: offset ranges to handle again on purpose (streams.kafka.reprocess_windows), read on each assignment
-        self.reprocess_windows: Any = None
         self.faust.task(self._declare_topics)
-        #: the batch consume path (streams.consume); None with STREAMS_CONSUME_PATH=events
-        self.dispatcher = BatchDispatcher(self) if self.settings.consume_path == "batch" else None
+        if self.settings.consume_path == "batch":
+            self.dispatcher = BatchDispatcher(self.faust, self.transactions, max_batch=self.settings.batch_max_records,
+                                              max_buffered=self.settings.stream_buffer_maxsize)
         if self.dispatcher is not None:
             self.faust.on_before_shutdown.connect(self._stop_dispatcher)  # type: ignore[arg-type]  # async receivers are awaited
         # topics are in the brokers' metadata before the group forms, and a worker never sits idle
         # on a topic its group could not see when it formed (streams.faust_compat.subscriptions)
         install_creation_wait(self.faust, self.settings)
         install_changelog_check()
-        self.subscriptions = SubscriptionWatch(self)
+        self.subscriptions = SubscriptionWatch(self.faust, creates_topics=self.settings.create_topics)
         self.faust.task(self.subscriptions.run)
         self.faust.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]  # async receivers are awaited
         #: the worker's web views (table contents, health, metrics, the dashboard): set by the
@@ -330,9 +337,9 @@ class StreamsApp:
 
                 self.faust.task(purge_processed_messages)
             if idempotent:
-                hspec.processed = ProcessedIds(self, handler_name, topic.partitions,
+                hspec.processed = ProcessedIds(self.table, handler_name, topic.partitions,
                                                retention=self.settings.dedup_retention)
-            runner = HandlerRunner(self, hspec)
+            runner = HandlerRunner(hspec, self.context)
             self._runners.append(runner)
             retry_topics = self.retry_topics.declare(hspec)
             if self.dispatcher is not None:
@@ -343,15 +350,14 @@ class StreamsApp:
                     self.faust.topics.add(faust_retry_topic)
                     self.dispatcher.route(retry_topic(topic.name, level), runner, f"{handler_name}-retry-{level}",
                                           wait_until_due=True)
-            else:
-                hspec.agents.append(self.faust.agent(topic.faust_topic, name=handler_name)(
-                    _agent_fn(runner, handler_name, f"{handler_name} on {topic.name}", topic.name)))
-                for level, faust_retry_topic in enumerate(retry_topics, start=1):
-                    agent_name = f"{handler_name}-retry-{level}"
-                    hspec.agents.append(self.faust.agent(faust_retry_topic, name=agent_name)(
-                        _agent_fn(runner, agent_name, f"{handler_name} on {retry_topic(topic.name, level)}",
-                                  retry_topic(topic.name, level),
-                                  wait_until_due=True)))
+            else:  # the events path: one Faust agent per handler and topic
+                sources = [(topic.faust_topic, handler_name, topic.name, False)] + [
+                    (faust_retry_topic, f"{handler_name}-retry-{level}", retry_topic(topic.name, level), True)
+                    for level, faust_retry_topic in enumerate(retry_topics, start=1)]
+                for faust_topic, agent_name, topic_name, due in sources:
+                    body = agent_body(runner, agent_name, topic_name, self.faust, self.transactions, self.revocations,
+                                      wait_until_due=due)
+                    hspec.agents.append(self.faust.agent(faust_topic, name=agent_name)(body))
             self.handlers[handler_name] = hspec
             return fn
 
@@ -386,70 +392,33 @@ class StreamsApp:
             return
         key, value, headers = envelope.to_record()
         capture_output(Output(topic.name, key, value, headers))
-        await self.publish(topic.faust_topic, key, value, headers)
+        await self.publisher.publish(topic.name, key, value, headers)
 
-    async def send_outputs(self, outputs: list[Output]) -> None:
-        """Send a succeeded attempt's outputs (in order) and wait for the broker's acks; under
-        ``exactly_once`` in the transaction of the message being handled."""
-        if not outputs:
-            return
-        if self.transactions.enabled:
-            sent = [self.transactions.send_soon(o.topic, o.key, o.value, o.headers) for o in outputs]
-        else:
-            sent = [await self._raw_topic(o.topic).send(key=o.key, value=o.value, headers=o.headers)
-                    for o in outputs]
-        await asyncio.gather(*sent)
-
-    def _raw_topic(self, topic: str) -> Any:
-        faust_topic = self._raw_topics.get(topic)
-        if faust_topic is None:
-            faust_topic = self._raw_topics[topic] = self.faust.topic(topic, key_serializer="raw",
-                                                                     value_serializer="raw")
-        return faust_topic
-
-    async def publish_to(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> None:
-        """:meth:`publish` to a topic given by its full name."""
-        await self.publish(self._raw_topic(topic), key, value, headers)
-
-    async def publish(self, faust_topic: Any, key: bytes | None, value: bytes | None, headers: Any,
+    async def publish(self, topic: str, key: bytes | None, value: bytes | None, headers: Any,
                       partition: int | None = None) -> None:
-        """Write one raw record from a handler and wait for the broker's ack (under
-        ``exactly_once``: in the transaction of the record being handled)."""
-        if self.transactions.enabled:
-            await self.transactions.send(faust_topic.get_topic_name(), key, value, headers, partition)
-            return
-        fut = await faust_topic.send(key=key, value=value, headers=headers, partition=partition)
-        await fut
+        """Write one raw record to ``topic`` (full name) and wait for the broker's ack (under
+        ``exactly_once``, from a handler: in the transaction of the record being handled)."""
+        await self.publisher.publish(topic, key, value, headers, partition)
 
     async def _declare_topics(self) -> None:
-        """Create every topic this app writes to but does not consume (Faust only
-        creates the ones it subscribes to). Also: ``kill -USR1 <worker pid>`` logs
-        the stack of every asyncio task (for a worker that seems stuck)."""
-        import signal
-
-        global _DEBUG_APP
-        _DEBUG_APP = self
-        try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_task_stacks)
-        except (NotImplementedError, RuntimeError):
-            pass
+        """Create every topic this app writes to but does not consume (Faust only creates the ones
+        it subscribes to); and ``kill -USR1 <worker pid>`` logs where every asyncio task waits."""
+        diagnostics.install_stack_dump(self.faust, self.transactions.barrier)
         for t in [*self.dead_letters.topics(), *self.retry_topics.topics(), *(o.faust_topic for o in self._outputs)]:
             await t.maybe_declare()
+
+    def _on_clear(self) -> None:
+        """Faust cleared its buffers: at the start of a rebalance (not when it resumes after a
+        recovery), records under way are given up to the partitions' next owners."""
+        if self.dispatcher is not None:
+            self.dispatcher.clear()
+        elif not self.faust.flow_control.is_active():
+            self.revocations.bump()
 
     async def _stop_dispatcher(self, sender: Any = None, **kwargs: Any) -> None:
         """After the consumer stopped (Faust waited for the batches in hand): stop the workers."""
         if self.dispatcher is not None:
             await self.dispatcher.stop()
-
-    async def committed_offset(self, topic: str, partition: int) -> int | None:
-        """The group's committed offset of ``topic[partition]`` as the broker had it when
-        the partitions were last assigned (None: never committed). Read once per assignment;
-        Faust's own copy is filled only after its recovery, while records may already flow."""
-        if self._committed_at_assignment is None:
-            from streams.kafka.admin import committed_offsets
-
-            self._committed_at_assignment = await committed_offsets(self.settings, self.app_id)
-        return self._committed_at_assignment.get((topic, partition))
 
     async def _on_assigned(self, sender: Any = None, assigned: Any = None, **kwargs: Any) -> None:
         from streams.faust_compat import consumer_fixes
@@ -461,16 +430,16 @@ class StreamsApp:
         if self.dispatcher is not None:
             self.dispatcher.install()
             self.dispatcher.keep_only(set(self.faust.consumer.assignment()))
-        self._committed_at_assignment = None
+        self.committed.forget()
         if self.handlers:
             from streams.kafka.reprocess_windows import load_windows
 
             try:
-                self.reprocess_windows = await load_windows(self.settings, self.app_id)
+                self.context.reprocess_windows = await load_windows(self.settings, self.app_id)
             except Exception as exc:  # noqa: BLE001 - without windows, dedup simply stays on
                 log.error("could not read the reprocess windows: %r", exc)
-            if self.reprocess_windows:
-                log.warning("reprocess windows active: %s", sorted(self.reprocess_windows.windows))
+            if self.context.reprocess_windows:
+                log.warning("reprocess windows active: %s", sorted(self.context.reprocess_windows.windows))
         for hspec in self.handlers.values():
             if hspec.processed is not None:
                 hspec.processed.forget_assignment()
@@ -500,157 +469,6 @@ class StreamsApp:
 
     # --- running ------------------------------------------------------------
     def main(self, argv: list[str] | None = None) -> None:
-        """Run Faust's command line for this app (``streams worker`` calls this).
-
-        Under ``exactly_once`` a worker that did not stop cleanly (crash, SIGKILL)
-        leaves processed-ID entries of aborted transactions in its local RocksDB; a
-        marker file in the data dir tells a clean stop from an unclean one, and after
-        an unclean one those entries are dropped (see :mod:`streams.consume.transactions`).
-        """
-        import sys
-
-        if argv is not None:
-            sys.argv = ["streams", *argv]
-        marker = self.data_dir / ".worker-running"
-        if marker.exists():
-            self.transactions.unclean_start = True
-            if self.transactions.enabled:
-                log.warning("exactly_once: the last worker on %s did not stop cleanly; entries of its aborted "
-                            "transactions will be dropped from the local processed-ID tables", self.data_dir)
-        marker.write_text(str(os.getpid()))
-        try:
-            self.faust.main()
-        except SystemExit as exc:
-            if exc.code in (0, None):
-                marker.unlink(missing_ok=True)
-            raise
-
-
-
-class _StandInEvent:
-    """The current event for records the gap guard handles outside Faust's delivery:
-    Faust's table code only reads ``event.message`` (partition, topic, offset)."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, record: Any) -> None:
-        self.message = record
-
-
-class _RecordAt:
-    """Where a batch of recovered records belongs: their partition's ``tp``, topic and partition."""
-
-    __slots__ = ("partition", "topic", "tp")
-
-    def __init__(self, tp: Any, record: Any) -> None:
-        self.tp, self.topic, self.partition = tp, record.topic, record.partition
-
-
-def _log_task_stacks() -> None:
-    """Log where every asyncio task waits (its await chain, innermost last)."""
-    lines: list[str] = []
-    for task in asyncio.all_tasks():
-        chain: list[str] = []
-        coro: Any = task.get_coro()
-        while coro is not None:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if frame is not None:
-                chain.append(f"{frame.f_code.co_filename.rsplit('site-packages/', 1)[-1]}:{frame.f_lineno}"
-                             f" {frame.f_code.co_name}")
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-        lines.append(f"{task.get_name()[:60]}: " + " -> ".join(chain))
-    import gc
-    import types
-
-    ours = []
-    for obj in gc.get_objects():  # suspended coroutines of this framework (chains above stop at wrappers)
-        if isinstance(obj, types.CoroutineType) and obj.cr_frame is not None:
-            code = obj.cr_frame.f_code
-            if "/streams/" in code.co_filename or "/agents/" in code.co_filename:
-                ours.append(f"{code.co_filename.rsplit('/', 2)[-2:]}:{obj.cr_frame.f_lineno} {code.co_name}"
-                            f" awaiting {type(obj.cr_await).__name__}")
-    log.warning("asyncio task stacks (SIGUSR1):\n%s\nsuspended framework coroutines:\n%s",
-                "\n".join(sorted(lines)), "\n".join(sorted(ours)))
-    if _DEBUG_APP is not None:
-        try:
-            diagnostics.log_consumer_state(_DEBUG_APP.faust, _DEBUG_APP.transactions.barrier, log)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("consumer state unavailable: %r", exc)
-
-
-_DEBUG_APP: "StreamsApp | None" = None
-
-
-def _agent_fn(runner: HandlerRunner, name: str, doc: str, topic_name: str, *, wait_until_due: bool = False):
-    """The Faust agent body: one record at a time, in partition order, acknowledged
-    only once it was handled (or parked), so a stop or crash mid-handler never
-    commits past it. While no record arrives it checks for records Faust read but
-    never delivered (:meth:`GapGuard.undelivered_tail`) and handles them."""
-    guard = runner.guard(name)
-    guard.topic_name = topic_name
-    transactions = runner.app.transactions
-
-    async def handle(stream, message, records, ack):
-        # exactly_once: each record's writes and its offset are one transaction (no-op otherwise); a
-        # record takes the commit barrier at its first write and gives it up once it is acknowledged
-        for record in records:
-            async with transactions.scope(message.topic, message.partition) as scope:
-                await runner.process(record)
-                if not await changelog_writes_durable(stream.app, record, runner.take_pending()):
-                    return
-                await scope.flush()
-                guard.acknowledge(message.tp, record.offset)
-        if ack is None:
-            return
-        async with transactions.scope(message.topic, message.partition) as scope:
-            await runner.process(message)
-            if transactions.enabled:
-                if not await changelog_writes_durable(stream.app, message, runner.take_pending()):
-                    return
-                await scope.flush()
-                await stream.ack(ack)
-            else:
-                await ack_when_durable(stream, ack, runner.take_pending())
-
-    async def agent(stream):
-        stream = stream.noack()
-        events = stream.events().__aiter__()
-        upcoming: asyncio.Future | None = None
-        try:
-            while True:
-                if upcoming is None:
-                    upcoming = asyncio.ensure_future(events.__anext__())
-                done, _ = await asyncio.wait({upcoming}, timeout=guard.idle_check_interval)
-                if not done:
-                    if not wait_until_due:
-                        for tp, records in await guard.undelivered_tail():
-                            stand_in = _StandInEvent(records[0])
-                            stream._set_current_event(stand_in)  # noqa: SLF001 - table writes read it
-                            await handle(stream, _RecordAt(tp, records[0]), records, None)
-                    continue
-                try:
-                    event = upcoming.result()
-                except StopAsyncIteration:
-                    break
-                finally:
-                    upcoming = None
-                stream._set_current_event(event)  # noqa: SLF001 - it was set in the fetching task's context
-                if wait_until_due:
-                    await runner.wait_until_due(event.message)
-                await handle(stream, event.message, await guard.missing_before(event.message), event)
-        except Exception as exc:
-            # Not a handler error (those are retried and parked inside runner.process): Kafka or the
-            # state store failed under this record. Faust would restart just this agent and leave the
-            # record unacknowledged, so the partition's commits would stop for good; stop the worker
-            # instead, and a restarted one handles the record again from the committed offset.
-            log.exception("%s: processing failed outside the handler (%r); stopping the worker", name, exc)
-            await stream.app.crash(exc)
-            await asyncio.Future()  # until the stopping worker cancels this agent
-        finally:
-            if upcoming is not None:
-                upcoming.cancel()
-            await guard.close()
-
-    agent.__name__ = agent.__qualname__ = name.replace("-", "_")
-    agent.__doc__ = f"Envelope handler {doc}."
-    return agent
+        """Run Faust's command line for this app (``streams worker`` calls this); see
+        :mod:`streams.consume.lifecycle` for what a worker notes of an unclean stop."""
+        run_worker(self.faust, self.data_dir, self.transactions, argv)

@@ -51,14 +51,16 @@ def committed(iso: Isolated, topic: str) -> dict[int, int]:
     return {p: o for (_, p), o in run(committed_offsets(iso.settings, iso.settings.app_id, full)).items()}
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.parametrize("guarantee, path", [("at_least_once", "batch"), ("exactly_once", "batch"),
+                                             ("exactly_once", "events")])
 def test_only_a_successful_attempt_sends_its_outputs_with_ids_from_the_input(isolated: Isolated,
-                                                                               guarantee: str) -> None:
+                                                                               guarantee: str, path: str) -> None:
     """A handler sends two outputs and then fails twice before succeeding: exactly two outputs,
     whose ids derive from the input's id and their position. One that sends and is dead-lettered
-    leaves no output; nor does one whose effect's database commit fails after it sent."""
+    leaves no output; nor does one whose effect's database commit fails after it sent. (Both
+    consume paths: the events path hands each delivered message to the same lane.)"""
     iso = isolated
-    worker = start_worker(iso, guarantee)
+    worker = start_worker(iso, guarantee, STREAMS_CONSUME_PATH=path)
     modes = ["flaky"] * 30 + ["ok"] * 30 + ["doomed"] * 5 + ["commit_fails"] * 5
     envelopes = jobs(modes)
     run(produce_envelopes(iso.settings, iso.topic("work"), envelopes))

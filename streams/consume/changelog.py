@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from streams.faust_compat.private import faust_producer, require
 
 if TYPE_CHECKING:
-    from streams.app import StreamsApp
+    from streams.consume.transactions import Transactions
 
 #: the batch whose changelog writes are being collected in this task (None: write at once)
 _open: contextvars.ContextVar["ChangelogBatch | None"] = contextvars.ContextVar("streams_changelog_batch",
@@ -39,8 +39,9 @@ def collecting() -> "ChangelogBatch | None":
 class ChangelogBatch:
     """Table writes of one batch of records: ``(table, partition) → [(key, value)]``."""
 
-    def __init__(self, app: "StreamsApp") -> None:
-        self.app = app
+    def __init__(self, transactions: "Transactions", faust_app: Any) -> None:
+        self.transactions = transactions
+        self.faust = faust_app
         self._writes: dict[tuple[Any, int], list[tuple[Any, Any]]] = defaultdict(list)
         self._token: contextvars.Token | None = None
 
@@ -84,10 +85,9 @@ class ChangelogBatch:
         return futures
 
     async def _producer(self, topic: str, partition: int) -> Any:
-        transactions = self.app.transactions
-        if transactions.enabled:
-            return await transactions.batch_producer(topic, partition)
-        return require(faust_producer(self.app.faust), "_ensure_producer")()  # its aiokafka producer
+        if self.transactions.enabled:
+            return await self.transactions.batch_producer(topic, partition)
+        return require(faust_producer(self.faust), "_ensure_producer")()  # its aiokafka producer
 
     async def _send(self, producer: Any, batch: Any, table: Any, topic: str, partition: int,
                     count: int) -> asyncio.Future:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from streams.faust_compat.record_headers import BAD_HEADER_NAMES
 from streams.kafka.names import H_REPLAY_OF, H_VALUE_OMITTED, dead_letter_topic
 
 if TYPE_CHECKING:
-    from streams.app import StreamsApp
+    from streams.consume.publishing import Publisher
     from streams.consume.spec import HandlerSpec
     from streams.messages.envelope import Envelope
 
@@ -71,15 +72,17 @@ def _too_large(exc: BaseException | None) -> bool:
 
 
 class DeadLetters:
-    """Publishes parked records to ``<topic>.dlq`` through the app's producer."""
+    """Publishes parked records to ``<topic>.dlq``; ``declare_topic`` makes the Faust topic the
+    worker creates on start (``faust.App.topic``)."""
 
-    def __init__(self, app: "StreamsApp") -> None:
-        self.app = app
+    def __init__(self, publisher: "Publisher", declare_topic: Callable[..., Any]) -> None:
+        self.publisher = publisher
+        self.declare_topic = declare_topic
         self._topics: dict[str, Any] = {}
 
     def topic_for(self, source: str, partitions: int) -> Any:
         if source not in self._topics:
-            self._topics[source] = self.app.faust.topic(
+            self._topics[source] = self.declare_topic(
                 dead_letter_topic(source),
                 partitions=partitions,
                 key_serializer="raw",
@@ -103,11 +106,14 @@ class DeadLetters:
         attempts: int,
         envelope: "Envelope | None" = None,
         first_failure: float | None = None,
+        headers: dict[str, bytes] | None = None,
     ) -> None:
-        """Send ``message`` (a Faust Message) to its dead-letter topic and wait for the ack."""
+        """Send ``message`` (a Faust Message) to its dead-letter topic and wait for the ack
+        (``headers``: its headers as :func:`~streams.consume.headers.headers_dict` reads them, if read)."""
         now = time.time()
-        headers = [
-            (k, v) for k, v in headers_dict(message).items()
+        record_headers = headers_dict(message) if headers is None else headers
+        out = [
+            (k, v) for k, v in record_headers.items()
             if not k.startswith(("dlq.", "retry.")) and k not in (H_REPLAY_OF, BAD_HEADER_NAMES)
         ]
         extra = {
@@ -123,12 +129,12 @@ class DeadLetters:
             "dlq.first_failed_at": _iso(first_failure or now),
             "dlq.failed_at": _iso(now),
         }
-        if envelope is not None and not any(k == "message_id" for k, _ in headers):
-            headers.append(("message_id", envelope.message_id.encode()))
-        headers.extend((k, v.encode("utf-8", errors="replace")) for k, v in extra.items())
-        topic = self.topic_for(spec.topic.name, spec.topic.partitions)
+        if envelope is not None and not any(k == "message_id" for k, _ in out):
+            out.append(("message_id", envelope.message_id.encode()))
+        out.extend((k, v.encode("utf-8", errors="replace")) for k, v in extra.items())
+        topic = self.topic_for(spec.topic.name, spec.topic.partitions).get_topic_name()
         try:
-            await self.app.publish(topic, message.key, message.value, headers)
+            await self.publisher.publish(topic, message.key, message.value, out)
         except Exception as exc:
             if not _too_large(exc):
                 raise
@@ -137,5 +143,5 @@ class DeadLetters:
             size = len(message.value or b"")
             log.error("the dead letter of %s[%d]@%d is too large to send (%r); parking it without its "
                       "%d-byte value", origin.topic, origin.partition, origin.offset, exc, size)
-            await self.app.publish(topic, message.key, None,
-                                   [*headers, (H_VALUE_OMITTED, str(size).encode())])
+            await self.publisher.publish(topic, message.key, None,
+                                   [*out, (H_VALUE_OMITTED, str(size).encode())])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,13 +71,14 @@ def changelog_configs(retention: float) -> dict[str, str]:
 class ProcessedIds:
     """The processed-ID table of one handler, with expiry."""
 
-    def __init__(self, app: Any, handler: str, partitions: int, *, retention: float,
+    def __init__(self, make_table: Callable[..., Any], handler: str, partitions: int, *, retention: float,
                  sweep_interval: float | None = None, sweep_batch: int = 5000) -> None:
+        """``make_table(name, **options)`` declares the Faust table (``StreamsApp.table``)."""
         self.handler = handler
         self.retention = retention
         self.sweep_interval = sweep_interval if sweep_interval is not None else max(0.5, min(60.0, retention / 10))
         self.sweep_batch = sweep_batch
-        self.table = app.table(
+        self.table = make_table(
             f"processed-{handler}",
             partitions=partitions,
             default=None,

@@ -11,7 +11,8 @@ from streams.faust_compat.private import require
 from streams.kafka.clients import plain_consumer
 
 if TYPE_CHECKING:
-    from streams.app import StreamsApp
+    from streams.consume.committed import CommittedAtAssignment
+    from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ class GapGuard:
     small fetch.
     """
 
-    def __init__(self, app: "StreamsApp", name: str) -> None:
-        self.app = app
+    def __init__(self, name: str, faust_app: Any, settings: "Settings", committed: "CommittedAtAssignment") -> None:
         self.name = name
+        self.faust = faust_app
+        self.settings = settings
+        self.committed = committed
         self._expected: dict[Any, int] = {}
         self._idle_reads: dict[Any, tuple[int, int]] = {}
         self.topic_name: str | None = None
@@ -84,9 +87,8 @@ class GapGuard:
         stays ahead of the next offset this guard expects for two idle checks in a
         row, the records in between were read and not delivered: they are read back
         and returned ``[(tp, records)]`` for the agent to handle."""
-        app = self.app.faust
-        consumer = app.consumer
-        if not app.flow_control.is_active():
+        consumer = self.faust.consumer
+        if not self.faust.flow_control.is_active():
             return []  # rebalancing or recovering: nothing is delivered now anyway
         read = require(consumer, "_read_offset")
         paused = require(consumer, "_paused_partitions")
@@ -152,7 +154,7 @@ class GapGuard:
         offset, or without one the log start (the consumer resets to the earliest offset).
         Noted for the commit computation too: no commit may pass an offset below it that was
         never acknowledged (:func:`~streams.faust_compat.consumer_fixes.next_commit_offset`)."""
-        committed = await self.app.committed_offset(tp.topic, tp.partition)
+        committed = await self.committed(tp.topic, tp.partition)
         if committed is None:
             from aiokafka import TopicPartition
 
@@ -160,13 +162,13 @@ class GapGuard:
                 reader = await self._ensure_reader()
                 ktp = TopicPartition(tp.topic, tp.partition)
                 committed = (await reader.beginning_offsets([ktp]))[ktp]
-        consumer_fixes.note_delivery_start(self.app.faust.consumer, tp, committed)
+        consumer_fixes.note_delivery_start(self.faust.consumer, tp, committed)
         return committed
 
     def acknowledge(self, tp: Any, offset: int) -> None:
         """Tell Faust's consumer a recovered record is done, so commits can pass it
         (Faust never acks records it dropped itself)."""
-        self.app.faust.consumer.ack(_RecoveredRecord(tp, offset))  # type: ignore[arg-type]  # what ack reads
+        self.faust.consumer.ack(_RecoveredRecord(tp, offset))  # what ack reads of a message
 
     async def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
         async with self._reader_lock:
@@ -208,9 +210,9 @@ class GapGuard:
         """The plain consumer (no group) that reads skipped ranges back."""
 
         if self._reader is None:
-            isolation = ("read_committed" if self.app.settings.processing_guarantee.value == "exactly_once"
+            isolation = ("read_committed" if self.settings.processing_guarantee.value == "exactly_once"
                          else "read_uncommitted")
-            reader = plain_consumer(self.app.settings, isolation_level=isolation)
+            reader = plain_consumer(self.settings, isolation_level=isolation)
             await reader.start()
             self._reader = reader
         return self._reader

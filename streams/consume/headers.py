@@ -45,13 +45,14 @@ def headers_dict(message: Any) -> dict[str, bytes]:
     return {str(k): (v if isinstance(v, bytes) else b"" if v is None else str(v).encode()) for k, v in items}
 
 
-def origin_of(message: Any, *, on_retry_topic: bool = True) -> Origin:
+def origin_of(message: Any, *, on_retry_topic: bool = True, headers: dict[str, bytes] | None = None) -> Origin:
     """The source record ``message`` stands for. Only records of a retry topic
     (``on_retry_topic``) carry their origin in ``retry.*`` headers; on a source topic
     such headers (written by some other client) are ignored. Headers of a retry
     record that cannot be read, and header names that were not UTF-8 (see
-    :mod:`streams.faust_compat.record_headers`), raise ``DecodeError(bad_headers)``."""
-    h = headers_dict(message)
+    :mod:`streams.faust_compat.record_headers`), raise ``DecodeError(bad_headers)``.
+    ``headers``: the record's headers as :func:`headers_dict` reads them, if already read."""
+    h = headers_dict(message) if headers is None else headers
     if BAD_HEADER_NAMES in h:
         raise DecodeError(DecodeReason.BAD_HEADERS, "header name(s) that are not UTF-8 (shown escaped): "
                           + h[BAD_HEADER_NAMES].decode("utf-8", "replace"))

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 
 
 class SourcePause:
-    """Pause / resume fetching of the partitions of ``topics`` this worker holds."""
+    """Pause / resume fetching of the partitions of ``topics`` this worker holds (``faust_app``'s consumer)."""
 
-    def __init__(self, app: Any, topics: list[str], name: str) -> None:
-        self.app = app
+    def __init__(self, faust_app: Any, topics: list[str], name: str) -> None:
+        self.faust = faust_app
         self.topics = set(topics)
         self.name = name
         self.paused: set[Any] = set()
@@ -28,7 +28,7 @@ class SourcePause:
         self.paused_seconds = 0.0
 
     def _consumer(self) -> Any:
-        return self.app.faust.consumer
+        return self.faust.consumer
 
     def pause(self) -> set[Any]:
         """Pause every assigned partition of the topics (again: a rebalance may have brought new ones)."""

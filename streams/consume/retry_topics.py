@@ -21,6 +21,7 @@ up for the messages that needed a delayed retry. Use in-place retries only
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streams.consume.headers import Origin, headers_dict
@@ -37,15 +38,16 @@ from streams.kafka.names import (
 from streams.messages.envelope import HEADER_MESSAGE_ID
 
 if TYPE_CHECKING:
-    from streams.app import StreamsApp
+    from streams.consume.publishing import Publisher
     from streams.consume.spec import HandlerSpec
 
 
 class RetryTopics:
     """Declares the retry topics of handlers and schedules records onto them."""
 
-    def __init__(self, app: "StreamsApp") -> None:
-        self.app = app
+    def __init__(self, publisher: "Publisher", declare_topic: Callable[..., Any]) -> None:
+        self.publisher = publisher
+        self.declare_topic = declare_topic
         self._topics: dict[str, Any] = {}
 
     def declare(self, spec: "HandlerSpec") -> list[Any]:
@@ -54,7 +56,7 @@ class RetryTopics:
         for level in range(1, len(spec.retry.delayed_retries) + 1):
             name = retry_topic(spec.topic.name, level)
             if name not in self._topics:
-                self._topics[name] = self.app.faust.topic(
+                self._topics[name] = self.declare_topic(
                     name, partitions=spec.topic.partitions, key_serializer="raw", value_serializer="raw",
                     internal=True,
                 )
@@ -65,15 +67,17 @@ class RetryTopics:
         return list(self._topics.values())
 
     async def schedule(self, spec: "HandlerSpec", message: Any, origin: Origin, attempts: int,
-                       first_failure: float, error: BaseException, message_id: str) -> None:
+                       first_failure: float, error: BaseException, message_id: str,
+                       headers: dict[str, bytes] | None = None) -> None:
         """Copy ``message`` to the next retry level, due after that level's delay. The copy
         carries ``message_id`` as a header (it may have been derived, see ``MessageIdFallback``)."""
         level = origin.level + 1
         delay = spec.retry.delayed_retries[origin.level]
-        headers = [(k, v) for k, v in headers_dict(message).items() if not k.startswith("retry.")]
-        if HEADER_MESSAGE_ID not in dict(headers):
-            headers.append((HEADER_MESSAGE_ID, message_id.encode()))
-        headers += [
+        record_headers = headers_dict(message) if headers is None else headers
+        out = [(k, v) for k, v in record_headers.items() if not k.startswith("retry.")]
+        if HEADER_MESSAGE_ID not in record_headers:
+            out.append((HEADER_MESSAGE_ID, message_id.encode()))
+        out += [
             (H_RETRY_LEVEL, str(level).encode()),
             (H_RETRY_DUE, f"{time.time() + delay:.3f}".encode()),
             (H_RETRY_ATTEMPTS, str(attempts).encode()),
@@ -83,5 +87,5 @@ class RetryTopics:
             (H_ORIGIN_OFFSET, str(origin.offset).encode()),
             ("retry.error", f"{type(error).__name__}: {error}"[:1000].encode("utf-8", "replace")),
         ]
-        topic = self._topics[retry_topic(spec.topic.name, level)]
-        await self.app.publish(topic, message.key, message.value, headers, partition=origin.partition)
+        topic = retry_topic(spec.topic.name, level)
+        await self.publisher.publish(topic, message.key, message.value, out, partition=origin.partition)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -49,25 +50,34 @@ from streams.messages.envelope import HEADER_MESSAGE_ID, HEADER_MESSAGE_TYPE
 from streams.messages.registry import MessageIdFallback
 
 if TYPE_CHECKING:
-    from streams.app import StreamsApp
+    from streams.consume.context import ConsumeContext
     from streams.consume.spec import HandlerSpec
 
 log = logging.getLogger(__name__)
-#: worker crashes under way (see _stop_after_failed_write)
-_CRASHES: set[asyncio.Future] = set()
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the processed checks found: an outcome if the message is skipped, and the start of
+    the reprocess window if it is handled again on purpose."""
+
+    outcome: str | None
+    reprocess_since: float | None = None
 
 
 class HandlerRunner:
     """Runs one handler over records of its source and retry topics."""
 
-    def __init__(self, app: "StreamsApp", spec: "HandlerSpec") -> None:
-        self.app = app
+    def __init__(self, spec: "HandlerSpec", ctx: "ConsumeContext") -> None:
         self.spec = spec
-        self.metrics = app.metrics
+        self.ctx = ctx
+        #: who records the messages as processed: ``<app id>:<handler>``
+        self.consumer = f"{ctx.app_id}:{spec.name}"
+        self.metrics = ctx.metrics
         self.guards: list[GapGuard] = []
         self._pending: list[Any] = []
         #: pauses the handler's source (and retry) partitions while its sink cannot take more
-        self.sink_pause = SourcePause(app, spec.source_topics(), spec.name)
+        self.sink_pause = SourcePause(ctx.faust, spec.source_topics(), spec.name)
 
     def _note(self, future: Any) -> None:
         """Keep a changelog write's future (None: written with the batch, see streams.consume)."""
@@ -75,52 +85,82 @@ class HandlerRunner:
             self._pending.append(future)
 
     def take_pending(self) -> list[Any]:
-        """Futures of the changelog writes the last record made (see ``ack_when_durable``)."""
+        """Futures of the changelog writes the last record made (see :meth:`~streams.consume.lane.BatchLane`)."""
         pending, self._pending = self._pending, []
         return pending
 
     def guard(self, name: str) -> GapGuard:
         """A gap guard for one of this handler's agents (source or retry level)."""
-        g = GapGuard(self.app, name)
+        g = GapGuard(name, self.ctx.faust, self.ctx.settings, self.ctx.committed)
         self.guards.append(g)
         return g
 
     def _count(self, name: str, origin: Origin) -> None:
         self.metrics.inc(name, self.spec.name, origin.topic, origin.partition)
 
-    async def wait_until_due(self, message: Any) -> None:
-        """On a retry topic: sleep until the record's due time (records of one level
-        share one delay, so the head of the partition is always due first). A due
-        time that cannot be read counts as due now."""
+    async def wait_until_due(self, message: Any, headers: dict[str, bytes] | None = None) -> None:
+        """On a retry topic: wait until the record's due time (records of one level share one
+        delay, so the head of the partition is always due first), outside the commit barrier
+        (:mod:`streams.consume.waiting`). A due time that cannot be read counts as due now."""
+        headers = headers_dict(message) if headers is None else headers
         try:
-            due = float(headers_dict(message).get(H_RETRY_DUE) or 0)
+            due = float(headers.get(H_RETRY_DUE) or 0)
         except ValueError:
             due = 0.0
         delay = due - time.time()
         if delay > 0:
-            await waiting.wait(delay)  # outside the commit barrier (streams.consume.waiting)
+            await waiting.wait(delay)
 
-    async def process(self, msg: Any) -> str:
-        """Handle one record (a Faust message, or an aiokafka record read by the gap
-        guard) inside the Faust event of its partition; returns the outcome. Its
+    async def process(self, msg: Any, headers: dict[str, bytes] | None = None) -> str:
+        """Handle one record (a Faust message, or an aiokafka record read by the gap guard) inside
+        the Faust event of its partition; returns the outcome. ``headers``: the record's headers
+        as :func:`~streams.consume.headers.headers_dict` reads them, if the caller has them. Its
         processing time goes to the ``streams_processing_seconds`` histogram."""
         started = time.perf_counter()
+        headers = headers_dict(msg) if headers is None else headers
         try:
-            origin = origin_of(msg, on_retry_topic=msg.topic != self.spec.topic.name)
+            origin = origin_of(msg, on_retry_topic=msg.topic != self.spec.topic.name, headers=headers)
         except DecodeError as exc:
             origin = record_origin(msg)
-            outcome = await self._park_undecodable(msg, origin, exc)
+            outcome = await self._park_undecodable(msg, headers, origin, exc)
         else:
-            outcome = await self._process(msg, origin)
+            outcome = await self._handle(msg, headers, origin)
         self.metrics.observe(self.spec.name, origin.topic, time.perf_counter() - started)
         return outcome
 
-    def _fallback_id(self, msg: Any, origin: Origin) -> str | None:
+    async def _handle(self, msg: Any, headers: dict[str, bytes], origin: Origin) -> str:
+        """Decode, check whether it was processed already, run the attempts."""
+        try:
+            envelope = self._decode(msg, headers, origin)
+        except DecodeError as exc:
+            return await self._park_undecodable(msg, headers, origin, exc)
+        if envelope is None:  # a tombstone on a change-event topic
+            self._count("tombstone", origin)
+            return "ignored"
+        if envelope.message_type not in self.spec.message_types:
+            self._count("ignored", origin)
+            return "ignored"
+        seen = await self._seen(msg, origin, envelope)
+        if seen.outcome is not None:
+            return seen.outcome
+        return await self._attempts(msg, headers, origin, envelope, seen.reprocess_since)
+
+    def _decode(self, msg: Any, headers: dict[str, bytes], origin: Origin) -> Any:
+        """The record's envelope (None: a tombstone of a change-event topic), or DecodeError."""
+        decoder = self.spec.topic.decoder
+        if decoder is not None:
+            return decoder.decode(msg.value, msg.key)
+        header = headers.get(HEADER_MESSAGE_TYPE)
+        return self.ctx.registry.decode(msg.value, limits=self.ctx.decode_limits,
+                                        fallback_id=self._fallback_id(headers, origin),
+                                        message_type=header.decode("utf-8", "replace") if header else None)
+
+    def _fallback_id(self, headers: dict[str, bytes], origin: Origin) -> str | None:
         """What stands in for a missing ``message_id`` on this topic (None: refuse the record)."""
         mode = self.spec.topic.message_id_fallback
         if mode is MessageIdFallback.REJECT:
             return None
-        header = headers_dict(msg).get(HEADER_MESSAGE_ID)
+        header = headers.get(HEADER_MESSAGE_ID)
         if header:
             try:
                 text = header.decode("utf-8")
@@ -132,96 +172,85 @@ class HandlerRunner:
             return f"{origin.topic}-{origin.partition}@{origin.offset}"
         return None
 
-    async def _park_undecodable(self, msg: Any, origin: Origin, exc: DecodeError) -> str:
+    async def _park_undecodable(self, msg: Any, headers: dict[str, bytes], origin: Origin,
+                                exc: DecodeError) -> str:
         exc.at(origin.topic, origin.partition, origin.offset)
         log.error("undecodable record parked in %s: %s", self.spec.topic.dead_letter_name, exc)
-        await self.app.dead_letters.park(self.spec, msg, origin, reason=exc.reason.value, error=exc, attempts=0)
+        await self.ctx.dead_letters.park(self.spec, msg, origin, reason=exc.reason.value, error=exc, attempts=0,
+                                         headers=headers)
         self._count("dead_lettered", origin)
         return "dead_lettered"
 
-    async def _process(self, msg: Any, origin: Origin) -> str:
+    async def _seen(self, msg: Any, origin: Origin, envelope: Any) -> "_Seen":
+        """Whether the message was processed already (the processed-ID table; the effects table
+        for handlers with ``effects=``): its outcome if it is skipped, and when its reprocess
+        window opened if it is handled again on purpose (streams offsets reset --reprocess)."""
         spec = self.spec
-        try:
-            decoder = spec.topic.decoder
-            if decoder is not None:
-                envelope = decoder.decode(msg.value, msg.key)
-            else:
-                header = headers_dict(msg).get(HEADER_MESSAGE_TYPE)
-                envelope = self.app.registry.decode(msg.value, limits=self.app.decode_limits,
-                                                    fallback_id=self._fallback_id(msg, origin),
-                                                    message_type=header.decode("utf-8", "replace") if header else None)
-        except DecodeError as exc:
-            return await self._park_undecodable(msg, origin, exc)
-        if envelope is None:  # a tombstone on a change-event topic
-            self._count("tombstone", origin)
-            return "ignored"
-        if envelope.message_type not in spec.message_types:
-            self._count("ignored", origin)
-            return "ignored"
+        windows = self.ctx.reprocess_windows
 
-        processed = spec.processed
-        windows = self.app.reprocess_windows
-        #: when this is a forced reprocess (streams offsets reset --reprocess): its window's start
+        def window_start(handled_at: float) -> float | None:
+            if origin.level != 0 or windows is None or not windows.forces(
+                    origin.topic, origin.partition, origin.offset, handled_at):
+                return None
+            return windows.since(origin.topic, origin.partition)
+
         reprocess_since: float | None = None
-
-        def forces(handled_at: float) -> bool:
-            return (origin.level == 0 and windows is not None
-                    and windows.forces(origin.topic, origin.partition, origin.offset, handled_at))
-
+        processed = spec.processed
         if processed is not None:
-            await self.app.transactions.purge_aborted_once(processed, msg.partition)
+            await self.ctx.transactions.purge_aborted_once(processed, msg.partition)
             processed.maybe_sweep(msg.partition)
             entry = processed.get(envelope.message_id)
-            if entry is not None and forces(entry.at):
-                reprocess_since = windows.since(origin.topic, origin.partition)
-                entry = None
-            if entry is not None and (entry.outcome == HANDLED or not origin.replayed):
+            if entry is not None:
+                reprocess_since = window_start(entry.at)
+            if entry is not None and reprocess_since is None and (entry.outcome == HANDLED or not origin.replayed):
                 if entry.partition == msg.partition and entry.offset == origin.offset:
                     # this very record was handled by a worker that died before its changelog
                     # write left the process (the local RocksDB kept it): write it again
                     self._note(processed.record(envelope.message_id, entry.outcome, msg.partition,
-                                                          origin.offset, entry.attempts, msg.topic, msg.offset))
+                                                origin.offset, entry.attempts, msg.topic, msg.offset))
                 self._count("duplicate", origin)
                 log.debug("duplicate %s %s skipped (%s at %s)", envelope.message_type, envelope.message_id,
                           entry.outcome, entry.at)
-                return "duplicate"
-
+                return _Seen("duplicate")
         effects = spec.effects
-        consumer = f"{self.app.app_id}:{spec.name}"
         if effects is not None:
             # consulted even when the processed-ID entry forces a reprocess: an effect already applied
             # again in this window (by a worker that died before its entry was written, or a stale one)
             # is not applied a third time
-            done = await self._effect_of(effects, consumer, envelope.message_id, origin)
-            if done is not None and forces(done.at):
-                reprocess_since = windows.since(origin.topic, origin.partition)
-            elif done is not None:  # its effect committed with its processed id: skip it
-                return await self._already_processed(msg, origin, envelope, done.outputs)
+            done = await self._effect_of(effects, self.consumer, envelope.message_id, origin)
+            if done is not None:
+                reprocess_since = window_start(done.at)
+                if reprocess_since is None:  # its effect committed with its processed id: skip it
+                    return _Seen(await self._already_processed(msg, origin, envelope, done.outputs))
         if reprocess_since is not None:
             self._count("reprocessed", origin)
+        return _Seen(None, reprocess_since)
 
+    async def _attempts(self, msg: Any, headers: dict[str, bytes], origin: Origin, envelope: Any,
+                        reprocess_since: float | None) -> str:
+        """Run the handler until an attempt succeeds, then record the outcome; on failure retry in
+        place, wait for the sink, schedule a delayed retry or park the message."""
+        spec, policy, sinks, effects = self.spec, self.spec.retry, self.spec.sinks, self.spec.effects
         attempts = origin.attempts_before
         first_failure = origin.first_failure
-        policy = spec.retry
         tries_here = 0
-        sinks = spec.sinks
         while True:
             if sinks:
                 await self._wait_for_sinks(origin)
             attempts += 1
             tries_here += 1
             delivery = Delivery(origin.topic, origin.partition, origin.offset, attempts, envelope.message_id,
-                                origin.level, origin.replayed, consumer, effects, reprocess_since is not None,
+                                origin.level, origin.replayed, self.consumer, effects, reprocess_since is not None,
                                 reprocess_since)
-            outputs = AttemptOutputs(consumer, envelope.message_id)
+            outputs = AttemptOutputs(self.consumer, envelope.message_id)
             try:
                 with staging(outputs):
                     await spec.fn(envelope, delivery)
-                await self.app.send_outputs(outputs.items)  # only a successful attempt's outputs leave
+                await self.ctx.publisher.publish_all(outputs.items)  # only a successful attempt's outputs leave
             except asyncio.CancelledError:
                 raise
             except AlreadyProcessed:  # another delivery of it committed its effect meanwhile
-                done = await effects.processed(consumer, envelope.message_id) if effects else None
+                done = await effects.processed(self.consumer, envelope.message_id) if effects else None
                 return await self._already_processed(msg, origin, envelope, done.outputs if done else [])
             except SinkThrottled as exc:  # the downstream said "slow down": wait, same message, no attempt used
                 attempts -= 1
@@ -248,31 +277,40 @@ class HandlerRunner:
                                 envelope.message_type, envelope.message_id, attempts, exc, delay)
                     await waiting.wait(delay)
                     continue
-                if policy.is_retryable(exc) and origin.level < len(policy.delayed_retries):
-                    await self.app.retry_topics.schedule(spec, msg, origin, attempts, first_failure, exc,
-                                                         envelope.message_id)
-                    self._count("retry_scheduled", origin)
-                    log.warning("%s failed on %s %s (attempt %d): %r; delayed retry %d in %.1fs", spec.name,
-                                envelope.message_type, envelope.message_id, attempts, exc, origin.level + 1,
-                                policy.delayed_retries[origin.level])
-                    return "retry_scheduled"
-                log.error("%s gave up on %s %s from %s[%d]@%d after %d attempt(s): %r", spec.name,
-                          envelope.message_type, envelope.message_id, origin.topic, origin.partition,
-                          origin.offset, attempts, exc)
-                await self.app.dead_letters.park(spec, msg, origin, reason="handler_error", error=exc,
-                                                 attempts=attempts, envelope=envelope, first_failure=first_failure)
-                if processed is not None:
-                    self._note(processed.record(envelope.message_id, DEAD_LETTERED, msg.partition,
-                                                          origin.offset, attempts, msg.topic, msg.offset))
-                self._count("dead_lettered", origin)
-                return "dead_lettered"
+                return await self._gave_up(msg, headers, origin, envelope, exc, attempts, first_failure)
             for guard in sinks:
                 guard.on_success()
-            if processed is not None:
-                self._note(processed.record(envelope.message_id, HANDLED, msg.partition,
-                                                      origin.offset, attempts, msg.topic, msg.offset))
+            self._record(envelope, HANDLED, msg, origin, attempts)
             self._count("handled", origin)
             return "handled"
+
+    async def _gave_up(self, msg: Any, headers: dict[str, bytes], origin: Origin, envelope: Any,
+                       exc: BaseException, attempts: int, first_failure: float) -> str:
+        """The in-place attempts are used up: the next delayed-retry level, or the dead-letter topic."""
+        spec, policy = self.spec, self.spec.retry
+        if policy.is_retryable(exc) and origin.level < len(policy.delayed_retries):
+            await self.ctx.retry_topics.schedule(spec, msg, origin, attempts, first_failure, exc,
+                                                 envelope.message_id, headers=headers)
+            self._count("retry_scheduled", origin)
+            log.warning("%s failed on %s %s (attempt %d): %r; delayed retry %d in %.1fs", spec.name,
+                        envelope.message_type, envelope.message_id, attempts, exc, origin.level + 1,
+                        policy.delayed_retries[origin.level])
+            return "retry_scheduled"
+        log.error("%s gave up on %s %s from %s[%d]@%d after %d attempt(s): %r", spec.name,
+                  envelope.message_type, envelope.message_id, origin.topic, origin.partition,
+                  origin.offset, attempts, exc)
+        await self.ctx.dead_letters.park(spec, msg, origin, reason="handler_error", error=exc, attempts=attempts,
+                                         envelope=envelope, first_failure=first_failure, headers=headers)
+        self._record(envelope, DEAD_LETTERED, msg, origin, attempts)
+        self._count("dead_lettered", origin)
+        return "dead_lettered"
+
+    def _record(self, envelope: Any, outcome: str, msg: Any, origin: Origin, attempts: int) -> None:
+        """The outcome in the processed-ID table (idempotent handlers), in the record's partition."""
+        processed = self.spec.processed
+        if processed is not None:
+            self._note(processed.record(envelope.message_id, outcome, msg.partition, origin.offset, attempts,
+                                        msg.topic, msg.offset))
 
     async def _effect_of(self, effects: Any, consumer: str, message_id: str, origin: Origin) -> Any:
         """The message's row in the effects table (None: not processed). While the database does not
@@ -296,11 +334,8 @@ class HandlerRunner:
         sent again (under exactly_once the first sends may have been aborted with their Kafka
         transaction), it is noted in the processed-ID table and counted ``duplicate``."""
         for output in outputs:
-            await self.app.publish_to(output.topic, output.key, output.value, output.headers)
-        processed = self.spec.processed
-        if processed is not None:
-            self._note(processed.record(envelope.message_id, HANDLED, msg.partition, origin.offset,
-                                                  0, msg.topic, msg.offset))
+            await self.ctx.publisher.publish(output.topic, output.key, output.value, output.headers)
+        self._record(envelope, HANDLED, msg, origin, 0)
         self._count("duplicate", origin)
         log.debug("%s: %s %s already processed (effect committed before); %d output(s) sent again",
                   self.spec.name, envelope.message_type, envelope.message_id, len(outputs))
@@ -322,67 +357,6 @@ class HandlerRunner:
                 continue
             self._count("sink_pauses", origin)
             await waiting.wait(wait, pause=self.sink_pause, why=why)
-
-
-def ack_when_durable(stream: Any, event: Any, pending: list[Any]) -> Any:
-    """Acknowledge ``event`` once the changelog writes it caused are acknowledged by
-    the broker (at once if there are none). Returns an awaitable for the no-wait case.
-
-    A write that failed (the broker stayed unreachable past the producer's own
-    retries) leaves ``event`` unacknowledged, and the worker is stopped with an
-    error: its partitions' commits could never pass the record anyway, and a
-    restarted worker (Kubernetes, systemd) handles it again from the committed
-    offset, as Kafka Streams does with a failed task."""
-
-    def failed(futures: list[Any]) -> bool:
-        return any(f.cancelled() or f.exception() is not None for f in futures)
-
-    if not any(not f.done() for f in pending):
-        if failed(pending):
-            return _stop_after_failed_write(stream.app, event.message, pending)
-        return stream.ack(event)
-    waiting = list(pending)
-
-    def on_done(_: Any) -> None:
-        if all(f.done() for f in waiting):
-            if failed(waiting):
-                _stop_after_failed_write(stream.app, event.message, waiting)
-                return
-            event.ack()
-
-    for f in waiting:
-        f.add_done_callback(on_done)
-    return _done()
-
-
-async def changelog_writes_durable(faust_app: Any, record: Any, pending: list[Any]) -> bool:
-    """Wait for ``record``'s changelog writes; on a failure stop the worker as
-    :func:`ack_when_durable` does and return False (do not acknowledge ``record``)."""
-    for future in pending:
-        try:
-            await future
-        except BaseException:  # noqa: BLE001 - reported through the futures below
-            _stop_after_failed_write(faust_app, record, pending)
-            return False
-    return True
-
-
-def _stop_after_failed_write(faust_app: Any, message: Any, futures: list[Any]) -> Any:
-    errors = {"cancelled" if f.cancelled() else repr(f.exception()) for f in futures
-              if f.done() and (f.cancelled() or f.exception() is not None)}
-    reason = RuntimeError(f"changelog write failed for {message.topic}[{message.partition}]@{message.offset}: "
-                          + ", ".join(sorted(errors)))
-    log.error("%s; not acknowledging it and stopping the worker, so that a restart handles it again "
-              "from the committed offset", reason)
-    # not awaited here: it stops this very agent (the reference keeps the task from being collected)
-    task = asyncio.ensure_future(faust_app.crash(reason))
-    _CRASHES.add(task)
-    task.add_done_callback(_CRASHES.discard)
-    return _done()
-
-
-async def _done() -> None:
-    return None
 
 
 def iso(ts: float | None) -> str:

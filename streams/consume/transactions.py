@@ -45,7 +45,7 @@ from streams.faust_compat import table_changelog
 from streams.faust_compat.private import faust_producer, require
 
 if TYPE_CHECKING:
-    from streams.app import StreamsApp
+    from streams.consume.committed import CommittedAtAssignment
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,13 @@ class _NoScope:
 
 
 class Transactions:
-    """The app's exactly-once routing (inactive under at_least_once)."""
+    """The app's exactly-once routing (inactive under at_least_once): ``faust_app``'s consumer
+    commits and transactional producers; ``committed`` gives the group's committed offsets."""
 
-    def __init__(self, app: "StreamsApp") -> None:
-        self.app = app
-        self.enabled = app.settings.processing_guarantee.value == "exactly_once"
+    def __init__(self, faust_app: Any, committed: "CommittedAtAssignment", *, enabled: bool) -> None:
+        self.faust = faust_app
+        self.committed = committed
+        self.enabled = enabled
         self.barrier = CommitBarrier()
         self._installed = False
         #: set by the worker when the previous one on this data dir did not stop cleanly
@@ -181,7 +183,7 @@ class Transactions:
         """Wrap the consumer's commit with the barrier (once, when the worker starts)."""
         if not self.enabled or self._installed:
             return
-        consumer = self.app.faust.consumer
+        consumer = self.faust.consumer
         original = consumer.commit
         barrier = self.barrier
 
@@ -201,7 +203,7 @@ class Transactions:
                           {f"{tp.topic[-12:]}[{tp.partition}]": len(v) for tp, v in gaps.items() if v})
             return result
 
-        consumer.commit = commit  # type: ignore[method-assign]  # the commit barrier goes first
+        consumer.commit = commit  # the commit barrier goes first
         self._installed = True
 
     def patch_table(self, table: Any) -> None:
@@ -221,7 +223,7 @@ class Transactions:
             return
         self._purged.add(key)
         topics = {v.get("rt") for _, v in processed.partition_items(partition)} - {None}
-        committed = {t: await self.app.committed_offset(t, partition) for t in topics}
+        committed = {t: await self.committed(t, partition) for t in topics}
         processed.purge_uncommitted(partition, committed)
 
     # --- per record ------------------------------------------------------------
@@ -231,8 +233,8 @@ class Transactions:
 
     def transactional_id(self, topic: str, partition: int) -> str:
         """The transactional id Faust commits ``topic[partition]``'s offsets with."""
-        group = self.app.faust.assignor.group_for_topic(topic)
-        return f"{self.app.faust.conf.id}-{group}-{partition}"
+        group = self.faust.assignor.group_for_topic(topic)
+        return f"{self.faust.conf.id}-{group}-{partition}"
 
     def send_soon(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None,
                   partition: int | None = None) -> asyncio.Future:
@@ -258,7 +260,7 @@ class Transactions:
             raise RuntimeError(f"an exactly_once batch to {topic} outside a handled record")
         await scope.enter_writing()
         tid = self.transactional_id(scope.topic, scope.partition)
-        producer = require(faust_producer(self.app.faust), "_transaction_producers")[tid]  # Faust's per-tid producers
+        producer = require(faust_producer(self.faust), "_transaction_producers")[tid]  # Faust's per-tid producers
         require(producer, "_txn_manager").maybe_add_partition_to_txn(TopicPartition(topic, partition))
         return producer
 
@@ -282,5 +284,5 @@ class Transactions:
         tid = self.transactional_id(scope.topic, scope.partition)
         if headers is not None and not isinstance(headers, list):
             headers = list(headers.items()) if hasattr(headers, "items") else list(headers)
-        fut = await self.app.faust.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
+        fut = await self.faust.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
         return await fut

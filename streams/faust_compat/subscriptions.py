@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 from streams.kafka.admin import wait_for_topic_metadata
 
 if TYPE_CHECKING:
-    from streams.app import StreamsApp
     from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,8 +115,10 @@ class SubscriptionWatch:
     interval = 2.0
     max_interval = 10.0
 
-    def __init__(self, app: "StreamsApp") -> None:
-        self.app = app
+    def __init__(self, faust_app: Any, *, creates_topics: bool) -> None:
+        """``creates_topics``: whether workers create missing topics (STREAMS_CREATE_TOPICS), for the message."""
+        self.faust = faust_app
+        self.creates_topics = creates_topics
         #: subscribed topics the consumer's metadata does not show (as of the last check)
         self.missing: list[str] = []
         self.refreshes = 0
@@ -125,7 +126,7 @@ class SubscriptionWatch:
 
     def _consumer(self) -> Any:
         """Faust's aiokafka consumer and the thread it runs in (None before the worker starts it)."""
-        thread = self.app.faust.consumer._thread
+        thread = self.faust.consumer._thread
         return thread, thread._consumer
 
     def missing_topics(self) -> list[str]:
@@ -149,7 +150,7 @@ class SubscriptionWatch:
             if self.missing:
                 log.warning("waiting for topic(s) %s: not in the cluster metadata yet%s; no partition of them is "
                             "assigned until they appear", ", ".join(self.missing),
-                            "" if self.app.settings.create_topics else " (STREAMS_CREATE_TOPICS=false: create them)")
+                            "" if self.creates_topics else " (STREAMS_CREATE_TOPICS=false: create them)")
             elif self._reported:
                 log.info("topic(s) %s now in the cluster metadata; the group rebalances to assign them",
                          ", ".join(self._reported))

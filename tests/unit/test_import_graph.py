@@ -1,4 +1,7 @@
-"""The framework's modules form no import cycle, and its core never imports the web or CLI layers."""
+"""The framework's modules form no import cycle — type-checking imports counted — its core never
+imports the web or CLI layers, nothing below the app imports the app, and the layers point one
+way: the libraries of messages and Kafka never import the consume path, settings never the
+development harness."""
 
 from __future__ import annotations
 
@@ -7,9 +10,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "streams"
-#: layers that may import the core, never the other way round (``streams.dev``, the local
-#: servers, is not one of them: the settings read the size of a local cluster it recorded)
+#: layers that may import the core, never the other way round
 OUTER = ("streams.web", "streams.cli", "streams.demos")
+#: the packages below the app: they get what they use, never the app itself
+BELOW_APP = ("streams.consume", "streams.kafka", "streams.outbox", "streams.cdc", "streams.batch",
+             "streams.messages", "streams.faust_compat", "streams.settings", "streams.errors", "streams.metrics",
+             "streams.db", "streams.background", "streams.state")
+#: (lower layer, what it must never import): each arrow up
+UPWARD = [
+    ("streams.messages", ("streams.consume", "streams.kafka", "streams.outbox", "streams.cdc", "streams.batch")),
+    ("streams.kafka", ("streams.consume", "streams.outbox", "streams.cdc", "streams.batch")),
+    ("streams.settings", ("streams.dev", "streams.consume", "streams.kafka")),
+    ("streams.faust_compat", ("streams.consume",)),
+]
 
 
 def module_name(path: Path) -> str:
@@ -18,16 +31,14 @@ def module_name(path: Path) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the framework modules it imports (at any depth of its code, type-checking
-    imports excepted: they never run)."""
+    """module -> the framework modules it imports (at any depth of its code, the type-checking
+    imports included: a name a module needs for its types is a dependency all the same)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
 
         def visit(node: ast.AST, name: str = name, package: str = package) -> None:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                return
             if isinstance(node, ast.Import):
                 graph[name].update(a.name for a in node.names if a.name in modules)
             elif isinstance(node, ast.ImportFrom):
@@ -104,3 +115,24 @@ def test_the_core_never_imports_the_outer_layers() -> None:
                  for m, targets in graph.items()
                  if m != "streams" and not m.startswith(OUTER)}
     assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_nothing_below_the_app_imports_it() -> None:
+    graph = import_graph()
+    offenders = {m: sorted(t for t in targets if t in ("streams.app", "streams"))
+                 for m, targets in graph.items() if m.startswith(BELOW_APP)}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    graph = import_graph()
+    arrows = {m: sorted(t for t in targets if t.startswith(forbidden))
+              for lower, forbidden in UPWARD
+              for m, targets in graph.items() if m == lower or m.startswith(lower + ".")}
+    assert {m: t for m, t in arrows.items() if t} == {}
+
+
+def test_type_checking_imports_are_counted() -> None:
+    graph = import_graph()
+    # streams.consume.context imports its collaborators for their types only
+    assert "streams.consume.publishing" in graph["streams.consume.context"]
