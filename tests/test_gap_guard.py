@@ -3,8 +3,6 @@ says it could not be read — never a part of it as if it were all."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from streams.consume.gap_guard import GapGuard, GapNotRead
@@ -19,7 +17,7 @@ def test_a_range_not_read_in_time_is_an_error_never_a_partial_answer(isolated: I
     topic = iso.topic("gaps")
     run(ensure_topics(iso.settings, [TopicSpec(topic, 1)]))
     run(produce_envelopes(iso.settings, topic, [event("Tick", {"n": i}, key="k") for i in range(50)]))
-    guard = GapGuard(SimpleNamespace(settings=iso.settings), "ticks")  # type: ignore[arg-type]  # what a read needs
+    guard = GapGuard("ticks", None, iso.settings, None)  # type: ignore[arg-type]  # a read-back needs the settings only
 
     async def scenario() -> None:
         try:
