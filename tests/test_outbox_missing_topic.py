@@ -195,3 +195,42 @@ def test_relay_stops_within_its_bound_while_the_broker_is_down(isolated, servers
     relay.stop()
     assert_once_in_id_order(isolated, sent_before, before + during[sent_before])
     assert_once_in_id_order(isolated, never_sent, during[never_sent])
+
+
+@pytest.mark.timeout(120)
+def test_pointer_mode_stops_at_a_missing_topic_without_attempts_and_passes_it_once_parked(isolated):
+    import asyncio
+
+    from streams.outbox.pointer import PointerRelay
+    from tests.outbox_helpers import relay_running
+    from tests.test_outbox import wait_async
+
+    present = prepare(isolated, "outbox.present", partitions=1)
+    missing = isolated.topic("points.not-deployed-yet")
+    table = isolated.settings.outbox_table
+    first = write_interleaved(isolated, [present, missing], 1)  # ids 1 (present), 2 (missing)
+    after = write_interleaved(isolated, [present], 1)[present]  # id 3, another key's turn
+    settings = isolated.settings.model_copy(update={
+        "relay_missing_topic_wait": 2.0, "relay_poll_interval": 0.2, "relay_publish_timeout": 3.0})
+
+    def cursor() -> int | None:
+        rows = isolated.sql(f"SELECT last_id FROM {table}_cursor")
+        return rows[0][0] if rows else None
+
+    def missing_row() -> tuple:
+        return isolated.sql(f"SELECT status, fail_count, topic_missing_since IS NOT NULL, last_error FROM {table} "
+                            "WHERE id = 2")[0]
+
+    async def scenario():
+        async with relay_running(settings, cls=PointerRelay):
+            await wait_async(lambda: cursor() == 1 and missing_row()[2], 30)
+            held = cursor(), missing_row(), set((await asyncio.to_thread(kafka_view, isolated, present))[0])
+            await wait_async(lambda: cursor() == 3, 60)
+            return held
+
+    (held_cursor, held_row, held_sent) = run(scenario())
+    assert held_cursor == 1 and held_sent == set(first[present]), "the pointer stops before the missing topic's row"
+    assert held_row[:2] == ("pending", 0), "nothing attempted for it"
+    status, fails, _stamped, error = missing_row()
+    assert (status, fails) == ("failed", 0) and "does not exist" in error
+    assert set(kafka_view(isolated, present)[0]) == set(first[present]) | set(after)

@@ -108,16 +108,30 @@ async def probe_topics(client: AIOKafkaClient, topics: Iterable[str], *,
     ``auto.create.topics.enable`` creates them. Unlike a producer's send, it neither waits for a
     missing topic nor makes the client log about it on every later metadata refresh.
     Raises ``KafkaError`` (or ``TimeoutError``) when no broker answers."""
+    import random
+
     from aiokafka.errors import NodeNotReadyError
     from aiokafka.protocol.metadata import MetadataRequest
 
     names = sorted(set(topics))
     if not names:
         return {}
-    node = client.get_random_node()
-    if node is None:
+    nodes = [b.nodeId for b in client.cluster.brokers()]
+    random.shuffle(nodes)
+    if not nodes:
         raise NodeNotReadyError("no broker known (the cluster's metadata is empty)")
-    response = await asyncio.wait_for(client.send(node, MetadataRequest(names)), timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    response = None
+    for i, node in enumerate(nodes):  # one dead broker of a cluster must not leave the question open
+        try:
+            response = await asyncio.wait_for(client.send(node, MetadataRequest(names)),
+                                              max(deadline - loop.time(), 0.001))
+            break
+        except (KafkaError, OSError):  # TimeoutError included
+            if i == len(nodes) - 1 or loop.time() >= deadline:
+                raise
+    assert response is not None
     answers: dict[str, type[KafkaError] | None] = {}
     for entry in response.topics:
         error_code, name = entry[0], entry[1]
