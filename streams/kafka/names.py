@@ -1,4 +1,4 @@
-"""Names of the topics the framework derives from a source topic ``T``.
+"""Topic names: which ones Kafka takes, and the ones the framework derives from a source topic ``T``.
 
 * ``T.dlq``: its dead-letter topic (records that could not be handled, parked);
 * ``T.retry.<n>``: its delayed-retry topics, one per level of a handler's
@@ -7,7 +7,18 @@
 
 from __future__ import annotations
 
+import re
+
 DLQ_SUFFIX = ".dlq"
+
+_LEGAL = re.compile(r"[A-Za-z0-9._\-]{1,249}")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka refuses ``name`` as a topic name, or None when it takes it."""
+    if not _LEGAL.fullmatch(name) or name in (".", ".."):
+        return f"invalid topic name {name!r}: use letters, digits, '.', '_' and '-' (at most 249)"
+    return None
 
 
 def dead_letter_topic(topic: str) -> str:
