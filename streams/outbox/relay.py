@@ -180,19 +180,19 @@ class Publisher:
         deadline = loop.time() + self.settings.relay_publish_timeout
         result = PublishResult()
         pending: list[tuple[OutboxRow, asyncio.Future]] = []
-        for i, row in enumerate(rows):
-            try:
-                key, value, headers = row.record()
-                fut = await asyncio.wait_for(
-                    self.producer.send(row.topic, value=value, key=key, headers=headers),
-                    max(deadline - loop.time(), 0.001))
-            except TimeoutError:
-                result.unsent = rows[i:]
-                break
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
-                result.failed.append((row, exc))
-                continue
-            pending.append((row, fut))
+        i = 0
+        try:
+            async with asyncio.timeout_at(deadline):  # cancels the send in progress when time is up
+                for i, row in enumerate(rows):  # noqa: B007 - i tells which row the time ran out on
+                    try:
+                        key, value, headers = row.record()
+                        fut = await self.producer.send(row.topic, value=value, key=key, headers=headers)
+                    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
+                        result.failed.append((row, exc))
+                        continue
+                    pending.append((row, fut))
+        except TimeoutError:
+            result.unsent = rows[i:]
         if pending:
             _done, _ = await asyncio.wait([f for _, f in pending], timeout=max(deadline - loop.time(), 0))
         for row, fut in pending:
