@@ -196,8 +196,20 @@ class TopicWatch:
             log.warning("topic %r still does not exist: %d row(s) wait (since %s); %d parked in the last %.0fs",
                         m.topic, rows, since, m.parked_since_said, now - m.said_at)
         else:
+            await self._forget_if_done(conn, m, lanes)
             return
         m.said_at, m.parked_since_said = now, 0
+        await self._forget_if_done(conn, m, lanes)
+
+    async def _forget_if_done(self, conn: psycopg.AsyncConnection, m: MissingTopic, lanes: list[int] | None) -> None:
+        """Stop watching a topic none of whose rows waits here any more (all parked): a new row
+        for it starts a new watch, said again."""
+        in_lanes, params = self._lanes(lanes)
+        cur = await conn.execute(sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {t} WHERE status = 'pending' AND topic = %(topic)s AND {lanes})"
+        ).format(t=self.table, lanes=in_lanes), params | {"topic": m.topic})
+        if not first_row(await cur.fetchone())[0]:
+            del self.missing[m.topic]
 
     async def _appeared(self, conn: psycopg.AsyncConnection, m: MissingTopic, lanes: list[int] | None) -> None:
         in_lanes, params = self._lanes(lanes)
