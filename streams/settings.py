@@ -195,7 +195,15 @@ class Settings(BaseSettings):
     relay_max_attempts: int = Field(10, ge=1, description="Publish attempts before a row is parked (failed).")
     relay_backoff_initial: float = Field(1.0, gt=0, description="First retry delay (s); doubles per attempt.")
     relay_backoff_max: float = Field(300.0, gt=0, description="Longest retry delay (s).")
-    relay_publish_timeout: float = Field(15.0, gt=0, description="Seconds a batch may take to be acknowledged.")
+    relay_publish_timeout: float = Field(
+        15.0, gt=0, description="Seconds a batch may take to be handed to Kafka and acknowledged; rows not "
+        "handed over by then stay pending as they were.")
+    relay_stop_timeout: float = Field(
+        10.0, gt=0, description="Seconds the relay takes at most to stop after SIGTERM: the batch in hand may "
+        "finish until then, else it is abandoned (its rows stay pending).")
+    relay_missing_topic_wait: float = Field(
+        3600.0, gt=0, description="Seconds a row waits for its topic to exist before it is parked (the relay "
+        "never creates topics).")
     relay_retention: float = Field(7 * 24 * 3600.0, gt=0, description="Seconds done rows are kept before purge.")
     relay_purge_batch: int = Field(5000, ge=1, description="Rows deleted per purge statement.")
 

@@ -46,7 +46,7 @@ def migrate_cmd(ctx: Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def status_cmd(ctx: Context, as_json: bool) -> None:
-    """Pending, oldest pending age, parked (failed) rows and publish rate."""
+    """Pending, oldest pending age, parked (failed) rows, publish rate, rows waiting for a topic."""
     from streams.outbox.stats import outbox_stats
 
     try:
@@ -64,6 +64,11 @@ def status_cmd(ctx: Context, as_json: bool) -> None:
     table.add_row(str(stats.pending), str(stats.retrying), f"{stats.oldest_pending_age_s:.1f}", str(stats.failed),
                   str(stats.done), str(stats.published_last_minute), f"{stats.publish_rate:.1f}")
     console.print(table)
+    for topic, w in stats.waiting_topics.items():
+        since = w["since"].isoformat(timespec="seconds") if w["since"] else "?"
+        console.print(f"topic {topic} does not exist: {w['rows']} row(s) wait since {since} (parked after "
+                      f"STREAMS_RELAY_MISSING_TOPIC_WAIT={ctx.settings.relay_missing_topic_wait:.0f}s)",
+                      markup=False, highlight=False, soft_wrap=True)
     if stats.pointer:
         console.print(f"pointer mode, last sent id: {stats.pointer}")
 
@@ -111,8 +116,11 @@ def list_cmd(ctx: Context, status, ids, message_ids, types, topics, since, until
     for col in ("id", "message_id", "type", "topic", "key", "status", "fails", "occurred_at", "last error"):
         table.add_column(col)
     for r in rows:
+        error = r["last_error"] or ""
+        if r["topic_missing_since"] and r["status"] == "pending":
+            error = f"topic does not exist (waits since {r['topic_missing_since'].isoformat(timespec='seconds')})"
         table.add_row(str(r["id"]), r["message_id"], r["message_type"], r["topic"], r["key"] or "", r["status"],
-                      str(r["fail_count"]), r["occurred_at"].isoformat(timespec="seconds"), r["last_error"] or "")
+                      str(r["fail_count"]), r["occurred_at"].isoformat(timespec="seconds"), error)
     console.print(table)
     console.print(f"{len(rows)} row(s)")
 
@@ -158,7 +166,10 @@ def purge_cmd(ctx: Context) -> None:
 @pass_ctx
 def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool, gates: tuple[str, ...],
               gate_interval: float) -> None:
-    """Publish committed outbox rows to Kafka until SIGTERM/SIGINT (then finish the batch)."""
+    """Publish committed outbox rows to Kafka until SIGTERM/SIGINT.
+
+    On a signal the batch in hand may finish within STREAMS_RELAY_STOP_TIMEOUT; after that it
+    is abandoned (its rows stay pending) and the relay exits."""
     from streams.outbox.gates import HeldTopics, parse_gate
     from streams.outbox.pointer import PointerRelay
     from streams.outbox.relay import Relay, RelayError

@@ -85,12 +85,11 @@ def _config_pairs(values: tuple[str, ...]) -> dict[str, str]:
 def create_cmd(ctx: Context, name: str, partitions: int | None, replication_factor: int | None,
                configs: tuple[str, ...]) -> None:
     """Create topic NAME (exit 1 if it exists)."""
-    import re
-
+    from streams.kafka.names import topic_name_problem
     from streams.kafka.topics import create_topic
 
-    if not re.match(r"^[A-Za-z0-9._\-]{1,249}$", name) or name in (".", ".."):
-        fail(f"invalid topic name {name!r}: use letters, digits, '.', '_' and '-' (at most 249)", 2)
+    if problem := topic_name_problem(name):
+        fail(problem, 2)
     s = ctx.settings
     pairs = _config_pairs(configs)
     parts, rf = partitions or s.topic_partitions, replication_factor or s.topic_replication_factor

@@ -12,7 +12,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
+    KafkaError,
     TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
     for_code,
 )
 
@@ -95,6 +97,46 @@ async def wait_for_topic_metadata(client: AIOKafkaClient, topics: Mapping[str, i
             raise TopicsNotReady("topics not in the brokers' metadata after {:.0f}s: {}".format(
                 timeout, "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))))
         await asyncio.sleep(0.1)
+
+
+async def probe_topics(client: AIOKafkaClient, topics: Iterable[str], *,
+                       timeout: float = 5.0) -> dict[str, type[KafkaError] | None]:
+    """Whether each topic exists, asked of one broker with a metadata request for just these
+    topics: None (it does) or the error class the broker answered for it
+    (``UnknownTopicOrPartitionError``: no such topic; ``InvalidTopicError``: not a legal name;
+    ``LeaderNotAvailableError``: being created). Asked the way a producer asks, so a broker with
+    ``auto.create.topics.enable`` creates them. Unlike a producer's send, it neither waits for a
+    missing topic nor makes the client log about it on every later metadata refresh.
+    Raises ``KafkaError`` (or ``TimeoutError``) when no broker answers."""
+    import random
+
+    from aiokafka.errors import NodeNotReadyError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    names = sorted(set(topics))
+    if not names:
+        return {}
+    nodes = [b.nodeId for b in client.cluster.brokers()]
+    random.shuffle(nodes)
+    if not nodes:
+        raise NodeNotReadyError("no broker known (the cluster's metadata is empty)")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    response = None
+    for i, node in enumerate(nodes):  # one dead broker of a cluster must not leave the question open
+        try:
+            response = await asyncio.wait_for(client.send(node, MetadataRequest(names)),
+                                              max(deadline - loop.time(), 0.001))
+            break
+        except (KafkaError, OSError):  # TimeoutError included
+            if i == len(nodes) - 1 or loop.time() >= deadline:
+                raise
+    assert response is not None
+    answers: dict[str, type[KafkaError] | None] = {}
+    for entry in response.topics:
+        error_code, name = entry[0], entry[1]
+        answers[name] = for_code(error_code) if error_code else None
+    return {name: answers.get(name, UnknownTopicOrPartitionError) for name in names}
 
 
 async def ensure_topics(settings: Settings, topics: Iterable[TopicSpec]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Names the framework derives and writes: topics of a source topic ``T``, and record headers.
+"""Names: which topic names Kafka takes, the topics the framework derives from a source topic
+``T``, and the record headers it writes.
 
 * ``T.dlq``: its dead-letter topic (records that could not be handled, parked);
 * ``T.retry.<n>``: its delayed-retry topics, one per level of a handler's
@@ -8,6 +9,8 @@
 """
 
 from __future__ import annotations
+
+import re
 
 DLQ_SUFFIX = ".dlq"
 
@@ -23,6 +26,15 @@ H_ORIGIN_OFFSET = "retry.original.offset"
 H_REPLAY_OF = "replay.of"
 #: set on a dead letter parked without its value (its size); the value stays in the source topic
 H_VALUE_OMITTED = "dlq.value_omitted"
+
+_LEGAL = re.compile(r"[A-Za-z0-9._\-]{1,249}")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka refuses ``name`` as a topic name, or None when it takes it."""
+    if not _LEGAL.fullmatch(name) or name in (".", ".."):
+        return f"invalid topic name {name!r}: use letters, digits, '.', '_' and '-' (at most 249)"
+    return None
 
 
 def dead_letter_topic(topic: str) -> str:

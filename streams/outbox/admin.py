@@ -51,7 +51,7 @@ def list_rows(settings: Settings, status: str | None, flt: RowFilter, limit: int
         params["status"] = status
     query = sql.SQL(
         "SELECT id, message_id, message_type, topic, key, status, fail_count, occurred_at, processed_at, "
-        "failed_at, last_error FROM {t} WHERE {w} ORDER BY id DESC LIMIT %(limit)s"
+        "failed_at, last_error, topic_missing_since FROM {t} WHERE {w} ORDER BY id DESC LIMIT %(limit)s"
     ).format(t=sql.Identifier(settings.outbox_table), w=where)
     params["limit"] = limit
     with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
@@ -63,10 +63,12 @@ def list_rows(settings: Settings, status: str | None, flt: RowFilter, limit: int
 def retry_parked(settings: Settings, flt: RowFilter) -> int:
     """Put parked (failed) rows matching ``flt`` back to pending, due now; returns how many.
 
-    Their ``fail_count`` and ``last_error`` stay as a record of what happened."""
+    Their ``fail_count`` and ``last_error`` stay as a record of what happened; a row parked
+    because its topic did not exist waits for it afresh."""
     where, params = flt.where()
     query = sql.SQL(
-        "UPDATE {t} SET status = 'pending', next_attempt_at = '-infinity' WHERE status = 'failed' AND {w}"
+        "UPDATE {t} SET status = 'pending', next_attempt_at = '-infinity', topic_missing_since = NULL "
+        "WHERE status = 'failed' AND {w}"
     ).format(t=sql.Identifier(settings.outbox_table), w=where)
     with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
         with conn.transaction():

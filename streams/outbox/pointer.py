@@ -20,6 +20,12 @@ Only one relay publishes in pointer mode at a time (an advisory lock elects it);
 others stand by and take over when it dies. Parked rows (``status = 'failed'``)
 are passed over; ``streams outbox retry`` re-queues them and the relay then sends
 them on their own (after later rows of their key: re-queueing gives up order).
+
+One pointer orders the whole table, so a row whose topic does not exist stops it,
+as a failed row does: the rows before it are sent, nothing after it, and nothing is
+attempted for it (no ``fail_count``); it waits (said once, counted by ``streams
+outbox status``) until its topic exists or ``relay_missing_topic_wait`` parks it,
+and the pointer passes it then. Status mode lets the other topics flow meanwhile.
 """
 
 from __future__ import annotations
@@ -143,16 +149,28 @@ class PointerRelay(Relay):
                         break
                     walked.append((row, status))
                     expected = row.id + 1
-                to_send = [row for row, status in walked if status == "pending"]
-                result = await self.publisher.publish(to_send + requeued) if (to_send or requeued) else PublishResult()
+                assert self.publisher.producer is not None
+                batch = await self.topics.sort(self.publisher.producer.client,
+                                               [row for row, status in walked if status == "pending"] + requeued)
+                waiting = {row.id for row in batch.wait}
+                stop_at = next((i for i, (row, _) in enumerate(walked) if row.id in waiting), None)
+                if stop_at is not None:  # the pointer stops before a row whose topic is missing
+                    cut = walked[stop_at][0].id
+                    walked = walked[:stop_at]
+                    batch.send = [row for row in batch.send if row.id < cut]
+                    batch.park = [(row, exc) for row, exc in batch.park if row.id < cut]
+                result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
+                result.failed += batch.park
                 new_last = await self._settle_pointer(conn, walked, requeued, result, last_id)
+                # rows the pointer passed or re-queued rows tried (a pointer held at a missing topic: none)
+                progressed = len(walked) + sum(1 for row in requeued if row.id not in waiting)
                 if new_last != last_id:
                     await conn.execute(sql.SQL("UPDATE {} SET last_id = %s, updated_at = now() WHERE name = %s")
                                        .format(cursor_t), (new_last, self.cursor))
         except psycopg.errors.SerializationFailure:
             return 0
         self.counters.batches += 1
-        return len(fresh)
+        return progressed
 
     def _may_skip_gap(self, start: int, in_progress: list[str]) -> bool:
         """Whether the ids from ``start`` up to the next visible row can never appear any more."""
@@ -166,9 +184,13 @@ class PointerRelay(Relay):
             return True
         return False
 
+    def _topic_lanes(self) -> list[int] | None:
+        return None  # the leader publishes every lane
+
     async def _settle_pointer(self, conn, walked, requeued, result: PublishResult, last_id: int) -> int:
         failed = {row.id: exc for row, exc in result.failed}
-        blocked_at = None
+        # rows not handed to the producer in time: the pointer stops before the first of them
+        blocked_at = min((row.id for row in result.unsent if row.id > last_id), default=None)
         for row, exc in result.failed:
             parked = await record_failure(conn, self.settings, row, exc)
             self.counters.failed_attempts += 1

@@ -17,8 +17,17 @@ How it works (status mode, the default):
 * **Failures.** A failed row gets ``fail_count + 1``, ``failed_at`` and a retry time
   (exponential backoff); rows of the same key wait behind it (no overtaking). After
   ``relay_max_attempts`` attempts, or at once for a row Kafka can never take (too
-  large), it is parked (``status = 'failed'``) and its key flows again;
-  ``streams outbox retry`` re-queues it.
+  large, invalid topic name), it is parked (``status = 'failed'``) and its key flows
+  again; ``streams outbox retry`` re-queues it.
+* **Missing topics.** Rows of a topic that does not exist are never sent: they wait
+  alone, without an attempt, and are parked after ``relay_missing_topic_wait``
+  (:mod:`streams.outbox.topics`).
+* **Bounded batches and stop.** Handing a batch to the producer and waiting for its
+  acknowledgements takes at most ``relay_publish_timeout``; rows not handed over by
+  then stay pending as they were. After ``stop()`` (SIGTERM) the batch in hand may
+  finish for ``relay_stop_timeout`` seconds, else it is abandoned (rolled back: its
+  rows stay pending, none is marked done without an acknowledgement) and the relay
+  returns.
 * **Wake-ups.** A ``LISTEN`` on the outbox channel wakes the relay as soon as a
   writer commits; a poll every ``relay_poll_interval`` seconds covers lost
   notifications.
@@ -41,13 +50,14 @@ from datetime import datetime, timedelta
 
 import psycopg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError
 from psycopg import sql
 
 from streams.db import first_row
 from streams.kafka.clients import durable_producer
 from streams.messages.envelope import Envelope, Kind
 from streams.outbox.schema import LANES, channel
+from streams.outbox.topics import TopicWatch
 from streams.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -59,7 +69,8 @@ _ROW_COLUMNS = ("id", "message_id", "message_type", "kind", "topic", "key", "pay
                 "occurred_at", "fail_count")
 
 #: errors a retry cannot fix: the row is parked at once
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, ValueError, TypeError)
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, InvalidTopicError, ValueError,
+                                                     TypeError)
 
 
 @dataclass
@@ -96,6 +107,8 @@ class PublishResult:
 
     sent: list[OutboxRow] = field(default_factory=list)
     failed: list[tuple[OutboxRow, BaseException]] = field(default_factory=list)
+    #: rows not handed to the producer before the batch's time ran out (left as they are)
+    unsent: list[OutboxRow] = field(default_factory=list)
 
 
 @dataclass
@@ -126,45 +139,62 @@ class Publisher:
         self.settings = settings
         self.producer: AIOKafkaProducer | None = None
 
-    async def start(self) -> None:
+    async def start(self, stopping: asyncio.Event) -> bool:
+        """Start the producer, waiting for the broker as long as it takes, unless ``stopping``
+        is set first (then returns False)."""
         timeout_ms = int(self.settings.relay_publish_timeout * 1000)
         self.producer = durable_producer(self.settings, linger_ms=2, request_timeout_ms=timeout_ms,
                                          max_batch_size=256 * 1024)
         # the broker may be down when the relay starts: keep trying, rows wait in the outbox
         delay = 1.0
-        while True:
+        while not stopping.is_set():
             try:
                 await self.producer.start()
-                return
+                return True
             except KafkaError as exc:
                 log.warning("Kafka at %s not reachable (%s); retrying in %.0fs",
                             self.settings.bootstrap_servers, describe_error(exc), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 10)
+        return False
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """Flush and close the producer, for ``timeout`` seconds at most (default the publish timeout)."""
         if self.producer is not None:
             try:
-                await asyncio.wait_for(self.producer.stop(), self.settings.relay_publish_timeout)
+                await asyncio.wait_for(self.producer.stop(), timeout or self.settings.relay_publish_timeout)
             except (TimeoutError, KafkaError) as exc:
                 log.warning("producer did not stop cleanly: %s", describe_error(exc))
             self.producer = None
 
     async def publish(self, rows: list[OutboxRow]) -> PublishResult:
-        """Send ``rows`` in order; wait for every acknowledgement (or the publish timeout)."""
+        """Send ``rows`` in order and wait for every acknowledgement, all within the publish
+        timeout. A send that cannot be handed over in time (no metadata, full buffers) is
+        cancelled, which keeps its record out of the producer: that row and the ones after it
+        come back as ``unsent``; a send handed over but not acknowledged in time is a failure."""
         assert self.producer is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.relay_publish_timeout
         result = PublishResult()
         pending: list[tuple[OutboxRow, asyncio.Future]] = []
-        for row in rows:
-            try:
-                key, value, headers = row.record()
-                fut = await self.producer.send(row.topic, value=value, key=key, headers=headers)
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
-                result.failed.append((row, exc))
-                continue
-            pending.append((row, fut))
+        i = 0
+        try:
+            async with asyncio.timeout_at(deadline):  # cancels the send in progress when time is up
+                for i, row in enumerate(rows):  # noqa: B007 - i tells which row the time ran out on
+                    try:
+                        key, value, headers = row.record()
+                        fut = await self.producer.send(row.topic, value=value, key=key, headers=headers)
+                    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
+                        result.failed.append((row, exc))
+                        continue
+                    pending.append((row, fut))
+        except TimeoutError:
+            result.unsent = rows[i:]
         if pending:
-            _done, _ = await asyncio.wait([f for _, f in pending], timeout=self.settings.relay_publish_timeout)
+            _done, _ = await asyncio.wait([f for _, f in pending], timeout=max(deadline - loop.time(), 0))
         for row, fut in pending:
             if not fut.done():
                 fut.cancel()
@@ -202,38 +232,67 @@ class Relay:
         self._lock_class: int | None = None
         self._last_purge = 0.0
         self._last_rebalance = 0.0
+        self._stop_deadline = math.inf
         self._t = sql.Identifier(self.table)
+        self.topics = TopicWatch(settings)
 
     # --- lifecycle ----------------------------------------------------------
     def stop(self) -> None:
-        """Ask the relay to finish its current batch and return from :meth:`run`."""
+        """Ask the relay to return from :meth:`run`: the batch in hand may finish within
+        ``relay_stop_timeout``, else it is abandoned and its rows stay pending."""
+        if not self._stopping.is_set():
+            self._stop_deadline = time.monotonic() + self.settings.relay_stop_timeout
         self._stopping.set()
         self._wake.set()
 
     async def run(self) -> RelayCounters:
         """Publish until stopped; survives database and broker outages."""
-        await self.publisher.start()
-        log.info("relay %s started (table %s, database %s, Kafka %s)", self.name, self.table,
-                 redact_url(self.settings.dsn), self.settings.bootstrap_servers)
+        work = asyncio.create_task(self._work(), name=f"relay-{self.name}")
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            delay = 0.5
-            while not self._stopping.is_set():
+            await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                await asyncio.wait([work], timeout=max(self._stop_deadline - time.monotonic(), 0))
+            if not work.done():
+                log.warning("relay %s: the batch in hand did not finish within STREAMS_RELAY_STOP_TIMEOUT (%.0fs); "
+                            "abandoned, its rows stay pending", self.name, self.settings.relay_stop_timeout)
+                work.cancel()
                 try:
-                    await self._connect()
-                    delay = 0.5
-                    await self._loop()
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    log.warning("database connection lost (%s); reconnecting in %.1fs", describe_error(exc), delay)
-                    # let sends already handed to the producer land before our lanes can change hands
-                    await self._flush_quietly()
-                    await self._disconnect()
-                    await self._sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    await work
+                except asyncio.CancelledError:
+                    pass
+            else:
+                work.result()  # a fatal error (RelayError) leaves run() here
         finally:
+            stopping.cancel()
+            if not work.done():  # run() itself was cancelled
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
             await self._disconnect()
-            await self.publisher.stop()
+            # stopping: what is left of the stop timeout (1 s at least) for the producer to close
+            left = self._stop_deadline - time.monotonic() if self._stopping.is_set() else None
+            await self.publisher.stop(max(left, 1.0) if left is not None else None)
             log.info("relay %s stopped: %s", self.name, self.counters)
         return self.counters
+
+    async def _work(self) -> None:
+        if not await self.publisher.start(self._stopping):
+            return
+        log.info("relay %s started (table %s, database %s, Kafka %s)", self.name, self.table,
+                 redact_url(self.settings.dsn), self.settings.bootstrap_servers)
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self._connect()
+                delay = 0.5
+                await self._loop()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("database connection lost (%s); reconnecting in %.1fs", describe_error(exc), delay)
+                # let sends already handed to the producer land before our lanes can change hands
+                await self._flush_quietly()
+                await self._disconnect()
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     @property
     def conn(self) -> psycopg.AsyncConnection:
@@ -250,6 +309,11 @@ class Relay:
         cur = await self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,))
         if not first_row(await cur.fetchone())[0]:
             raise RelayError(f"the outbox table {self.table!r} does not exist in {redact_url(self.settings.dsn)}; "
+                             "run `streams outbox migrate` first")
+        cur = await self._conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                                       "AND attname = 'topic_missing_since'", (self.table,))
+        if not first_row(await cur.fetchone())[0]:
+            raise RelayError(f"the outbox table {self.table!r} has an older schema than this relay; "
                              "run `streams outbox migrate` first")
         # member lock: relays count each other by it
         await self._conn.execute("SELECT pg_advisory_lock_shared(%s, -1)", (self._lock_class,))
@@ -309,6 +373,7 @@ class Relay:
             if now - self._last_purge > 30.0:
                 self.counters.purged += await self._purge()
                 self._last_purge = now
+            await self._check_missing_topics()
             self._wake.clear()  # before the claim: a NOTIFY during the batch wakes the next round
             handled = await self.publish_batch()
             if handled >= self.settings.relay_batch_size:
@@ -320,6 +385,14 @@ class Relay:
 
     async def _purge(self) -> int:
         return await purge_done(self.conn, self.settings)
+
+    async def _check_missing_topics(self) -> None:
+        if self.topics.missing and self.publisher.producer is not None:
+            await self.topics.maintain(self.conn, self.publisher.producer.client, self._topic_lanes())
+
+    def _topic_lanes(self) -> list[int] | None:
+        """Lanes whose rows this relay stamps or parks when their topic is missing (None: all)."""
+        return sorted(self.lanes)
 
     def _idle_wait(self) -> float:
         # poll sooner while lanes are not settled yet
@@ -357,21 +430,27 @@ class Relay:
         if not self.lanes:
             return 0
         held = sorted(await self.held_topics()) if self.held_topics else []
+        # a missing topic's rows are left out, and hold back nothing else: Kafka orders a key
+        # only within one topic (a held topic's rows also hold back their key's later rows)
+        skipped = sorted({*held, *self.topics.excluded()})
         conn = self.conn
         async with conn.transaction():
             cur = await conn.execute(sql.SQL(
                 "SELECT {cols} FROM {t} o "
                 "WHERE o.status = 'pending' AND o.lane = ANY(%(lanes)s) AND o.next_attempt_at <= now() "
-                "AND o.topic <> ALL(%(held)s) "
+                "AND o.topic <> ALL(%(skipped)s) "
                 "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.status = 'pending' AND e.key = o.key "
                 "               AND e.id < o.id AND (e.next_attempt_at > now() OR e.topic = ANY(%(held)s))) "
                 "ORDER BY o.id LIMIT %(n)s FOR UPDATE SKIP LOCKED"
             ).format(cols=sql.SQL(", ").join(sql.Identifier("o", c) for c in _ROW_COLUMNS), t=self._t),
-                {"lanes": sorted(self.lanes), "held": held, "n": self.settings.relay_batch_size})
+                {"lanes": sorted(self.lanes), "held": held, "skipped": skipped, "n": self.settings.relay_batch_size})
             rows = [OutboxRow(*r) for r in await cur.fetchall()]
             if not rows:
                 return 0
-            result = await self.publisher.publish(rows)
+            assert self.publisher.producer is not None
+            batch = await self.topics.sort(self.publisher.producer.client, rows)
+            result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
+            result.failed += batch.park
             await self._settle(conn, result)
         self.counters.batches += 1
         return len(rows)

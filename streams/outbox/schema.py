@@ -16,7 +16,9 @@ Columns (the seeds' names first): ``id`` (increasing bigint, allocated by a trig
 ``processed_at``, ``failed_at``; routing: ``topic``, ``key``, ``headers``, ``kind``,
 ``meta`` (the envelope's source/correlation/causation/trace ids); relay
 book-keeping: ``next_attempt_at``, ``last_error``, ``txid`` and ``lane`` (a hash of
-the key: all rows of a key share a lane, and one relay at a time owns a lane).
+the key: all rows of a key share a lane, and one relay at a time owns a lane), and
+``topic_missing_since`` (v3: set while the row's topic does not exist in Kafka, see
+:mod:`streams.outbox.topics`).
 
 ``aggregatetype`` / ``aggregateid`` / ``type`` are generated copies of topic / key /
 message_type, so Debezium's outbox event router can read the same table with its
@@ -33,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 #: bumped whenever the DDL below changes; stored as the table's comment
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _VERSION_TEXT = "streams outbox schema v{}"
 
 #: rows are spread over this many lanes (the most relays that can share the work)
@@ -66,12 +68,15 @@ CREATE TABLE IF NOT EXISTS {table} (
     aggregateid     text GENERATED ALWAYS AS (key) STORED,
     type            text GENERATED ALWAYS AS (message_type) STORED,
     envelope        text,
+    topic_missing_since timestamptz,
     CONSTRAINT {uniq} UNIQUE (message_id),
     CONSTRAINT {status_check} CHECK (status IN ('pending', 'done', 'failed'))
 );
 
 -- v1 → v2: the envelope column (nullable, no default: no table rewrite)
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS envelope text;
+-- v2 → v3: when the relay found the row's topic missing (nullable, no default: no table rewrite)
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS topic_missing_since timestamptz;
 
 -- the relay claims pending rows in id order, per lane
 CREATE INDEX IF NOT EXISTS {ix_pending} ON {table} (lane, id) WHERE status = 'pending';

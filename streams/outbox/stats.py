@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import psycopg
@@ -19,7 +19,9 @@ class OutboxStats:
     ``pending``: rows waiting to be published (``retrying`` of them after a failed
     attempt); ``oldest_pending_age_s``: age of the oldest waiting row (0 when none);
     ``failed``: parked rows (need ``streams outbox retry``); ``published_last_minute``
-    and ``publish_rate``: rows marked done in the last 60 s and that per second.
+    and ``publish_rate``: rows marked done in the last 60 s and that per second;
+    ``waiting``: pending rows a relay found waiting for their topic to exist, and
+    ``waiting_topics`` those per topic (``{topic: {"rows": n, "since": first stamp}}``).
     In pointer mode ``pending`` counts rows above the relay's last sent id.
     """
 
@@ -34,10 +36,14 @@ class OutboxStats:
     publish_rate: float = 0.0
     last_published_at: datetime | None = None
     pointer: dict[str, int] | None = None
+    waiting: int = 0
+    waiting_topics: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["last_published_at"] = self.last_published_at.isoformat() if self.last_published_at else None
+        out["waiting_topics"] = {t: {"rows": w["rows"], "since": w["since"].isoformat() if w["since"] else None}
+                                 for t, w in self.waiting_topics.items()}
         return out
 
 
@@ -70,6 +76,10 @@ async def read_stats(conn: psycopg.AsyncConnection, table: str = "streams_outbox
     cur = await conn.execute(sql.SQL("SELECT name, last_id FROM {}").format(sql.Identifier(f"{table}_cursor")))
     pointers: dict[str, int] = dict(await cur.fetchall())
     pending, oldest, done, recent = row[0], float(row[2]), row[4], row[5]
+    cur = await conn.execute(sql.SQL(
+        "SELECT topic, count(*), min(topic_missing_since) FROM {} WHERE status = 'pending' "
+        "AND topic_missing_since IS NOT NULL GROUP BY topic ORDER BY topic").format(sql.Identifier(table)))
+    waiting = {topic: {"rows": n, "since": since} for topic, n, since in await cur.fetchall()}
     if pointers:  # pointer mode: rows above the lowest pointer are the ones not sent yet
         cur = await conn.execute(sql.SQL(
             "SELECT count(*) FILTER (WHERE id > %(low)s), "
@@ -81,4 +91,5 @@ async def read_stats(conn: psycopg.AsyncConnection, table: str = "streams_outbox
         table=table, exists=True, pending=pending, retrying=row[1], oldest_pending_age_s=round(oldest, 3),
         failed=row[3], done=done, published_last_minute=recent, publish_rate=round(recent / 60.0, 2),
         last_published_at=row[6], pointer=pointers or None,
+        waiting=sum(w["rows"] for w in waiting.values()), waiting_topics=waiting,
     )

@@ -30,6 +30,7 @@ from psycopg.pq import TransactionStatus
 
 from streams.db import first_row
 from streams.errors import StreamsError
+from streams.kafka.names import topic_name_problem
 from streams.messages.envelope import Envelope
 
 _META_FIELDS = ("source", "correlation_id", "causation_id", "trace_id")
@@ -45,6 +46,8 @@ def row_values(envelope: Envelope, topic: str, key: str | None = None) -> dict[s
         raise OutboxError(f"the outbox takes an Envelope, not {type(envelope).__name__}")
     if not topic or not isinstance(topic, str):
         raise OutboxError("an outbox message needs a target topic")
+    if problem := topic_name_problem(topic):
+        raise OutboxError(f"{problem}; Kafka would never take the message")
     key = key if key is not None else envelope.key
     meta = {f: getattr(envelope, f) for f in _META_FIELDS if getattr(envelope, f) is not None}
     return {

@@ -475,6 +475,11 @@ class WebApi:
                 g = Gauge(name, text, ("table",))
                 g.add(outbox[field] or 0, table)
                 out.append(g)
+            waiting = Gauge("streams_outbox_waiting_for_topic", "Pending rows whose topic does not exist in Kafka "
+                            "(parked after STREAMS_RELAY_MISSING_TOPIC_WAIT).", ("table", "topic"))
+            for topic, w in (outbox.get("waiting_topics") or {}).items():
+                waiting.add(w["rows"], table, topic)
+            out.append(waiting)
         return out
 
 
