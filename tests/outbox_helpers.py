@@ -11,7 +11,7 @@ import psycopg
 
 from streams.kafka.admin import TopicSpec, ensure_topics
 from streams.messages.envelope import event
-from streams.outbox.relay import HEADER_OUTBOX_ID
+from streams.outbox.rows import HEADER_OUTBOX_ID
 from streams.outbox.schema import migrate
 from streams.outbox.writer import write_message
 from tests.harness import ROOT, Isolated

@@ -618,7 +618,7 @@ def test_outbox_switches_between_relay_and_log_without_loss(cdc: Cdc) -> None:
     """Relay → CDC → relay while the shop keeps writing: every message handled once, and what the
     log publishes is what the relay would have sent for the same row."""
     from streams.messages.envelope import Envelope
-    from streams.outbox.relay import HEADER_OUTBOX_ID, OutboxRow
+    from streams.outbox.rows import HEADER_OUTBOX_ID, OutboxRow
 
     iso = cdc.iso
     shop = Shop(cdc)

@@ -41,12 +41,12 @@ from streams.db import first_row
 from streams.outbox.relay import (
     _ROW_COLUMNS,
     PERMANENT_ERRORS,
-    OutboxRow,
     PublishResult,
     Relay,
     describe_error,
     record_failure,
 )
+from streams.outbox.rows import OutboxRow
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 from aiokafka import AIOKafkaProducer
@@ -55,7 +55,7 @@ from psycopg import sql
 
 from streams.db import first_row
 from streams.kafka.clients import durable_producer
-from streams.messages.envelope import Envelope, Kind
+from streams.outbox.rows import OutboxRow
 from streams.outbox.schema import LANES, channel
 from streams.outbox.topics import TopicWatch
 from streams.settings import Settings, redact_url
@@ -63,7 +63,6 @@ from streams.settings import Settings, redact_url
 log = logging.getLogger(__name__)
 
 #: extra Kafka header carrying the outbox row id (ordering checks, tracing back to the row)
-HEADER_OUTBOX_ID = "outbox_id"
 
 _ROW_COLUMNS = ("id", "message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta",
                 "occurred_at", "fail_count")
@@ -71,34 +70,6 @@ _ROW_COLUMNS = ("id", "message_id", "message_type", "kind", "topic", "key", "pay
 #: errors a retry cannot fix: the row is parked at once
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, InvalidTopicError, ValueError,
                                                      TypeError)
-
-
-@dataclass
-class OutboxRow:
-    """One claimed outbox row."""
-
-    id: int
-    message_id: str
-    message_type: str
-    kind: str
-    topic: str
-    key: str | None
-    payload: object
-    headers: dict
-    meta: dict
-    occurred_at: datetime
-    fail_count: int
-
-    def envelope(self) -> Envelope:
-        return Envelope(message_id=self.message_id, message_type=self.message_type, kind=Kind(self.kind),
-                        occurred_at=self.occurred_at, key=self.key, payload=self.payload,
-                        headers=self.headers or {}, **(self.meta or {}))
-
-    def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-        """(key, value, headers) as the relay sends it."""
-        env = self.envelope()
-        key, value, headers = env.to_record()
-        return key, value, [*headers, (HEADER_OUTBOX_ID, str(self.id).encode())]
 
 
 @dataclass

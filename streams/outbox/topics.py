@@ -46,7 +46,7 @@ from streams.settings import Settings
 if TYPE_CHECKING:
     from aiokafka.client import AIOKafkaClient
 
-    from streams.outbox.relay import OutboxRow
+    from streams.outbox.rows import OutboxRow
 
 log = logging.getLogger(__name__)
 

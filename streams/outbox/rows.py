@@ -1,0 +1,39 @@
+"""A claimed outbox row, as the relays read and publish it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from streams.messages.envelope import Envelope, Kind
+
+#: header naming the outbox row a record was published from
+HEADER_OUTBOX_ID = "outbox_id"
+
+
+@dataclass
+class OutboxRow:
+    """One claimed outbox row."""
+
+    id: int
+    message_id: str
+    message_type: str
+    kind: str
+    topic: str
+    key: str | None
+    payload: object
+    headers: dict
+    meta: dict
+    occurred_at: datetime
+    fail_count: int
+
+    def envelope(self) -> Envelope:
+        return Envelope(message_id=self.message_id, message_type=self.message_type, kind=Kind(self.kind),
+                        occurred_at=self.occurred_at, key=self.key, payload=self.payload,
+                        headers=self.headers or {}, **(self.meta or {}))
+
+    def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        """(key, value, headers) as the relay sends it."""
+        env = self.envelope()
+        key, value, headers = env.to_record()
+        return key, value, [*headers, (HEADER_OUTBOX_ID, str(self.id).encode())]
