@@ -1,6 +1,7 @@
 # The two commands of the README. Each one sets up everything it needs.
 #   make demo  - virtualenv + install + local Kafka and PostgreSQL + the reference app end to end
 #   make test  - virtualenv + install + the whole test suite (it starts and stops its own services)
+#   make docs  - the documentation site into site/ (serve it with: .venv/bin/mkdocs serve)
 
 PYTHON ?= python3
 # test processes running at once (pytest-xdist; each starts its own Kafka and PostgreSQL); 0 = one process
@@ -9,13 +10,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv services-down clean bench bench-batch image k8s-check k8s-manifests
+.PHONY: demo test docs venv services-down clean bench bench-batch image k8s-check k8s-manifests
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,11 +28,18 @@ test: $(STAMP)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
 	$(BIN)/mypy                                        # types of streams/
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit   # the fast tier: pure logic, no servers
+	mkdir -p .streams && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .streams/site 2>.streams/docs-build.log \
+	  || { cat .streams/docs-build.log; exit 1; }   # the docs site: a broken link or a stale reference fails (log shown then)
 	bash scripts/ensure-deb.sh $${STREAMS_CHROMIUM:-/usr/bin/chromium} chromium fonts-dejavu-core  # the dashboard's browser test
 	bash scripts/ensure-deb.sh $${STREAMS_SSHD:-/usr/sbin/sshd} openssh-server openssh-sftp-server   # the SFTP server of batch tests
 	bash scripts/ensure-deb.sh /usr/bin/sftp openssh-client   # OpenSSH's sftp client: partners' uploads in batch tests
 	$(BIN)/python -m streams.dev.kube check   # the Helm chart: lint, strict schemas, dry run on a real API server
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
+
+# the documentation site (mkdocs.yml): site/index.html; `.venv/bin/mkdocs serve` serves it on
+# http://127.0.0.1:8000 and rebuilds on every change
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'  # Quix Streams, a benchmark peer only
@@ -60,4 +68,4 @@ services-down: $(STAMP)
 	$(BIN)/streams dev down
 
 clean: services-down
-	rm -rf .streams test-artifacts
+	rm -rf .streams test-artifacts site
