@@ -83,8 +83,10 @@ class Settings(BaseSettings):
     topic_min_insync_replicas: int | None = Field(
         None, ge=1, le=32, description="min.insync.replicas of the topics the app creates (unset: 2 with 3+ "
         "replicas, else 1).")
-    processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE
-    log_level: LogLevel = LogLevel.INFO
+    processing_guarantee: ProcessingGuarantee = Field(
+        ProcessingGuarantee.AT_LEAST_ONCE,
+        description="at_least_once or exactly_once (Kafka transactions: outputs, processed ids and offsets commit together).")
+    log_level: LogLevel = Field(LogLevel.INFO, description="Log level of workers, relays and commands.")
 
     # --- where things live ---------------------------------------------
     home: Path = Field(Path(".streams"), description="Project-local folder for data, logs and caches.")
@@ -93,31 +95,33 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="Existing cluster's bootstrap servers (host:port,...). Unset: local broker."
     )
-    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
-    kafka_sasl_mechanism: SaslMechanism | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
-    kafka_ssl_key_password: SecretStr | None = None
-    kafka_client_id: str = "streams"
+    kafka_security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: SaslMechanism | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_*).")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged or shown).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA certificate(s) to verify the brokers (PEM).")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS (PEM).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="The client certificate's private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of the private key, if any.")
+    kafka_client_id: str = Field("streams", description="Client id the Kafka clients send (broker logs, quotas).")
 
     # --- the project's own local broker --------------------------------
-    local_kafka_port: int = Field(9092, ge=1, le=65535)
-    local_kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    local_kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the local broker (`streams dev kafka up`).")
+    local_kafka_controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port of the local broker.")
     local_kafka_heap: str = Field("512m", description="JVM -Xmx for the local broker.")
     local_kafka_brokers: int | None = Field(
         None, ge=1, le=5, description="Nodes of the local cluster (unset: the size `streams dev kafka up --brokers N` "
         "recorded, else 1).")
-    local_kafka_start_timeout: float = Field(90.0, gt=0)
+    local_kafka_start_timeout: float = Field(90.0, gt=0, description="Seconds the local broker may take to start.")
 
     # --- PostgreSQL -------------------------------------------------------
     database_url: SecretStr | None = Field(
         None, description="postgresql://user:pass@host:port/db of an existing server. Unset: embedded."
     )
-    local_postgres_port: int = Field(55432, ge=1, le=65535)
-    local_postgres_database: str = "streams"
+    local_postgres_port: int = Field(55432, ge=1, le=65535,
+                                     description="Port of the local PostgreSQL (`streams dev postgres up`).")
+    local_postgres_database: str = Field("streams", description="Database the local PostgreSQL creates and the app uses.")
 
     # --- SFTP (batch file transfer) ----------------------------------------
     sftp_host: str | None = Field(
@@ -146,13 +150,13 @@ class Settings(BaseSettings):
         None, description="Local table state of this worker. Unset: <home>/worker/<app id>."
     )
     store: str = Field("rocksdb://", description="Faust table store URL.")
-    rocksdb_block_cache_mb: int = Field(64, ge=1, le=65536)
+    rocksdb_block_cache_mb: int = Field(64, ge=1, le=65536, description="RocksDB block cache per table partition, MiB.")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
     web_advertised_host: str | None = Field(
         None, description="Host name other workers use to reach this one (table routing). Unset: STREAMS_WEB_HOST. "
         "On Kubernetes, the pod's stable DNS name (the chart sets it).")
-    web_port: int = Field(6066, ge=1, le=65535)
-    web_enabled: bool = True
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web views, health and metrics.")
+    web_enabled: bool = Field(True, description="Serve the web views (health, metrics, tables) from each worker.")
     web_token: SecretStr | None = Field(
         None, description="Bearer token the web views require (all but /health/*). Unset: no auth.")
     web_lag_cache: float = Field(1.0, ge=0, le=60, description="Seconds a lag reading is reused by the web views.")

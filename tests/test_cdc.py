@@ -733,7 +733,7 @@ class Mood(StrEnum):
 
 
 class TypedRow(BaseModel):
-    """A row of ``cdc_typed`` with the natural Python type of each column (README's mapping)."""
+    """A row of ``cdc_typed`` with the natural Python type of each column (the mapping in docs/cdc.md)."""
 
     id: int
     u: UUID | None

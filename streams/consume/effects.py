@@ -251,7 +251,7 @@ class Effects:
 
     def transaction(self, consumer: str, message_id: str, where: tuple[str, int, int],
                     conn: Any = None, *, reprocess_since: float | None = None) -> "EffectTransaction":
-        """The transaction of one delivery (see :meth:`streams.consume.runner.Delivery.transaction`);
+        """The transaction of one delivery (see :meth:`streams.consume.delivery.Delivery.transaction`);
         ``reprocess_since``: a reprocess on purpose, whose window opened then: it takes over a row
         written before that time."""
         return EffectTransaction(self, consumer, message_id, where, conn, reprocess_since)

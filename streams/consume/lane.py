@@ -96,7 +96,7 @@ class BatchLane:
     acknowledged), gives the barrier and the marker up, waits, and takes both again — or, if
     the partition was revoked meanwhile, raises :class:`PartitionRevoked` and leaves the rest
     unacknowledged for the next owner. Handlers of one topic go side by side record by record,
-    so a cut always falls between records (see the README's exactly-once section for what a
+    so a cut always falls between records (see docs/guarantees.md for what a
     cut means for a second handler that had finished the waiting record)."""
 
     def __init__(self, faust_app: Any, transactions: "Transactions", revocations: "Revocations", route: Route,
