@@ -462,3 +462,23 @@ def test_a_corrected_file_under_a_new_name_publishes_only_new_rows_with_declared
     assert second.returncode == 0, second.stdout + second.stderr
     assert "done orders-1015.csv: 50 rows, 3 published, 47 already published, 0 bad" in " ".join(second.stdout.split())
     _assert_each_row_once_on_the_topic(batch, good)
+
+
+def test_published_ids_are_forgotten_after_the_retention(isolated: Isolated) -> None:
+    """The published-id ledger stays bounded: ids older than the retention are deleted per source."""
+    import uuid
+
+    import psycopg
+
+    from streams.batch import ledger
+
+    with psycopg.connect(isolated.settings.dsn, autocommit=True) as conn:
+        ledger.migrate(conn)
+        old, fresh, other = ([str(uuid.uuid4()) for _ in range(n)] for n in (30, 20, 10))
+        ledger.record_published(conn, "partner-a", "orders-1.csv", old + fresh)
+        ledger.record_published(conn, "partner-b", "orders-1.csv", other)
+        conn.execute("UPDATE streams_batch_published SET published_at = now() - interval '8 days' "
+                     "WHERE message_id = ANY(%s::uuid[])", (old + other,))
+        assert ledger.forget_published(conn, "partner-a", 7 * 24 * 3600, batch=7) == 30
+        left = {(s, str(m)) for s, m in conn.execute("SELECT source, message_id FROM streams_batch_published")}
+    assert left == {("partner-a", m) for m in fresh} | {("partner-b", m) for m in other}

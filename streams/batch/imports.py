@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ from streams.batch.rowids import RowIdError, RowIds
 from streams.messages.envelope import Envelope
 from streams.messages.registry import MessageRegistry
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DONE, FAILED = "done", "failed"
 #: rows whose ids are looked up in the published-id table at a time
@@ -109,6 +112,9 @@ async def import_once(settings: Settings, spec: ImportSpec, remote: Remote, *,
     results = []
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         ledger.migrate(conn)
+        forgotten = ledger.forget_published(conn, spec.source, settings.dedup_retention)
+        if forgotten:
+            log.info("%s: %d published id(s) older than the retention forgotten", spec.source, forgotten)
         for manifest_name in (n for n in names if n.endswith(SUFFIX)):
             results.append(await _import_file(settings, spec, remote, conn, manifest_name, names, workdir, progress))
     return results

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS streams_batch_published (
     published_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (source, message_id)
 );
+CREATE INDEX IF NOT EXISTS streams_batch_published_age ON streams_batch_published (source, published_at);
 """
 
 
@@ -119,6 +120,21 @@ def published_among(conn: psycopg.Connection, source: str, message_ids: list[str
     found = conn.execute("SELECT message_id::text FROM streams_batch_published WHERE source = %s "
                          "AND message_id = ANY(%s::uuid[])", (source, message_ids)).fetchall()
     return {r[0] for r in found}
+
+
+def forget_published(conn: psycopg.Connection, source: str, retention: float, batch: int = 50_000) -> int:
+    """Delete the ids ``source`` published more than ``retention`` seconds ago (in batches); returns
+    how many. A consumer's processed-ID table forgets an id after its own retention
+    (``STREAMS_DEDUP_RETENTION``), so an older id would not be recognised downstream either."""
+    removed = 0
+    while True:
+        cur = conn.execute(
+            "DELETE FROM streams_batch_published WHERE ctid IN (SELECT ctid FROM streams_batch_published "
+            "WHERE source = %s AND published_at < now() - make_interval(secs => %s) LIMIT %s)",
+            (source, retention, batch))
+        removed += cur.rowcount
+        if cur.rowcount < batch:
+            return removed
 
 
 def imported_before(conn: psycopg.Connection, source: str, file: str) -> bool:
