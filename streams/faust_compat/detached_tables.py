@@ -45,7 +45,7 @@ def current_record(record: Any) -> Iterator[None]:
 
 def current_partition() -> int | None:
     """The partition of Faust's current event (None outside a record's handling)."""
-    ref = _current_event.get()
+    ref = _current_event.get(None)
     event = ref() if ref is not None else None
     return None if event is None else event.message.partition
 
