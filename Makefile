@@ -26,6 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
 	$(BIN)/mypy                                        # types of streams/
+	$(BIN)/streams schema check --app agents.main:app   # message schemas: committed in schemas/, compatible versions
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit   # the fast tier: pure logic, no servers
 	bash scripts/ensure-deb.sh $${STREAMS_CHROMIUM:-/usr/bin/chromium} chromium fonts-dejavu-core  # the dashboard's browser test
 	bash scripts/ensure-deb.sh $${STREAMS_SSHD:-/usr/sbin/sshd} openssh-server openssh-sftp-server   # the SFTP server of batch tests
