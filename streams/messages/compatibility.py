@@ -19,6 +19,7 @@ conservative: what it cannot prove compatible (two different patterns) it report
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,26 +154,19 @@ def _compare_one(rdoc: _Schema, r: dict, wdoc: _Schema, w: dict, path: str) -> l
     here = [Problem(path, "narrower")]
     if not {k for k in r if k not in ("title", "description", "default", "examples")}:
         return []  # the reader takes anything
+    if "enum" in w or "const" in w:  # the writer's values are known: check each against the reader
+        values = w.get("enum", [w.get("const")])
+        return [] if all(_fits(r, v) for v in values) else here
     rtypes, wtypes = _types(r), _types(w)
     if rtypes is not None:
         if wtypes is None:
-            if "enum" in w or "const" in w:
-                values = w.get("enum", [w.get("const")])
-                if not all(_json_type(v) in rtypes or (_json_type(v) == "integer" and "number" in rtypes)
-                           for v in values):
-                    return here
-            else:
-                return here
+            return here
         else:
             for t in wtypes:
                 if t not in rtypes and not (t == "integer" and "number" in rtypes):
                     return here
     if "enum" in r or "const" in r:
-        allowed = r.get("enum", [r.get("const")])
-        if "enum" not in w and "const" not in w:
-            return here
-        if any(v not in allowed for v in w.get("enum", [w.get("const")])):
-            return here
+        return here  # the writer allows values beyond the reader's list
     for key in ("format", "pattern"):
         if key in r and r.get(key) != w.get(key):
             return here
@@ -209,6 +203,27 @@ def _compare_object(rdoc: _Schema, r: dict, wdoc: _Schema, w: dict, path: str) -
             if name not in rprops:
                 problems.append(Problem(f"{path}.{name}" if path else name, "unknown"))
     return problems
+
+
+def _fits(r: dict, value: Any) -> bool:
+    """Whether the scalar ``value`` is valid under the reader branch ``r`` (the keywords compared here)."""
+    rtypes = _types(r)
+    kind = _json_type(value)
+    if rtypes is not None and kind not in rtypes and not (kind == "integer" and "number" in rtypes):
+        return False
+    if ("enum" in r or "const" in r) and value not in r.get("enum", [r.get("const")]):
+        return False
+    if isinstance(value, str):
+        if len(value) < r.get("minLength", 0) or len(value) > r.get("maxLength", len(value)):
+            return False
+        if "pattern" in r and re.search(r["pattern"], value) is None:
+            return False
+        return "format" not in r  # not checked here: a format the writer's values may not meet
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        bounds = (("minimum", lambda b: value >= b), ("exclusiveMinimum", lambda b: value > b),
+                  ("maximum", lambda b: value <= b), ("exclusiveMaximum", lambda b: value < b))
+        return all(test(r[key]) for key, test in bounds if key in r)
+    return True
 
 
 def _json_type(value: Any) -> str:

@@ -206,3 +206,27 @@ def test_the_reference_app_matches_its_committed_schemas_and_the_cli_says_why_no
                             "--dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 1
     assert "OrderPlaced v1: no committed schema: run `streams schema write`" in empty.stderr
+
+
+def test_a_choice_of_values_is_checked_value_by_value() -> None:
+    class Codes(BaseModel):
+        order_id: str = Field(min_length=3, max_length=3)
+        amount: int = Field(ge=0)
+        note: str | None = None
+
+    class Known(BaseModel):
+        order_id: Literal["KRW", "USD"]
+        amount: Literal[0, 5]
+        note: str | None = None
+
+    class TooLong(BaseModel):
+        order_id: Literal["KRW", "EURO"]
+        amount: int = Field(ge=0)
+        note: str | None = None
+
+    old = _schema(Codes)
+    assert breaking_changes("Payment", old, 1, _schema(Known, 2), 2, Compatibility.FORWARD) == []
+    assert breaking_changes("Payment", old, 1, _schema(TooLong, 2), 2, Compatibility.FORWARD) == [
+        "Payment v2 (FORWARD): field 'payload.order_id' type widened from string (min length 3, max length 3) to "
+        "one of 'KRW', 'EURO': v1 consumers refuse the new values"]
+    assert len(breaking_changes("Payment", _schema(Known), 1, _schema(Codes, 2), 2, Compatibility.FORWARD)) == 2
