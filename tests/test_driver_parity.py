@@ -5,7 +5,7 @@
    dead letter, header names that are not UTF-8, valid envelopes with odd headers, types the
    handler does not take) goes to a worker of the reference app through a raw producer, and
    the same records to the driver: record by record, the same outcome (handled, parked with
-   the same reason, or neither).
+   the same reason — and without its value where the producer refused the dead letter — or neither).
 2. A retry and dead-letter scenario (tests/apps/jobs_app.py): jobs that succeed at once, after
    in-place retries, on retry level 1 or 2, or never; a permanent failure; a duplicate. On
    the broker and on the driver: per job the same final outcome, the same attempt count, the
@@ -65,7 +65,8 @@ def _hostile_on_broker(iso: Isolated, records: list[dict]) -> list[str]:
     wait_for(lambda: len(_handled_ids(iso) & valid_ids) >= len(valid_ids), 120, what="every valid order pushed")
     wait_committed_to_end(iso)
     letters = run(read_dead_letters(iso.settings, iso.topic(TOPIC)))
-    parked = {(int(dl.header("dlq.original.partition")), int(dl.header("dlq.original.offset"))): dl.header("dlq.reason")
+    parked = {(int(dl.header("dlq.original.partition")), int(dl.header("dlq.original.offset"))):
+              dl.header("dlq.reason") + (" (value omitted)" if "dlq.value_omitted" in dl.headers else "")
               for dl in letters}
     handled = _handled_ids(iso)
     return [parked.get(pos) or ("handled" if _message_id(r) in handled else "neither")
@@ -86,7 +87,8 @@ async def test_the_hostile_corpus_gives_the_same_outcome_per_record(isolated: Is
         for record in records:
             result = await driver.send_raw(order_placed_topic, record["value"], key=record["key"],
                                            headers=record["headers"])
-            on_driver.append(driver.parked()[-1].reason if result.outcome == "dead_lettered" else
+            letter = driver.parked()[-1] if result.outcome == "dead_lettered" else None
+            on_driver.append(letter.reason + (" (value omitted)" if letter.value_omitted else "") if letter else
                              "handled" if result.outcome == "handled" else "neither")
     print("outcomes:", dict(Counter(on_broker)))
     assert Counter(on_broker)["handled"] == len(valid_ids)
