@@ -193,3 +193,5 @@ def in_process_agents(servers: Servers, tmp_path_factory) -> Iterator[Any]:
         yield SimpleNamespace(database_url=url, sms_provider=provider, **{n.split(".")[1]: m for n, m in modules.items()})
     finally:
         provider.stop()
+        with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
