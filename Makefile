@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs venv services-down clean bench bench-batch image k8s-check k8s-manifests
+.PHONY: demo test docs venv services-down clean bench bench-batch image k8s-check k8s-manifests asyncapi
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -27,6 +27,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
 	$(BIN)/mypy                                        # types of streams/
+	$(BIN)/streams schema check --app agents.main:app   # message schemas: committed in schemas/, compatible versions
+	bash scripts/asyncapi-validate.sh docs/asyncapi/reference-app.json   # the official AsyncAPI parser (npm, cached)
 	$(BIN)/python -m pytest -p no:cacheprovider -q tests/unit   # the fast tier: pure logic, no servers
 	mkdir -p .streams && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .streams/site 2>.streams/docs-build.log \
 	  || { cat .streams/docs-build.log; exit 1; }   # the docs site: a broken link or a stale reference fails (log shown then)
@@ -69,3 +71,9 @@ services-down: $(STAMP)
 
 clean: services-down
 	rm -rf .streams test-artifacts site
+
+# docs/asyncapi/reference-app.json: the reference app's services in one AsyncAPI 3.0 document (checked in sync by
+# tests/unit/test_asyncapi.py, validated by the official parser in make test)
+REFERENCE_APPS := agents.main:app agents.points:app agents.search_index:app agents.sms:app
+asyncapi: $(STAMP)
+	$(BIN)/streams asyncapi $(addprefix --app ,$(REFERENCE_APPS)) --title reference-app -o docs/asyncapi/reference-app.json

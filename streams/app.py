@@ -123,6 +123,9 @@ class StreamsApp:
         if self.transactions.enabled:
             consumer_fixes.install_recovery_fix(self.faust, self.settings)
         self._outputs: list[Any] = []
+        #: output topic → the message types its handlers send there; outbox topic → what the service writes
+        self.output_types: dict[str, tuple[str, ...]] = {}
+        self.outbox_routes: dict[str, tuple[str, ...]] = {}
         self._effects: Effects | None = None
         self._effects_purged: list[Effects] = []
         self._runners: list[HandlerRunner] = []
@@ -363,11 +366,32 @@ class StreamsApp:
 
         return register
 
-    def output(self, name: str, *, kind: Kind, partitions: int | None = None) -> StreamTopic:
-        """Declare a topic the app only writes to (created by the worker on start)."""
+    def output(self, name: str, *, kind: Kind, partitions: int | None = None,
+               message_types: tuple[str, ...] = ()) -> StreamTopic:
+        """Declare a topic the app only writes to (created by the worker on start); ``message_types``:
+        what its handlers send there (for the AsyncAPI document, :mod:`streams.asyncapi`)."""
         topic = self.topic(name, kind=kind, partitions=partitions)
         self._outputs.append(topic)
+        self.output_types[topic.name] = self._registered(message_types)
         return topic
+
+    def outbox_route(self, name: str, *message_types: str, partitions: int | None = None) -> StreamTopic:
+        """Declare that this app's service writes ``message_types`` to topic ``name`` through the
+        outbox (:mod:`streams.outbox`; the relay publishes them): for the AsyncAPI document and
+        :meth:`topic_specs`. The worker does not write there itself."""
+        types = self._registered(message_types)
+        kinds = {self.registry.spec(t).kind for t in types}
+        if len(kinds) != 1:
+            raise ConfigurationError(f"outbox route {name!r}: give message types of one kind (got {sorted(types)})")
+        topic = self.topic(name, kind=kinds.pop(), partitions=partitions)
+        self.outbox_routes[topic.name] = types
+        return topic
+
+    def _registered(self, message_types: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [t for t in message_types if t not in self.registry]
+        if unknown:
+            raise ConfigurationError(f"message types {unknown} are not registered (known: {self.registry.types()})")
+        return tuple(message_types)
 
     def effects(self, **options: Any) -> Effects:
         """The app's processed-messages table in PostgreSQL (``STREAMS_DATABASE_URL``), for

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,51 @@ def isolated_module(servers: Servers, request, tmp_path_factory) -> Iterator[Iso
         yield iso
 
 
+
+
+#: the reference app's modules the test driver's tests import into the test process
+IN_PROCESS_AGENTS = ("agents.main", "agents.points", "agents.search_index", "agents.sms")
+
+
+@pytest.fixture(scope="session")
+def in_process_agents(servers: Servers, tmp_path_factory) -> Iterator[Any]:
+    """The reference app's services imported into this test process, for the test driver
+    (streams.testing): their settings are read once, at import, so ``STREAMS_DATABASE_URL`` (a
+    database of their own on the session's PostgreSQL) and ``STREAMS_HOME`` are set for the import
+    and restored after it. The SMS provider simulator runs for the session (a test points
+    ``agent_settings.sms_provider_url`` at it)."""
+    import importlib
+    import sys
+    from types import SimpleNamespace
+
+    import psycopg
+
+    from agents.sms_provider import SmsProvider
+    from tests.harness import admin_url
+
+    early = [m for m in IN_PROCESS_AGENTS if m in sys.modules]
+    if early:
+        pytest.fail(f"{early} were imported into the test process before in_process_agents set their settings")
+    dbname = f"driver_{os.getpid()}"
+    with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    url = servers.database_url.rsplit("/", 1)[0] + f"/{dbname}"
+    provider = SmsProvider(port=free_port(), rate=10_000, burst=1000).start()
+    env = {"STREAMS_DATABASE_URL": url, "STREAMS_HOME": str(tmp_path_factory.mktemp("in-process"))}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        modules = {name: importlib.import_module(name) for name in IN_PROCESS_AGENTS}
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    try:
+        yield SimpleNamespace(database_url=url, sms_provider=provider, **{n.split(".")[1]: m for n, m in modules.items()})
+    finally:
+        provider.stop()
+        with psycopg.connect(admin_url(servers.database_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

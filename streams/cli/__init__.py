@@ -12,6 +12,7 @@ import os
 import click
 
 from streams.cli import help_tree
+from streams.cli.asyncapi import asyncapi_cmd
 from streams.cli.base import StreamsGroup
 from streams.cli.batch import batch
 from streams.cli.cdc import cdc
@@ -21,6 +22,7 @@ from streams.cli.dlq import dlq
 from streams.cli.lag import lag_cmd
 from streams.cli.offsets import offsets
 from streams.cli.outbox import outbox, relay_cmd
+from streams.cli.schema import schema
 from streams.cli.state import state
 from streams.cli.tasks import tasks
 from streams.cli.topics import topics
@@ -45,7 +47,7 @@ def cli(log_level: str | None) -> None:
 # --- settings --------------------------------------------------------------------
 
 
-for command in (settings_cmd, worker_cmd, batch, cdc, dev, dlq, lag_cmd, offsets, state, tasks, topics):
+for command in (settings_cmd, worker_cmd, asyncapi_cmd, batch, cdc, dev, dlq, lag_cmd, offsets, schema, state, tasks, topics):
     cli.add_command(command)
 help_tree.install(cli)
 cli.add_command(demo)

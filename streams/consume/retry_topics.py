@@ -45,9 +45,12 @@ if TYPE_CHECKING:
 class RetryTopics:
     """Declares the retry topics of handlers and schedules records onto them."""
 
-    def __init__(self, publisher: "Publisher", declare_topic: Callable[..., Any]) -> None:
+    def __init__(self, publisher: "Publisher", declare_topic: Callable[..., Any],
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock()``: epoch seconds the due times count from (the test driver's controllable clock)."""
         self.publisher = publisher
         self.declare_topic = declare_topic
+        self.clock = clock
         self._topics: dict[str, Any] = {}
 
     def declare(self, spec: "HandlerSpec") -> list[Any]:
@@ -79,7 +82,7 @@ class RetryTopics:
             out.append((HEADER_MESSAGE_ID, message_id.encode()))
         out += [
             (H_RETRY_LEVEL, str(level).encode()),
-            (H_RETRY_DUE, f"{time.time() + delay:.3f}".encode()),
+            (H_RETRY_DUE, f"{self.clock() + delay:.3f}".encode()),
             (H_RETRY_ATTEMPTS, str(attempts).encode()),
             (H_RETRY_FIRST_FAILURE, f"{first_failure:.3f}".encode()),
             (H_ORIGIN_TOPIC, origin.topic.encode()),

@@ -353,7 +353,7 @@ class HandlerRunner:
             if wait <= 0:
                 return
             if wait < 0.5:
-                await waiting.wait(wait)
+                await waiting.wait(wait, why=why)
                 continue
             self._count("sink_pauses", origin)
             await waiting.wait(wait, pause=self.sink_pause, why=why)

@@ -89,6 +89,9 @@ NAMES: tuple[PrivateName, ...] = (
     PrivateName("faust.tables.recovery:Recovery", "_build_offsets", "replaced: exactly_once restore end"),
     PrivateName("faust.tables.recovery:Recovery", "_build_highwaters", "replaced: stable end offsets"),
     PrivateName("faust.streams:Stream", "_set_current_event", "table writes of a handler find its partition"),
+    PrivateName("faust.tables.base:Collection", "_data", "the test driver runs a table on its own store"),
+    PrivateName("faust.tables.base:Collection", "_verified_source_topics_for_partitions",
+                "the test driver's table writes need no consumer metadata", instance=True),
     PrivateName("mode.utils.queues:FlowControlEvent", "_queues", "the queues a rebalance clears", instance=True),
     # the RocksDB store behind tables
     PrivateName("faust.stores.rocksdb:Store", "_dbs", "per-partition table views", instance=True),

@@ -113,6 +113,28 @@ class _GuardedBatch:
                     yield record
 
 
+def read_header_names(headers: Any) -> list[tuple[str, bytes | None]]:
+    """Raw headers ``[(name bytes or str, value bytes or None)]`` as a consumer of this framework
+    reads them: names decoded as UTF-8, names that are not spelled with backslash escapes and
+    listed in a :data:`BAD_HEADER_NAMES` header (what :func:`install` does to fetched records;
+    the test driver reads raw records through it)."""
+    out: list[tuple[str, bytes | None]] = []
+    escaped: list[str] = []
+    for name, value in headers:
+        if isinstance(name, str):
+            text = name
+        else:
+            try:
+                text = bytes(name).decode("utf-8")
+            except UnicodeDecodeError:
+                text = bytes(name).decode("utf-8", "backslashreplace")
+                escaped.append(text)
+        out.append((text, None if value is None else bytes(value)))
+    if escaped:
+        out.append((BAD_HEADER_NAMES, ",".join(escaped).encode()))
+    return out
+
+
 def _tolerant_batch(raw: bytes) -> Any:
     """Records of a v2 batch read by aiokafka's pure-Python reader, header names decoded leniently."""
     from aiokafka.record.default_records import _DefaultRecordBatchPy

@@ -33,6 +33,8 @@ HEADER_MESSAGE_ID = "message_id"
 HEADER_MESSAGE_TYPE = "message_type"
 HEADER_KIND = "kind"
 HEADER_CONTENT_TYPE = "content-type"
+#: the payload's schema version, in the envelope's ``headers`` and as a record header (absent: 1)
+SCHEMA_VERSION = "schema_version"
 CONTENT_TYPE = "application/vnd.streams.envelope+json; version=1"
 
 P = TypeVar("P")
@@ -107,6 +109,8 @@ class Envelope(BaseModel, Generic[P]):
             (HEADER_KIND, self.kind.value.encode()),
             (HEADER_CONTENT_TYPE, CONTENT_TYPE.encode()),
         ]
+        if SCHEMA_VERSION in self.headers:
+            out.append((SCHEMA_VERSION, self.headers[SCHEMA_VERSION].encode()))
         return out
 
     def to_record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:

@@ -12,10 +12,31 @@ payloads, and decoding failures are classified (see
         seller_id: str
 
     envelope = registry.decode(record_value)   # Envelope[OrderPlaced]
+
+Message types carry a **version** (default 1). A new version of a type registers its new
+model with ``version=`` and, where the old payloads do not simply validate against it,
+an **upcaster** per step, so a handler of version 2 receives version 1 messages as
+version 2::
+
+    @registry.event("PaymentTaken", version=2)
+    class PaymentTaken(BaseModel):
+        order_id: str
+        amount_minor: int
+        currency: str
+
+    @registry.upcaster("PaymentTaken", from_version=1)
+    def payment_v1_to_v2(payload: dict) -> dict:
+        return {"order_id": payload["order_id"], "amount_minor": payload["amount"] * 100, "currency": "KRW"}
+
+A message of a version above 1 carries it in its envelope's ``headers``
+(``schema_version``; no header: version 1), set by :meth:`MessageRegistry.envelope`.
+The committed JSON Schemas of every version and the compatibility check between them
+are in :mod:`streams.messages.schemas`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,18 +46,38 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from streams.errors import ConfigurationError, DecodeError, DecodeReason
-from streams.messages.envelope import Envelope, Kind
+from streams.messages.envelope import SCHEMA_VERSION, Envelope, Kind
 
 M = TypeVar("M", bound=type[BaseModel])
+#: an upcaster: a payload of one version (JSON data) → the payload of the next version
+Upcaster = Callable[[Any], Any]
+
+
+class Compatibility(StrEnum):
+    """Which changes between consecutive versions of a type are allowed (Confluent's levels).
+
+    * ``BACKWARD`` (default): the new version reads messages of the previous one (consumers
+      upgrade first);
+    * ``FORWARD``: the previous version reads messages of the new one (producers upgrade first);
+    * ``FULL``: both;
+    * ``NONE``: not checked.
+    """
+
+    BACKWARD = "BACKWARD"
+    FORWARD = "FORWARD"
+    FULL = "FULL"
+    NONE = "NONE"
 
 
 @dataclass(frozen=True)
 class MessageSpec:
-    """What the registry knows about one message type."""
+    """What the registry knows about one message type (its current version)."""
 
     message_type: str
     model: type[BaseModel]
     kind: Kind
+    version: int = 1
+    compatibility: Compatibility = Compatibility.BACKWARD
 
 
 class MessageRegistry:
@@ -46,35 +87,58 @@ class MessageRegistry:
         self._specs: dict[str, MessageSpec] = {}
         #: message type -> Envelope[its payload model] (what decode returns)
         self._typed: dict[str, type[Envelope]] = {}
+        #: (message type, from version) -> upcaster to the next version
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
 
     # --- registration -------------------------------------------------------
-    def register(self, message_type: str, model: type[BaseModel], kind: Kind = Kind.EVENT) -> MessageSpec:
-        """Register ``model`` as the payload of ``message_type``."""
+    def register(self, message_type: str, model: type[BaseModel], kind: Kind = Kind.EVENT, *, version: int = 1,
+                 compatibility: Compatibility | str = Compatibility.BACKWARD) -> MessageSpec:
+        """Register ``model`` as the payload of ``message_type`` (its current ``version``; what
+        may change between versions: ``compatibility``)."""
         if not message_type:
             raise ConfigurationError("message_type must be a non-empty string")
+        if not isinstance(version, int) or version < 1:
+            raise ConfigurationError(f"message type {message_type!r}: version must be a positive integer")
+        spec = MessageSpec(message_type, model, kind, version, Compatibility(compatibility))
         existing = self._specs.get(message_type)
-        if existing is not None and (existing.model is not model or existing.kind is not kind):
+        if existing is not None and existing != spec:
             raise ConfigurationError(
                 f"message type {message_type!r} is already registered "
-                f"({existing.kind.value}, {existing.model.__qualname__})"
+                f"({existing.kind.value}, {existing.model.__qualname__}, version {existing.version})"
             )
-        spec = MessageSpec(message_type, model, kind)
         self._specs[message_type] = spec
         return spec
 
-    def event(self, message_type: str) -> Callable[[M], M]:
+    def event(self, message_type: str, *, version: int = 1,
+              compatibility: Compatibility | str = Compatibility.BACKWARD) -> Callable[[M], M]:
         """Class decorator: register a payload model as an event type."""
         def wrap(model: M) -> M:
-            self.register(message_type, model, Kind.EVENT)
+            self.register(message_type, model, Kind.EVENT, version=version, compatibility=compatibility)
             return model
         return wrap
 
-    def command(self, message_type: str) -> Callable[[M], M]:
+    def command(self, message_type: str, *, version: int = 1,
+                compatibility: Compatibility | str = Compatibility.BACKWARD) -> Callable[[M], M]:
         """Class decorator: register a payload model as a command type."""
         def wrap(model: M) -> M:
-            self.register(message_type, model, Kind.COMMAND)
+            self.register(message_type, model, Kind.COMMAND, version=version, compatibility=compatibility)
             return model
         return wrap
+
+    def upcaster(self, message_type: str, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Decorator: ``fn(payload) -> payload`` turns a ``from_version`` payload (JSON data) into
+        one of the next version. A step without an upcaster passes the payload on unchanged."""
+        def wrap(fn: Upcaster) -> Upcaster:
+            key = (message_type, from_version)
+            if key in self._upcasters and self._upcasters[key] is not fn:
+                raise ConfigurationError(f"{message_type!r} already has an upcaster from version {from_version}")
+            self._upcasters[key] = fn
+            return fn
+        return wrap
+
+    def upcasters(self, message_type: str) -> dict[int, Upcaster]:
+        """The upcasters of ``message_type``: from version → function."""
+        return {v: fn for (t, v), fn in self._upcasters.items() if t == message_type}
 
     # --- lookup ---------------------------------------------------------------
     def spec(self, message_type: str) -> MessageSpec:
@@ -102,8 +166,10 @@ class MessageRegistry:
 
     # --- building -----------------------------------------------------------
     def envelope(self, payload: BaseModel, *, key: str | None = None, **fields: Any) -> Envelope:
-        """Wrap a registered payload model in an envelope of the right type and kind."""
+        """Wrap a registered payload model in an envelope of the right type, kind and version."""
         spec = self.type_of(type(payload))
+        if spec.version > 1:
+            fields["headers"] = {**fields.get("headers", {}), SCHEMA_VERSION: str(spec.version)}
         return Envelope(message_type=spec.message_type, kind=spec.kind, payload=payload, key=key, **fields)
 
     # --- decoding -----------------------------------------------------------
@@ -138,12 +204,16 @@ class MessageRegistry:
                 message_type=raw.message_type,
                 message_id=raw.message_id,
             )
+        version = _version_of(raw.headers, raw)
+        data = self._upcast(spec, version, raw) if version < spec.version else raw.payload
+        newer = f" (a version {version} message; this consumer knows version {spec.version})" \
+            if version > spec.version else ""
         try:
-            payload = spec.model.model_validate(raw.payload)
+            payload = spec.model.model_validate(data)
         except ValidationError as exc:
             raise DecodeError(
                 DecodeReason.INVALID_PAYLOAD,
-                f"payload does not match {spec.model.__qualname__}",
+                f"payload does not match {spec.model.__qualname__}{newer}",
                 details=_plain_errors(exc),
                 message_type=raw.message_type,
                 message_id=raw.message_id,
@@ -157,7 +227,29 @@ class MessageRegistry:
                 message_id=raw.message_id,
             ) from None
         fields = {name: getattr(raw, name) for name in raw.model_fields_set}
-        return self.typed(spec).model_construct(_fields_set=raw.model_fields_set, **{**fields, "payload": payload})
+        if version < spec.version:  # upcast: it is a message of the current version now
+            fields["headers"] = {**raw.headers, SCHEMA_VERSION: str(spec.version)}
+        return self.typed(spec).model_construct(_fields_set=raw.model_fields_set | ({"headers"} if version < spec.version
+                                                                                     else set()),
+                                                **{**fields, "payload": payload})
+
+    def _upcast(self, spec: MessageSpec, version: int, raw: Envelope) -> Any:
+        """``raw``'s payload of ``version`` brought to ``spec``'s version, step by step."""
+        data = raw.payload
+        for step in range(version, spec.version):
+            fn = self._upcasters.get((spec.message_type, step))
+            if fn is None:
+                continue
+            try:
+                data = fn(copy.deepcopy(data))
+            except Exception as exc:  # noqa: BLE001 - an upcaster's failure is this record's problem
+                raise DecodeError(
+                    DecodeReason.INVALID_PAYLOAD,
+                    f"upcasting from version {step} to {step + 1} raised {type(exc).__name__}: {_short(exc)}",
+                    message_type=raw.message_type,
+                    message_id=raw.message_id,
+                ) from None
+        return data
 
 
     def _decode_fast(self, value: Any, limits: "DecodeLimits", message_type: str) -> Envelope | None:
@@ -174,6 +266,8 @@ class MessageRegistry:
         if (envelope.message_type != message_type or envelope.kind is not spec.kind
                 or "message_id" not in envelope.model_fields_set):  # a missing id is no default here
             return None
+        if envelope.headers.get(SCHEMA_VERSION, "1") != str(spec.version):
+            return None  # another version: upcast (or explained) the careful way
         return envelope
 
     def typed(self, spec: MessageSpec) -> type[Envelope]:
@@ -310,6 +404,17 @@ def validate_envelope(data: Any, *, fallback_id: str | None = None) -> Envelope[
             f"validating the envelope raised {type(exc).__name__}: {_short(exc)}",
             message_type=message_type,
         ) from None
+
+
+def _version_of(headers: dict[str, str], raw: Envelope) -> int:
+    """The payload's version from an envelope's headers (absent: 1), or ``DecodeError``."""
+    text = headers.get(SCHEMA_VERSION)
+    if text is None:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise DecodeError(DecodeReason.NOT_ENVELOPE, f"the envelope's {SCHEMA_VERSION} header {text[:20]!r} is not a "
+                          "positive integer", message_type=raw.message_type, message_id=raw.message_id)
+    return int(text)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

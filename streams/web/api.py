@@ -18,6 +18,8 @@
 ``GET /api/outbox``                                  outbox pending, oldest age, failed, publish rate
 ``GET /api/metrics``                                 handler counters and timings as JSON
 ``GET /metrics``                                     Prometheus text format
+``GET /asyncapi.json``                               the app's AsyncAPI 3.0 document (streams.asyncapi)
+``GET /asyncapi``                                    that document as a page (HTML, self-contained)
 ===================================================  =================================================
 
 A request for a key or a partition another worker owns is forwarded to it (the
@@ -60,6 +62,10 @@ log = logging.getLogger(__name__)
 #: set on a request one worker forwards to another (the receiver answers itself, never forwards again)
 FORWARDED = "X-Streams-Forwarded-By"
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+ASYNCAPI_PAGE = Path(__file__).with_name("asyncapi.html")
+PAGE_HEADERS = {"Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                           "img-src 'self' data:"}
 FORWARD_TIMEOUT = ClientTimeout(total=10)
 READ_TIMEOUT = 10.0
 
@@ -87,6 +93,7 @@ class WebApi:
         self._lag: tuple[float, Any] | None = None
         self._lag_previous: Any = None
         self._lag_lock = asyncio.Lock()
+        self._asyncapi: dict[str, Any] | None = None
         web_server = faust_web_server(app.faust)
         # serve only these views: Faust's own /router, /table and statistics pages would bypass the token
         web_server.blueprints = type(web_server.blueprints)([])
@@ -120,15 +127,26 @@ class WebApi:
             "/api/outbox": view(self.outbox),
             "/api/metrics": view(self.metrics_json),
             "/metrics": view(self.metrics),
+            "/asyncapi.json": view(self.asyncapi_json),
+            "/asyncapi": view(self.asyncapi_page),
         }
 
     # --- pages and health ------------------------------------------------------------
     async def dashboard(self, request: web.Request) -> web.Response:
         """The dashboard page (static: its data comes from /api/*)."""
-        return web.Response(text=DASHBOARD.read_text(), content_type="text/html",
-                            headers={"Cache-Control": "no-store",
-                                     "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                                                                "style-src 'unsafe-inline'; img-src 'self' data:"})
+        return web.Response(text=DASHBOARD.read_text(), content_type="text/html", headers=PAGE_HEADERS)
+
+    async def asyncapi_page(self, request: web.Request) -> web.Response:
+        """The AsyncAPI document as a page (static: it reads /asyncapi.json)."""
+        return web.Response(text=ASYNCAPI_PAGE.read_text(), content_type="text/html", headers=PAGE_HEADERS)
+
+    async def asyncapi_json(self, request: web.Request) -> web.Response:
+        """This app's AsyncAPI 3.0 document: its topics, messages and consumer group."""
+        if self._asyncapi is None:
+            from streams.asyncapi import document
+
+            self._asyncapi = document([self.app])
+        return json_response(self._asyncapi)
 
     async def live(self, request: web.Request) -> web.Response:
         """Liveness: the worker's event loop answers."""

@@ -6,7 +6,7 @@ every request, so no view can forget them:
 * only ``GET`` and ``HEAD`` are served (the views are read-only): anything else
   is ``405`` with a JSON error;
 * with ``STREAMS_WEB_TOKEN`` set, every path but ``/health/*`` and the static
-  dashboard page (``/``, which holds no data) needs ``Authorization: Bearer
+  pages (``/`` and ``/asyncapi``, which hold no data) needs ``Authorization: Bearer
   <token>``, else ``401``;
 * errors are JSON ``{"error": code, "detail": text}``: :class:`ApiError` from a
   view keeps its status, aiohttp's own 404/405 become JSON, and an unexpected
@@ -25,8 +25,8 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-#: paths served without a token (health probes, and the dashboard page that has no data of its own)
-PUBLIC_PATHS = frozenset({"/health/live", "/health/ready", "/", "/favicon.ico"})
+#: paths served without a token (health probes, and the pages that have no data of their own: the dashboard, /asyncapi)
+PUBLIC_PATHS = frozenset({"/health/live", "/health/ready", "/", "/asyncapi", "/favicon.ico"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
