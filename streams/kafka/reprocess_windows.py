@@ -11,7 +11,7 @@ repeat it a second time, and the window does nothing once the range was passed.
 A plain reset (without ``--reprocess``) clears the windows of the partitions it
 moves.
 
-The windows live in a compacted topic, ``<prefix>streams.kafka.reprocess_windows-windows``,
+The windows live in a compacted topic, ``<prefix>streams.consume.reprocess-windows``,
 keyed ``<group>|<topic>|<partition>``; workers read them when partitions are
 assigned to them (before they fetch anything).
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def windows_topic(settings: Settings) -> str:
     """Name of the topic holding the reprocess windows."""
-    return f"{settings.topic_prefix}streams.kafka.reprocess_windows-windows"
+    return f"{settings.topic_prefix}streams.consume.reprocess-windows"
 
 
 @dataclass(frozen=True)
