@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from streams.consume.outputs import output_message_id
-from streams.kafka.admin import TopicSpec, committed_offsets, ensure_topics, produce_envelopes
+from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics, produce_envelopes
 from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.reference import read_topic
@@ -213,6 +213,8 @@ def test_a_forced_reprocess_applies_an_effect_at_most_once_per_window(isolated: 
     wait_for(lambda: iso.sql("SELECT count(*) FROM effects_applied")[0][0] >= 30, 60, what="30 effects")
     wait_for(lambda: all(committed(iso, "work").get(p, 0) > 0 for p in range(3)), 30, what="commits")
     first.stop()
+    ends = run(end_offsets(iso.settings, iso.topic("work")))
+    assert committed(iso, "work") == ends, "a graceful stop commits every record it handled"
     reset = subprocess.run([sys.executable, "-m", "streams.cli", "offsets", "reset", "--group", iso.settings.app_id,
                             "--topic", iso.topic("work"), "--to-earliest", "--execute", "--reprocess"],
                            env=first.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
