@@ -70,6 +70,7 @@ NAMES: tuple[PrivateName, ...] = (
     PrivateName(_CONSUMER, "_paused_partitions", "gap guard and pausing skip paused partitions", instance=True),
     PrivateName(_CONSUMER, "_unacked_messages", "what a revocation waits for (batch markers)", instance=True),
     PrivateName(_CONSUMER, "_n_acked", "counted like Faust's own ack", instance=True),
+    PrivateName(_CONSUMER, "_commit_fut", "a commit asked for while another runs waits and commits"),
     PrivateName("faust.transport.consumer:ThreadDelegateConsumer", "_thread",
                 "the aiokafka consumer runs in Faust's consumer thread", instance=True),
     PrivateName("faust.transport.drivers.aiokafka:AIOKafkaConsumerThread", "_consumer",

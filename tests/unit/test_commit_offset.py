@@ -141,6 +141,9 @@ async def test_the_record_that_reveals_a_gap_is_not_part_of_the_gap() -> None:
             self._acked: dict = defaultdict(list)
             self._acked_index: dict = defaultdict(set)
 
+        async def commit(self) -> bool:  # install() wraps it; not used here
+            return True
+
     consumer: Any = Stub()
     consumer._add_gap = MethodType(Consumer._add_gap, consumer)
     install(consumer)
@@ -153,3 +156,43 @@ async def test_the_record_that_reveals_a_gap_is_not_part_of_the_gap() -> None:
     consumer._committed_offset[tp] = 12
     consumer._acked[tp].append(13)
     assert consumer._new_offset(tp) == 14  # 12 a gap, 13 acknowledged
+
+
+async def test_a_commit_asked_for_while_another_runs_commits_after_it() -> None:
+    """Faust's ``Consumer.commit`` itself (its other steps stubbed): a commit asked for while the
+    timer's commit runs must commit once that one is done — its offsets were taken before the
+    acknowledgements that came since (a graceful stop's last commit is such a call)."""
+    import asyncio
+    from types import MethodType
+
+    from faust.transport.consumer import Consumer
+
+    from streams.faust_compat.consumer_fixes import install
+
+    class Stub:
+        def __init__(self) -> None:
+            self.app = type("App", (), {"client_only": False})()
+            self.loop = asyncio.get_running_loop()
+            self._commit_fut = None
+            self.commits: list[str] = []
+            self.release = asyncio.Event()
+
+        async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+            self.commits.append("started")
+            await self.release.wait()
+            self.commits.append("done")
+            return True
+
+    consumer: Any = Stub()
+    consumer.commit = MethodType(Consumer.commit, consumer)
+    consumer.maybe_wait_for_commit_to_finish = MethodType(Consumer.maybe_wait_for_commit_to_finish, consumer)
+    consumer._add_gap = None  # install() wraps it; not used here
+    install(consumer)
+    timer = asyncio.ensure_future(consumer.commit())
+    await asyncio.sleep(0)
+    final = asyncio.ensure_future(consumer.commit())  # e.g. the last commit of a graceful stop
+    await asyncio.sleep(0)
+    consumer.release.set()
+    assert await timer is True
+    assert await final is True, "the second commit returned without committing"
+    assert consumer.commits == ["started", "done", "started", "done"]
