@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
-from streams.consume.lane import BatchLane, Revocations, Route
+from streams.consume.lane import BatchLane, InFlight, Revocations, Route
 from streams.faust_compat import fetches
 from streams.faust_compat.consumer_fixes import ack_offsets
 
@@ -184,7 +184,13 @@ class BatchDispatcher:
         """One batch of one partition: handled in order, written, then acknowledged at once
         (or in parts, where a record waits: see :class:`~streams.consume.lane.BatchLane`)."""
         generation = self.revocations.generation
-        missing = await route.guard.missing_before(records[0], tp)
+        checking = InFlight(tp)  # the batch is in hand from here: a revocation (or a stop's last commit) waits
+        fetches.hold_revocation(self.faust, checking)
+        try:
+            missing = await route.guard.missing_before(records[0], tp)
+        finally:
+            checking.acked = True
+            fetches.release_revocation(self.faust, checking)
         if missing:
             records = missing + records
         consumer = self.faust.consumer
