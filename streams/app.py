@@ -169,6 +169,8 @@ class StreamsApp:
             "topic_allow_declare": s.create_topics,
             "topic_disable_leader": True,  # the leader topic serves on_leader timers, which no agent uses
         }
+        if s.group_instance_id:  # static membership (KIP-345): aiokafka's group_instance_id
+            conf["consumer_group_instance_id"] = s.group_instance_id
         credentials = self._credentials()
         if credentials is not None:
             conf["broker_credentials"] = credentials

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     dedup_retention: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a processed message id is remembered (default 7 days)."
     )
+    group_instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._\-]{1,249}$",
+        description="Static group membership (KIP-345): this worker's stable name in its consumer group, unique "
+        "per worker (the Helm chart sets the pod name). A worker restarted within the session timeout gets "
+        "its partitions back without a rebalance; a stopped one keeps them until the session timeout. Unset: "
+        "dynamic membership (every start and stop rebalances).")
     broker_session_timeout: float = Field(
         30.0, ge=6, le=1800, description="Seconds without heartbeat before the group drops a worker."
     )
@@ -214,6 +220,11 @@ class Settings(BaseSettings):
             if not 1 <= port <= 65535:
                 raise ValueError(f"port out of range in {server!r}")
         return ",".join(servers)
+
+    @field_validator("group_instance_id", mode="before")
+    @classmethod
+    def _blank_instance_id(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("app_id")
     @classmethod
