@@ -348,7 +348,9 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     worker.wait_ready(30)
     # no token configured: the views answer without one
     stats = http(f"{url}/api/tables/{TABLE}")
-    assert stats.status == 200 and stats.json["active_entries"] == n
+    # ~16,700 entries a partition: sizes are RocksDB's estimates (no scan), within 1 % here
+    assert stats.status == 200 and abs(stats.json["active_entries"] - n) <= n * 0.01, stats.json["active_entries"]
+    assert all(r["entries_estimated"] for r in stats.json["per_partition"])
     assert stats.json["recovering"] is False and sorted(stats.json["active_partitions"]) == list(range(PARTITIONS))
     key = http(f"{url}/api/tables/{TABLE}/keys/key-4242").json
     assert key["value"]["message_id"] == "m-4242" and key["served_by"] == url
@@ -362,7 +364,7 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     assert samples["streams_lag_up"] == 1
     entries = sum(s.value for f in text_string_to_metric_families(metrics.text) for s in f.samples
                   if s.name == "streams_table_entries" and s.labels["table"] == TABLE)
-    assert entries == n
+    assert abs(entries - n) <= n * 0.01
     worker.stop()
 
 

@@ -185,7 +185,3 @@ class ProcessedIds:
         for key, value in list(store.items()):
             if isinstance(value, dict) and int(value.get("p", -1)) == partition:
                 yield (key.decode() if isinstance(key, bytes) else key), value
-
-    def local_size(self) -> int:
-        """Entries held locally for the active partitions."""
-        return len(self.table)

@@ -148,11 +148,17 @@ class TableViews:
     # --- sizes and pages ---------------------------------------------------------------
     def entries(self, table: Any, partition: int) -> int | None:
         """Entries held here for one partition (None when this worker has no copy)."""
+        size = self.size(table, partition)
+        return None if size is None else size[0]
+
+    def size(self, table: Any, partition: int) -> tuple[int, bool] | None:
+        """(entries, estimated) held here for one partition, never by scanning a large one
+        (:func:`streams.faust_compat.table_store.entries`); None when this worker has no copy."""
         store = table.data
         if not table_store.is_partitioned(store):
             return None
         db = table_store.partition_dbs(store).get(partition)
-        return None if db is None else table_store.count(store, db)
+        return None if db is None else table_store.entries(store, db)
 
     def stats(self, table: Any) -> dict[str, Any]:
         """Per partition: role here, entries held here, changelog records left to recover, owner."""
@@ -165,12 +171,15 @@ class TableViews:
             tp = TP(topic, partition)
             role = self.role(table, partition)
             left = active_left.get(tp) if role == "active" else standby_left.get(tp) if role else None
+            size = self.size(table, partition)
             rows.append({
                 "partition": partition,
                 "role": role,
                 # a local copy can exist without a role: Faust leaves a changelog that was missing
                 # from the first assignment unassigned until the next rebalance, yet writes go on
-                "entries": self.entries(table, partition),
+                "entries": None if size is None else size[0],
+                # RocksDB's estimate (no scan) above table_store.EXACT_BELOW entries, exact below
+                "entries_estimated": None if size is None else size[1],
                 "recovery_remaining": int(left) if left is not None else None,
                 "owner": self.owner_url(table, partition),
             })
