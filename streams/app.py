@@ -112,6 +112,10 @@ class StreamsApp:
         consumer_fixes.install_cleared_events_fix(self.faust, on_clear=lambda: self.dispatcher and self.dispatcher.clear())
         if self.transactions.enabled:
             consumer_fixes.install_recovery_fix(self.faust, self.settings)
+        if self.settings.restore_path == "batch":  # table restores in write batches (streams.faust_compat.restore)
+            from streams.faust_compat import restore
+
+            restore.install(self.faust)
         self._outputs: list[Any] = []
         self._effects: Effects | None = None
         self._effects_purged: list[Effects] = []

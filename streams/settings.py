@@ -183,6 +183,10 @@ class Settings(BaseSettings):
         4096, ge=1, description="Records a worker buffers per source topic before it stops fetching it.")
     consumer_max_fetch_size: int = Field(
         1024 * 1024, ge=1024, description="Bytes fetched per partition per request (the fetch buffer's size).")
+    restore_path: Literal["batch", "events"] = Field(
+        "batch", description="batch: table restores and standby replicas apply each fetch of a changelog "
+        "partition as one RocksDB write batch (streams.faust_compat.restore); events: Faust's own path, one "
+        "event per changelog record.")
     consume_path: Literal["batch", "events"] = Field(
         "batch", description="batch: handlers take each partition's fetches a batch at a time (streams.consume); "
         "events: one Faust agent per handler, one event at a time.")
