@@ -165,6 +165,7 @@ class StreamsApp:
             "stream_buffer_maxsize": s.stream_buffer_maxsize,
             "consumer_max_fetch_size": s.consumer_max_fetch_size,
             "broker_max_poll_records": s.broker_max_poll_records,
+            "table_standby_replicas": s.standby_replicas,
             "web_enabled": s.web_enabled,
             "web_bind": s.web_host,
             "web_port": s.web_port,

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
         4096, ge=1, description="Records a worker buffers per source topic before it stops fetching it.")
     consumer_max_fetch_size: int = Field(
         1024 * 1024, ge=1024, description="Bytes fetched per partition per request (the fetch buffer's size).")
+    standby_replicas: int = Field(
+        1, ge=0, le=10, description="Warm copies of each table partition kept on other workers of the group "
+        "(Faust's table_standby_replicas), fed from the changelog like a restore: when a worker leaves, its "
+        "partitions move to a worker holding such a copy and restore only the tail. 0: none.")
     restore_path: Literal["batch", "events"] = Field(
         "batch", description="batch: table restores and standby replicas apply each fetch of a changelog "
         "partition as one RocksDB write batch (streams.faust_compat.restore); events: Faust's own path, one "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -17,8 +18,9 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 
 from streams.consume.dedup import changelog_configs
-from streams.kafka.admin import TopicSpec, ensure_topics
-from tests.apps.state_app import PARTITIONS, TOPIC
+from streams.kafka.admin import TopicSpec, committed_offsets, end_offsets, ensure_topics, produce_envelopes
+from streams.kafka.groups import describe_group
+from tests.apps.state_app import PARTITIONS, TOPIC, StatePing, registry
 from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.web_helpers import answers, http, web_worker
@@ -206,3 +208,64 @@ def _replay_until(expected_log: dict[int, list[tuple[int, bytes, bytes | None]]]
             table[key] = value
         out[p] = {k: v for k, v in table.items() if v is not None}
     return out
+
+
+def _reading_starts(log: str) -> dict[int, int]:
+    """The last "Reading Starts At - Active" table Faust logged: changelog partition → offset."""
+    table = log.rsplit("Reading Starts At - Active", 1)[-1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\|\s*(?:\S+changelog|〃)\s*\|\s*(\d+)\s*\|\s*(-?\d+)\s*\|", table, re.MULTILINE)
+    return {int(p): int(o) for p, o in rows}
+
+
+@pytest.mark.parametrize("standbys", [1, 0], ids=["standby", "no-standby"])
+def test_after_a_graceful_leave_the_survivor_resumes_from_its_standby_and_dedup_holds(
+        isolated: Isolated, tmp_path: Path, standbys: int) -> None:
+    """Two workers; A leaves (SIGTERM). B takes A's partitions: with a standby replica (the
+    default) it restores only what its copy lacks — not from offset 0 — and a message A handled,
+    delivered again, is skipped. ``no-standby`` (``STREAMS_STANDBY_REPLICAS=0``) shows the
+    restore from the start that the first assertion catches; dedup holds there too."""
+    iso = isolated
+    topic = iso.topic(TOPIC)
+    run(ensure_topics(iso.settings, [TopicSpec(topic, PARTITIONS)]))
+    seen = tmp_path / "seen.txt"
+    env = {**APP, "TEST_SEEN_FILE": str(seen), "STREAMS_STANDBY_REPLICAS": str(standbys)}
+    a = iso.worker("worker-a", **env, STREAMS_KAFKA_CLIENT_ID="worker-a").start()
+    a.wait_ready(180)
+    b, url_b = web_worker(iso, "worker-b", **env, STREAMS_KAFKA_CLIENT_ID="worker-b")
+    b.start()
+    b.wait_ready(180)
+    envelopes = [registry.envelope(StatePing(n=i), key=f"k-{i}") for i in range(600)]
+    run(produce_envelopes(iso.settings, topic, envelopes))
+
+    def lines() -> list[str]:
+        return seen.read_text().splitlines() if seen.exists() else []
+
+    wait_for(lambda: len(lines()) >= 600, 120, what="600 messages handled")
+    group = run(describe_group(iso.settings, iso.settings.app_id))
+    a_partitions = sorted(p for m in group.members if m.client_id == "worker-a" for t, p in m.partitions if t == topic)
+    assert a_partitions, group
+
+    def standbys_current() -> bool:
+        stats = http(f"{url_b}/api/tables/{TABLE}").json
+        rows = [r for r in stats["per_partition"] if r["partition"] in a_partitions]
+        return all(r["role"] == "standby" and r["standby_lag"] == 0 and r["entries"] for r in rows)
+
+    if standbys:
+        wait_for(standbys_current, 60, what=f"worker-b's standby copies of {a_partitions} current")
+    mark = len(b.log_text())
+    assert a.stop() == 0
+    wait_for(lambda: "Worker ready" in b.log_text()[mark:], 120, what="worker-b ready with every partition")
+    starts = _reading_starts(b.log_text()[mark:])
+    if standbys:
+        assert starts and all(starts.get(p, -1) >= 0 for p in a_partitions), \
+            f"worker-b restored {a_partitions} from scratch: reading starts at {starts}"
+    else:  # without a copy, B reads A's partitions from the start (what the assertion above catches)
+        assert starts and all(starts.get(p) == -1 for p in a_partitions), starts
+    # a message A handled comes again: B skips it
+    handled_by_a = {line.split()[0] for line in lines() if line.split()[1] == str(a.pid)}
+    again = next(e for e in envelopes if str(e.message_id) in handled_by_a)
+    run(produce_envelopes(iso.settings, topic, [again]))
+    ends = {(topic, p): o for p, o in run(end_offsets(iso.settings, topic)).items()}
+    wait_for(lambda: run(committed_offsets(iso.settings, iso.settings.app_id, topic)) == ends, 60,
+             what="worker-b past the repeated message")
+    assert sum(1 for line in lines() if line.split()[0] == str(again.message_id)) == 1

@@ -39,6 +39,21 @@ def partition_items(store: Any, partition: int) -> Iterator[tuple[Any, Any]]:
     yield from items(store, require(store, "_db_for_partition")(partition))
 
 
+def partition_items_after(store: Any, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, Any, Any]]:
+    """Up to ``limit`` entries of ``partition`` in key order, from the first key past ``after``
+    (from the start when None): ``(raw key, key, value)``. Reads only those entries."""
+    db = require(store, "_db_for_partition")(partition)
+    decode_key, decode_value = require(store, "_decode_key"), require(store, "_decode_value")
+    out: list[tuple[bytes, Any, Any]] = []
+    for raw_key, raw_value in db.items(from_key=after) if after is not None else db.items():
+        if raw_key == after or raw_key == store.offset_key:
+            continue
+        out.append((raw_key, decode_key(raw_key), decode_value(raw_value)))
+        if len(out) >= limit:
+            break
+    return out
+
+
 def count(store: Any, db: Any, limit: int | None = None) -> int:
     """Entries of one partition's database, counted key by key (at most ``limit + 1``)."""
     keys = require(store, "_visible_keys")(db)

@@ -172,6 +172,7 @@ class TableViews:
             role = self.role(table, partition)
             left = active_left.get(tp) if role == "active" else standby_left.get(tp) if role else None
             size = self.size(table, partition)
+            lag = self.standby_lag(tp) if role == "standby" else None
             rows.append({
                 "partition": partition,
                 "role": role,
@@ -181,6 +182,8 @@ class TableViews:
                 # RocksDB's estimate (no scan) above table_store.EXACT_BELOW entries, exact below
                 "entries_estimated": None if size is None else size[1],
                 "recovery_remaining": int(left) if left is not None else None,
+                # a standby copy: changelog records written since (the end its consumer last saw)
+                "standby_lag": lag,
                 "owner": self.owner_url(table, partition),
             })
         active = [r for r in rows if r["role"] == "active"]
@@ -193,12 +196,23 @@ class TableViews:
             "standby_partitions": [r["partition"] for r in rows if r["role"] == "standby"],
             "active_entries": sum(r["entries"] or 0 for r in active),
             "standby_entries": sum(r["entries"] or 0 for r in rows if r["role"] == "standby"),
+            "standby_lag": sum(r["standby_lag"] or 0 for r in rows if r["role"] == "standby"),
             "local_entries": sum(r["entries"] or 0 for r in rows),
             "unassigned_local_partitions": [r["partition"] for r in rows
                                             if r["role"] is None and r["entries"] is not None],
             "recovering": any(r["recovery_remaining"] for r in rows),
             "per_partition": rows,
         }
+
+    def standby_lag(self, tp: TP) -> int | None:
+        """Records of a standby partition's changelog not applied here yet: the end offset the
+        consumer saw in its last fetch minus the next offset to apply (None before a fetch)."""
+        recovery = table_manager(self.app.faust).recovery
+        end = self.app.faust.consumer.highwater(tp)
+        applied = recovery.standby_offsets.get(tp)
+        if end is None or applied is None:
+            return None
+        return max(0, int(end) - 1 - int(applied))
 
     def page(self, table: Any, partitions: list[int], page: int, page_size: int) -> dict[str, Any]:
         """One page of the entries of ``partitions`` held here, in partition then key order."""
