@@ -187,6 +187,10 @@ class Settings(BaseSettings):
         1, ge=0, le=10, description="Warm copies of each table partition kept on other workers of the group "
         "(Faust's table_standby_replicas), fed from the changelog like a restore: when a worker leaves, its "
         "partitions move to a worker holding such a copy and restore only the tail. 0: none.")
+    warmup_before_join: bool = Field(
+        True, description="`streams worker` brings its local copy of every table up to the changelogs' ends "
+        "before it joins its group (streams.faust_compat.warmup), so a joining worker takes over partitions "
+        "with their state already there instead of stopping them for a restore.")
     restore_path: Literal["batch", "events"] = Field(
         "batch", description="batch: table restores and standby replicas apply each fetch of a changelog "
         "partition as one RocksDB write batch (streams.faust_compat.restore); events: Faust's own path, one "

@@ -123,19 +123,23 @@ def test_a_batch_restore_builds_the_table_the_event_path_builds(isolated: Isolat
     run(ensure_topics(iso.settings, [TopicSpec(iso.topic(TOPIC), PARTITIONS),
                                      TopicSpec(_changelog(iso), PARTITIONS, config=changelog_configs(7 * 86400.0))]))
     expected, last = run(_write_changelog(iso, 60_000, transactional=guarantee == "exactly_once"))
-    env = {"STREAMS_PROCESSING_GUARANTEE": guarantee}
+    env = {"STREAMS_PROCESSING_GUARANTEE": guarantee, "STREAMS_WARMUP_BEFORE_JOIN": "false"}
     events_dir = _restore(iso, "events", "events", **env)
     batch_dir = _restore(iso, "batch", "batch", **env)
+    warm_dir = _restore(iso, "warmed", "batch", **{**env, "STREAMS_WARMUP_BEFORE_JOIN": "true"})
     by_events, events_offsets = _read_table(events_dir)
     by_batch, batch_offsets = _read_table(batch_dir)
+    by_warmup, warmup_offsets = _read_table(warm_dir)
     want = _present(expected)
     assert sum(map(len, want.values())) > 30_000  # (a third of the exactly_once transactions aborted)
     for p in range(PARTITIONS):
         assert by_batch[p] == want[p], f"partition {p}: the batch restore differs from the committed records"
         assert by_events[p] == by_batch[p], f"partition {p}: the two restore paths differ"
-    assert batch_offsets == events_offsets == last
+        assert by_warmup[p] == by_batch[p], f"partition {p}: the warm-up before joining differs"
+    assert batch_offsets == events_offsets == warmup_offsets == last
     log = iso.workers[1].log_text()
     assert "use write batches" in log and "Restore complete" in log
+    assert "warming up" not in log and "warmed up before joining" in iso.workers[2].log_text()
 
 
 def test_a_worker_killed_mid_restore_resumes_where_its_last_batch_ended(isolated: Isolated) -> None:
@@ -147,7 +151,7 @@ def test_a_worker_killed_mid_restore_resumes_where_its_last_batch_ended(isolated
     n = 200_000
     expected, last = run(_write_changelog(iso, n, transactional=False))
     # small fetches (16 KiB a partition: about 130 records each), so the restore takes many batches
-    env = {**APP, "STREAMS_CONSUMER_MAX_FETCH_SIZE": "16384"}
+    env = {**APP, "STREAMS_CONSUMER_MAX_FETCH_SIZE": "16384", "STREAMS_WARMUP_BEFORE_JOIN": "false"}
     worker, url = web_worker(iso, "restorer", **env)
     worker.start()
     wait_for(lambda: answers(f"{url}/health/live"), 120, interval=0.1, what="the web server")
@@ -269,3 +273,21 @@ def test_after_a_graceful_leave_the_survivor_resumes_from_its_standby_and_dedup_
     wait_for(lambda: run(committed_offsets(iso.settings, iso.settings.app_id, topic)) == ends, 60,
              what="worker-b past the repeated message")
     assert sum(1 for line in lines() if line.split()[0] == str(again.message_id)) == 1
+
+
+def test_a_joining_worker_warms_up_before_it_joins_and_takes_over_without_a_restore(isolated: Isolated) -> None:
+    """B joins a group whose table holds 60,000 ids: it copies the changelogs before it joins, so the
+    partitions it takes over start reading at its copy's offsets, not at the start."""
+    iso = isolated
+    run(ensure_topics(iso.settings, [TopicSpec(iso.topic(TOPIC), PARTITIONS),
+                                     TopicSpec(_changelog(iso), PARTITIONS, config=changelog_configs(7 * 86400.0))]))
+    run(_write_changelog(iso, 60_000, transactional=False))
+    a = iso.worker("worker-a", **APP).start()
+    a.wait_ready(300)
+    b = iso.worker("worker-b", **APP).start()
+    b.wait_ready(300)
+    log = b.log_text()
+    warm, joined = log.find("warmed up before joining"), log.find("Executing _on_partitions_assigned")
+    assert -1 < warm < joined, "the warm-up came before the group join"
+    starts = _reading_starts(log)
+    assert starts and all(offset > 0 for offset in starts.values()), f"B restored from scratch: {starts}"

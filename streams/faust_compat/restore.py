@@ -46,6 +46,13 @@ from streams.faust_compat.private import require, table_manager
 log = logging.getLogger(__name__)
 
 
+def eligible(table: Any) -> bool:
+    """True for tables whose restore the batch path stands in for (see the module docstring)."""
+    store = table.data
+    return (table_store.is_partitioned(store) and bool(getattr(store, "use_rocksdict", False))
+            and not table.is_global and getattr(table, "_on_changelog_event", None) is None)
+
+
 class BatchRestore:
     """Applies the fetched changelog records of the tables being restored, a write batch per
     partition and fetch."""
@@ -58,15 +65,9 @@ class BatchRestore:
         self._installed = False
 
     # --- which records ------------------------------------------------------------
-    def eligible(self, table: Any) -> bool:
-        """True for tables whose restore this path stands in for (see the module docstring)."""
-        store = table.data
-        return (table_store.is_partitioned(store) and bool(getattr(store, "use_rocksdict", False))
-                and not table.is_global and getattr(table, "_on_changelog_event", None) is None)
-
     def _topics(self) -> set[str]:
         return {table.changelog_topic.get_topic_name() for table in self.faust_app.tables.values()
-                if self.eligible(table)}
+                if eligible(table)}
 
     def install(self) -> None:
         """Wrap the Faust consumer's fetch (once; the consumer exists at the first assignment)."""
