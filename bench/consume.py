@@ -233,13 +233,19 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
 # --- table restore -------------------------------------------------------------------------
 def restore_logged(log: str) -> float | None:
     """Seconds between Faust's "Restoring state from changelog topics" and "Done reading from
-    changelog topics" in a worker's log (the restore itself, without start-up and group join)."""
+    changelog topics" in a worker's log (the restore itself, without start-up and group join);
+    for a warm-up before joining, between its first and its last line."""
+    if "warming up" in log:
+        markers = (("start", "warming up"), ("end", "warmed up before joining"))
+    else:
+        markers = (("start", "Restoring state from changelog topics"), ("end", "Done reading from changelog"))
     stamps = {}
     for line in log.splitlines():
-        for key, marker in (("start", "Restoring state from changelog topics"), ("end", "Done reading from changelog")):
+        for key, marker in markers:
             if marker in line and key not in stamps:
                 try:
-                    stamps[key] = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+                    stamp = line[1:24] if line.startswith("[") else line[:23]
+                    stamps[key] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
                 except ValueError:
                     pass
     if "start" in stamps and "end" in stamps:
@@ -290,7 +296,10 @@ def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, 
             if count:
                 out["write_s"] = round(time.monotonic() - t0, 1)
             for path in (("batch",) if label == "baseline" else paths):
-                env = {**base_env, "STREAMS_APP_ID": group, "BENCH_IDEMPOTENT": "1", "STREAMS_RESTORE_PATH": path,
+                # batch / events: the restore after joining (Faust's recovery); warmup: before joining
+                env = {**base_env, "STREAMS_APP_ID": group, "BENCH_IDEMPOTENT": "1",
+                       "STREAMS_RESTORE_PATH": "events" if path == "events" else "batch",
+                       "STREAMS_WARMUP_BEFORE_JOIN": "true" if path == "warmup" else "false",
                        "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / f"{group}-{path}")}
                 proc = consumer_process("faust", env, tmp / "logs" / f"restore-{label}-{path}.log")
                 started = time.monotonic()
@@ -309,7 +318,8 @@ def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, 
                         rss.sample()
                         load = max(load, loadavg())
                         if (profile_seconds and count and spy is None
-                                and "Restoring state from changelog topics" in proc.log_text()):
+                                and ("Restoring state from changelog topics" in proc.log_text()
+                                     or "warming up" in proc.log_text())):
                             from bench import profile
 
                             spy = profile.start(proc.started_pid, profile_seconds, raw_profile)
@@ -324,8 +334,11 @@ def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, 
                     if raw_profile.exists():
                         profile.print_summary(f"restore ({path} path)", profile.summarise(raw_profile, top=25))
                 if label == "full":
+                    data_dir = Path(env["STREAMS_WORKER_DATA_DIR"])
+                    disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
                     out["paths"][path] = {"ready_s": round(timings[label, path], 2), "peak_rss_mib": round(rss.mib, 1),
-                                          "loadavg_1m_max": load, "logged_s": restore_logged(proc.log_text())}
+                                          "loadavg_1m_max": load, "logged_s": restore_logged(proc.log_text()),
+                                          "disk_mib": round(disk / 2**20, 1)}
         baseline = timings["baseline", "batch"]
         out["baseline_s"] = round(baseline, 2)
         for row in out["paths"].values():
@@ -366,7 +379,8 @@ def print_table(results: list[Result], meta: dict) -> None:
             console.print(f"table restore ({path} path): {restore['entries']:,} processed-ID entries restored on a "
                           f"fresh node in {row['seconds']:.1f}s = {row['entries_per_s']:,.0f} entries/s{logged} (ready after "
                           f"{row['ready_s']:.1f}s; an empty changelog: {restore['baseline_s']:.1f}s; peak RSS "
-                          f"{row['peak_rss_mib']:.0f} MiB; load average up to {row['loadavg_1m_max']:.1f})",
+                          f"{row['peak_rss_mib']:.0f} MiB; on disk {row['disk_mib']:.0f} MiB; load average up to "
+                          f"{row['loadavg_1m_max']:.1f})",
                           highlight=False)
     for r in results:
         if r.error:
@@ -389,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore", type=int, default=1_000_000,
                         help="processed-ID entries for the table-restore timing (0: skip)")
     parser.add_argument("--restore-paths", default="batch",
-                        help="restore paths to time, comma-separated: batch (write batches, the default), "
-                             "events (Faust's per-event path)")
+                        help="restore paths to time, comma-separated: batch (after joining, write batches), "
+                             "events (after joining, Faust's per-event path), warmup (before joining)")
     args = parser.parse_args(argv)
     wanted = [k.strip() for k in args.variants.split(",") if k.strip()]
     unknown = set(wanted) - {v.key for v in VARIANTS}

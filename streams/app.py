@@ -268,7 +268,7 @@ class StreamsApp:
             # Faust's default block cache is 2 GiB per database: size it for small machines.
             kwargs.setdefault("options", {
                 "block_cache_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
-                "write_buffer_size": 8 * 1024 * 1024,
+                "write_buffer_size": self.settings.rocksdb_write_buffer_mb * 1024 * 1024,
                 "max_write_buffer_number": 2,
             })
         table = self.faust.Table(name, **kwargs)

@@ -146,7 +146,12 @@ class Settings(BaseSettings):
         None, description="Local table state of this worker. Unset: <home>/worker/<app id>."
     )
     store: str = Field("rocksdb://", description="Faust table store URL.")
-    rocksdb_block_cache_mb: int = Field(64, ge=1, le=65536)
+    rocksdb_block_cache_mb: int = Field(
+        64, ge=1, le=65536, description="RocksDB block cache of each table partition database (MiB): with the "
+        "memtables, what a worker's RSS grows by per partition it holds.")
+    rocksdb_write_buffer_mb: int = Field(
+        8, ge=1, le=4096, description="RocksDB memtable size of each table partition database (MiB; two per "
+        "database).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
     web_advertised_host: str | None = Field(
         None, description="Host name other workers use to reach this one (table routing). Unset: STREAMS_WEB_HOST. "

@@ -52,8 +52,8 @@ class WarmUp:
     skipped: list[str] = field(default_factory=list)
 
 
-async def warm_up(faust_app: Any, settings: "Settings", *, fetch_bytes: int = 4 * 1024 * 1024,
-                  progress_every: float = 5.0) -> WarmUp:
+async def warm_up(faust_app: Any, settings: "Settings", *, fetch_bytes: int = 1024 * 1024,
+                  max_records: int = 20_000, progress_every: float = 5.0) -> WarmUp:
     """Bring the local RocksDB copy of every eligible table partition up to its changelog's end."""
     started = time.monotonic()
     out = WarmUp()
@@ -63,12 +63,15 @@ async def warm_up(faust_app: Any, settings: "Settings", *, fetch_bytes: int = 4 
     # from the settings: Faust's ``in_transaction`` is cached, and False until the worker runs
     exactly_once = settings.processing_guarantee.value == "exactly_once"
     isolation = "read_committed" if exactly_once else "read_uncommitted"
+    # fetches of a worker's size, and at most ``max_records`` records in hand: the warm-up's memory
+    # stays near the worker's own
     reader = plain_consumer(settings, isolation_level=isolation, max_partition_fetch_bytes=fetch_bytes,
-                            fetch_max_bytes=16 * fetch_bytes)
+                            fetch_max_bytes=8 * fetch_bytes)
+    reader_max_records = max_records
     await reader.start()
     try:
         for table in tables:
-            await _table(reader, faust_app, table, out, progress_every)
+            await _table(reader, faust_app, table, out, progress_every, reader_max_records)
     finally:
         await reader.stop()
     out.seconds = time.monotonic() - started
@@ -90,7 +93,8 @@ def _partition_path(faust_app: Any, table: Any, partition: int) -> Path:
     return Path(faust_app.conf.tabledir) / f"{table.name}-{partition}.db"
 
 
-async def _table(reader: Any, faust_app: Any, table: Any, out: WarmUp, progress_every: float) -> None:
+async def _table(reader: Any, faust_app: Any, table: Any, out: WarmUp, progress_every: float,
+                 max_records: int) -> None:
     options = rocksdb_store.RocksDBOptions(**{k: v for k, v in (table.options or {}).items()
                                               if k not in ("driver", "read_only")})
     offset_key = rocksdb_store.Store.offset_key
@@ -125,7 +129,7 @@ async def _table(reader: Any, faust_app: Any, table: Any, out: WarmUp, progress_
                  sum(ends[tp] - s for tp, s in todo.items()), len(todo))
         active, last_log = set(todo), time.monotonic()
         while active:
-            fetched = await reader.getmany(*active, timeout_ms=1000)
+            fetched = await reader.getmany(*active, timeout_ms=1000, max_records=max_records)
             for tp, records in fetched.items():
                 if not records:
                     continue
