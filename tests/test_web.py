@@ -327,7 +327,8 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     run(_produce_fast(iso, changelog, records))
     # nothing is handled here, so the database may as well be unreachable: the outbox view must say so
     dead_db = f"postgresql://postgres:unreachable-db-pa55@127.0.0.1:{free_port()}/nothing"
-    worker, url = web_worker(iso, "restorer", STREAMS_DATABASE_URL=dead_db)
+    # the restore after joining, which readiness reports (a warm-up before joining runs before the web server)
+    worker, url = web_worker(iso, "restorer", STREAMS_DATABASE_URL=dead_db, STREAMS_WARMUP_BEFORE_JOIN="false")
     worker.start()
     wait_for(lambda: answers(f"{url}/health/live"), 60, interval=0.1, what="the web server")
     seen_not_ready = []
