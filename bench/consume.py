@@ -231,15 +231,58 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
 
 
 # --- table restore -------------------------------------------------------------------------
-def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, tmp: Path, suffix: str) -> dict:
-    """Write ``entries`` processed-ID entries into the changelog of a fresh app (what a worker
-    leaves behind), then start a dedup worker on an empty data dir twice — once with an empty
-    changelog (baseline) and once with the full one — and time both to Ready."""
+def restore_logged(log: str) -> float | None:
+    """Seconds between Faust's "Restoring state from changelog topics" and "Done reading from
+    changelog topics" in a worker's log (the restore itself, without start-up and group join);
+    for a warm-up before joining, between its first and its last line."""
+    if "warming up" in log:
+        markers = (("start", "warming up"), ("end", "warmed up before joining"))
+    else:
+        markers = (("start", "Restoring state from changelog topics"), ("end", "Done reading from changelog"))
+    stamps = {}
+    for line in log.splitlines():
+        for key, marker in markers:
+            if marker in line and key not in stamps:
+                try:
+                    stamp = line[1:24] if line.startswith("[") else line[:23]
+                    stamps[key] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+                except ValueError:
+                    pass
+    if "start" in stamps and "end" in stamps:
+        return round((stamps["end"] - stamps["start"]).total_seconds(), 2)
+    return None
+
+
+async def fill_changelog(settings: Settings, changelog: str, count: int) -> None:
+    """Write ``count`` processed-ID entries (``id-<i>`` in partition i mod 6) as a worker leaves them."""
     from aiokafka import AIOKafkaProducer
 
+    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=20,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        now, pending = time.time(), []
+        for i in range(count):
+            value = {"at": now, "outcome": "handled", "p": i % PARTITIONS, "o": i // PARTITIONS, "attempts": 1}
+            pending.append(await producer.send(changelog, key=json.dumps(f"id-{i}").encode(),
+                                               value=json.dumps(value).encode(), partition=i % PARTITIONS))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, tmp: Path, suffix: str,
+                 paths: tuple[str, ...] = ("batch",), profile_seconds: float = 0.0) -> dict:
+    """Write ``entries`` processed-ID entries into the changelog of a fresh app (what a worker
+    leaves behind), then start a dedup worker on an empty data dir — once with an empty
+    changelog (baseline) and once per restore path (``STREAMS_RESTORE_PATH``) with the full
+    one — and time each to Ready; the restore's time is the difference to the baseline."""
     from streams.consume.dedup import changelog_configs
 
-    out: dict = {"entries": entries}
+    out: dict = {"entries": entries, "paths": {}}
     try:
         timings = {}
         for label, count in (("baseline", 0), ("full", entries)):
@@ -248,43 +291,61 @@ def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, 
             asyncio.run(ensure_topics(settings, [TopicSpec(changelog, PARTITIONS,
                                                            config=changelog_configs(7 * 24 * 3600.0))]))
 
-            async def fill() -> None:
-                producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=20,
-                                            max_batch_size=512 * 1024)
-                await producer.start()
-                try:
-                    now, pending = time.time(), []
-                    for i in range(count):
-                        value = {"at": now, "outcome": "handled", "p": i % PARTITIONS, "o": i // PARTITIONS,
-                                 "attempts": 1}
-                        pending.append(await producer.send(changelog, key=json.dumps(f"id-{i}").encode(),
-                                                           value=json.dumps(value).encode(),
-                                                           partition=i % PARTITIONS))
-                        if len(pending) >= 20_000:
-                            await asyncio.gather(*pending)
-                            pending.clear()
-                    await asyncio.gather(*pending)
-                finally:
-                    await producer.stop()
-
             t0 = time.monotonic()
-            asyncio.run(fill())
+            asyncio.run(fill_changelog(settings, changelog, count))
             if count:
                 out["write_s"] = round(time.monotonic() - t0, 1)
-            env = {**base_env, "STREAMS_APP_ID": group, "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / group),
-                   "BENCH_IDEMPOTENT": "1"}
-            proc = consumer_process("faust", env, tmp / "logs" / f"restore-{label}.log")
-            started = time.monotonic()
-            proc.start()
-            try:
-                proc.wait_ready(timeout=900)
-                timings[label] = time.monotonic() - started
-            finally:
-                proc.stop(timeout=60)
-        out["ready_s"] = round(timings["full"], 2)
-        out["baseline_s"] = round(timings["baseline"], 2)
-        out["seconds"] = round(max(0.01, timings["full"] - timings["baseline"]), 2)
-        out["entries_per_s"] = round(entries / out["seconds"])
+            for path in (("batch",) if label == "baseline" else paths):
+                # batch / events: the restore after joining (Faust's recovery); warmup: before joining
+                env = {**base_env, "STREAMS_APP_ID": group, "BENCH_IDEMPOTENT": "1",
+                       "STREAMS_RESTORE_PATH": "events" if path == "events" else "batch",
+                       "STREAMS_WARMUP_BEFORE_JOIN": "true" if path == "warmup" else "false",
+                       "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / f"{group}-{path}")}
+                proc = consumer_process("faust", env, tmp / "logs" / f"restore-{label}-{path}.log")
+                started = time.monotonic()
+                proc.start()
+                rss = RssSampler(proc.pid)
+                load = loadavg()
+                spy, raw_profile = None, tmp / "logs" / f"restore-{path}.profile.txt"
+                try:
+                    while True:
+                        try:
+                            proc.wait_ready(timeout=0.5)
+                            break
+                        except ServiceError as exc:
+                            if not proc.running() or time.monotonic() - started > 1800:
+                                raise exc
+                        rss.sample()
+                        load = max(load, loadavg())
+                        if (profile_seconds and count and spy is None
+                                and ("Restoring state from changelog topics" in proc.log_text()
+                                     or "warming up" in proc.log_text())):
+                            from bench import profile
+
+                            spy = profile.start(proc.started_pid, profile_seconds, raw_profile)
+                    timings[label, path] = time.monotonic() - started
+                    rss.sample()
+                finally:
+                    proc.stop(timeout=60)
+                if spy is not None:
+                    from bench import profile
+
+                    spy.wait(timeout=profile_seconds + 30)
+                    if raw_profile.exists():
+                        profile.print_summary(f"restore ({path} path)", profile.summarise(raw_profile, top=25))
+                if label == "full":
+                    data_dir = Path(env["STREAMS_WORKER_DATA_DIR"])
+                    disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
+                    out["paths"][path] = {"ready_s": round(timings[label, path], 2), "peak_rss_mib": round(rss.mib, 1),
+                                          "loadavg_1m_max": load, "logged_s": restore_logged(proc.log_text()),
+                                          "disk_mib": round(disk / 2**20, 1)}
+        baseline = timings["baseline", "batch"]
+        out["baseline_s"] = round(baseline, 2)
+        for row in out["paths"].values():
+            row["seconds"] = round(max(0.01, row["ready_s"] - baseline), 2)
+            row["entries_per_s"] = round(entries / row["seconds"])
+            if row["logged_s"]:
+                row["logged_entries_per_s"] = round(entries / row["logged_s"])
     except Exception as exc:  # noqa: BLE001 - reported with the table
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
@@ -312,10 +373,14 @@ def print_table(results: list[Result], meta: dict) -> None:
     if restore:
         if restore.get("error"):
             console.print(f"[bold red]table restore failed:[/] {restore['error']}", highlight=False)
-        else:
-            console.print(f"table restore: {restore['entries']:,} processed-ID entries restored on a fresh node in "
-                          f"{restore['seconds']:.1f}s = {restore['entries_per_s']:,.0f} entries/s "
-                          f"(ready after {restore['ready_s']:.1f}s; an empty changelog: {restore['baseline_s']:.1f}s)",
+        for path, row in restore.get("paths", {}).items():
+            logged = (f"; in the worker's log {row['logged_s']:.1f}s = {row['logged_entries_per_s']:,.0f} entries/s"
+                      if row.get("logged_s") else "")
+            console.print(f"table restore ({path} path): {restore['entries']:,} processed-ID entries restored on a "
+                          f"fresh node in {row['seconds']:.1f}s = {row['entries_per_s']:,.0f} entries/s{logged} (ready after "
+                          f"{row['ready_s']:.1f}s; an empty changelog: {restore['baseline_s']:.1f}s; peak RSS "
+                          f"{row['peak_rss_mib']:.0f} MiB; on disk {row['disk_mib']:.0f} MiB; load average up to "
+                          f"{row['loadavg_1m_max']:.1f})",
                           highlight=False)
     for r in results:
         if r.error:
@@ -332,10 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="max seconds per variant once ready")
     parser.add_argument("--stall", type=float, default=120.0, help="fail a variant after this long without progress")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data, worker state)")
-    parser.add_argument("--profile", default="", help="comma-separated variants to sample with py-spy while they run")
+    parser.add_argument("--profile", default="", help="comma-separated variants to sample with py-spy while they run "
+                                                      "(restore: the restoring worker)")
     parser.add_argument("--profile-seconds", type=float, default=10.0, help="how long to sample each profiled variant")
     parser.add_argument("--restore", type=int, default=1_000_000,
                         help="processed-ID entries for the table-restore timing (0: skip)")
+    parser.add_argument("--restore-paths", default="batch",
+                        help="restore paths to time, comma-separated: batch (after joining, write batches), "
+                             "events (after joining, Faust's per-event path), warmup (before joining)")
     args = parser.parse_args(argv)
     wanted = [k.strip() for k in args.variants.split(",") if k.strip()]
     unknown = set(wanted) - {v.key for v in VARIANTS}
@@ -419,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.restore:
             print(f"[bench] table restore: writing {args.restore:,} processed-ID entries ...", flush=True)
             meta["restore"] = time_restore(args.restore, base_env=base_env, settings=settings, tmp=tmp,
-                                           suffix=suffix)
+                                           suffix=suffix, paths=tuple(p.strip() for p in args.restore_paths.split(",")
+                                                                      if p.strip()),
+                                           profile_seconds=args.profile_seconds if "restore" in args.profile else 0.0)
             print(f"[bench] table restore: {meta['restore']}", flush=True)
     finally:
         broker.down()

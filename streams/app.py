@@ -122,6 +122,10 @@ class StreamsApp:
         consumer_fixes.install_cleared_events_fix(self.faust, on_clear=self._on_clear)
         if self.transactions.enabled:
             consumer_fixes.install_recovery_fix(self.faust, self.settings)
+        if self.settings.restore_path == "batch":  # table restores in write batches (streams.faust_compat.restore)
+            from streams.faust_compat import restore
+
+            restore.install(self.faust)
         self._outputs: list[Any] = []
         #: output topic → the message types its handlers send there; outbox topic → what the service writes
         self.output_types: dict[str, tuple[str, ...]] = {}
@@ -171,6 +175,7 @@ class StreamsApp:
             "stream_buffer_maxsize": s.stream_buffer_maxsize,
             "consumer_max_fetch_size": s.consumer_max_fetch_size,
             "broker_max_poll_records": s.broker_max_poll_records,
+            "table_standby_replicas": s.standby_replicas,
             "web_enabled": s.web_enabled,
             "web_bind": s.web_host,
             "web_port": s.web_port,
@@ -179,6 +184,8 @@ class StreamsApp:
             "topic_allow_declare": s.create_topics,
             "topic_disable_leader": True,  # the leader topic serves on_leader timers, which no agent uses
         }
+        if s.group_instance_id:  # static membership (KIP-345): aiokafka's group_instance_id
+            conf["consumer_group_instance_id"] = s.group_instance_id
         credentials = self._credentials()
         if credentials is not None:
             conf["broker_credentials"] = credentials
@@ -271,7 +278,7 @@ class StreamsApp:
             # Faust's default block cache is 2 GiB per database: size it for small machines.
             kwargs.setdefault("options", {
                 "block_cache_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
-                "write_buffer_size": 8 * 1024 * 1024,
+                "write_buffer_size": self.settings.rocksdb_write_buffer_mb * 1024 * 1024,
                 "max_write_buffer_number": 2,
             })
         table = self.faust.Table(name, **kwargs)

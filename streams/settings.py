@@ -150,7 +150,12 @@ class Settings(BaseSettings):
         None, description="Local table state of this worker. Unset: <home>/worker/<app id>."
     )
     store: str = Field("rocksdb://", description="Faust table store URL.")
-    rocksdb_block_cache_mb: int = Field(64, ge=1, le=65536, description="RocksDB block cache per table partition, MiB.")
+    rocksdb_block_cache_mb: int = Field(
+        64, ge=1, le=65536, description="RocksDB block cache of each table partition database (MiB): with the "
+        "memtables, what a worker's RSS grows by per partition it holds.")
+    rocksdb_write_buffer_mb: int = Field(
+        8, ge=1, le=4096, description="RocksDB memtable size of each table partition database (MiB; two per "
+        "database).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
     web_advertised_host: str | None = Field(
         None, description="Host name other workers use to reach this one (table routing). Unset: STREAMS_WEB_HOST. "
@@ -172,6 +177,12 @@ class Settings(BaseSettings):
     dedup_retention: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a processed message id is remembered (default 7 days)."
     )
+    group_instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._\-]{1,249}$",
+        description="Static group membership (KIP-345): this worker's stable name in its consumer group, unique "
+        "per worker (the Helm chart sets the pod name). A worker restarted within the session timeout gets "
+        "its partitions back without a rebalance; a stopped one keeps them until the session timeout. Unset: "
+        "dynamic membership (every start and stop rebalances).")
     broker_session_timeout: float = Field(
         30.0, ge=6, le=1800, description="Seconds without heartbeat before the group drops a worker."
     )
@@ -181,6 +192,18 @@ class Settings(BaseSettings):
         4096, ge=1, description="Records a worker buffers per source topic before it stops fetching it.")
     consumer_max_fetch_size: int = Field(
         1024 * 1024, ge=1024, description="Bytes fetched per partition per request (the fetch buffer's size).")
+    standby_replicas: int = Field(
+        1, ge=0, le=10, description="Warm copies of each table partition kept on other workers of the group "
+        "(Faust's table_standby_replicas), fed from the changelog like a restore: when a worker leaves, its "
+        "partitions move to a worker holding such a copy and restore only the tail. 0: none.")
+    warmup_before_join: bool = Field(
+        True, description="`streams worker` brings its local copy of every table up to the changelogs' ends "
+        "before it joins its group (streams.faust_compat.warmup), so a joining worker takes over partitions "
+        "with their state already there instead of stopping them for a restore.")
+    restore_path: Literal["batch", "events"] = Field(
+        "batch", description="batch: table restores and standby replicas apply each fetch of a changelog "
+        "partition as one RocksDB write batch (streams.faust_compat.restore); events: Faust's own path, one "
+        "event per changelog record.")
     consume_path: Literal["batch", "events"] = Field(
         "batch", description="batch: handlers take each partition's fetches a batch at a time (streams.consume); "
         "events: one Faust agent per handler, one event at a time.")
@@ -226,6 +249,11 @@ class Settings(BaseSettings):
             if not 1 <= port <= 65535:
                 raise ValueError(f"port out of range in {server!r}")
         return ",".join(servers)
+
+    @field_validator("group_instance_id", mode="before")
+    @classmethod
+    def _blank_instance_id(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("app_id")
     @classmethod

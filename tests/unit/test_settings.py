@@ -127,3 +127,13 @@ def test_explicit_app_id_overrides_code_default(tmp_path) -> None:
     assert StreamsApp("from-code", registry=MessageRegistry(), settings=Settings(home=tmp_path)).app_id == "from-code"
     assert StreamsApp("from-code", registry=MessageRegistry(),
                       settings=Settings(home=tmp_path, app_id="from-env")).app_id == "from-env"
+
+
+def test_group_instance_id_blank_means_dynamic_membership_and_a_bad_one_is_named(monkeypatch) -> None:
+    monkeypatch.setenv("STREAMS_GROUP_INSTANCE_ID", "")
+    assert load_settings().group_instance_id is None
+    monkeypatch.setenv("STREAMS_GROUP_INSTANCE_ID", "streams-worker-2")
+    assert load_settings().group_instance_id == "streams-worker-2"
+    monkeypatch.setenv("STREAMS_GROUP_INSTANCE_ID", "has space")
+    with pytest.raises(SettingsError, match="STREAMS_GROUP_INSTANCE_ID"):
+        load_settings()
