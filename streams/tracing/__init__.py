@@ -75,18 +75,22 @@ OPERATION_TYPE = "messaging.operation.type"
 OPERATION_NAME = "messaging.operation.name"
 
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_TRACEPARENT_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_FLAGS = (TraceFlags(0), TraceFlags(1))
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _EMPTY = otel_context.Context()
 
 
 class _State:
-    """The process's tracing set-up: ``tracer`` is None while tracing is off."""
+    """The process's tracing set-up: ``tracer`` is None while tracing is off; ``recorder`` makes the
+    consumer spans when the span processor is known (see :mod:`streams.tracing.spans`)."""
 
-    __slots__ = ("configured", "provider", "tracer")
+    __slots__ = ("configured", "provider", "recorder", "tracer")
 
     def __init__(self) -> None:
         self.tracer: Any = None
         self.provider: Any = None
+        self.recorder: Any = None
         self.configured = False
 
 
@@ -110,18 +114,20 @@ def configure(service_name: str | None = None) -> bool:
         return False
     installed = trace.get_tracer_provider()
     if not isinstance(installed, trace.ProxyTracerProvider) and type(installed).__name__ != "NoOpTracerProvider":
-        _activate(installed)  # the process set up OpenTelemetry itself
+        _activate(installed)  # the process set up OpenTelemetry itself: its spans go through its tracer
         return True
-    provider = _provider_from_env(service_name)
-    if provider is None:
+    made = _provider_from_env(service_name)
+    if made is None:
         return False
+    provider, processor = made
     trace.set_tracer_provider(provider)
-    _activate(provider)
+    _activate(provider, processor)
     return True
 
 
-def _provider_from_env(service_name: str | None) -> Any:
-    """An SDK tracer provider exporting where the ``OTEL_*`` variables say (None: nowhere)."""
+def _provider_from_env(service_name: str | None) -> tuple[Any, Any] | None:
+    """An SDK tracer provider exporting where the ``OTEL_*`` variables say, and its span processor
+    (None: nowhere)."""
     exporters = [e.strip().lower() for e in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not exporters:
@@ -130,11 +136,15 @@ def _provider_from_env(service_name: str | None) -> Any:
     if not exporters:
         return None
     from opentelemetry.sdk.resources import OTEL_SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
+    from streams.tracing.otlp import OtlpHttpSpanExporter
+
     attributes = {} if os.environ.get(OTEL_SERVICE_NAME) or not service_name else {"service.name": service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    processor = SynchronousMultiSpanProcessor()
+    provider = TracerProvider(resource=Resource.create(attributes), active_span_processor=processor)
+    added = []
     for name in exporters:
         if name == "otlp":
             protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -143,20 +153,27 @@ def _provider_from_env(service_name: str | None) -> Any:
                 log.error("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported (http/protobuf is): no spans are exported",
                           protocol)
                 continue
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            added.append(BatchSpanProcessor(OtlpHttpSpanExporter()))
         elif name == "console":
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            added.append(BatchSpanProcessor(ConsoleSpanExporter()))
         else:
             log.error("OTEL_TRACES_EXPORTER=%s is not supported (otlp, console, none are)", name)
+    if not added:
+        return None
+    for one in added:
+        provider.add_span_processor(one)
     log.info("tracing on: spans of %s go to %s", provider.resource.attributes.get("service.name"),
              endpoint or ",".join(exporters))
-    return provider
+    # the consumer spans go straight to the one processor there is (no fan-out on the hot path)
+    return provider, added[0] if len(added) == 1 else processor
 
 
-def _activate(provider: Any) -> None:
+def _activate(provider: Any, processor: Any = None) -> None:
     from importlib.metadata import PackageNotFoundError, version
+
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from streams.tracing.spans import Recorder
 
     try:
         scope_version: str | None = version("streams")
@@ -164,19 +181,23 @@ def _activate(provider: Any) -> None:
         scope_version = None
     _state.provider = provider
     _state.tracer = provider.get_tracer(SCOPE, scope_version)
+    _state.recorder = (None if processor is None else
+                       Recorder(provider, processor, InstrumentationScope(SCOPE, scope_version)))
 
 
 @contextmanager
-def use(provider: Any) -> Iterator[None]:
+def use(provider: Any, processor: Any = None) -> Iterator[None]:
     """Make this module's spans with ``provider`` inside the block (tests, or a process that
-    keeps its own provider out of the global one); tracing is as before afterwards."""
-    saved = (_state.tracer, _state.provider, _state.configured)
-    _activate(provider)
+    keeps its own provider out of the global one); tracing is as before afterwards. With the
+    provider's span ``processor`` (the one given to it as ``active_span_processor``), consumer
+    spans take the fast path of :mod:`streams.tracing.spans`."""
+    saved = (_state.tracer, _state.provider, _state.recorder, _state.configured)
+    _activate(provider, processor)
     _state.configured = True
     try:
         yield
     finally:
-        _state.tracer, _state.provider, _state.configured = saved
+        _state.tracer, _state.provider, _state.recorder, _state.configured = saved
 
 
 def shutdown() -> None:
@@ -199,6 +220,13 @@ def _text(value: Any) -> str | None:
 def span_context_from(traceparent: Any, tracestate: Any = None) -> SpanContext | None:
     """The remote span context a ``traceparent`` value (str or bytes) names; None when it is
     absent or not a valid W3C trace context (such a value is ignored, never an error)."""
+    if type(traceparent) is bytes and len(traceparent) == 55 and not tracestate:
+        usual = _TRACEPARENT_00.fullmatch(traceparent)  # the usual header, read without decoding it
+        if usual is not None:
+            tid, sid = int(usual[1], 16), int(usual[2], 16)
+            if tid and sid:
+                return SpanContext(tid, sid, is_remote=True, trace_flags=_FLAGS[int(usual[3], 16) & 1])
+            return None
     text = _text(traceparent)
     if not text or len(text) > 512:
         return None
@@ -379,8 +407,14 @@ async def process(runner: Any, msg: Any, headers: dict[str, bytes]) -> str:
         text = _text(key)
         if text is not None:
             attributes[KEY] = text
-    span_ = tracer.start_span(f"process {msg.topic}", context=parent_from(headers), kind=SpanKind.CONSUMER,
-                              attributes=attributes)
+    recorder = _state.recorder
+    if recorder is not None:
+        span_ = recorder.start(f"process {msg.topic}", span_context_from(headers.get(TRACEPARENT),
+                                                                          headers.get(TRACESTATE)),
+                               SpanKind.CONSUMER, attributes)
+    else:
+        span_ = tracer.start_span(f"process {msg.topic}", context=parent_from(headers), kind=SpanKind.CONSUMER,
+                                  attributes=attributes)
     token = otel_context.attach(trace.set_span_in_context(span_))
     try:
         outcome = await runner.handle_record(msg, headers)
