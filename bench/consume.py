@@ -114,10 +114,23 @@ class Result:
     profile: dict | None = None
     spans_exported: int | None = None  # traced variants: spans the OTLP receiver got
     export_requests: int | None = None
+    #: CPU seconds (user + system, all threads) the consumer process used from ready to caught up, and
+    #: per message: far less sensitive than msgs/s to what else runs on a shared machine
+    cpu_s: float | None = None
+    cpu_us_per_msg: float | None = None
 
 
 
 # --- /proc ----------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (all its threads), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> float:
     try:
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -198,6 +211,7 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
     try:
         proc.wait_ready(timeout=180)
         t_ready = time.monotonic()
+        cpu_ready = cpu_seconds(proc.pid)
         spy = None
         if profile_seconds:
             from bench import profile
@@ -228,6 +242,10 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
                 raise ServiceError(f"not caught up after {timeout:.0f}s (lag {remaining}):\n{tail(log_file, 40)}")
             time.sleep(poll)
         t_done = time.monotonic()
+        cpu_done = cpu_seconds(proc.pid)
+        if cpu_ready is not None and cpu_done is not None:
+            result.cpu_s = cpu_done - cpu_ready
+            result.cpu_us_per_msg = result.cpu_s / n * 1e6
         rss.sample()
         if spy is not None:
             spy.wait(timeout=profile_seconds + 30)
@@ -324,12 +342,14 @@ def print_table(results: list[Result], meta: dict) -> None:
 
     table = Table(title=f"consume benchmark: {meta['messages']:,} Ping envelopes, {PARTITIONS} partitions "
                         f"(Kafka {KAFKA_VERSION}, {meta['cpus']} CPUs)")
-    for col in ("variant", "messages", "seconds", "msgs/s", "peak RSS MiB", "vs raw", "vs Quix dedup"):
+    for col in ("variant", "messages", "seconds", "msgs/s", "CPU µs/msg", "load", "peak RSS MiB", "vs raw",
+                "vs Quix dedup"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in results:
         table.add_row(r.variant, f"{r.messages:,}", fmt(r.seconds, ".2f"), fmt(r.msgs_per_s, ",.0f"),
+                      fmt(r.cpu_us_per_msg, ".1f"), fmt(r.loadavg_1m_max, ".1f"),
                       fmt(r.peak_rss_mib, ".1f"), fmt(r.ratio_vs_raw, ".2f"), fmt(r.ratio_vs_quix_dedup, ".2f"))
-    console = Console(width=130)
+    console = Console(width=160)
     console.print(table)
     restore = meta.get("restore")
     if restore:
@@ -453,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] {variant.label}: FAILED ({r.error.splitlines()[0]})", flush=True)
             else:
                 spans = f", {r.spans_exported:,} spans exported" if r.spans_exported is not None else ""
+                spans += f", {r.cpu_us_per_msg:.1f} CPU µs/msg" if r.cpu_us_per_msg is not None else ""
                 print(f"[bench] {variant.label}: {r.seconds:.2f}s, {r.msgs_per_s:,.0f} msgs/s, "
                       f"peak RSS {r.peak_rss_mib:.1f} MiB (ready after {r.startup_s:.1f}s, "
                       f"stopped in {r.stop_s:.1f}s, exit {r.exit_code}, load ≤ {r.loadavg_1m_max:.1f}{spans})",

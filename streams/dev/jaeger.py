@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,8 @@ service:
       exporters: [jaeger_storage_exporter]
   telemetry:
     metrics:
+      level: none
+    traces:
       level: none
     logs:
       level: info
@@ -198,9 +201,13 @@ class LocalJaeger:
         self.config.write_text(_CONFIG.format(otlp_port=self.otlp_port, ui_port=self.ui_port, health_port=health,
                                               query_grpc_port=free_port(), max_traces=self.max_traces))
         self.ports_file.write_text(json.dumps({"otlp": self.otlp_port, "ui": self.ui_port, "health": health}))
-        pid = spawn([str(binary), "--config", f"file:{self.config}"], self.log_file, self.pid_file)
+        # Jaeger traces itself with OpenTelemetry's Go SDK (to localhost:4317 by default): not here, and
+        # none of the caller's OTEL_* settings are its own
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(OTEL_TRACES_EXPORTER="none", OTEL_SDK_DISABLED="true")
+        pid = spawn([str(binary), "--config", f"file:{self.config}"], self.log_file, self.pid_file, env=env)
         while time.monotonic() - started < timeout:
-            if port_open("127.0.0.1", self.otlp_port) and self._answers():
+            if port_open("127.0.0.1", self.otlp_port) and self.api.answers():
                 return time.monotonic() - started
             if not pid_alive(pid):
                 raise ServiceError(f"jaeger exited:\n{tail(self.log_file)}")
@@ -213,13 +220,24 @@ class LocalJaeger:
         self.pid_file.unlink(missing_ok=True)
         return stopped
 
-    # --- the query API ------------------------------------------------------------
+    @property
+    def api(self) -> "JaegerApi":
+        """Its query API."""
+        return JaegerApi(self.ui_url)
+
+
+class JaegerApi:
+    """Jaeger's query HTTP API (``/api/services``, ``/api/traces``): any Jaeger, local or not."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
     def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        url = f"{self.ui_url}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
         with urllib.request.urlopen(url, timeout=10) as resp:
             return json.loads(resp.read())
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         try:
             self._get("/api/services")
             return True
@@ -241,8 +259,48 @@ class LocalJaeger:
 
     def find_traces(self, service: str, tags: dict[str, str] | None = None, limit: int = 20,
                     lookback: str = "2h") -> list[dict]:
-        """Traces of ``service`` with spans carrying ``tags`` (Jaeger's search)."""
+        """Traces of ``service`` with a span carrying ``tags`` (Jaeger's search)."""
         params = {"service": service, "limit": str(limit), "lookback": lookback}
         if tags:
             params["tags"] = json.dumps(tags)
         return list(self._get("/api/traces", params).get("data") or [])
+
+
+@dataclass(frozen=True)
+class SpanRow:
+    """One span of a trace, for printing: its depth in the tree and what it did."""
+
+    depth: int
+    service: str
+    name: str
+    start_ms: float  # after the trace's first span started
+    duration_ms: float
+    tags: dict[str, Any]
+    span_id: str
+    error: bool
+
+
+def span_rows(trace: dict) -> list[SpanRow]:
+    """A Jaeger trace's spans as a tree, depth first, children in start order (a span whose parent
+    is not in the trace is a root)."""
+    spans = trace.get("spans") or []
+    processes = trace.get("processes") or {}
+    by_id = {s["spanID"]: s for s in spans}
+    children: dict[str | None, list[dict]] = {}
+    for span in spans:
+        parent = next((r["spanID"] for r in span.get("references") or []
+                       if r.get("refType") == "CHILD_OF" and r.get("spanID") in by_id), None)
+        children.setdefault(parent, []).append(span)
+    t0 = min((s["startTime"] for s in spans), default=0)
+    rows: list[SpanRow] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: s["startTime"]):
+            tags = {t["key"]: t["value"] for t in span.get("tags") or []}
+            rows.append(SpanRow(depth, processes.get(span.get("processID"), {}).get("serviceName", "?"),
+                                span["operationName"], (span["startTime"] - t0) / 1000, span["duration"] / 1000,
+                                tags, span["spanID"], tags.get("error") is True or tags.get("otel.status_code") == "ERROR"))
+            walk(span["spanID"], depth + 1)
+
+    walk(None, 0)
+    return rows

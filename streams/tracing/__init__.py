@@ -49,6 +49,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -153,7 +154,11 @@ def _provider_from_env(service_name: str | None) -> tuple[Any, Any] | None:
                 log.error("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported (http/protobuf is): no spans are exported",
                           protocol)
                 continue
-            added.append(BatchSpanProcessor(OtlpHttpSpanExporter()))
+            # larger batches than the SDK's default (512): a worker makes a span per record
+            added.append(BatchSpanProcessor(
+                OtlpHttpSpanExporter(),
+                max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ else 8192,
+                max_export_batch_size=None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ else 2048))
         elif name == "console":
             added.append(BatchSpanProcessor(ConsoleSpanExporter()))
         else:
@@ -390,20 +395,36 @@ def end(span_: Any, error: BaseException | None = None) -> None:
 
 
 # --- the consume path -------------------------------------------------------------------
+#: the attributes every record of one (topic, partition, group, handler) shares, made once
+_BASES: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+#: the consumer span of the record being handled, while what its headers did not say is still unknown
+_UNNOTED: ContextVar[Any] = ContextVar("streams_tracing_unnoted", default=None)
+
+
+def _base(topic: str, partition: int, group: str, handler: str) -> dict[str, Any]:
+    key = (topic, partition, group, handler)
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) > 10_000:
+            _BASES.clear()
+        base = _BASES[key] = {SYSTEM: "kafka", OPERATION_TYPE: "process", OPERATION_NAME: "process",
+                              DESTINATION: topic, PARTITION: str(partition), GROUP: group, "streams.handler": handler}
+    return base
+
+
 async def process(runner: Any, msg: Any, headers: dict[str, bytes]) -> str:
     """``runner``'s (a :class:`~streams.consume.runner.HandlerRunner`) handling of one record inside
     a ``process <topic>`` consumer span, child of the record's trace context (or the root of a new trace)."""
-    tracer = _state.tracer
-    attributes: dict[str, Any] = {
-        SYSTEM: "kafka", OPERATION_TYPE: "process", OPERATION_NAME: "process",
-        DESTINATION: msg.topic, PARTITION: str(msg.partition), OFFSET: msg.offset,
-        GROUP: runner.ctx.app_id, "streams.handler": runner.spec.name,
-    }
-    message_id = _text(headers.get("message_id"))
+    base = _base(msg.topic, msg.partition, runner.ctx.app_id, runner.spec.name)
+    attributes = dict(base)
+    attributes[OFFSET] = msg.offset
+    message_id, message_type = _text(headers.get("message_id")), _text(headers.get("message_type"))
     if message_id:
         attributes[MESSAGE_ID] = message_id
+    if message_type:
+        attributes["streams.message_type"] = message_type
     key = msg.key
-    if isinstance(key, bytes) and len(key) <= 200:
+    if type(key) is bytes and len(key) <= 200:
         text = _text(key)
         if text is not None:
             attributes[KEY] = text
@@ -411,11 +432,12 @@ async def process(runner: Any, msg: Any, headers: dict[str, bytes]) -> str:
     if recorder is not None:
         span_ = recorder.start(f"process {msg.topic}", span_context_from(headers.get(TRACEPARENT),
                                                                           headers.get(TRACESTATE)),
-                               SpanKind.CONSUMER, attributes)
+                               SpanKind.CONSUMER, attributes, base)
     else:
-        span_ = tracer.start_span(f"process {msg.topic}", context=parent_from(headers), kind=SpanKind.CONSUMER,
-                                  attributes=attributes)
+        span_ = _state.tracer.start_span(f"process {msg.topic}", context=parent_from(headers),
+                                         kind=SpanKind.CONSUMER, attributes=attributes)
     token = otel_context.attach(trace.set_span_in_context(span_))
+    unnoted = None if message_id and message_type else _UNNOTED.set(span_)
     try:
         outcome = await runner.handle_record(msg, headers)
     except BaseException as exc:
@@ -427,6 +449,8 @@ async def process(runner: Any, msg: Any, headers: dict[str, bytes]) -> str:
         span_.end()
         raise
     finally:
+        if unnoted is not None:
+            _UNNOTED.reset(unnoted)
         otel_context.detach(token)
     span_.set_attribute("streams.outcome", outcome)
     if outcome == "dead_lettered":
@@ -435,14 +459,10 @@ async def process(runner: Any, msg: Any, headers: dict[str, bytes]) -> str:
     return outcome
 
 
-def note_message(envelope: Any, attempts: int | None = None) -> None:
-    """What the runner learnt of the record (its envelope) on the current consumer span."""
-    if _state.tracer is None:
-        return
-    current = trace.get_current_span()
-    if current.is_recording():
+def note_message(envelope: Any) -> None:
+    """The record's message id and type, from its envelope, on its consumer span (when its headers did
+    not carry them: a record of another producer, a change event)."""
+    current = _UNNOTED.get()
+    if current is not None and current.is_recording():
         current.set_attribute(MESSAGE_ID, envelope.message_id)
         current.set_attribute("streams.message_type", envelope.message_type)
-        if attempts is not None:
-            current.set_attribute("streams.attempts", attempts)
-

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import itertools
 import logging
 import os
 import ssl
@@ -118,12 +119,16 @@ class _KeyValues:
     def _encode(self, key: str, value: Any) -> bytes:
         return _ld(self.tag, key_value(key, value))
 
-    def fields(self, attributes: Mapping[str, Any] | None) -> bytes:
+    def fields(self, attributes: Mapping[str, Any] | None, skip: int = 0) -> bytes:
+        """The fields of ``attributes`` (but the first ``skip``)."""
         if not attributes:
             return b""
         out = []
         by_key, varying = self._by_key, self._varying
-        for key, value in attributes.items():
+        items = iter(attributes.items())
+        if skip:
+            items = itertools.islice(items, skip, None)
+        for key, value in items:
             try:
                 if key in varying or type(value) is not str:
                     out.append(self._encode(key, value))
@@ -165,15 +170,24 @@ class SpanEncoder:
         self._span_kv, self._event_kv, self._link_kv, self._scope_kv = (_KeyValues(t) for t in (_LD9, _LD3, _LD4, _LD3))
         self._resource_kv = _KeyValues(_LD1)
         self._names: dict[str, bytes] = {}
+        self._bases: dict[int, tuple[dict[str, Any], bytes]] = {}
         self._resources: dict[int, tuple[Any, bytes]] = {}
         self._scopes: dict[int, tuple[Any, bytes]] = {}
 
     def span(self, span: ReadableSpan) -> bytes:
         """One ``Span`` message."""
         links: Sequence[Any]
+        encoded_attributes = None
         if type(span) is RecordSpan:  # the consumer path's spans: their fields without copies
-            name, context, parent, kind, start, end, attributes, events, status = span.export_fields()
+            name, context, parent, kind, start, end, attributes, events, status, base = span.export_fields()
             links, dropped_attributes, dropped_events, dropped_links = (), 0, 0, 0
+            if base is not None:  # the attributes it shares with the other records of its partition
+                cached = self._bases.get(id(base))
+                if cached is None or cached[0] is not base:
+                    if len(self._bases) > 10_000:
+                        self._bases.clear()
+                    cached = self._bases[id(base)] = (base, self._span_kv.fields(base))
+                encoded_attributes = cached[1] + self._span_kv.fields(attributes, len(base))
         else:
             name, kind, parent, status = span.name, span.kind, span.parent, span.status
             context = span.get_span_context()  # type: ignore[assignment]
@@ -193,7 +207,7 @@ class SpanEncoder:
         if parent is not None:
             parts += [_LD4, b"\x08", parent.span_id.to_bytes(8, "big")]
         parts += [encoded_name, _KINDS[kind], _F64_7, _pack_fixed64(start), _F64_8, _pack_fixed64(end),
-                  self._span_kv.fields(attributes)]
+                  self._span_kv.fields(attributes) if encoded_attributes is None else encoded_attributes]
         if dropped_attributes:
             parts += [_V10, _varint(dropped_attributes)]
         for event in events:

@@ -41,8 +41,10 @@ class Recorder:
         #: the SDK's default sampler: sampled unless the parent says it was not
         self.parent_decides = self.sampler.get_description() == DEFAULT_ON.get_description()
 
-    def start(self, name: str, parent: SpanContext | None, kind: SpanKind, attributes: dict[str, Any]) -> trace.Span:
-        """A started span (recording, or not when sampled out: then only its context travels)."""
+    def start(self, name: str, parent: SpanContext | None, kind: SpanKind, attributes: dict[str, Any],
+              base: dict[str, Any] | None = None) -> trace.Span:
+        """A started span (recording, or not when sampled out: then only its context travels).
+        ``base``: a dict whose items ``attributes`` begins with, shared by many spans (encoded once)."""
         trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
         trace_state = parent.trace_state if parent is not None else None
         if self.parent_decides:
@@ -59,7 +61,7 @@ class Recorder:
                               trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=trace_state)
         if not sampled:
             return trace.NonRecordingSpan(context)
-        return RecordSpan(self, name, context, parent, kind, attributes)
+        return RecordSpan(self, name, context, parent, kind, attributes, base)
 
 
 class RecordSpan(trace.Span, ReadableSpan):
@@ -67,7 +69,7 @@ class RecordSpan(trace.Span, ReadableSpan):
     itself the ``ReadableSpan`` the span processor gets (as the SDK's own ``Span`` is both)."""
 
     def __init__(self, recorder: Recorder, name: str, context: SpanContext, parent: SpanContext | None,
-                 kind: SpanKind, attributes: dict[str, Any]) -> None:
+                 kind: SpanKind, attributes: dict[str, Any], base: dict[str, Any] | None = None) -> None:
         # ReadableSpan's fields, set directly (its __init__ would build a resource and copy)
         self._recorder = recorder
         self._name = name
@@ -75,6 +77,7 @@ class RecordSpan(trace.Span, ReadableSpan):
         self._parent = parent
         self._kind = kind
         self._attrs = self._attributes = attributes  # one dict: the typed name is for this class
+        self._base = base
         self._event_list: list[Event] = []
         self._events = self._event_list
         self._links = ()
@@ -93,11 +96,13 @@ class RecordSpan(trace.Span, ReadableSpan):
 
     def set_attribute(self, key: str, value: Any) -> None:
         if self._end_time is None:
+            if self._base is not None and key in self._base:
+                self._base = None  # its first items are no longer the shared ones
             self._attrs[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        if self._end_time is None:
-            self._attrs.update(attributes)
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
         if self._end_time is None:
@@ -129,7 +134,8 @@ class RecordSpan(trace.Span, ReadableSpan):
         self._recorder.processor.on_end(self)
 
     def export_fields(self) -> tuple[str, SpanContext, SpanContext | None, SpanKind, int, int, dict[str, Any],
-                                     list[Event], Status]:
-        """What an exporter writes of it, without the copies the ``ReadableSpan`` properties make."""
+                                     list[Event], Status, dict[str, Any] | None]:
+        """What an exporter writes of it, without the copies the ``ReadableSpan`` properties make; last,
+        the shared dict its attributes begin with (None: none)."""
         return (self._name, self._own_context, self._parent, self._kind, self._started, self._end_time or 0,
-                self._attrs, self._event_list, self._status)
+                self._attrs, self._event_list, self._status, self._base)

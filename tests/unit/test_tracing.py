@@ -180,15 +180,24 @@ def test_the_otlp_encoder_writes_the_fast_paths_spans_as_the_sdk_encoder() -> No
     provider, processor, exporter = memory()
     recorder = Recorder(provider, processor, InstrumentationScope("streams", "0.1"))
     parent = SpanContext(int(TRACE, 16), int(SPAN, 16), True, TraceFlags(1))
-    span = recorder.start("process t", parent, SpanKind.CONSUMER, {"messaging.kafka.offset": 12, "x": "y"})
-    span.record_exception(RuntimeError("once"), {"streams.attempt": 1})
-    span.set_attribute("streams.outcome", "handled")
-    span.end()
-    [finished] = exporter.get_finished_spans()
-    ours, theirs = ExportTraceServiceRequest(), ExportTraceServiceRequest()
-    ours.ParseFromString(SpanEncoder().request([finished]))
-    theirs.ParseFromString(encode_spans([finished]).SerializeToString())
-    assert ours == theirs
+    base = {"messaging.system": "kafka", "messaging.destination.name": "t", "streams.handler": "h"}
+    plain = recorder.start("process t", parent, SpanKind.CONSUMER, {"messaging.kafka.offset": 12, "x": "y"})
+    plain.record_exception(RuntimeError("once"), {"streams.attempt": 1})
+    plain.set_attribute("streams.outcome", "handled")
+    shared = recorder.start("process t", parent, SpanKind.CONSUMER, {**base, "messaging.kafka.offset": 13}, base)
+    shared.set_attribute("streams.outcome", "handled")
+    changed = recorder.start("process t", None, SpanKind.CONSUMER, {**base, "messaging.kafka.offset": 14}, base)
+    changed.set_attribute("streams.handler", "renamed by the handler")  # a shared attribute changed on one span
+    for span in (plain, shared, changed):
+        span.end()
+    finished = exporter.get_finished_spans()
+    encoder = SpanEncoder()
+    for _ in range(2):  # the second time from the encoder's caches
+        ours, theirs = ExportTraceServiceRequest(), ExportTraceServiceRequest()
+        ours.ParseFromString(encoder.request(finished))
+        theirs.ParseFromString(encode_spans(finished).SerializeToString())
+        assert ours == theirs
+    assert dict(finished[2].attributes)["streams.handler"] == "renamed by the handler"
 
 
 def run_configure(env: dict[str, str]) -> dict:
