@@ -17,6 +17,7 @@ other, each in a fresh consumer group so it reads the topic from the start:
 * ``eos``         the same with ``processing_guarantee=exactly_once``
 * ``dedup-traced``  ``dedup`` with tracing on: a consumer span per record, every one sampled, exported
                   over OTLP/HTTP to a receiver in this process (``bench/otlp_sink.py``)
+* ``dedup-traced-10``  the same, one trace in ten sampled (``parentbased_traceidratio``, 0.1)
 * ``dedup-baseline``  ``dedup`` run from another checkout (``--baseline DIR``, e.g. the commit before a
                   change), side by side with this one
 
@@ -88,6 +89,9 @@ VARIANTS = [
     Variant("eos", "streams dedup + exactly_once", "faust",
             {"BENCH_IDEMPOTENT": "1", "STREAMS_PROCESSING_GUARANTEE": "exactly_once"}),
     Variant("dedup-traced", "streams dedup, tracing on (all sampled, OTLP)", "faust", {"BENCH_IDEMPOTENT": "1"},
+            traced=True),
+    Variant("dedup-traced-10", "streams dedup, tracing on (10% sampled, OTLP)", "faust",
+            {"BENCH_IDEMPOTENT": "1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
             traced=True),
 ]
 
