@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# DEMO_ARGS=--tracing: every process sends its spans to a local Jaeger (built once from its Go module), and
+# the summary prints one order's trace (docs/tracing.md)
 demo: $(STAMP)
-	$(BIN)/python -m agents.demo
+	$(BIN)/python -m agents.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
