@@ -2,10 +2,11 @@
 malformed ``traceparent`` headers.
 
 A worker of ``tests/apps/jobs_app.py`` (two in-place attempts per level, two delayed retry
-levels, a ``JobDone`` output on success) exports its spans over OTLP/HTTP to a receiver in
-the test process (:class:`tests.spans.OtlpSink`); records are written by the raw producer
-(the bytes a kcat or a Java client writes), each with the ``traceparent`` a producer in some
-other service would have put there — or none, or one that cannot be read.
+levels, a ``JobDone`` output on success), on the batch path and on the events path, exports
+its spans over OTLP/HTTP to a receiver in the test process (:class:`tests.spans.OtlpSink`);
+records are written by the raw producer (the bytes a kcat or a Java client writes), each with
+the ``traceparent`` a producer in some other service would have put there — or none, or one
+that cannot be read.
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ MALFORMED = [b"00-xyz", b"\xff\xfe\x00garbage", b"ff-" + b"1" * 32 + b"-" + b"2"
 
 
 @pytest.mark.timeout(300)
-def test_retries_dead_letters_replays_and_foreign_records_keep_or_start_the_chain(isolated: Isolated) -> None:
+@pytest.mark.parametrize("path", ["batch", "events"])
+def test_retries_dead_letters_replays_and_foreign_records_keep_or_start_the_chain(isolated: Isolated,
+                                                                                  path: str) -> None:
     sink = OtlpSink().start()
     try:
-        worker = isolated.worker("jobs", STREAMS_WORKER_APP=APP, **sink.env("jobs-worker")).start()
+        worker = isolated.worker("jobs", STREAMS_WORKER_APP=APP, STREAMS_CONSUME_PATH=path,
+                                 **sink.env("jobs-worker")).start()
         worker.wait_ready()
         topic = isolated.topic("jobs")
         trace1, trace2, trace3 = (uuid.uuid4().hex for _ in range(3))
