@@ -167,3 +167,23 @@ def test_retries_dead_letters_replays_and_foreign_records_keep_or_start_the_chai
         worker.stop()
     finally:
         sink.stop()
+
+
+def test_records_sent_in_a_span_carry_it_and_none_without_one(isolated: Isolated) -> None:
+    """What batch imports rely on (``import <file>`` span around ``produce_envelopes``): each record
+    sent while a span is current is its child; with no span current, records carry no context."""
+    from streams.kafka.admin import TopicSpec, ensure_topics, produce_envelopes
+    from tests.apps.jobs_app import Job, registry
+
+    topic = isolated.topic("imported")
+    run(ensure_topics(isolated.settings, [TopicSpec(topic, 3)]))
+    provider, exporter = memory_provider("batch")
+    with tracing.use(provider):
+        with tracing.span("import partner-a.csv") as span:
+            run(produce_envelopes(isolated.settings, topic, [registry.envelope(Job(n=i), key=f"k{i}")
+                                                             for i in range(3)]))
+        run(produce_envelopes(isolated.settings, topic, [registry.envelope(Job(n=9), key="k9")]))
+    records = sorted(read_topic(isolated, topic), key=lambda r: json.loads(r.value)["payload"]["n"])
+    [finished] = [from_sdk(s) for s in exporter.get_finished_spans()]
+    assert finished.span_id == f"{span.get_span_context().span_id:016x}"
+    assert [traceparent(r) for r in records] == [(finished.trace_id, finished.span_id)] * 3 + [None]

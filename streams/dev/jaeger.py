@@ -304,3 +304,19 @@ def span_rows(trace: dict) -> list[SpanRow]:
 
     walk(None, 0)
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streams.dev.jaeger build``: build (or find) the cached binary and print its path."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["build"]:
+        print("usage: python -m streams.dev.jaeger build", file=sys.stderr)
+        return 2
+    print(jaeger_binary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
