@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# DEMO_ARGS=--tracing: every process sends its spans to a local Jaeger (built once from its Go module), and
+# the summary prints one order's trace (docs/tracing.md)
 demo: $(STAMP)
-	$(BIN)/python -m agents.demo
+	$(BIN)/python -m agents.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
@@ -36,6 +38,7 @@ test: $(STAMP)
 	bash scripts/ensure-deb.sh $${STREAMS_SSHD:-/usr/sbin/sshd} openssh-server openssh-sftp-server   # the SFTP server of batch tests
 	bash scripts/ensure-deb.sh /usr/bin/sftp openssh-client   # OpenSSH's sftp client: partners' uploads in batch tests
 	$(BIN)/python -m streams.dev.kube check   # the Helm chart: lint, strict schemas, dry run on a real API server
+	$(BIN)/python -m streams.dev.jaeger build  # Jaeger from its Go module, once (cached): the traced demo's test
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
 
 # the documentation site (mkdocs.yml): site/index.html; `.venv/bin/mkdocs serve` serves it on

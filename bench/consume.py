@@ -15,6 +15,11 @@ other, each in a fresh consumer group so it reads the topic from the start:
 * ``plain``       StreamsApp handler, ``idempotent=False`` (decode only)
 * ``dedup``       the same, ``idempotent=True`` (processed-ID table in RocksDB)
 * ``eos``         the same with ``processing_guarantee=exactly_once``
+* ``dedup-traced``  ``dedup`` with tracing on: a consumer span per record, every one sampled, exported
+                  over OTLP/HTTP to a receiver in this process (``bench/otlp_sink.py``)
+* ``dedup-traced-10``  the same, one trace in ten sampled (``parentbased_traceidratio``, 0.1)
+* ``dedup-baseline``  ``dedup`` run from another checkout (``--baseline DIR``, e.g. the commit before a
+                  change), side by side with this one
 
 Then (``--restore N``, 0 to skip) it writes N entries into the processed-ID
 changelog of a fresh app and times a worker with an empty data dir restoring it.
@@ -64,6 +69,10 @@ class Variant:
     label: str
     kind: str  # "faust" | "raw"
     env: dict[str, str] = field(default_factory=dict)
+    #: the checkout the consumer runs from (None: this one)
+    cwd: Path | None = None
+    #: its spans go to the benchmark's OTLP receiver
+    traced: bool = False
 
 
 VARIANTS = [
@@ -79,6 +88,11 @@ VARIANTS = [
     Variant("dedup", "streams dedup (RocksDB)", "faust", {"BENCH_IDEMPOTENT": "1"}),
     Variant("eos", "streams dedup + exactly_once", "faust",
             {"BENCH_IDEMPOTENT": "1", "STREAMS_PROCESSING_GUARANTEE": "exactly_once"}),
+    Variant("dedup-traced", "streams dedup, tracing on (all sampled, OTLP)", "faust", {"BENCH_IDEMPOTENT": "1"},
+            traced=True),
+    Variant("dedup-traced-10", "streams dedup, tracing on (10% sampled, OTLP)", "faust",
+            {"BENCH_IDEMPOTENT": "1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            traced=True),
 ]
 
 
@@ -102,9 +116,25 @@ class Result:
     loadavg_1m_max: float | None = None  # machine load seen while it ran (others' work skews numbers)
     error: str | None = None
     profile: dict | None = None
+    spans_exported: int | None = None  # traced variants: spans the OTLP receiver got
+    export_requests: int | None = None
+    #: CPU seconds (user + system, all threads) the consumer process used from ready to caught up, and
+    #: per message: far less sensitive than msgs/s to what else runs on a shared machine
+    cpu_s: float | None = None
+    cpu_us_per_msg: float | None = None
+
 
 
 # --- /proc ----------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (all its threads), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> float:
     try:
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -143,9 +173,13 @@ def lag(ends: dict[int, int], done: dict[int, int]) -> int:
 
 
 # --- one consumer process ---------------------------------------------------------------
-def consumer_process(kind: str, env: dict[str, str], log_file: Path) -> WorkerProcess:
-    """The process of one variant, run and watched like a worker."""
+def consumer_process(kind: str, env: dict[str, str], log_file: Path, cwd: Path | None = None) -> WorkerProcess:
+    """The process of one variant, run and watched like a worker (``cwd``: another checkout to run from)."""
     if kind == "faust":
+        if cwd is not None:  # `python -m` puts the working directory first on sys.path: that checkout's streams
+            return WorkerProcess({**env, "PYTHONPATH": str(cwd)}, log_file, cwd=cwd,
+                                 command=[sys.executable, "-m", "streams.cli", "worker", "--without-web", "--app",
+                                          "bench.apps:app"])
         return WorkerProcess(env, log_file, args=["--without-web", "--app", "bench.apps:app"], cwd=ROOT)
     if kind == "bare":
         return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.bare_faust", "worker",
@@ -159,17 +193,21 @@ def consumer_process(kind: str, env: dict[str, str], log_file: Path) -> WorkerPr
 
 def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings: Settings, topic: str,
                 ends: dict[int, int], tmp: Path, suffix: str, poll: float, timeout: float,
-                stall: float, profile_seconds: float = 0.0) -> Result:
+                stall: float, profile_seconds: float = 0.0, sink: object = None) -> Result:
     group = f"bench-{variant.key}-{suffix}"
-    log_file = tmp / "logs" / f"{variant.key}.log"
+    log_file = tmp / "logs" / f"{variant.key}-{suffix}.log"
     env = {
         **base_env,
         "STREAMS_APP_ID": group,
-        "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / variant.key),
+        "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / f"{variant.key}-{suffix}"),
         **variant.env,
     }
+    if variant.traced:
+        assert sink is not None
+        sink.reset()  # type: ignore[attr-defined]
+        env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_SERVICE_NAME": group})  # type: ignore[attr-defined]
     result = Result(variant.label, variant.key, n, log_file=str(log_file))
-    proc = consumer_process(variant.kind, env, log_file)
+    proc = consumer_process(variant.kind, env, log_file, variant.cwd)
     t_start = time.monotonic()
     proc.start()
     rss = RssSampler(proc.pid)
@@ -177,6 +215,7 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
     try:
         proc.wait_ready(timeout=180)
         t_ready = time.monotonic()
+        cpu_ready = cpu_seconds(proc.pid)
         spy = None
         if profile_seconds:
             from bench import profile
@@ -207,6 +246,10 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
                 raise ServiceError(f"not caught up after {timeout:.0f}s (lag {remaining}):\n{tail(log_file, 40)}")
             time.sleep(poll)
         t_done = time.monotonic()
+        cpu_done = cpu_seconds(proc.pid)
+        if cpu_ready is not None and cpu_done is not None:
+            result.cpu_s = cpu_done - cpu_ready
+            result.cpu_us_per_msg = result.cpu_s / n * 1e6
         rss.sample()
         if spy is not None:
             spy.wait(timeout=profile_seconds + 30)
@@ -227,6 +270,8 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
         text = log_file.read_text(errors="replace") if log_file.exists() else ""
         result.log_warnings = sum(1 for line in text.splitlines() if "[WARNING]" in line)
         result.log_errors = sum(1 for line in text.splitlines() if "[ERROR]" in line or "Traceback" in line)
+        if variant.traced and sink is not None:  # after the stop: the exporter flushed what it held
+            result.spans_exported, result.export_requests = sink.spans()  # type: ignore[attr-defined]
     return result
 
 
@@ -362,12 +407,14 @@ def print_table(results: list[Result], meta: dict) -> None:
 
     table = Table(title=f"consume benchmark: {meta['messages']:,} Ping envelopes, {PARTITIONS} partitions "
                         f"(Kafka {KAFKA_VERSION}, {meta['cpus']} CPUs)")
-    for col in ("variant", "messages", "seconds", "msgs/s", "peak RSS MiB", "vs raw", "vs Quix dedup"):
+    for col in ("variant", "messages", "seconds", "msgs/s", "CPU µs/msg", "load", "peak RSS MiB", "vs raw",
+                "vs Quix dedup"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in results:
         table.add_row(r.variant, f"{r.messages:,}", fmt(r.seconds, ".2f"), fmt(r.msgs_per_s, ",.0f"),
+                      fmt(r.cpu_us_per_msg, ".1f"), fmt(r.loadavg_1m_max, ".1f"),
                       fmt(r.peak_rss_mib, ".1f"), fmt(r.ratio_vs_raw, ".2f"), fmt(r.ratio_vs_quix_dedup, ".2f"))
-    console = Console(width=130)
+    console = Console(width=160)
     console.print(table)
     restore = meta.get("restore")
     if restore:
@@ -405,12 +452,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore-paths", default="batch",
                         help="restore paths to time, comma-separated: batch (after joining, write batches), "
                              "events (after joining, Faust's per-event path), warmup (before joining)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. `git archive <commit> | tar -x -C DIR`): adds dedup-baseline, "
+                             "the dedup variant run from it")
+    parser.add_argument("--repeat", type=int, default=1, help="run the selected variants this many rounds, "
+                                                              "interleaved (a loaded machine: compare the spread)")
     args = parser.parse_args(argv)
     wanted = [k.strip() for k in args.variants.split(",") if k.strip()]
-    unknown = set(wanted) - {v.key for v in VARIANTS}
+    catalogue = list(VARIANTS)
+    if args.baseline is not None:
+        catalogue.append(Variant("dedup-baseline", f"streams dedup from {args.baseline}", "faust",
+                                 {"BENCH_IDEMPOTENT": "1"}, cwd=args.baseline.resolve()))
+        if "dedup-baseline" not in wanted:
+            wanted.append("dedup-baseline")
+    unknown = set(wanted) - {v.key for v in catalogue}
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
-    variants = [v for v in VARIANTS if v.key in wanted]
+    variants = [v for v in catalogue if v.key in wanted] * max(args.repeat, 1)
     if any(v.kind == "quix" for v in variants):
         try:
             import quixstreams  # noqa: F401
@@ -425,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = LocalKafka(data_dir=tmp / "kafka", cache_dir=ROOT / ".streams" / "cache",
                         port=free_port(), controller_port=free_port())
     results: list[Result] = []
+    sink = None
     meta: dict = {"date": stamp, "messages": n, "partitions": PARTITIONS, "cpus": os.cpu_count(),
                   "python": platform.python_version(), "kafka": KAFKA_VERSION}
     try:
@@ -468,12 +527,16 @@ def main(argv: list[str] | None = None) -> int:
             "BENCH_COMMIT_INTERVAL": "0.5",
             "PYTHONUNBUFFERED": "1",
         }
-        for variant in variants:
+        if any(v.traced for v in variants):
+            from bench.otlp_sink import DiscardingSink
+
+            sink = DiscardingSink().start()
+        for round_, variant in enumerate(variants):
             print(f"[bench] {variant.label}: running ...", flush=True)
             profiled = variant.key in {k.strip() for k in args.profile.split(",")}
             r = run_variant(variant, n=n, base_env=base_env, settings=settings, topic=topic, ends=ends,
-                            tmp=tmp, suffix=suffix, poll=args.poll, timeout=args.timeout, stall=args.stall,
-                            profile_seconds=args.profile_seconds if profiled else 0.0)
+                            tmp=tmp, suffix=f"{suffix}-{round_}", poll=args.poll, timeout=args.timeout,
+                            stall=args.stall, profile_seconds=args.profile_seconds if profiled else 0.0, sink=sink)
             if r.profile:
                 from bench.profile import print_summary
 
@@ -482,9 +545,12 @@ def main(argv: list[str] | None = None) -> int:
             if r.error:
                 print(f"[bench] {variant.label}: FAILED ({r.error.splitlines()[0]})", flush=True)
             else:
+                spans = f", {r.spans_exported:,} spans exported" if r.spans_exported is not None else ""
+                spans += f", {r.cpu_us_per_msg:.1f} CPU µs/msg" if r.cpu_us_per_msg is not None else ""
                 print(f"[bench] {variant.label}: {r.seconds:.2f}s, {r.msgs_per_s:,.0f} msgs/s, "
                       f"peak RSS {r.peak_rss_mib:.1f} MiB (ready after {r.startup_s:.1f}s, "
-                      f"stopped in {r.stop_s:.1f}s, exit {r.exit_code})", flush=True)
+                      f"stopped in {r.stop_s:.1f}s, exit {r.exit_code}, load ≤ {r.loadavg_1m_max:.1f}{spans})",
+                      flush=True)
         if args.restore:
             print(f"[bench] table restore: writing {args.restore:,} processed-ID entries ...", flush=True)
             meta["restore"] = time_restore(args.restore, base_env=base_env, settings=settings, tmp=tmp,
@@ -493,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                                            profile_seconds=args.profile_seconds if "restore" in args.profile else 0.0)
             print(f"[bench] table restore: {meta['restore']}", flush=True)
     finally:
+        if sink is not None:
+            sink.stop()
         broker.down()
         log_dir = LOGS / f"consume-{stamp}"
         if (tmp / "logs").exists():

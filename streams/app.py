@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from pydantic import BaseModel
 
+from streams import tracing
 from streams.consume.committed import CommittedAtAssignment
 from streams.consume.context import ConsumeContext
 from streams.consume.dead_letters import DeadLetters
@@ -422,6 +423,7 @@ class StreamsApp:
             capture_output(attempt.add(topic.name, envelope))
             return
         key, value, headers = envelope.to_record()
+        headers = tracing.output_headers(headers)
         capture_output(Output(topic.name, key, value, headers))
         await self.publisher.publish(topic.name, key, value, headers)
 
@@ -502,4 +504,5 @@ class StreamsApp:
     def main(self, argv: list[str] | None = None) -> None:
         """Run Faust's command line for this app (``streams worker`` calls this); see
         :mod:`streams.consume.lifecycle` for what a worker notes of an unclean stop."""
+        tracing.configure(service_name=self.app_id)
         run_worker(self.faust, self.data_dir, self.transactions, argv)

@@ -101,6 +101,18 @@ def _connect(settings: Settings):
     return LocalConnect.from_settings(settings)
 
 
+@dev.group("jaeger")
+def dev_jaeger() -> None:
+    """A local Jaeger (built once from its Go module) receiving traces over OTLP/HTTP (see streams.tracing)."""
+
+
+def _jaeger(settings: Settings):
+    from streams.dev.jaeger import LocalJaeger
+
+    return LocalJaeger.from_settings(settings)
+
+
+_service_commands(dev_jaeger, "jaeger", _jaeger)
 _service_commands(dev_kafka, "kafka", _kafka)
 _service_commands(dev_connect, "connect", _connect)
 _service_commands(dev_sftp, "sftp", _sftp)

@@ -186,6 +186,9 @@ def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool, g
         with _connect(settings) as conn:
             do_migrate(conn, settings.outbox_table)
     cls = PointerRelay if settings.relay_mode == "pointer" else Relay
+    from streams import tracing
+
+    tracing.configure(service_name="streams-relay")
 
     async def main() -> None:
         relay = cls(settings, name=name, held_topics=held)

@@ -53,6 +53,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError
 from psycopg import sql
 
+from streams import tracing
 from streams.db import first_row
 from streams.kafka.clients import durable_producer
 from streams.outbox.rows import OutboxRow
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 #: extra Kafka header carrying the outbox row id (ordering checks, tracing back to the row)
 
 _ROW_COLUMNS = ("id", "message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta",
-                "occurred_at", "fail_count")
+                "occurred_at", "fail_count", "traceparent", "tracestate")
 
 #: errors a retry cannot fix: the row is parked at once
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, InvalidTopicError, ValueError,
@@ -151,12 +152,19 @@ class Publisher:
         deadline = loop.time() + self.settings.relay_publish_timeout
         result = PublishResult()
         pending: list[tuple[OutboxRow, asyncio.Future]] = []
+        spans: dict[int, object] = {}  # row id → its send span (tracing on)
         i = 0
         try:
             async with asyncio.timeout_at(deadline):  # cancels the send in progress when time is up
                 for i, row in enumerate(rows):  # noqa: B007 - i tells which row the time ran out on
                     try:
                         key, value, headers = row.record()
+                        sending = tracing.start_send(row.topic, row.message_id,
+                                                     tracing.span_context_from(row.traceparent, row.tracestate),
+                                                     outbox_id=row.id)
+                        if sending is not None:
+                            spans[row.id] = sending
+                            headers = tracing.with_context(headers, sending.get_span_context())
                         fut = await self.producer.send(row.topic, value=value, key=key, headers=headers)
                     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
                         result.failed.append((row, exc))
@@ -177,6 +185,11 @@ class Publisher:
                 result.failed.append((row, error))
             else:
                 result.sent.append(row)
+        if spans:
+            errors: dict[int, BaseException] = {row.id: exc for row, exc in result.failed}
+            errors.update((row.id, TimeoutError("not handed to the producer in time")) for row in result.unsent)
+            for row_id, sending in spans.items():
+                tracing.end(sending, errors.get(row_id))
         return result
 
 
@@ -282,7 +295,7 @@ class Relay:
             raise RelayError(f"the outbox table {self.table!r} does not exist in {redact_url(self.settings.dsn)}; "
                              "run `streams outbox migrate` first")
         cur = await self._conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                                       "AND attname = 'topic_missing_since'", (self.table,))
+                                       "AND attname = 'traceparent'", (self.table,))
         if not first_row(await cur.fetchone())[0]:
             raise RelayError(f"the outbox table {self.table!r} has an older schema than this relay; "
                              "run `streams outbox migrate` first")

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from streams import tracing
 from streams.db import first_row
 from streams.errors import StreamsError
 from streams.kafka.names import topic_name_problem
@@ -41,7 +42,8 @@ class OutboxError(StreamsError):
 
 
 def row_values(envelope: Envelope, topic: str, key: str | None = None) -> dict[str, Any]:
-    """The column values of ``envelope`` as an outbox row (key defaults to the envelope's key)."""
+    """The column values of ``envelope`` as an outbox row (key defaults to the envelope's key);
+    ``traceparent`` / ``tracestate`` only when a trace context is current (:mod:`streams.tracing`)."""
     if not isinstance(envelope, Envelope):
         raise OutboxError(f"the outbox takes an Envelope, not {type(envelope).__name__}")
     if not topic or not isinstance(topic, str):
@@ -50,6 +52,8 @@ def row_values(envelope: Envelope, topic: str, key: str | None = None) -> dict[s
         raise OutboxError(f"{problem}; Kafka would never take the message")
     key = key if key is not None else envelope.key
     meta = {f: getattr(envelope, f) for f in _META_FIELDS if getattr(envelope, f) is not None}
+    traceparent, tracestate = tracing.outbox_context(topic, envelope)
+    trace_columns = {} if traceparent is None else {"traceparent": traceparent, "tracestate": tracestate}
     return {
         "message_id": envelope.message_id,
         "message_type": envelope.message_type,
@@ -60,17 +64,25 @@ def row_values(envelope: Envelope, topic: str, key: str | None = None) -> dict[s
         "headers": json.dumps(envelope.headers),
         "meta": json.dumps(meta),
         "occurred_at": envelope.occurred_at,
+        **trace_columns,
     }
 
 
 _COLUMNS = ("message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta", "occurred_at")
+#: written only when a trace context is current: a writer without one still works on a v3 table
+_TRACE_COLUMNS = ("traceparent", "tracestate")
 
 
-def _insert(table: str) -> sql.Composed:
+def _columns(values: dict[str, Any]) -> tuple[str, ...]:
+    return (*_COLUMNS, *_TRACE_COLUMNS) if "traceparent" in values else _COLUMNS
+
+
+def _insert(table: str, values: dict[str, Any]) -> sql.Composed:
+    columns = _columns(values)
     return sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
         sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
-        sql.SQL(", ").join(sql.Placeholder(c) for c in _COLUMNS),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder(c) for c in columns),
     )
 
 
@@ -86,14 +98,16 @@ def write_message(conn: psycopg.Connection, envelope: Envelope, *, topic: str, k
                   table: str = "streams_outbox") -> int:
     """Insert ``envelope`` for ``topic`` in ``conn``'s current transaction; returns the row id."""
     _check_in_transaction(conn)
-    return first_row(conn.execute(_insert(table), row_values(envelope, topic, key)).fetchone())[0]
+    values = row_values(envelope, topic, key)
+    return first_row(conn.execute(_insert(table, values), values).fetchone())[0]
 
 
 async def write_message_async(conn: psycopg.AsyncConnection, envelope: Envelope, *, topic: str,
                               key: str | None = None, table: str = "streams_outbox") -> int:
     """Async twin of :func:`write_message`."""
     _check_in_transaction(conn)
-    cur = await conn.execute(_insert(table), row_values(envelope, topic, key))
+    values = row_values(envelope, topic, key)
+    cur = await conn.execute(_insert(table, values), values)
     return first_row(await cur.fetchone())[0]
 
 
@@ -104,9 +118,9 @@ def write_message_sqlalchemy(session: Any, envelope: Envelope, *, topic: str, ke
 
     if not table.replace("_", "").isalnum():
         raise OutboxError(f"invalid outbox table name {table!r}")
-    cols = ", ".join(_COLUMNS)
+    row = row_values(envelope, topic, key)
+    cols = ", ".join(_columns(row))
     values = ", ".join(f"CAST(:{c} AS jsonb)" if c in ("payload", "headers", "meta") else f":{c}"
-                       for c in _COLUMNS)
-    result = session.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({values}) RETURNING id"),
-                             row_values(envelope, topic, key))
+                       for c in _columns(row))
+    result = session.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({values}) RETURNING id"), row)
     return result.scalar_one()
