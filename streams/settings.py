@@ -163,10 +163,10 @@ class Settings(BaseSettings):
     redis_stream_maxlen: int | None = Field(
         None, ge=1, description="Approximate MAXLEN of the streams the relay appends to (XADD MAXLEN ~ N). Unset: "
         "never trimmed. Trimming drops the oldest entries even if a group has not read them yet.")
-    relay_routes: str = Field(
-        "", description="Which broker the relay publishes each topic to: comma-separated PATTERN=BROKER "
-        "(fnmatch patterns on the row's topic, first match wins; brokers: kafka, rabbitmq, redis). "
-        "Unmatched topics go to Kafka.")
+    broker_routes: str = Field(
+        "", description="Which broker each topic lives on (the relay publishes it there, `streams consume` reads "
+        "it there): comma-separated PATTERN=BROKER, fnmatch patterns on the full topic name, first match wins; "
+        "brokers: kafka, rabbitmq, redis. Unmatched topics are on Kafka.")
 
     # --- worker -------------------------------------------------------------
     worker_app: str = Field("agents.main:app", description="module:attribute of the StreamsApp to run.")
@@ -317,10 +317,10 @@ class Settings(BaseSettings):
             raise ValueError("expected a redis://[:password@]host:port/db URL")
         return value
 
-    @field_validator("relay_routes")
+    @field_validator("broker_routes")
     @classmethod
-    def _check_relay_routes(cls, value: str) -> str:
-        from streams.outbox.routes import parse_routes
+    def _check_broker_routes(cls, value: str) -> str:
+        from streams.broker_routes import parse_routes
 
         parse_routes(value)  # raises ValueError naming the bad part
         return value

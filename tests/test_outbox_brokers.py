@@ -1,4 +1,4 @@
-"""The relay publishing to RabbitMQ and to Redis Streams (STREAMS_RELAY_ROUTES), killed -9 mid-run:
+"""The relay publishing to RabbitMQ and to Redis Streams (STREAMS_BROKER_ROUTES), killed -9 mid-run:
 every row delivered, per-key order kept, re-sent copies carry the same message_id."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_relay_to_broker_killed_mid_run(isolated, broker, request):
     server = request.getfixturevalue("rabbitmq" if broker == "rabbitmq" else "redis_server")
     prepare_outbox(isolated)
     topic = isolated.topic("orders")
-    env = {"STREAMS_RELAY_ROUTES": f"{isolated.settings.topic_prefix}*={broker}", "STREAMS_RELAY_BATCH_SIZE": "500",
+    env = {"STREAMS_BROKER_ROUTES": f"{isolated.settings.topic_prefix}*={broker}", "STREAMS_RELAY_BATCH_SIZE": "500",
            "STREAMS_RABBITMQ_URL" if broker == "rabbitmq" else "STREAMS_REDIS_URL": server.url}
     group = GroupTopology(topic, "verify", lanes=4)
     if broker == "rabbitmq":

@@ -1,4 +1,4 @@
-"""The relay's publishers, one per broker its routes use (``STREAMS_RELAY_ROUTES``).
+"""The relay's publishers, one per broker its routes use (``STREAMS_BROKER_ROUTES``).
 
 :class:`RoutedPublisher` has the interface of the Kafka :class:`~streams.outbox.relay.Publisher`
 (``start`` / ``stop`` / ``publish`` and ``producer``, the Kafka producer or None) and sends
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from streams.outbox.routes import Broker, Routes
+from streams.broker_routes import Broker, Routes
 from streams.outbox.rows import OutboxRow, PublishResult
 from streams.settings import Settings
 
@@ -31,7 +31,7 @@ class RoutedPublisher:
         from streams.outbox.to_kafka import Publisher
 
         self.settings = settings
-        self.routes = Routes(settings.relay_routes)
+        self.routes = Routes(settings.broker_routes)
         self.publishers: dict[Broker, Any] = {}
         for broker in sorted(self.routes.brokers()):
             if broker == "kafka":

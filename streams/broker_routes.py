@@ -1,9 +1,10 @@
-"""Which broker the relay publishes a row to, chosen by the row's topic (``STREAMS_RELAY_ROUTES``).
+"""Which broker a topic lives on (``STREAMS_BROKER_ROUTES``): the relay publishes its rows there,
+``streams consume`` reads it there.
 
-``STREAMS_RELAY_ROUTES="orders.*=rabbitmq,sms.*=redis"``: comma-separated ``PATTERN=BROKER``
-pairs, fnmatch patterns matched against the row's topic, first match wins; a topic no pattern
-matches goes to Kafka. Brokers: ``kafka``, ``rabbitmq`` (the topic names a consistent-hash
-exchange, :mod:`streams.rabbitmq.topology`), ``redis`` (the topic names a stream).
+``STREAMS_BROKER_ROUTES="orders.*=rabbitmq,sms.*=redis"``: comma-separated ``PATTERN=BROKER``
+pairs, fnmatch patterns matched against the full topic name, first match wins; a topic no pattern
+matches is on Kafka. Brokers: ``kafka``, ``rabbitmq`` (the topic names a fanout exchange,
+:mod:`streams.rabbitmq.topology`), ``redis`` (the topic names a stream).
 """
 
 from __future__ import annotations
