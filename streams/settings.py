@@ -154,8 +154,15 @@ class Settings(BaseSettings):
         "ports above it).")
     local_rabbitmq_epmd_port: int = Field(4379, ge=1, le=65535, description="Port of the local node's own epmd.")
     rabbitmq_lanes: int = Field(
-        8, ge=1, le=1024, description="Queues behind each topic's consistent-hash exchange (a key always lands in "
-        "the same one; one active consumer per queue keeps its order).")
+        8, ge=1, le=1024, description="Lane queues per topic and group on RabbitMQ (murmur2 of the key, as Kafka "
+        "partitions; one active consumer per lane keeps a key's order). Publishers and consumers must agree.")
+    rabbitmq_prefetch: int = Field(
+        100, ge=1, le=65535, description="Unacknowledged messages RabbitMQ may push to each lane's consumer "
+        "(basic.qos): the consumer's backpressure.")
+    redis_read_count: int = Field(100, ge=1, le=100_000, description="Entries a Redis consumer reads per XREADGROUP.")
+    redis_claim_idle: float = Field(
+        60.0, gt=0, description="Seconds an entry may stay pending with a consumer (which may have died) before "
+        "another consumer of the group takes it over (XAUTOCLAIM).")
     redis_url: SecretStr | None = Field(
         None, description="redis://[:pass@]host:port/db of an existing Redis. Unset: the local server "
         "(`streams dev redis up`).")

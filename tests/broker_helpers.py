@@ -99,3 +99,59 @@ def order_view(held: list[Held]) -> tuple[Counter, dict[str, list[int]], dict[st
         assert h.outbox_id is not None
         per_key[str(h.key)].append(h.outbox_id)
     return copies, per_key, places
+
+
+async def rabbit_publish(url: str, exchange: str, messages: list, *, confirm: bool = True) -> None:
+    """Publish ``messages`` (aio_pika.Message, routing key) to ``exchange`` with aio-pika itself
+    (persistent, publisher confirms): bytes the framework did not write."""
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    async with conn:
+        channel = await conn.channel(publisher_confirms=confirm)
+        target = await channel.get_exchange(exchange)
+        for i in range(0, len(messages), 500):  # 500 in flight at a time, each confirmed
+            await asyncio.gather(*(target.publish(message, routing_key=key) for message, key in messages[i:i + 500]))
+
+
+async def redis_add(url: str, stream: str, entries: list[dict]) -> None:
+    """XADD ``entries`` (field dicts) with redis-py itself."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for fields in entries:
+            pipe.xadd(stream, fields)
+        await pipe.execute()
+    finally:
+        await client.aclose()
+
+
+def consumer_process(iso, label: str, broker: str, *extra: str, **env: str):
+    """A ``streams consume`` process running the broker test app's handler (not started yet)."""
+    import sys
+
+    from tests.harness import ROOT
+
+    proc = iso.worker(label, STREAMS_WORKER_APP="tests.apps.broker_app:app", **env)
+    proc.command = [sys.executable, "-m", "streams.cli", "consume", "--broker", broker, "--handler", "apply_order",
+                    *extra]
+    proc.ready_marker = "consumer ready"
+    proc.cwd = ROOT
+    return proc
+
+
+async def rabbit_headers(url: str, queue: str) -> list[dict]:
+    """The headers of every message in ``queue`` (consumed)."""
+    import aio_pika
+
+    out = []
+    conn = await aio_pika.connect(url)
+    async with conn:
+        channel = await conn.channel()
+        target = await channel.declare_queue(queue, passive=True)
+        while (message := await target.get(fail=False)) is not None:
+            out.append({k: _text(v) for k, v in (message.headers or {}).items()})
+            await message.ack()
+    return out

@@ -29,6 +29,7 @@ def test_relay_to_broker_killed_mid_run(isolated, broker, request):
     prepare_outbox(isolated)
     topic = isolated.topic("orders")
     env = {"STREAMS_BROKER_ROUTES": f"{isolated.settings.topic_prefix}*={broker}", "STREAMS_RELAY_BATCH_SIZE": "500",
+           "STREAMS_RABBITMQ_LANES": "4",
            "STREAMS_RABBITMQ_URL" if broker == "rabbitmq" else "STREAMS_REDIS_URL": server.url}
     group = GroupTopology(topic, "verify", lanes=4)
     if broker == "rabbitmq":
@@ -57,8 +58,9 @@ def test_relay_to_broker_killed_mid_run(isolated, broker, request):
         assert r.running(), r.log_text()[-2000:]
         r.stop()
 
-    held = run(rabbit_drain(server.url, group.lane_queues) if broker == "rabbitmq"
+    held = run(rabbit_drain(server.url, [*group.lane_queues, group.unrouted]) if broker == "rabbitmq"
                else redis_read(server.url, topic))
+    assert not [h for h in held if h.place.endswith(".unrouted")], "every message reached a lane"
     copies, per_key, places = order_view(held)
     resent = sum(copies.values()) - len(copies)
     ids = {r[0] for r in isolated.sql(f"SELECT message_id FROM {isolated.settings.outbox_table}")}

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.messages import Ping, registry
 from streams.messages.envelope import Envelope
-from streams.rabbitmq.messages import routing_key, to_message
+from streams.rabbitmq.messages import lane_of, to_message
 from streams.rabbitmq.topology import GroupTopology, declare_group
 from streams.redis_streams.entries import to_fields
 
@@ -191,7 +191,7 @@ class _Sender:
             for env in items:
                 key, value, headers = env.to_record()
                 sends.append(asyncio.create_task(self.exchange.publish(
-                    to_message(key, value, headers), routing_key=routing_key(key, env.message_id))))
+                    to_message(key, value, headers), routing_key=lane_of(key, env.message_id, LANES))))
             await asyncio.gather(*sends)
         else:
             pipe = self.client.pipeline(transaction=False)

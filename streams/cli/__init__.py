@@ -15,6 +15,7 @@ from streams.cli import help_tree
 from streams.cli.base import StreamsGroup
 from streams.cli.batch import batch
 from streams.cli.cdc import cdc
+from streams.cli.consume import consume_cmd
 from streams.cli.demo import demo
 from streams.cli.dev import dev
 from streams.cli.dlq import dlq
@@ -45,7 +46,7 @@ def cli(log_level: str | None) -> None:
 # --- settings --------------------------------------------------------------------
 
 
-for command in (settings_cmd, worker_cmd, batch, cdc, dev, dlq, lag_cmd, offsets, state, tasks, topics):
+for command in (settings_cmd, worker_cmd, consume_cmd, batch, cdc, dev, dlq, lag_cmd, offsets, state, tasks, topics):
     cli.add_command(command)
 help_tree.install(cli)
 cli.add_command(demo)

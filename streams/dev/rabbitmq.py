@@ -4,7 +4,7 @@
 ``/usr/sbin`` wrapper, which switches to the ``rabbitmq`` user and resets ``HOME``) with
 everything under ``<home>/rabbitmq``: the node name ``streams-<port>@localhost``, the
 Erlang cookie (``HOME`` is that folder), the data (mnesia), logs, the enabled plugins
-(the consistent-hash exchange) and a ``rabbitmq.conf`` that listens on 127.0.0.1 only.
+(none) and a ``rabbitmq.conf`` that listens on 127.0.0.1 only.
 The node's Erlang port mapper (epmd) is ours too: started on its own port before the
 node, stopped after it (the node would otherwise leave one behind).
 
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 RABBITMQ_BIN = Path(os.environ.get("STREAMS_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 READY_MARKER = b"Server startup complete"
-#: plugins enabled on the node (the relay's per-key lanes use the consistent-hash exchange)
-PLUGINS = ("rabbitmq_consistent_hash_exchange",)
+#: plugins enabled on the node (none is needed: lanes are computed by the publisher, streams/rabbitmq/topology.py)
+PLUGINS: tuple[str, ...] = ()
 
 
 def _epmd() -> str | None:

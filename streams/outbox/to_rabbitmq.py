@@ -1,7 +1,7 @@
 """The relay's RabbitMQ publisher: persistent messages, publisher confirms, one exchange per topic.
 
 A row goes to the durable fanout exchange named by its topic (:mod:`streams.rabbitmq.topology`),
-routing key = its key, ``mandatory`` set, on a channel in confirm mode. A row is *sent* once
+routing key = its key's lane (``STREAMS_RABBITMQ_LANES``), ``mandatory`` set, on a channel in confirm mode. A row is *sent* once
 the broker confirmed it (``basic.ack``: a quorum queue confirms once a majority of its replicas
 wrote it). Otherwise:
 
@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from streams.outbox.rows import OutboxRow, PublishResult
-from streams.rabbitmq.messages import routing_key, to_message
+from streams.rabbitmq.messages import lane_of, to_message
 from streams.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ class RabbitPublisher:
                     message = to_message(key, value, headers)
                     # tasks start in this order and take the channel's lock in it: the frames go out in row order
                     sends.append((row, asyncio.create_task(exchange.publish(
-                        message, routing_key=routing_key(key, row.message_id), mandatory=True, timeout=timeout))))
+                        message, routing_key=lane_of(key, row.message_id, self.settings.rabbitmq_lanes), mandatory=True,
+                        timeout=timeout))))
                 if sends:
                     await asyncio.wait([task for _, task in sends])
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPConnectionError,

@@ -28,13 +28,13 @@ def to_message(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
         content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
 
-def routing_key(key: bytes | None, message_id: str) -> str:
-    """The routing key the consistent-hash exchange hashes: the record key (a keyless message
-    spreads by its id). AMQP caps a routing key at 255 bytes: longer keys are cut (same key,
-    same cut: the lane stays the key's)."""
-    text = key.decode("utf-8", "replace") if key is not None else message_id
-    raw = text.encode("utf-8")
-    return raw[:255].decode("utf-8", "ignore") if len(raw) > 255 else text
+def lane_of(key: bytes | None, message_id: str, lanes: int) -> str:
+    """The lane (routing key) of a message: Kafka's default partitioner over ``lanes`` (murmur2 of
+    the key), so a key's lane is its partition on a Kafka topic with as many partitions; a keyless
+    message spreads by its id."""
+    from aiokafka.partitioner import murmur2
+
+    return str((murmur2(key if key is not None else message_id.encode()) & 0x7FFFFFFF) % lanes)
 
 
 def record_headers(headers: dict | None) -> list[tuple[str, bytes]]:
