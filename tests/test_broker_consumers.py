@@ -65,10 +65,10 @@ def test_consumer_killed_mid_stream_applies_every_effect_once(isolated, broker):
     topic = isolated.topic("broker.orders")
     consumer = consumer_process(isolated, "consumer", name, "--name", "c1", **env)
     consumer.start().wait_ready(60)  # it declares the queues / the group
-    n = 3000
+    n = 2000
     publish(name, server.url, topic, orders(n))
     kills = []
-    for threshold in (600, 1800):
+    for threshold in (400, 1200):
         wait_for(lambda: effects(isolated)[0] >= threshold, 120, interval=0.05, what=f"{threshold} effects")
         consumer.kill()  # SIGKILL mid-stream: handled messages not yet acknowledged come again
         kills.append(effects(isolated)[0])
@@ -147,17 +147,17 @@ def test_broker_restart_during_consumption_loses_nothing(isolated, broker):
     topic = isolated.topic("broker.orders")
     consumer = consumer_process(isolated, "consumer", name, **env)
     consumer.start().wait_ready(60)
-    publish(name, server.url, topic, orders(1000))
-    wait_for(lambda: effects(isolated)[0] >= 300, 60, interval=0.05, what="consumption under way")
+    publish(name, server.url, topic, orders(600))
+    wait_for(lambda: effects(isolated)[0] >= 200, 60, interval=0.05, what="consumption under way")
     server.local.down()  # a clean stop (Redis: the append-only file is flushed), consumer still running
     server.local.up()
-    publish(name, server.url, topic, orders(1000, start=1000))
-    wait_for(lambda: effects(isolated)[1] >= 2000, 180, interval=0.5, what="every message's effect")
+    publish(name, server.url, topic, orders(600, start=600))
+    wait_for(lambda: effects(isolated)[1] >= 1200, 180, interval=0.5, what="every message's effect")
     assert consumer.running(), consumer.log_text()[-3000:]
     consumer.stop()
     total, distinct, out_of_order = effects(isolated)
-    print(f"\n[{name} restart] 2000 messages around a broker restart: {total} effect rows, {distinct} distinct")
-    assert (total, distinct) == (2000, 2000)
+    print(f"\n[{name} restart] 1200 messages around a broker restart: {total} effect rows, {distinct} distinct")
+    assert (total, distinct) == (1200, 1200)
     assert not out_of_order, _sequence(isolated, out_of_order[0])
     assert "reconnecting" in consumer.log_text() or "retrying" in consumer.log_text()
 

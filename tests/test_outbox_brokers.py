@@ -10,7 +10,7 @@ from tests.broker_helpers import order_view, rabbit_declare, rabbit_drain, redis
 from tests.helpers import run, wait_for
 from tests.outbox_helpers import outbox_status, prepare_outbox, relay_process
 
-ROWS = 20_000
+ROWS = 10_000
 KEYS = 200
 
 
@@ -47,7 +47,7 @@ def test_relay_to_broker_killed_mid_run(isolated, broker, request):
                                  "AND state = 'idle in transaction'"))
 
     kills = []
-    for threshold in (3_000, 10_000):
+    for threshold in (2_000, 6_000):
         wait_for(lambda: done() >= threshold, 120, interval=0.05, what=f"{threshold} rows published")
         wait_for(in_batch, 60, interval=0.002, what="relay-2 in a batch")
         relays[1].kill()  # SIGKILL mid-batch: its claimed rows are neither marked nor committed

@@ -10,7 +10,8 @@ folder; all stopped at the end), then, with the same envelopes and the same hand
    consumer memory, broker memory and backlog over time (RabbitMQ with a prefetch of 100 and
    with no prefetch limit: pure push), charted;
 3. **absent consumer**: 10,000 published while the consumer is not running (its group / queues
-   exist), then it starts: how many it gets (Redis pub/sub too);
+   exist), then it starts: how many it gets (Redis pub/sub too); and how many a group created
+   only afterwards gets;
 4. **crashes**: a consumer applying an effect in PostgreSQL per message, killed -9 five times
    during 50,000, restarted each time; lost messages, redeliveries, repeated effects with the
    processed-ID check on and off, keys whose effects applied out of order;
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -235,6 +237,11 @@ def absent(brokers: dict[str, Broker], n: int) -> dict[str, dict]:
         got = wait_stable(consumer, n, quiet=3.0)
         consumer.stop()
         out[name] = {"published": n, "received": got}
+        if name != "pubsub":  # a group that did not exist when they were published
+            asyncio.run(broker.prepare(topic, "late"))
+            late = Consumer(broker, topic, "late").start()
+            out[name]["new_group_received"] = wait_stable(late, n, quiet=3.0)
+            late.stop()
         print(f"  absent {name}: {out[name]}", flush=True)
     return out
 
@@ -398,13 +405,14 @@ def table(results: dict) -> str:
         lines.append(f"{name:<20}{r['max_backlog']:>12}{r['max_consumer_rss_mib']:>11} MiB"
                      f"{r['max_broker_rss_mib']:>9} MiB{r['consumer_alive']!s:>7}")
     lines.append("")
-    lines.append(f"{'absent consumer':<20}{'received':>10}")
+    lines.append(f"{'absent consumer':<20}{'received':>10}{'a group created after':>24}")
     for name, r in results["absent"].items():
-        lines.append(f"{name:<20}{r['received']:>10} of {r['published']}")
+        lines.append(f"{name:<20}{r['received']:>10}{r.get('new_group_received', '-')!s:>24}  of {r['published']}")
     lines.append("")
-    lines.append(f"{'crashes (kill -9)':<22}{'lost':>6}{'repeated effects':>18}{'redelivered':>13}{'keys out of order':>19}")
+    lines.append(f"{'crashes (kill -9)':<22}{'lost':>6}{'repeated effects':>18}{'skipped repeats':>17}"
+                 f"{'keys out of order':>19}")
     for name, r in results["crashes"].items():
-        lines.append(f"{name:<22}{r['lost']:>6}{r['repeated_effects']:>18}{r['redelivered_and_skipped']:>13}"
+        lines.append(f"{name:<22}{r['lost']:>6}{r['repeated_effects']:>18}{r['redelivered_and_skipped']:>17}"
                      f"{r['keys_out_of_order']:>19}")
     lines.append("")
     lines.append(f"{'replay last hour':<20}{'re-read':>10}")
@@ -434,6 +442,7 @@ def main() -> int:
     sizes = {"throughput": 100_000 // scale, "slow_seconds": max(6, 60 // scale), "rate": 2000,
              "absent": 10_000 // scale, "crashes": 50_000 // scale, "kills": 5}
     only = set(args.only.split(","))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the servers are stopped on the way out
     tmp = Path(tempfile.mkdtemp(prefix="bench-brokers-"))
     os.chmod(tmp, 0o755)
     servers = Servers(
