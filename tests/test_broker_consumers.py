@@ -4,6 +4,8 @@ clients (parked with reasons, consumer alive), the broker restarted during consu
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 import pytest
 
@@ -65,8 +67,10 @@ def test_consumer_killed_mid_stream_applies_every_effect_once(isolated, broker):
     topic = isolated.topic("broker.orders")
     consumer = consumer_process(isolated, "consumer", name, "--name", "c1", **env)
     consumer.start().wait_ready(60)  # it declares the queues / the group
+    consumer.stop()  # the backlog is published while it is stopped: the kills land mid-stream
     n = 2000
     publish(name, server.url, topic, orders(n))
+    consumer.start().wait_ready(60)
     kills = []
     for threshold in (400, 1200):
         wait_for(lambda: effects(isolated)[0] >= threshold, 120, interval=0.05, what=f"{threshold} effects")
@@ -77,6 +81,8 @@ def test_consumer_killed_mid_stream_applies_every_effect_once(isolated, broker):
     consumer.stop()
     total, distinct, out_of_order = effects(isolated)
     log = consumer.log_text()
+    lag = _lag(isolated, name, topic, env)
+    assert lag["lag"] == 0, lag  # `streams lag` reads the broker: nothing left waiting
     print(f"\n[{name} consumer] {n} messages, SIGKILLs at effects={kills}: {total} effect rows, {distinct} distinct, "
           f"{len(out_of_order)} keys out of order")
     assert (total, distinct) == (n, n), "every effect exactly once"
@@ -166,3 +172,18 @@ def _sequence(iso, key: str) -> str:
     """Effects of ``key`` in the order applied (seq, lane, message id): what an order failure shows."""
     rows = iso.sql("SELECT seq, lane, message_id FROM broker_effects WHERE key = %s ORDER BY id", (key,))
     return f"{key}: " + ", ".join(f"{seq}@{lane}" for seq, lane, _ in rows)
+
+
+def _lag(iso, name: str, topic: str, env: dict[str, str]) -> dict:
+    """`streams lag --json` of the app's group on ``topic`` (routed to ``name`` by STREAMS_BROKER_ROUTES)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "lag", "-g", iso.settings.app_id, "-t", topic, "--json"],
+                         env={**os.environ, **iso.env, **env, "STREAMS_BROKER_ROUTES": f"{topic}={name}"},
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)[0]
