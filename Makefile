@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs venv services-down clean bench bench-batch image k8s-check k8s-manifests
+.PHONY: demo test docs venv services-down clean bench bench-batch bench-brokers image k8s-check k8s-manifests
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -49,6 +49,12 @@ bench: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(BIN)/python -m bench.batch $(BENCH_ARGS)
+
+# Kafka, RabbitMQ, Redis Streams and Redis pub/sub, the same envelopes and handler (docs/brokers.md)
+bench-brokers: $(STAMP)
+	bash scripts/ensure-deb.sh $${STREAMS_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}/rabbitmq-server rabbitmq-server
+	bash scripts/ensure-deb.sh $${STREAMS_REDIS_SERVER:-/usr/bin/redis-server} redis-server
+	$(BIN)/python -m bench.brokers $(BENCH_ARGS)
 
 # the container image (buildah, no Docker): dist/streams-image.oci.tar, localhost/streams:<version>
 image: $(STAMP)

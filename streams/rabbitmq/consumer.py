@@ -140,6 +140,11 @@ class RabbitConsumer:
         setup = await connection.channel()
         for topic, topology in self.writes.topologies.items():
             await declare_group(setup, topology, self.delays[topic])
+            unrouted = await setup.declare_queue(topology.unrouted, passive=True)
+            if unrouted.declaration_result.message_count:
+                log.warning("%d message(s) of %s wait in %s: their lane number has no queue in this group (the "
+                            "publisher's STREAMS_RABBITMQ_LANES is not %d); they are kept there, not handled",
+                            unrouted.declaration_result.message_count, topic, topology.unrouted, topology.lanes)
         await setup.close()
         self.writes.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         channel = await connection.channel()

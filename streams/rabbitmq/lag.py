@@ -1,4 +1,4 @@
-"""A group's backlog on RabbitMQ: the ready messages of its lane and delayed-retry queues.
+"""A group's backlog on RabbitMQ: the ready messages of its lane, delayed-retry and unrouted queues.
 
 RabbitMQ has no offsets: the lag of a group is what waits in its queues. A passive declare
 counts a queue's *ready* messages; those pushed to a consumer and not yet acknowledged (at most
@@ -52,6 +52,9 @@ async def queue_lag(url: str, topic: str, group: str, lanes: int, retry_levels: 
                 out.missing.append(name)
             else:
                 out.queues[name] = count
+        unrouted = await ready(topology.unrouted)  # lane numbers the group has no queue for (lane counts differ)
+        if unrouted:
+            out.queues[topology.unrouted] = unrouted
         level = 1
         while retry_levels is None or level <= retry_levels:
             count = await ready(topology.retry(level))
