@@ -144,6 +144,37 @@ class Settings(BaseSettings):
         None, description="REST URL of an existing Kafka Connect cluster. Unset: the local worker.")
     local_connect_port: int = Field(8083, ge=1, le=65535, description="REST port of the local Connect worker.")
 
+    # --- RabbitMQ and Redis (other brokers of the outbox relay and of handlers) -------
+    rabbitmq_url: SecretStr | None = Field(
+        None, description="amqp://user:pass@host:port/vhost of an existing RabbitMQ. Unset: the local node "
+        "(`streams dev rabbitmq up`).")
+    local_rabbitmq_port: int = Field(5682, ge=1, le=65535, description="AMQP port of the local RabbitMQ node.")
+    local_rabbitmq_dist_port: int = Field(
+        25682, ge=1, le=65535, description="Erlang distribution port of the local node (rabbitmqctl uses the ten "
+        "ports above it).")
+    local_rabbitmq_epmd_port: int = Field(4379, ge=1, le=65535, description="Port of the local node's own epmd.")
+    rabbitmq_lanes: int = Field(
+        8, ge=1, le=1024, description="Lane queues per topic and group on RabbitMQ (murmur2 of the key, as Kafka "
+        "partitions; one active consumer per lane keeps a key's order). Publishers and consumers must agree.")
+    rabbitmq_prefetch: int = Field(
+        100, ge=1, le=65535, description="Unacknowledged messages RabbitMQ may push to each lane's consumer "
+        "(basic.qos): the consumer's backpressure.")
+    redis_read_count: int = Field(100, ge=1, le=100_000, description="Entries a Redis consumer reads per XREADGROUP.")
+    redis_claim_idle: float = Field(
+        60.0, gt=0, description="Seconds an entry may stay pending with a consumer (which may have died) before "
+        "another consumer of the group takes it over (XAUTOCLAIM).")
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:pass@]host:port/db of an existing Redis. Unset: the local server "
+        "(`streams dev redis up`).")
+    local_redis_port: int = Field(6389, ge=1, le=65535, description="Port of the local Redis server.")
+    redis_stream_maxlen: int | None = Field(
+        None, ge=1, description="Approximate MAXLEN of the streams the relay appends to (XADD MAXLEN ~ N). Unset: "
+        "never trimmed. Trimming drops the oldest entries even if a group has not read them yet.")
+    broker_routes: str = Field(
+        "", description="Which broker each topic lives on (the relay publishes it there, `streams consume` reads "
+        "it there): comma-separated PATTERN=BROKER, fnmatch patterns on the full topic name, first match wins; "
+        "brokers: kafka, rabbitmq, redis. Unmatched topics are on Kafka.")
+
     # --- worker -------------------------------------------------------------
     worker_app: str = Field("agents.main:app", description="module:attribute of the StreamsApp to run.")
     worker_data_dir: Path | None = Field(
@@ -303,6 +334,32 @@ class Settings(BaseSettings):
             raise ValueError("expected a postgresql://user:password@host:port/database URL")
         return value
 
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _check_rabbitmq_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not re.match(r"^amqps?://", value.get_secret_value()):
+            raise ValueError("expected an amqp://user:password@host:port/vhost URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not re.match(r"^rediss?://", value.get_secret_value()):
+            raise ValueError("expected a redis://[:password@]host:port/db URL")
+        return value
+
+    @field_validator("broker_routes")
+    @classmethod
+    def _check_broker_routes(cls, value: str) -> str:
+        from streams.broker_routes import parse_routes
+
+        parse_routes(value)  # raises ValueError naming the bad part
+        return value
+
     @model_validator(mode="after")
     def _check_security(self) -> "Settings":
         sasl = self.kafka_security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
@@ -379,6 +436,30 @@ class Settings(BaseSettings):
         return self.sftp_host is None
 
     @property
+    def uses_local_rabbitmq(self) -> bool:
+        """True when no RabbitMQ URL is configured and the local node is used."""
+        return self.rabbitmq_url is None
+
+    @property
+    def amqp_url(self) -> str:
+        """URL of the RabbitMQ to use (may contain a password: never log it)."""
+        if self.rabbitmq_url is not None:
+            return self.rabbitmq_url.get_secret_value()
+        return f"amqp://guest:guest@127.0.0.1:{self.local_rabbitmq_port}/"
+
+    @property
+    def uses_local_redis(self) -> bool:
+        """True when no Redis URL is configured and the local server is used."""
+        return self.redis_url is None
+
+    @property
+    def redis_connection_url(self) -> str:
+        """URL of the Redis to use (may contain a password: never log it)."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return f"redis://127.0.0.1:{self.local_redis_port}/0"
+
+    @property
     def home_path(self) -> Path:
         """Absolute project-local folder."""
         return self.home.expanduser().resolve()
@@ -422,14 +503,16 @@ class Settings(BaseSettings):
             elif isinstance(value, StrEnum):
                 value = value.value
             out[name] = value
-        if self.database_url is not None:
-            out["database_url"] = redact_url(self.database_url.get_secret_value())
+        for name in ("database_url", "rabbitmq_url", "redis_url"):
+            secret = getattr(self, name)
+            if secret is not None:
+                out[name] = redact_url(secret.get_secret_value())
         return out
 
 
 def redact_url(url: str) -> str:
     """Replace the password part of a URL with ``***``."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -447,7 +530,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = [str(p) for p in err.get("loc", ())]
         where = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
         given = err.get("input")
-        shown = "" if loc and ("password" in loc[0] or loc[0] in ("database_url", "web_token")) else f" (got {given!r})"
+        shown = "" if loc and ("password" in loc[0] or loc[0] in ("database_url", "web_token", "rabbitmq_url",
+                                                                       "redis_url")) else f" (got {given!r})"
         if isinstance(given, dict):
             shown = ""
         msg = err.get("msg", "invalid").removeprefix("Value error, ")

@@ -1,8 +1,8 @@
-"""A claimed outbox row, as the relays read and publish it."""
+"""A claimed outbox row, as the relays read and publish it, and what a publish did with a batch of them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from streams.messages.envelope import Envelope, Kind
@@ -46,3 +46,13 @@ class OutboxRow:
             if self.tracestate:
                 headers.append((TRACESTATE, self.tracestate.encode()))
         return key, value, headers
+
+
+@dataclass
+class PublishResult:
+    """What happened to one batch."""
+
+    sent: list[OutboxRow] = field(default_factory=list)
+    failed: list[tuple[OutboxRow, BaseException]] = field(default_factory=list)
+    #: rows not handed to the producer before the batch's time ran out (left as they are)
+    unsent: list[OutboxRow] = field(default_factory=list)
