@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/python -m agents.demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	$(BIN)/python -m streams.dev.prebuild start   # kube-apiserver, Jaeger, etcd, helm: built in the background, once (cached)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
 	$(BIN)/mypy                                        # types of streams/
 	$(BIN)/streams schema check --app agents.main:app   # message schemas: committed in schemas/, compatible versions
@@ -39,8 +40,6 @@ test: $(STAMP)
 	bash scripts/ensure-deb.sh /usr/bin/sftp openssh-client   # OpenSSH's sftp client: partners' uploads in batch tests
 	bash scripts/ensure-deb.sh $${STREAMS_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}/rabbitmq-server rabbitmq-server  # RabbitMQ of the broker tests
 	bash scripts/ensure-deb.sh $${STREAMS_REDIS_SERVER:-/usr/bin/redis-server} redis-server  # Redis of the broker tests
-	$(BIN)/python -m streams.dev.kube check   # the Helm chart: lint, strict schemas, dry run on a real API server
-	$(BIN)/python -m streams.dev.jaeger build  # Jaeger from its Go module, once (cached): the traced demo's test
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
 
 # the documentation site (mkdocs.yml): site/index.html; `.venv/bin/mkdocs serve` serves it on

@@ -34,9 +34,12 @@ from tests.harness import (
     remove_dead_sessions,
 )
 
-# The suite's settings come from here, not from a developer's .env or shell.
-for _name in [n for n in os.environ if n.startswith("STREAMS_") and n not in
-              ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_DATABASE_URL", "STREAMS_RABBITMQ_URL", "STREAMS_REDIS_URL")]:
+# The suite's settings come from here, not from a developer's .env or shell: only the servers to use
+# instead of the suite's own, and where this machine keeps its tools (the same names `make test` reads).
+_KEPT = ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_DATABASE_URL", "STREAMS_RABBITMQ_URL", "STREAMS_REDIS_URL",
+         "STREAMS_TOOLS_CACHE", "STREAMS_GO", "STREAMS_CHROMIUM", "STREAMS_SSHD", "STREAMS_RABBITMQ_BIN",
+         "STREAMS_REDIS_SERVER")
+for _name in [n for n in os.environ if n.startswith("STREAMS_") and n not in _KEPT]:
     del os.environ[_name]
 
 

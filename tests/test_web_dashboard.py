@@ -7,6 +7,7 @@ letters, the outbox — keep it current as new messages arrive, and answer a key
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from tests.reference import (
 from tests.test_web import BAD_RECORDS
 from tests.web_helpers import web_worker
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("STREAMS_CHROMIUM", "/usr/bin/chromium"))  # as `make test` installs it
 TOKEN = "dashboard-t0ken-123"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]

