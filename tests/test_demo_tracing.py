@@ -15,6 +15,8 @@ from streams.dev.jaeger import JaegerApi, span_rows
 from streams.dev.process import free_port
 from tests.harness import ROOT
 
+pytestmark = pytest.mark.built_tools  # Jaeger, built from its Go module once
+
 
 @pytest.mark.timeout(1500)  # the first run on a machine builds Jaeger (several minutes)
 def test_the_demo_prints_one_orders_trace_from_jaeger(isolated):

@@ -33,7 +33,7 @@ from tests.reference import TOPIC, create_topics, orders, push_counts
 from tests.web_helpers import http, web_worker
 
 FULL = ROOT / "k8s" / "ci" / "full-values.yaml"
-pytestmark = pytest.mark.xdist_group("k8s")
+pytestmark = [pytest.mark.xdist_group("k8s"), pytest.mark.built_tools]
 
 
 @pytest.fixture(scope="module")

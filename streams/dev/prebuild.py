@@ -4,14 +4,18 @@ A fresh machine has to build ``kube-apiserver`` (about 5 minutes on 2 cores) and
 modules, and fetch ``helm``/``kubectl``, Debian's ``etcd`` and the chart's CRDs. ``make test`` runs
 ``python -m streams.dev.prebuild start`` first: a detached, low-priority (``nice 10``) process prepares
 each missing tool in turn while lint, types, the unit tier, the docs build and the end-to-end tests
-that need none of them run. A test that needs a tool calls the same function
+that need none of them run. A tool's user calls the same function
 (:func:`streams.dev.kube.kube_apiserver`, :func:`streams.dev.jaeger.jaeger_binary`, ...); each one
-holds a file lock while it builds, so such a test waits for the build in progress (or builds it
+holds a file lock while it builds, so a second user waits for the build in progress (or builds it
 itself if the background process has not got there), never starts a second one, and never sees a
 half-written binary. A failed background build is only logged: the test that needs the tool builds
 it again and fails with the build's error.
 
-``python -m streams.dev.prebuild start|run|status``; the log is ``.streams/prebuild.log``.
+``make test`` then runs the end-to-end tests that need none of them (``-m "not built_tools"``),
+``python -m streams.dev.prebuild wait``, and the ``built_tools`` tests: a test never spends its own time
+limit waiting for a build. Once every tool is cached, it runs them all in one go.
+
+``python -m streams.dev.prebuild start|run|wait|ready|status``; the log is ``.streams/prebuild.log``.
 """
 
 from __future__ import annotations
@@ -75,6 +79,19 @@ def start() -> int:
     return 0
 
 
+def wait(poll: float = 5.0) -> int:
+    """Wait for a background prebuild to end, then say what it left missing (those tests build it)."""
+    began = time.monotonic()
+    if running() is not None:
+        print(f"[prebuild] waiting for the background build (log: {LOG}) ...", flush=True)
+    while running() is not None:
+        time.sleep(poll)
+    todo = missing()
+    print(f"[prebuild] done after waiting {time.monotonic() - began:.0f}s"
+          + (f"; still missing: {', '.join(todo)} (see {LOG})" if todo else ""), flush=True)
+    return 0
+
+
 def run() -> int:
     """Prepare every tool in turn at low priority; returns 1 if one failed (it is logged)."""
     os.nice(10)
@@ -96,13 +113,18 @@ def run() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MARKER}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["start", "run", "status"],
-                        help="start: in the background; run: here, in the foreground; status: what is missing")
+    parser.add_argument("command", choices=["start", "run", "wait", "ready", "status"],
+                        help="start: in the background; run: here, in the foreground; wait: until a background "
+                             "run ends; ready: exit 0 if every tool is there, 1 if not; status: what is missing")
     args = parser.parse_args(argv)
     if args.command == "start":
         return start()
     if args.command == "run":
         return run()
+    if args.command == "wait":
+        return wait()
+    if args.command == "ready":
+        return 0 if not missing() else 1
     todo = missing()
     pid = running()
     print(f"missing: {', '.join(todo) or 'nothing'}; background prebuild: {f'pid {pid}' if pid else 'not running'}")
