@@ -52,7 +52,9 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'  # Quix Streams, a benchmark peer only
+	$(BIN)/python -m pip install --quiet -e '.[bench]'  # py-spy for --profile
+	test -x $(VENV)-quix/bin/python || $(PYTHON) -m venv $(VENV)-quix   # Quix Streams, the peer, in its own environment
+	$(VENV)-quix/bin/python -m pip install --quiet -e '.[quix]'
 	$(BIN)/python -m bench.consume $(BENCH_ARGS)
 
 bench-batch: $(STAMP)

@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -185,10 +186,17 @@ def consumer_process(kind: str, env: dict[str, str], log_file: Path, cwd: Path |
         return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.bare_faust", "worker",
                                                               "-l", "info", "--without-web"])
     if kind == "quix":
-        return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.quix_consumer"],
+        return WorkerProcess(env, log_file, cwd=ROOT, command=[str(quix_python()), "-m", "bench.quix_consumer"],
                              ready_marker="BENCH-QUIX READY")
     return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.raw_consumer"],
                          ready_marker=RAW_READY)
+
+
+def quix_python() -> Path:
+    """The interpreter of the Quix Streams peer: its own environment (``make bench`` makes ``.venv-quix``:
+    Quix Streams pins pydantic below the version the project's environment has), ``BENCH_QUIX_PYTHON``
+    to name another."""
+    return Path(os.environ.get("BENCH_QUIX_PYTHON", ROOT / ".venv-quix" / "bin" / "python"))
 
 
 def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings: Settings, topic: str,
@@ -469,12 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
     variants = [v for v in catalogue if v.key in wanted] * max(args.repeat, 1)
-    if any(v.kind == "quix" for v in variants):
-        try:
-            import quixstreams  # noqa: F401
-        except ImportError:
-            parser.error("the Quix Streams variants need the benchmark extra: .venv/bin/pip install -e '.[bench]' "
-                         "(or `make bench`), or leave them out with --variants")
+    if any(v.kind == "quix" for v in variants) and subprocess.run(
+            [str(quix_python()), "-c", "import quixstreams"], capture_output=True).returncode:
+        parser.error(f"the Quix Streams variants need Quix Streams in {quix_python()} (`make bench` makes that "
+                     "environment), or leave them out with --variants")
     n = args.messages
 
     stamp = datetime.now().strftime("%Y-%m-%d-%H%M%S")
