@@ -107,6 +107,7 @@ class Relay:
         self._last_rebalance = 0.0
         self._stop_deadline = math.inf
         self._t = sql.Identifier(self.table)
+        self._claims: dict[bool, sql.Composed] = {}
         self.topics = TopicWatch(settings)
 
     # --- lifecycle ----------------------------------------------------------
@@ -298,6 +299,30 @@ class Relay:
                     self.lanes.add(lane)
         log.debug("relay %s: %d relay(s), owns %d lane(s)", self.name, members, len(self.lanes))
 
+    def _claim_sql(self, held: bool) -> sql.Composed:
+        """The claim: pending rows of the owned lanes in ``id`` order, but none with an earlier
+        pending row of its key that waits for a retry or (``held``) whose topic is held back.
+
+        The two "earlier row" checks are separate so each has an index of its own (schema v5):
+        the retry check reads only rows that failed an attempt (``next_attempt_at`` is
+        ``-infinity`` until then), the held check runs only while a topic is held."""
+        if held not in self._claims:
+            held_check = sql.SQL(
+                "AND NOT EXISTS (SELECT 1 FROM {t} h WHERE h.status = 'pending' AND h.key = o.key "
+                "               AND h.id < o.id AND h.topic = ANY(%(held)s)) ").format(t=self._t) if held else sql.SQL("")
+            self._claims[held] = sql.SQL(
+                "SELECT {cols} FROM {t} o "
+                "WHERE o.status = 'pending' AND o.lane = ANY(%(lanes)s) AND o.next_attempt_at <= now() "
+                "AND o.topic <> ALL(%(skipped)s) "
+                "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.status = 'pending' "
+                "               AND e.next_attempt_at > '-infinity' AND e.key = o.key "
+                "               AND e.id < o.id AND e.next_attempt_at > now()) "
+                "{held_check}"
+                "ORDER BY o.id LIMIT %(n)s FOR UPDATE SKIP LOCKED"
+            ).format(cols=sql.SQL(", ").join(sql.Identifier("o", c) for c in _ROW_COLUMNS), t=self._t,
+                     held_check=held_check)
+        return self._claims[held]
+
     async def publish_batch(self) -> int:
         """Claim, publish and settle one batch of the owned lanes; returns rows handled."""
         if not self.lanes:
@@ -308,15 +333,8 @@ class Relay:
         skipped = sorted({*held, *self.topics.excluded()})
         conn = self.conn
         async with conn.transaction():
-            cur = await conn.execute(sql.SQL(
-                "SELECT {cols} FROM {t} o "
-                "WHERE o.status = 'pending' AND o.lane = ANY(%(lanes)s) AND o.next_attempt_at <= now() "
-                "AND o.topic <> ALL(%(skipped)s) "
-                "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.status = 'pending' AND e.key = o.key "
-                "               AND e.id < o.id AND (e.next_attempt_at > now() OR e.topic = ANY(%(held)s))) "
-                "ORDER BY o.id LIMIT %(n)s FOR UPDATE SKIP LOCKED"
-            ).format(cols=sql.SQL(", ").join(sql.Identifier("o", c) for c in _ROW_COLUMNS), t=self._t),
-                {"lanes": sorted(self.lanes), "held": held, "skipped": skipped, "n": self.settings.relay_batch_size})
+            cur = await conn.execute(self._claim_sql(bool(held)), {
+                "lanes": sorted(self.lanes), "held": held, "skipped": skipped, "n": self.settings.relay_batch_size})
             rows = [OutboxRow(*r) for r in await cur.fetchall()]
             if not rows:
                 return 0
