@@ -12,8 +12,11 @@ How it works (status mode, the default):
 * **Claims.** In one transaction a relay selects pending rows of its lanes
   (``ORDER BY id … FOR UPDATE SKIP LOCKED``), publishes them with an idempotent
   ``acks=all`` producer, waits for every acknowledgement, marks them ``done`` and
-  commits. A crash before the commit leaves the rows pending: the next owner sends
-  them again with the same ``message_id`` (consumers drop the copy).
+  commits. (The ``UPDATE … done`` runs while Kafka acknowledges, after a savepoint; it is
+  kept only if every row was acknowledged, else rolled back to the savepoint and the rows
+  are settled one by one: either way the commit comes after the acknowledgements.) A crash
+  before the commit leaves the rows pending: the next owner sends them again with the same
+  ``message_id`` (consumers drop the copy).
 * **Failures.** A failed row gets ``fail_count + 1``, ``failed_at`` and a retry time
   (exponential backoff); rows of the same key wait behind it (no overtaking). After
   ``relay_max_attempts`` attempts, or at once for a row Kafka can never take (too
@@ -339,17 +342,47 @@ class Relay:
             if not rows:
                 return 0
             batch = await self.publisher.sort(self.topics, rows)
-            result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
+            if batch.send and not batch.park:
+                result, marked = await self._publish_and_mark(conn, batch.send)
+            else:
+                result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
+                marked = False
             result.failed += batch.park
-            await self._settle(conn, result)
+            await self._settle(conn, result, marked=marked)
         self.counters.batches += 1
         return len(rows)
 
-    async def _settle(self, conn: psycopg.AsyncConnection, result: PublishResult) -> None:
+    async def _publish_and_mark(self, conn: psycopg.AsyncConnection, rows: list[OutboxRow]
+                                ) -> tuple[PublishResult, bool]:
+        """Publish ``rows`` and, while Kafka acknowledges them, mark them done in the claim's
+        transaction after a savepoint: kept if every row was acknowledged (the transaction
+        commits only after that), rolled back to the savepoint otherwise (then the rows are
+        settled one by one). Returns the result and whether the rows are marked."""
+        publishing = asyncio.ensure_future(self.publisher.publish(rows))
+        try:
+            await conn.execute("SAVEPOINT streams_relay_done")
+            await self._mark_done(conn, rows)
+            result = await publishing
+        except BaseException:
+            publishing.cancel()  # records not handed over stay out; the transaction rolls back
+            await asyncio.gather(publishing, return_exceptions=True)
+            raise
+        if len(result.sent) == len(rows):
+            await conn.execute("RELEASE SAVEPOINT streams_relay_done")
+            return result, True
+        await conn.execute("ROLLBACK TO SAVEPOINT streams_relay_done")
+        return result, False
+
+    async def _mark_done(self, conn: psycopg.AsyncConnection, rows: list[OutboxRow]) -> None:
+        await conn.execute(sql.SQL(
+            "UPDATE {} SET status = 'done', processed_at = now() WHERE id = ANY(%s)").format(self._t),
+            ([r.id for r in rows],))
+
+    async def _settle(self, conn: psycopg.AsyncConnection, result: PublishResult, *, marked: bool = False) -> None:
+        """Mark the sent rows done (unless ``marked`` already) and count the failed ones."""
         if result.sent:
-            await conn.execute(sql.SQL(
-                "UPDATE {} SET status = 'done', processed_at = now() WHERE id = ANY(%s)").format(self._t),
-                ([r.id for r in result.sent],))
+            if not marked:
+                await self._mark_done(conn, result.sent)
             self.counters.published += len(result.sent)
             report = getattr(self.held_topics, "published", None)
             if report is not None:
