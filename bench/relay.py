@@ -15,10 +15,11 @@ and stops them at the end. Relays run as separate ``streams relay`` processes
   written from the start of the relays to the end of the run (``pg_current_wal_lsn``), per
   row: the relays' claims, marks and commits. Relay CPU µs/row = user + system CPU time of
   all relay processes (/proc) from "started" to the end, per row: unlike rows/s, it hardly depends
-  on what else runs on the machine.
+  on what else runs on the machine; PostgreSQL and Kafka CPU µs/row: the same for the servers
+  (every PostgreSQL process, the bench's own polls included; the broker's JVM).
 * ``--baseline DIR``: each throughput run is also made with the relays of another checkout
-  (e.g. ``git worktree add /tmp/before <commit>``), right before the run with this one, on
-  the same servers: paired figures. ``--repeat N`` makes N such rounds; the 1-minute load
+  (e.g. ``git worktree add /tmp/before <commit>``) and the outbox table its migration makes,
+  right before the run with this one, on the same servers: paired figures. ``--repeat N`` makes N such rounds; the 1-minute load
   average is printed beside every run.
 * ``--profile``: PostgreSQL runs with ``pg_stat_statements``; each throughput run prints
   the relays' statements with the most total time, and py-spy samples relay 0
@@ -38,6 +39,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -80,6 +82,8 @@ class ThroughputResult:
     peak_rss_mib_per_relay: float
     wal_bytes_per_row: float = 0.0
     relay_cpu_us_per_row: float = 0.0
+    postgres_cpu_us_per_row: float = 0.0
+    kafka_cpu_us_per_row: float = 0.0
     build: str = "this checkout"
     load_1m: float = 0.0
     profile: dict | None = None
@@ -105,6 +109,27 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+def tree_cpu_seconds(root: int | None) -> float:
+    """CPU time used so far by ``root`` and its descendants (a server and its backends)."""
+    if root is None:
+        return float("nan")
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        used = cpu_seconds(pid)
+        total += 0.0 if used != used else used  # a process gone meanwhile: nan
+        todo += children.get(pid, [])
+    return total
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -134,14 +159,20 @@ class Bench:
         return {"STREAMS_KAFKA_BOOTSTRAP": settings.bootstrap_servers, "STREAMS_DATABASE_URL": settings.dsn,
                 "STREAMS_HOME": str(settings.home), "STREAMS_RELAY_BATCH_SIZE": "500", "STREAMS_LOG_LEVEL": "warning"}
 
-    def fresh_database(self, name: str) -> Settings:
+    def fresh_database(self, name: str, code: Path = ROOT) -> Settings:
+        """A new database with the outbox table as ``code``'s migration makes it."""
         admin = self.postgres.url.rsplit("/", 1)[0] + "/postgres"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')
         settings = self.settings(name)
-        with psycopg.connect(settings.dsn, autocommit=True) as conn:
-            migrate(conn, TABLE)
+        if code == ROOT:
+            with psycopg.connect(settings.dsn, autocommit=True) as conn:
+                migrate(conn, TABLE)
+        else:  # the baseline's own schema (its indexes), not this checkout's
+            subprocess.run([sys.executable, "-c", "import sys, psycopg; from streams.outbox.schema import migrate; "
+                            "migrate(psycopg.connect(sys.argv[1], autocommit=True), sys.argv[2])", settings.dsn, TABLE],
+                           cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, check=True)
         return settings
 
     def with_pg_stat_statements(self) -> None:
@@ -163,7 +194,7 @@ class Bench:
 
     # --- throughput -------------------------------------------------------
     def throughput(self, relays: int, rows: int, code: Path = ROOT, build: str = "this checkout") -> ThroughputResult:
-        settings = self.fresh_database(f"tp{relays}")
+        settings = self.fresh_database(f"tp{relays}", code)
         topic = f"{TOPIC}.tp{relays}.{time.monotonic_ns()}"
         asyncio.run(ensure_topics(settings, [TopicSpec(topic, PARTITIONS)]))
         with psycopg.connect(settings.dsn, autocommit=True) as conn:
@@ -186,6 +217,7 @@ class Bench:
             p.wait_ready(60)
         started = time.monotonic()
         cpu_ready = sum(cpu_seconds(p.started_pid) for p in procs)
+        servers_ready = (tree_cpu_seconds(self.postgres.pid()), tree_cpu_seconds(self.kafka.pid()))
         spy = raw_profile = None
         if self.profile_seconds:
             from bench import profile
@@ -202,6 +234,8 @@ class Bench:
             statements = self.top_statements(conn) if self.profile_seconds else None
         rss = max(peak_rss_mib(p.started_pid) for p in procs)
         cpu = sum(cpu_seconds(p.started_pid) for p in procs) - cpu_ready
+        pg_cpu = tree_cpu_seconds(self.postgres.pid()) - servers_ready[0]
+        kafka_cpu = tree_cpu_seconds(self.kafka.pid()) - servers_ready[1]
         for p in procs:
             p.stop()
         summary = None
@@ -211,7 +245,8 @@ class Bench:
             spy.wait(timeout=self.profile_seconds + 30)
             summary = profile.summarise(raw_profile, top=20) if raw_profile.exists() else None
         return ThroughputResult(relays, rows, round(seconds, 2), round(rows / seconds), round(rss, 1),
-                                round(float(wal) / rows, 1), round(cpu * 1e6 / rows, 1), build,
+                                round(float(wal) / rows, 1), round(cpu * 1e6 / rows, 1),
+                                round(pg_cpu * 1e6 / rows, 1), round(kafka_cpu * 1e6 / rows, 1), build,
                                 round(os.getloadavg()[0], 2), summary, statements)
 
     @staticmethod
@@ -310,10 +345,11 @@ def main(argv: list[str] | None = None) -> int:
             bench.kafka.down()
     print(f"\nOutbox relay throughput ({args.rows:,} pending rows, 1,000 keys, batch 500, status mode)")
     print(f"{'relays':>6} {'seconds':>8} {'rows/s':>8} {'peak RSS/relay MiB':>19} {'WAL B/row':>10} "
-          f"{'relay CPU µs/row':>17} {'load 1m':>8}  build")
+          f"{'CPU µs/row: relays':>19} {'PostgreSQL':>10} {'Kafka':>6} {'load 1m':>8}  build")
     for r in tps:
         print(f"{r.relays:>6} {r.seconds:>8.2f} {r.rows_per_s:>8,} {r.peak_rss_mib_per_relay:>19.1f} "
-              f"{r.wal_bytes_per_row:>10,.0f} {r.relay_cpu_us_per_row:>17,.0f} {r.load_1m:>8.2f}  {r.build}")
+              f"{r.wal_bytes_per_row:>10,.0f} {r.relay_cpu_us_per_row:>19,.0f} {r.postgres_cpu_us_per_row:>10,.0f} "
+              f"{r.kafka_cpu_us_per_row:>6,.0f} {r.load_1m:>8.2f}  {r.build}")
     for r in tps:
         if r.statements:
             print(f"\n[pg_stat_statements] {r.relays} relay(s), {r.build}: most total time")
