@@ -100,6 +100,8 @@ class LatencyResult:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    build: str = "this checkout"
+    load_1m: float = 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -261,11 +263,11 @@ class Bench:
                 for c, t, m, r, w, q in rows]
 
     # --- latency ------------------------------------------------------------
-    def latency(self, rate: int, seconds: int) -> LatencyResult:
-        settings = self.fresh_database("latency")
-        topic = f"{TOPIC}.latency"
+    def latency(self, rate: int, seconds: int, code: Path = ROOT, build: str = "this checkout") -> LatencyResult:
+        settings = self.fresh_database("latency", code)
+        topic = f"{TOPIC}.latency.{time.monotonic_ns()}"
         asyncio.run(ensure_topics(settings, [TopicSpec(topic, PARTITIONS)]))
-        relay = self.relay(settings, "latency").start()
+        relay = self.relay(settings, "latency", code).start()
         relay.wait_ready(60)
         arrived: dict[str, float] = {}
         ready = threading.Event()
@@ -286,7 +288,8 @@ class Bench:
         if len(lat) < total:
             print(f"warning: {total - len(lat)} rows did not arrive within 60 s", file=sys.stderr)
         p = percentiles(lat)
-        return LatencyResult(rate, seconds, len(lat), round(achieved, 1), p["p50"], p["p95"], p["p99"], p["max"])
+        return LatencyResult(rate, seconds, len(lat), round(achieved, 1), p["p50"], p["p95"], p["p99"], p["max"],
+                             build, round(os.getloadavg()[0], 2))
 
     @staticmethod
     async def _consume(settings: Settings, topic: str, arrived: dict, ready: threading.Event,
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     builds: list[tuple[Path, str]] = [(ROOT, "this checkout")]
     if args.baseline is not None:
         builds.insert(0, (args.baseline.resolve(), f"baseline {args.baseline}"))
-    lat = None
+    lats: list[LatencyResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         bench = Bench(Path(tmp), profile_seconds=args.profile_seconds if args.profile else 0.0)
         bench.kafka.up()
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             tps = [bench.throughput(int(k), args.rows, code, build)
                    for _ in range(args.repeat) for k in args.relays.split(",") for code, build in builds]
             if args.seconds > 0:
-                lat = bench.latency(args.rate, args.seconds)
+                lats = [bench.latency(args.rate, args.seconds, code, build) for code, build in builds]
         finally:
             bench.postgres.down()
             bench.kafka.down()
@@ -360,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             from bench.profile import print_summary
 
             print_summary(f"relay 0 of {r.relays}, {r.build}", r.profile)
-    if lat is not None:
+    for lat in lats:
         print(f"\nCommit → Kafka latency, 1 relay, {lat.rate:,} rows/s offered for {lat.seconds}s "
-              f"(achieved {lat.achieved_rate:,.0f} rows/s, {lat.rows:,} rows)")
+              f"(achieved {lat.achieved_rate:,.0f} rows/s, {lat.rows:,} rows), {lat.build}, load 1m {lat.load_1m}")
         print(f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
         print(f"{lat.p50_ms:>8} {lat.p95_ms:>8} {lat.p99_ms:>8} {lat.max_ms:>8}")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -370,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                                "command": " ".join(["python -m bench.relay", *(argv or sys.argv[1:])]),
                                "throughput": [asdict(r) for r in tps],
-                               "latency": asdict(lat) if lat is not None else None}, indent=2))
+                               "latency": [asdict(lat) for lat in lats]}, indent=2))
     print(f"\nresults: {out.relative_to(ROOT)}")
     return 0
 

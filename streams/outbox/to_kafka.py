@@ -93,6 +93,7 @@ class Publisher:
         result = PublishResult()
         spans: dict[int, object] = {}  # row id → its send span (tracing on)
         chains: dict[TopicPartition, list[_Batch]] = {}
+        partitions: dict[str, list[int]] = {}  # topic → its partitions, looked up once per batch
         i = 0
         try:
             async with asyncio.timeout_at(deadline):  # cancels the hand-over in progress when time is up
@@ -107,7 +108,7 @@ class Publisher:
                                 spans[row.id] = sending
                                 headers = tracing.with_context(headers, sending.get_span_context())
                         self._check_size(key, value, headers)
-                        tp = TopicPartition(row.topic, await self._partition(row.topic, key))
+                        tp = TopicPartition(row.topic, await self._partition(row.topic, key, partitions))
                     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
                         result.failed.append((row, exc))
                         continue
@@ -172,14 +173,16 @@ class Publisher:
                 f"The message is {size} bytes when serialized which is larger than the maximum request "
                 "size you have configured with the max_request_size configuration")
 
-    async def _partition(self, topic: str, key: bytes | None) -> int:
+    async def _partition(self, topic: str, key: bytes | None, partitions: dict[str, list[int]]) -> int:
         """The partition the producer's default partitioner picks for ``key`` (remembered per key
-        while the topic's partitions stay the same)."""
+        while the topic's partitions stay the same); ``partitions``: the batch's topics so far."""
         assert self.producer is not None
-        partitions = self.producer.client.cluster.partitions_for_topic(topic)
-        if partitions is None:
-            partitions = await self.producer.partitions_for(topic)  # waits for the topic's metadata
-        all_partitions = list(partitions)
+        all_partitions = partitions.get(topic)
+        if all_partitions is None:
+            found = self.producer.client.cluster.partitions_for_topic(topic)
+            if found is None:
+                found = await self.producer.partitions_for(topic)  # waits for the topic's metadata
+            all_partitions = partitions[topic] = list(found)
         if key is None:
             available = list(self.producer.client.cluster.available_partitions_for_topic(topic))
             return self._partitioner(None, all_partitions, available)
