@@ -145,8 +145,9 @@ def peak_rss_mib(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, workdir: Path, *, profile_seconds: float = 0.0) -> None:
+    def __init__(self, workdir: Path, *, profile_seconds: float = 0.0, batch_size: int = 500) -> None:
         self.workdir = workdir
+        self.batch_size = batch_size
         self.profile_seconds = profile_seconds
         self.kafka = LocalKafka(data_dir=workdir / "kafka", cache_dir=ROOT / ".streams" / "cache",
                                 port=free_port(), controller_port=free_port())
@@ -159,7 +160,8 @@ class Bench:
 
     def env(self, settings: Settings) -> dict[str, str]:
         return {"STREAMS_KAFKA_BOOTSTRAP": settings.bootstrap_servers, "STREAMS_DATABASE_URL": settings.dsn,
-                "STREAMS_HOME": str(settings.home), "STREAMS_RELAY_BATCH_SIZE": "500", "STREAMS_LOG_LEVEL": "warning"}
+                "STREAMS_HOME": str(settings.home), "STREAMS_RELAY_BATCH_SIZE": str(self.batch_size),
+                "STREAMS_LOG_LEVEL": "warning"}
 
     def fresh_database(self, name: str, code: Path = ROOT) -> Settings:
         """A new database with the outbox table as ``code``'s migration makes it."""
@@ -320,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relays", default="1,2,4", help="Relay counts for the throughput runs.")
     parser.add_argument("--rate", type=int, default=1000, help="Rows/s for the latency run.")
     parser.add_argument("--seconds", type=int, default=30, help="Length of the latency run (0: no latency run).")
+    parser.add_argument("--batch-size", type=int, default=500, help="STREAMS_RELAY_BATCH_SIZE of the relays.")
     parser.add_argument("--repeat", type=int, default=1, help="Rounds of throughput runs.")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="Another checkout whose relays run before this one's, in every round (paired runs).")
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         builds.insert(0, (args.baseline.resolve(), f"baseline {args.baseline}"))
     lats: list[LatencyResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
-        bench = Bench(Path(tmp), profile_seconds=args.profile_seconds if args.profile else 0.0)
+        bench = Bench(Path(tmp), profile_seconds=args.profile_seconds if args.profile else 0.0,
+                      batch_size=args.batch_size)
         bench.kafka.up()
         bench.postgres.up()
         try:
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.postgres.down()
             bench.kafka.down()
-    print(f"\nOutbox relay throughput ({args.rows:,} pending rows, 1,000 keys, batch 500, status mode)")
+    print(f"\nOutbox relay throughput ({args.rows:,} pending rows, 1,000 keys, batch {args.batch_size}, status mode)")
     print(f"{'relays':>6} {'seconds':>8} {'rows/s':>8} {'peak RSS/relay MiB':>19} {'WAL B/row':>10} "
           f"{'CPU µs/row: relays':>19} {'PostgreSQL':>10} {'Kafka':>6} {'load 1m':>8}  build")
     for r in tps:
@@ -371,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"relay-{datetime.now():%Y-%m-%d-%H%M%S}.json"
     out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                               "batch_size": args.batch_size,
                                "command": " ".join(["python -m bench.relay", *(argv or sys.argv[1:])]),
                                "throughput": [asdict(r) for r in tps],
                                "latency": [asdict(lat) for lat in lats]}, indent=2))
