@@ -40,13 +40,15 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def start(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Popen:
-    """Sample ``pid`` for ``seconds`` into ``out`` (raw collapsed stacks); returns the py-spy process."""
+def start(pid: int, seconds: float, out: Path, rate: int = 200, native: bool = False) -> subprocess.Popen:
+    """Sample ``pid`` for ``seconds`` into ``out`` (raw collapsed stacks; ``native``: with C frames);
+    returns the py-spy process."""
     exe = py_spy()
     if exe is None:
         raise RuntimeError("py-spy is not installed: .venv/bin/pip install -e '.[bench]'")
     return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
-                             "--format", "raw", "--output", str(out), "--nonblocking"],
+                             "--format", "raw", "--output", str(out),
+                             *(["--native"] if native else ["--nonblocking"])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

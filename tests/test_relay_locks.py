@@ -17,7 +17,7 @@ from tests.harness import ROOT
 from tests.helpers import wait_for
 from tests.outbox_helpers import kafka_view, outbox_status, prepare
 
-ROWS = 15_000
+ROWS = 45_000  # a backlog behind relay-a's frozen batch however fast the relays publish
 KEYS = 60
 TTL_MS = 3000
 FREEZES = 2

@@ -211,7 +211,7 @@ def test_the_outbox_gains_the_trace_columns_on_migrate_without_losing_a_row(isol
             write_message(conn, old, topic=topic, table=table)
         from streams.outbox.schema import migrate
 
-        assert migrate(conn, table) and schema_version(conn, table) == SCHEMA_VERSION == 4
+        assert migrate(conn, table) and schema_version(conn, table) == SCHEMA_VERSION >= 4
         provider, exporter = memory_provider("shop")
         with tracing.use(provider), tracing.span("checkout"), conn.transaction():
             new = registry.envelope(Job(n=2), key="k2")

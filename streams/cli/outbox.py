@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -192,6 +193,9 @@ def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool, g
 
     async def main() -> None:
         relay = cls(settings, name=name, held_topics=held)
+        # what is loaded by now lives as long as the process: out of the collector's sight, the full
+        # collections the relay's batches trigger no longer walk it (they took a third of its CPU)
+        gc.freeze()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, relay.stop)

@@ -12,8 +12,11 @@ How it works (status mode, the default):
 * **Claims.** In one transaction a relay selects pending rows of its lanes
   (``ORDER BY id … FOR UPDATE SKIP LOCKED``), publishes them with an idempotent
   ``acks=all`` producer, waits for every acknowledgement, marks them ``done`` and
-  commits. A crash before the commit leaves the rows pending: the next owner sends
-  them again with the same ``message_id`` (consumers drop the copy).
+  commits. (The ``UPDATE … done`` runs while Kafka acknowledges, after a savepoint; it is
+  kept only if every row was acknowledged, else rolled back to the savepoint and the rows
+  are settled one by one: either way the commit comes after the acknowledgements.) A crash
+  before the commit leaves the rows pending: the next owner sends them again with the same
+  ``message_id`` (consumers drop the copy).
 * **Failures.** A failed row gets ``fail_count + 1``, ``failed_at`` and a retry time
   (exponential backoff); rows of the same key wait behind it (no overtaking). After
   ``relay_max_attempts`` attempts, or at once for a row Kafka can never take (too
@@ -107,6 +110,7 @@ class Relay:
         self._last_rebalance = 0.0
         self._stop_deadline = math.inf
         self._t = sql.Identifier(self.table)
+        self._claims: dict[bool, sql.Composed] = {}
         self.topics = TopicWatch(settings)
 
     # --- lifecycle ----------------------------------------------------------
@@ -298,6 +302,30 @@ class Relay:
                     self.lanes.add(lane)
         log.debug("relay %s: %d relay(s), owns %d lane(s)", self.name, members, len(self.lanes))
 
+    def _claim_sql(self, held: bool) -> sql.Composed:
+        """The claim: pending rows of the owned lanes in ``id`` order, but none with an earlier
+        pending row of its key that waits for a retry or (``held``) whose topic is held back.
+
+        The two "earlier row" checks are separate so each has an index of its own (schema v5):
+        the retry check reads only rows that failed an attempt (``next_attempt_at`` is
+        ``-infinity`` until then), the held check runs only while a topic is held."""
+        if held not in self._claims:
+            held_check = sql.SQL(
+                "AND NOT EXISTS (SELECT 1 FROM {t} h WHERE h.status = 'pending' AND h.key = o.key "
+                "               AND h.id < o.id AND h.topic = ANY(%(held)s)) ").format(t=self._t) if held else sql.SQL("")
+            self._claims[held] = sql.SQL(
+                "SELECT {cols} FROM {t} o "
+                "WHERE o.status = 'pending' AND o.lane = ANY(%(lanes)s) AND o.next_attempt_at <= now() "
+                "AND o.topic <> ALL(%(skipped)s) "
+                "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.status = 'pending' "
+                "               AND e.next_attempt_at > '-infinity' AND e.key = o.key "
+                "               AND e.id < o.id AND e.next_attempt_at > now()) "
+                "{held_check}"
+                "ORDER BY o.id LIMIT %(n)s FOR UPDATE SKIP LOCKED"
+            ).format(cols=sql.SQL(", ").join(sql.Identifier("o", c) for c in _ROW_COLUMNS), t=self._t,
+                     held_check=held_check)
+        return self._claims[held]
+
     async def publish_batch(self) -> int:
         """Claim, publish and settle one batch of the owned lanes; returns rows handled."""
         if not self.lanes:
@@ -308,30 +336,53 @@ class Relay:
         skipped = sorted({*held, *self.topics.excluded()})
         conn = self.conn
         async with conn.transaction():
-            cur = await conn.execute(sql.SQL(
-                "SELECT {cols} FROM {t} o "
-                "WHERE o.status = 'pending' AND o.lane = ANY(%(lanes)s) AND o.next_attempt_at <= now() "
-                "AND o.topic <> ALL(%(skipped)s) "
-                "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.status = 'pending' AND e.key = o.key "
-                "               AND e.id < o.id AND (e.next_attempt_at > now() OR e.topic = ANY(%(held)s))) "
-                "ORDER BY o.id LIMIT %(n)s FOR UPDATE SKIP LOCKED"
-            ).format(cols=sql.SQL(", ").join(sql.Identifier("o", c) for c in _ROW_COLUMNS), t=self._t),
-                {"lanes": sorted(self.lanes), "held": held, "skipped": skipped, "n": self.settings.relay_batch_size})
+            cur = await conn.execute(self._claim_sql(bool(held)), {
+                "lanes": sorted(self.lanes), "held": held, "skipped": skipped, "n": self.settings.relay_batch_size})
             rows = [OutboxRow(*r) for r in await cur.fetchall()]
             if not rows:
                 return 0
             batch = await self.publisher.sort(self.topics, rows)
-            result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
+            if batch.send and not batch.park:
+                result, marked = await self._publish_and_mark(conn, batch.send)
+            else:
+                result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
+                marked = False
             result.failed += batch.park
-            await self._settle(conn, result)
+            await self._settle(conn, result, marked=marked)
         self.counters.batches += 1
         return len(rows)
 
-    async def _settle(self, conn: psycopg.AsyncConnection, result: PublishResult) -> None:
+    async def _publish_and_mark(self, conn: psycopg.AsyncConnection, rows: list[OutboxRow]
+                                ) -> tuple[PublishResult, bool]:
+        """Publish ``rows`` and, while Kafka acknowledges them, mark them done in the claim's
+        transaction after a savepoint: kept if every row was acknowledged (the transaction
+        commits only after that), rolled back to the savepoint otherwise (then the rows are
+        settled one by one). Returns the result and whether the rows are marked."""
+        publishing = asyncio.ensure_future(self.publisher.publish(rows))
+        try:
+            await conn.execute("SAVEPOINT streams_relay_done")
+            await self._mark_done(conn, rows)
+            result = await publishing
+        except BaseException:
+            publishing.cancel()  # records not handed over stay out; the transaction rolls back
+            await asyncio.gather(publishing, return_exceptions=True)
+            raise
+        if len(result.sent) == len(rows):
+            await conn.execute("RELEASE SAVEPOINT streams_relay_done")
+            return result, True
+        await conn.execute("ROLLBACK TO SAVEPOINT streams_relay_done")
+        return result, False
+
+    async def _mark_done(self, conn: psycopg.AsyncConnection, rows: list[OutboxRow]) -> None:
+        await conn.execute(sql.SQL(
+            "UPDATE {} SET status = 'done', processed_at = now() WHERE id = ANY(%s)").format(self._t),
+            ([r.id for r in rows],))
+
+    async def _settle(self, conn: psycopg.AsyncConnection, result: PublishResult, *, marked: bool = False) -> None:
+        """Mark the sent rows done (unless ``marked`` already) and count the failed ones."""
         if result.sent:
-            await conn.execute(sql.SQL(
-                "UPDATE {} SET status = 'done', processed_at = now() WHERE id = ANY(%s)").format(self._t),
-                ([r.id for r in result.sent],))
+            if not marked:
+                await self._mark_done(conn, result.sent)
             self.counters.published += len(result.sent)
             report = getattr(self.held_topics, "published", None)
             if report is not None:

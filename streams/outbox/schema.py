@@ -20,7 +20,10 @@ the key: all rows of a key share a lane, and one relay at a time owns a lane), a
 ``topic_missing_since`` (v3: set while the row's topic does not exist in Kafka, see
 :mod:`streams.outbox.topics`); ``traceparent`` / ``tracestate`` (v4: the W3C trace
 context of the span that wrote the row, sent as the record's headers, see
-:mod:`streams.tracing`).
+:mod:`streams.tracing`). v5 adds two partial indexes for the relay's claim (pending rows in
+``id`` order; rows waiting for a retry), no column: a v4 table works as before, its claims
+just scan more (run ``streams outbox migrate``; building them reads the table once, and
+writers wait for that).
 
 ``aggregatetype`` / ``aggregateid`` / ``type`` are generated copies of topic / key /
 message_type, so Debezium's outbox event router can read the same table with its
@@ -37,7 +40,7 @@ import psycopg
 from psycopg import sql
 
 #: bumped whenever the DDL below changes; stored as the table's comment
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _VERSION_TEXT = "streams outbox schema v{}"
 
 #: rows are spread over this many lanes (the most relays that can share the work)
@@ -85,10 +88,17 @@ ALTER TABLE {table} ADD COLUMN IF NOT EXISTS topic_missing_since timestamptz;
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS traceparent text;
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS tracestate text;
 
--- the relay claims pending rows in id order, per lane
+-- pending rows per lane (missing-topic book-keeping, status counts)
 CREATE INDEX IF NOT EXISTS {ix_pending} ON {table} (lane, id) WHERE status = 'pending';
--- "is an earlier row of this key waiting for a retry?"
+-- "is an earlier row of this key held back (its topic held by the lag gate)?"
 CREATE INDEX IF NOT EXISTS {ix_key} ON {table} (key, id) WHERE status = 'pending';
+-- v5: the relay claims pending rows in id order: this index walks them without passing the
+-- done rows kept for STREAMS_RELAY_RETENTION (the primary key passed all of them on every claim)
+CREATE INDEX IF NOT EXISTS {ix_pending_id} ON {table} (id) WHERE status = 'pending';
+-- v5: "is an earlier row of this key waiting for a retry?": only rows that failed an attempt
+-- have a next_attempt_at, so this index holds only them (the claim used to scan the whole table)
+CREATE INDEX IF NOT EXISTS {ix_retry} ON {table} (key, id)
+    WHERE status = 'pending' AND next_attempt_at > '-infinity';
 CREATE INDEX IF NOT EXISTS {ix_done} ON {table} (processed_at) WHERE status = 'done';
 CREATE INDEX IF NOT EXISTS {ix_failed} ON {table} (failed_at) WHERE status = 'failed';
 
@@ -153,6 +163,8 @@ def names(table: str) -> dict[str, sql.Composable]:
         "status_check": ident(f"{table}_status_check"),
         "ix_pending": ident(f"{table}_pending_lane_id"),
         "ix_key": ident(f"{table}_pending_key_id"),
+        "ix_pending_id": ident(f"{table}_pending_id"),
+        "ix_retry": ident(f"{table}_retry_key_id"),
         "ix_done": ident(f"{table}_done_processed_at"),
         "ix_failed": ident(f"{table}_failed_failed_at"),
         "fn_assign": ident(f"{table}_assign_id"),

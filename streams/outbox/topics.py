@@ -103,8 +103,8 @@ class TopicWatch:
     async def sort(self, client: AIOKafkaClient, rows: list[OutboxRow]) -> Sorted:
         """Split ``rows``: topics the producer knows are sent; the others are asked about first."""
         out = Sorted()
-        unknown = {r.topic for r in rows
-                   if r.topic not in self.missing and client.cluster.partitions_for_topic(r.topic) is None}
+        unknown = {topic for topic in {r.topic for r in rows}
+                   if topic not in self.missing and client.cluster.partitions_for_topic(topic) is None}
         answers: dict[str, type[BaseException] | None] = {}
         if unknown:
             try:
