@@ -15,7 +15,7 @@ from streams.settings import Settings
 # --- dev services ------------------------------------------------------------------
 @click.group("dev")
 def dev() -> None:
-    """Local development services: a real Kafka broker, PostgreSQL server and SFTP server."""
+    """Local development services: a real Kafka broker, PostgreSQL and MariaDB servers, an SFTP server."""
 
 
 def _service_commands(group: click.Group, name: str, factory) -> None:
@@ -75,6 +75,17 @@ def _postgres(settings: Settings):
     return LocalPostgres.from_settings(settings)
 
 
+@dev.group("mariadb")
+def dev_mariadb() -> None:
+    """The project's MariaDB server (Debian's mariadb-server; binlog ROW + GTIDs): the MySQL dialect."""
+
+
+def _mariadb(settings: Settings):
+    from streams.dev.mariadb import LocalMariaDB
+
+    return LocalMariaDB.from_settings(settings)
+
+
 @dev.group("sftp")
 def dev_sftp() -> None:
     """The project's SFTP server (OpenSSH sshd, key authentication, SFTP only) for batch transfer."""
@@ -105,6 +116,7 @@ _service_commands(dev_kafka, "kafka", _kafka)
 _service_commands(dev_connect, "connect", _connect)
 _service_commands(dev_sftp, "sftp", _sftp)
 _service_commands(dev_postgres, "postgres", _postgres)
+_service_commands(dev_mariadb, "mariadb", _mariadb)
 
 
 @dev.command("up")
