@@ -43,7 +43,26 @@ def mysql_isolation(servers: Servers, mariadb_url: str, name: str, tmp_path: Pat
         finally:
             for w in iso.workers:
                 w.kill()
-            sql(server_url(mariadb_url), f"DROP DATABASE IF EXISTS `{dbname}`")
+            drop_database(mariadb_url, dbname)
+
+
+def drop_database(mariadb_url: str, dbname: str) -> None:
+    """Drop a test's database after ending the sessions still using it (a failed test may leave a
+    transaction open, whose metadata lock would make the DROP wait for ever)."""
+    conn = mysql.connect(server_url(mariadb_url))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                        (dbname,))
+            for (session,) in cur.fetchall():
+                try:
+                    cur.execute(f"KILL {int(session)}")
+                except Exception:  # noqa: BLE001 - ended meanwhile
+                    pass
+            cur.execute("SET SESSION lock_wait_timeout = 60")
+            cur.execute(f"DROP DATABASE IF EXISTS `{dbname}`")
+    finally:
+        conn.close()
 
 
 def isql(iso: Isolated, query: str, params=None) -> list[tuple]:

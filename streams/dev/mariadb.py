@@ -118,8 +118,9 @@ class LocalMariaDB:
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         pid = spawn(self.command(), self.root / "mariadbd.out", self.pid_file, cwd=self.root, env=_clean_env())
         while time.monotonic() - started < timeout:
-            if not pid_alive(pid, _MARKER):
-                raise ServiceError(f"mariadbd exited while starting:\n{_tail_from(self.log_file, offset)}")
+            if _exited(pid):
+                raise ServiceError(f"mariadbd exited while starting:\n{_tail_from(self.log_file, offset)}\n"
+                                   f"{tail(self.root / 'mariadbd.out')}")
             if self.socket.exists() and port_open(self.host, self.port):
                 try:
                     self._ensure_database()
@@ -178,6 +179,15 @@ class LocalMariaDB:
                 cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
         finally:
             conn.close()
+
+
+def _exited(pid: int) -> bool:
+    """Whether our child ``pid`` has ended (its exit status is the answer: no guessing from /proc)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (or reaped already): ask /proc
+        return not pid_alive(pid)
+    return done == pid
 
 
 def server_version() -> str:
