@@ -230,3 +230,33 @@ def test_pointer_mode_waits_at_a_gap_until_its_transaction_ends(isolated_mysql):
     assert ids == [slow_id, fast_id, late_id]
     for c in (slow, fast, rolled, late):
         c.close()
+
+
+def test_outbox_commands_with_a_mysql_url(isolated_mysql):
+    from tests.test_outbox_cli import streams
+
+    iso = isolated_mysql
+    missing = streams(iso, "outbox", "status")
+    assert missing.returncode == 1 and "does not exist (run `streams outbox migrate`)" in missing.stderr
+    assert streams(iso, "outbox", "migrate").returncode == 0
+    again = streams(iso, "outbox", "migrate")  # idempotent
+    assert again.returncode == 0 and "is ready" in again.stdout
+    table = iso.settings.outbox_table
+    conn = mysql.connect(iso.settings.dsn, autocommit=False)
+    ids = [write_message(conn, event("ThingHappened", {"n": i}, key=f"k{i}"), topic="t.x", table=table)
+           for i in range(5)]
+    conn.commit()
+    conn.close()
+    isql(iso, f"UPDATE {table} SET status = 'failed', fail_count = 3, last_error = 'boom', "
+              "failed_at = UTC_TIMESTAMP(6) WHERE id IN (%s, %s)", (ids[0], ids[1]))
+    data = json.loads(streams(iso, "outbox", "status", "--json").stdout)
+    assert (data["pending"], data["failed"], data["done"]) == (3, 2, 0)
+    listed = streams(iso, "outbox", "list", "--status", "failed", "--json")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["id"], r["last_error"], r["fail_count"]) for r in rows] == [(ids[1], "boom", 3), (ids[0], "boom", 3)]
+    retried = streams(iso, "outbox", "retry", "--id", str(ids[0]))
+    assert retried.returncode == 0 and "re-queued 1 parked row(s)" in retried.stdout
+    assert status_counts(iso) == {"pending": 4, "failed": 1}
+    isql(iso, f"UPDATE {table} SET status = 'done', processed_at = UTC_TIMESTAMP(6) - INTERVAL 30 DAY")
+    purged = streams(iso, "outbox", "purge")
+    assert purged.returncode == 0 and "purged 5 row(s)" in purged.stdout

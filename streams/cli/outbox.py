@@ -171,6 +171,17 @@ def purge_cmd(ctx: Context) -> None:
     from streams.outbox.relay import purge_done
 
     async def go() -> int:
+        if ctx.settings.database_dialect == "mysql":
+            from streams import mysql
+            from streams.outbox import mysql_relay
+
+            conn = await mysql.connect_async(ctx.settings.dsn)
+            try:
+                purge = (mysql_relay.purge_below_pointer if ctx.settings.relay_mode == "pointer"
+                         else mysql_relay.purge_done)
+                return await purge(conn, ctx.settings)
+            finally:
+                await mysql.close_async(conn)
         async with await psycopg.AsyncConnection.connect(ctx.settings.dsn, autocommit=True) as conn:
             purge = purge_below_pointer if ctx.settings.relay_mode == "pointer" else purge_done
             return await purge(conn, ctx.settings)
