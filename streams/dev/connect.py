@@ -1,11 +1,14 @@
-"""The project's Kafka Connect worker (distributed mode) with Debezium's PostgreSQL connector.
+"""The project's Kafka Connect worker (distributed mode) with Debezium's PostgreSQL and MariaDB connectors.
 
 ``streams dev connect up`` resolves, once, with Maven into ``<home>/cache``:
 
 * the Connect worker: ``org.apache.kafka:connect-runtime``, ``connect-json``,
   ``connect-transforms`` at the broker's version, plus the log4j2 backend;
-* Debezium's PostgreSQL connector (``io.debezium:debezium-connector-postgres``,
-  Kafka's own jars excluded) into its own folder under ``plugin.path``;
+* Debezium's PostgreSQL connector (``io.debezium:debezium-connector-postgres``) and its
+  binlog connectors for MariaDB (``debezium-connector-mariadb``) and MySQL
+  (``debezium-connector-mysql``), one Debezium version for all (the newest Maven Central
+  serves here with its dependencies for all three: 3.5.0.Final), Kafka's own jars
+  excluded, each in its own folder under ``plugin.path`` (Connect isolates plugins per folder);
 
 then starts ``org.apache.kafka.connect.cli.ConnectDistributed`` with its config,
 offsets and status in Kafka topics (``<group>-configs|offsets|status``),
@@ -24,12 +27,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.cdc.config import POSTGRES_CONNECTOR
+from streams.cdc.config import MARIADB_CONNECTOR, POSTGRES_CONNECTOR
 from streams.cdc.connect_api import ConnectClient, ConnectError
 from streams.dev.kafka import KAFKA_VERSION, LOG4J_VERSION, _require, java_major_version
 from streams.dev.process import ServiceError, file_lock, pid_alive, port_open, read_pid, spawn, tail, terminate
 
-DEBEZIUM_VERSION = "3.4.3.Final"
+DEBEZIUM_VERSION = "3.5.0.Final"
+#: the connectors resolved into the plugin path (artifact ids of group io.debezium)
+DEBEZIUM_CONNECTORS = ("debezium-connector-postgres", "debezium-connector-mariadb", "debezium-connector-mysql")
 _MAIN_CLASS = "org.apache.kafka.connect.cli.ConnectDistributed"
 
 log = logging.getLogger(__name__)
@@ -54,11 +59,11 @@ _WORKER_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 _PLUGIN_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.streams</groupId>
-  <artifactId>debezium-postgres-plugin</artifactId>
+  <artifactId>{artifact}-plugin</artifactId>
   <version>{debezium}</version>
   <packaging>pom</packaging>
   <dependencies>
-    <dependency><groupId>io.debezium</groupId><artifactId>debezium-connector-postgres</artifactId><version>{debezium}</version></dependency>
+    <dependency><groupId>io.debezium</groupId><artifactId>{artifact}</artifactId><version>{debezium}</version></dependency>
   </dependencies>
 </project>
 """
@@ -100,9 +105,10 @@ def resolve_connect(cache_dir: Path, kafka: str = KAFKA_VERSION, debezium: str =
             _mvn_copy(_WORKER_POM.format(kafka=kafka, log4j=LOG4J_VERSION), worker, worker / "lib")
             (worker / ".complete").write_text(kafka + "\n")
         if not (plugins / ".complete").exists():
-            log.info("resolving Debezium %s (PostgreSQL connector) from Maven Central", debezium)
-            _mvn_copy(_PLUGIN_POM.format(debezium=debezium), plugins / "build",
-                      plugins / "debezium-connector-postgres", "-DexcludeGroupIds=org.apache.kafka")
+            for artifact in DEBEZIUM_CONNECTORS:
+                log.info("resolving Debezium %s (%s) from Maven Central", debezium, artifact)
+                _mvn_copy(_PLUGIN_POM.format(debezium=debezium, artifact=artifact), plugins / "build" / artifact,
+                          plugins / artifact, "-DexcludeGroupIds=org.apache.kafka")
             (plugins / ".complete").write_text(debezium + "\n")
     return worker / "lib", plugins
 
@@ -206,7 +212,7 @@ class LocalConnect:
                 raise ServiceError(f"Kafka Connect exited:\n{tail(self.log_file, 40)}")
             if port_open("127.0.0.1", self.port):
                 try:
-                    if POSTGRES_CONNECTOR in self.client(5).plugins():
+                    if {POSTGRES_CONNECTOR, MARIADB_CONNECTOR} <= set(self.client(5).plugins()):
                         return time.monotonic() - started
                 except ConnectError:
                     pass

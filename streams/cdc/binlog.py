@@ -1,0 +1,143 @@
+"""The MySQL / MariaDB side of a CDC connector: the binary log, its positions, the checks before create.
+
+**The position** (the source notes' question 7). A binlog connector's place in the
+log has two names, and Connect stores both (its offsets for the connector):
+
+* the **binlog file and byte position** (``mysql-bin.000003:1472``) — where the
+  transaction it resumes from starts on *this* server (plus ``event`` and ``row``: how
+  many events and rows of that transaction were already sent);
+* the **GTID set** (MariaDB ``0-1-42``, MySQL ``3E11FA47-…:1-42``) — the transactions
+  it has completed, a name that every server of a replication topology shares.
+
+When the server has GTIDs (the project's own MariaDB does, strict mode), Debezium
+resumes from the GTID set and the file/position only names it; without GTIDs, from the
+file and position. ``streams cdc status`` shows the stored position beside the server's
+current one (``SHOW MASTER STATUS`` / ``SHOW BINARY LOG STATUS`` and
+``@@gtid_binlog_pos`` / ``@@gtid_executed``), and whether the stored file still exists:
+a file purged by ``binlog_expire_logs_seconds`` before the connector read it is a gap
+the connector cannot cross (it fails and says so).
+
+**Ids of changes.** Debezium's source block names each row change by its event's
+``file`` and ``pos`` and the ``row`` within the event, and the transaction's ``gtid``.
+The GTID alone names a transaction, not a change (every row of it carries the same
+GTID, and one transaction may change one row twice), so a change's message id is the
+GTID with the event position and row: the same change read twice gets the same id; no
+two changes share one, even across servers (``file``/``pos`` restart on every server,
+GTIDs do not). A copy re-sent from *another* server after a failover (new coordinates)
+would get a new id: the processed-ID table catches copies from one server's log.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+#: privileges Debezium's binlog connector needs (MariaDB shows REPLICATION CLIENT as BINLOG MONITOR)
+REQUIRED_PRIVILEGES = ("SELECT", "RELOAD", "SHOW DATABASES", "REPLICATION SLAVE", "REPLICATION CLIENT")
+_ALIASES = {"BINLOG MONITOR": "REPLICATION CLIENT", "REPLICATION SLAVE ADMIN": None, "SLAVE MONITOR": None}
+
+
+@dataclass(frozen=True)
+class BinlogPosition:
+    """A place in a server's binary log: file, byte position, GTID set."""
+
+    file: str | None
+    pos: int | None
+    gtids: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "pos": self.pos, "gtids": self.gtids}
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.pos}" if self.file else "?"
+        return f"{where} (GTID set {self.gtids})" if self.gtids else where
+
+
+def _fetch(conn: Any, query: str) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(query)
+        return list(cur.fetchall())
+
+
+def is_mariadb(conn: Any) -> bool:
+    """Whether a PyMySQL connection's server is MariaDB (else MySQL)."""
+    return "mariadb" in _fetch(conn, "SELECT VERSION()")[0][0].lower()
+
+
+def server_position(conn: Any) -> BinlogPosition:
+    """The server's current end of the binary log (a PyMySQL connection)."""
+    rows: list[tuple] = []
+    for statement in ("SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"):  # MySQL 8.4+, then MariaDB / MySQL 8.0
+        try:
+            rows = _fetch(conn, statement)
+            break
+        except Exception:  # noqa: BLE001 - a syntax error on the other flavour
+            continue
+    gtid_query = "SELECT @@gtid_binlog_pos" if is_mariadb(conn) else "SELECT @@gtid_executed"
+    gtids = _fetch(conn, gtid_query)[0][0] or None
+    if not rows:
+        return BinlogPosition(None, None, gtids)
+    return BinlogPosition(rows[0][0], int(rows[0][1]), gtids)
+
+
+def binary_logs(conn: Any) -> list[str]:
+    """The binlog files the server still has (``SHOW BINARY LOGS``)."""
+    return [r[0] for r in _fetch(conn, "SHOW BINARY LOGS")]
+
+
+def check_binlog(conn: Any) -> list[str]:
+    """What keeps the server from being captured (empty: nothing)."""
+    values = {name.lower(): str(value) for name, value in _fetch(
+        conn, "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image')")}
+    problems = []
+    if values.get("log_bin", "OFF").upper() != "ON":
+        problems.append("the binary log is off (start the server with --log-bin)")
+    if values.get("binlog_format", "").upper() != "ROW":
+        problems.append(f"binlog_format is {values.get('binlog_format')!r}: Debezium needs ROW")
+    if values.get("binlog_row_image", "").upper() != "FULL":
+        problems.append(f"binlog_row_image is {values.get('binlog_row_image')!r}: FULL gives whole before rows")
+    return problems
+
+
+def missing_privileges(conn: Any) -> list[str]:
+    """The privileges of :data:`REQUIRED_PRIVILEGES` the connection's user lacks (``SHOW GRANTS``)."""
+    held: set[str] = set()
+    for (grant,) in _fetch(conn, "SHOW GRANTS"):
+        match = re.match(r"GRANT (.+?) ON (\S+) TO", grant)
+        if not match or match.group(2).replace("`", "") != "*.*":
+            continue  # Debezium's privileges are global ones
+        for privilege in (p.strip().upper() for p in match.group(1).split(",")):
+            if privilege == "ALL PRIVILEGES":
+                return []
+            held.add(_ALIASES.get(privilege, privilege) or privilege)
+    return [p for p in REQUIRED_PRIVILEGES if p not in held]
+
+
+def stored_position(offsets: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The binlog position Connect stored for a connector (None: none, or only inside its snapshot)."""
+    for item in offsets:
+        offset = item.get("offset") or {}
+        if offset.get("snapshot") not in (None, False, "false") and not offset.get("snapshot_completed"):
+            continue  # inside the snapshot: a restart takes it again
+        if offset.get("file"):
+            return {k: offset.get(k) for k in ("file", "pos", "gtids", "event", "row", "server_id", "ts_sec")}
+    return None
+
+
+def table_primary_keys(conn: Any, tables: list[str]) -> dict[str, list[str] | None]:
+    """``database.table`` → its primary key columns ([] without one, None: no such table)."""
+    out: dict[str, list[str] | None] = {}
+    for table in tables:
+        schema, _, name = table.partition(".")
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                        (schema, name))
+            if cur.fetchone() is None:
+                out[table] = None
+                continue
+            cur.execute("SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = %s "
+                        "AND table_name = %s AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+                        (schema, name))
+            out[table] = [r[0] for r in cur.fetchall()]
+    return out
