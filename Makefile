@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs venv services-down clean bench bench-batch image k8s-check k8s-manifests asyncapi
+.PHONY: demo test docs venv services-down clean bench bench-batch bench-brokers image k8s-check k8s-manifests asyncapi
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# DEMO_ARGS=--tracing: every process sends its spans to a local Jaeger (built once from its Go module), and
+# the summary prints one order's trace (docs/tracing.md)
 demo: $(STAMP)
-	$(BIN)/python -m agents.demo
+	$(BIN)/python -m agents.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .                                # lint (rules in pyproject.toml)
@@ -36,7 +38,10 @@ test: $(STAMP)
 	bash scripts/ensure-deb.sh $${STREAMS_SSHD:-/usr/sbin/sshd} openssh-server openssh-sftp-server   # the SFTP server of batch tests
 	bash scripts/ensure-deb.sh /usr/bin/sftp openssh-client   # OpenSSH's sftp client: partners' uploads in batch tests
 	bash scripts/ensure-deb.sh $${STREAMS_MARIADBD:-/usr/sbin/mariadbd} mariadb-server   # MariaDB: the MySQL dialect's tests
+	bash scripts/ensure-deb.sh $${STREAMS_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}/rabbitmq-server rabbitmq-server  # RabbitMQ of the broker tests
+	bash scripts/ensure-deb.sh $${STREAMS_REDIS_SERVER:-/usr/bin/redis-server} redis-server  # Redis of the broker tests
 	$(BIN)/python -m streams.dev.kube check   # the Helm chart: lint, strict schemas, dry run on a real API server
+	$(BIN)/python -m streams.dev.jaeger build  # Jaeger from its Go module, once (cached): the traced demo's test
 	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit $(PYTEST_ARGS)
 
 # the documentation site (mkdocs.yml): site/index.html; `.venv/bin/mkdocs serve` serves it on
@@ -50,6 +55,12 @@ bench: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(BIN)/python -m bench.batch $(BENCH_ARGS)
+
+# Kafka, RabbitMQ, Redis Streams and Redis pub/sub, the same envelopes and handler (docs/brokers.md)
+bench-brokers: $(STAMP)
+	bash scripts/ensure-deb.sh $${STREAMS_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}/rabbitmq-server rabbitmq-server
+	bash scripts/ensure-deb.sh $${STREAMS_REDIS_SERVER:-/usr/bin/redis-server} redis-server
+	$(BIN)/python -m bench.brokers $(BENCH_ARGS)
 
 # the container image (buildah, no Docker): dist/streams-image.oci.tar, localhost/streams:<version>
 image: $(STAMP)

@@ -18,6 +18,10 @@
 4. prints one table: per integration, messages in, effects made, duplicates
    suppressed, retried, parked, and the check it passed.
 
+With ``--tracing`` every process also sends its spans to a local Jaeger (``streams dev
+jaeger up``, built once from its Go module; see :mod:`streams.tracing`), and the summary
+prints one order's trace: its id and the spans it produced across the five integrations.
+
 Exit code 0 only if every check passed.
 """
 
@@ -112,7 +116,7 @@ class Service:
         return sum(self.counters[k] for k in ("handled", "duplicate", "dead_lettered", "ignored"))
 
 
-def run(events: int, keep_services: bool, timeout: float) -> int:
+def run(events: int, keep_services: bool, timeout: float, traced: bool = False) -> int:
     settings = load_settings()
     t0 = time.monotonic()
     _log_to_file(settings.home_path / "demo" / "demo.log")
@@ -121,6 +125,7 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
     for name, took in services.timings.items():
         console.print(f"  {name}: {f'started in {took:.1f}s' if took else 'already running'}")
     console.print(f"  kafka bootstrap: {settings.bootstrap_servers}")
+    jaeger = _start_tracing(settings) if traced else None
 
     from agents import order_service, points, receipts, search_index, sms
     from agents.main import app
@@ -241,7 +246,7 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
         outcome["outbox"] = asyncio.run(outbox_stats(settings))
     finally:
         for s in svc.values():
-            s.stop(settings)
+            s.stop(settings)  # a worker exports the spans it still holds as it stops
         relay.stop()
         provider.stop()
         receipts.tasks.close(wait=False)
@@ -252,8 +257,86 @@ def run(events: int, keep_services: bool, timeout: float) -> int:
         return 1
     summary = settings.home_path / "demo" / "summary.json"
     ok = _report(outcome, svc, receipts.tasks.stats, provider.snapshot(), placed, len(bad), len(again), summary)
+    if jaeger is not None:
+        ok = _report_trace(jaeger, svc, _first_clean_order(settings, run_id), summary, timeout) and ok
+        if not keep_services:
+            jaeger.down()
     console.print(f"  total: {time.monotonic() - t0:.1f}s; logs and summary.json in {settings.home_path / 'demo'}")
     return 0 if ok else 1
+
+
+# --- tracing (--tracing) ------------------------------------------------------------
+def _start_tracing(settings: Settings):
+    """Start the local Jaeger (built once) and send every process's spans there: this one's
+    (the order service, ``order-service``) and, through the environment, the workers', the
+    relay's and the commands' (each under its own name: a worker's is its app id)."""
+    from streams import tracing
+    from streams.dev.jaeger import LocalJaeger
+
+    jaeger = LocalJaeger.from_settings(settings)
+    took = jaeger.up()
+    console.print(f"  jaeger: {f'started in {took:.1f}s' if took else 'already running'}; OTLP {jaeger.otlp_endpoint}, "
+                  f"API {jaeger.ui_url}")
+    os.environ.update(jaeger.otel_env())
+    tracing.configure(service_name="order-service")
+    return jaeger
+
+
+def _first_clean_order(settings: Settings, run_id: str) -> str | None:
+    """An order of this run whose receipt went out at the first try (not via the failure log)."""
+    rows = _sql(settings, "SELECT o.order_id FROM orders o WHERE o.order_id LIKE %s AND NOT EXISTS ("
+                          "SELECT 1 FROM streams_task_failures f WHERE f.args->>'order_id' = o.order_id) "
+                          "ORDER BY o.placed_at LIMIT 1", (f"{run_id}-%",))
+    return rows[0][0] if rows else None
+
+
+#: (integration, the span that shows it did its part): worker spans by service (the app id) and operation
+def _expected_spans(svc: dict[str, Service]) -> list[tuple[str, str, str]]:
+    return [("seller push", svc["orders"].group, "process"), ("points", svc["points"].group, "process"),
+            ("search index", svc["search"].group, "process"), ("sms", svc["sms"].group, "process"),
+            ("receipt e-mail", "order-service", "task send-receipt")]
+
+
+def _report_trace(jaeger, svc: dict[str, Service], order_id: str | None, summary: Path, timeout: float) -> bool:
+    """Print one order's trace from Jaeger (and add it to the summary): True if all five integrations are in it."""
+    from streams import tracing
+    from streams.dev.jaeger import span_rows
+
+    tracing.shutdown()  # this process's spans (place_order, the outbox rows, the receipts) go out now
+    if order_id is None:
+        console.print("[red]FAILED[/] trace: no order to show")
+        return False
+    expected = _expected_spans(svc)
+    deadline = time.monotonic() + min(timeout, 30)
+    rows, trace_id, missing = [], None, [name for name, _, _ in expected]
+    while time.monotonic() < deadline:
+        found = jaeger.api.find_traces("order-service", {"order.id": order_id}, limit=1)
+        if found:
+            trace_id = found[0]["traceID"]
+            rows = span_rows(jaeger.api.trace(trace_id) or {})
+            missing = [name for name, service, op in expected
+                       if not any(r.service == service and r.name.startswith(op) for r in rows)]
+            if not missing:
+                break
+        time.sleep(0.5)
+    console.print(f"  trace of order {order_id}: {trace_id or 'not found'} — {len(rows)} spans in "
+                  f"{len({r.service for r in rows})} services (`streams trace show {trace_id}`)", highlight=False)
+    for r in rows:
+        detail = r.tags.get("messaging.message.id") or r.tags.get("order.id") or ""
+        outcome = r.tags.get("streams.outcome")
+        console.print(f"    {'  ' * r.depth}{r.service}: {r.name}  +{r.start_ms:.0f} ms ({r.duration_ms:.1f} ms)"
+                      + (f" {detail}" if detail else "") + (f" → {outcome}" if outcome else ""), highlight=False)
+    data = json.loads(summary.read_text())
+    data["trace"] = {"order_id": order_id, "trace_id": trace_id, "missing": missing,
+                     "spans": [{"depth": r.depth, "service": r.service, "name": r.name, "start_ms": round(r.start_ms, 1),
+                                "duration_ms": round(r.duration_ms, 1), "message_id": r.tags.get("messaging.message.id"),
+                                "outcome": r.tags.get("streams.outcome")} for r in rows]}
+    summary.write_text(json.dumps(data, indent=2))
+    if missing:
+        console.print(f"  [red]FAILED[/] trace: no span of {', '.join(missing)} in the order's trace")
+        return False
+    console.print("  [green]OK[/] trace: the order's five integrations are in one trace")
+    return True
 
 
 def _log_to_file(path: Path) -> None:
@@ -421,8 +504,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=500, help="orders to place (default 500)")
     parser.add_argument("--keep-services", action="store_true", help="leave Kafka and PostgreSQL running")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step")
+    parser.add_argument("--tracing", action="store_true",
+                        help="send every process's spans to a local Jaeger (built once from its Go module) and "
+                             "print one order's trace")
     args = parser.parse_args(argv)
-    sys.exit(run(args.events, args.keep_services, args.timeout))
+    sys.exit(run(args.events, args.keep_services, args.timeout, args.tracing))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import psycopg
 
 from agents.messages import GrantPoints, OrderPlaced, registry
 from agents.services import GRANT_POINTS, ORDER_PLACED
-from streams import load_settings
+from streams import load_settings, tracing
 from streams.messages.envelope import Envelope
 from streams.outbox import write_message
 
@@ -65,15 +65,19 @@ def place_order(conn: psycopg.Connection, order: OrderPlaced, *, outbox_table: s
     grant = registry.envelope(GrantPoints(order_id=order.order_id, buyer_id=order.buyer_id,
                                           points=points_for(order)),
                               key=order.buyer_id, source="order-service", causation_id=placed.message_id)
-    with conn.transaction():
-        conn.execute(
-            "INSERT INTO orders (order_id, seller_id, buyer_id, total_amount, item_count) VALUES (%s, %s, %s, %s, %s)",
-            (order.order_id, order.seller_id, order.buyer_id, order.total_amount, order.item_count))
-        write_message(conn, placed, topic=prefix + ORDER_PLACED, table=outbox_table)
-        write_message(conn, grant, topic=prefix + GRANT_POINTS, table=outbox_table)
-        if not payment_ok:
-            raise OrderRejected(f"payment declined for order {order.order_id}")
-    if tasks is not None:  # after the commit: a crash from here on loses the receipt
-        tasks.submit("send-receipt", order_id=order.order_id, buyer_id=order.buyer_id,
-                     total=f"{order.total_amount} {order.currency}")
+    # the trace of this business change: the outbox rows, and everything they cause, are its children
+    with tracing.span("place_order", attributes={"order.id": order.order_id, "order.buyer_id": order.buyer_id,
+                                                 "streams.message_id": placed.message_id}):
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO orders (order_id, seller_id, buyer_id, total_amount, item_count) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (order.order_id, order.seller_id, order.buyer_id, order.total_amount, order.item_count))
+            write_message(conn, placed, topic=prefix + ORDER_PLACED, table=outbox_table)
+            write_message(conn, grant, topic=prefix + GRANT_POINTS, table=outbox_table)
+            if not payment_ok:
+                raise OrderRejected(f"payment declined for order {order.order_id}")
+        if tasks is not None:  # after the commit: a crash from here on loses the receipt
+            tasks.submit("send-receipt", order_id=order.order_id, buyer_id=order.buyer_id,
+                         total=f"{order.total_amount} {order.currency}")
     return placed, grant

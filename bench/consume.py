@@ -15,6 +15,11 @@ other, each in a fresh consumer group so it reads the topic from the start:
 * ``plain``       StreamsApp handler, ``idempotent=False`` (decode only)
 * ``dedup``       the same, ``idempotent=True`` (processed-ID table in RocksDB)
 * ``eos``         the same with ``processing_guarantee=exactly_once``
+* ``dedup-traced``  ``dedup`` with tracing on: a consumer span per record, every one sampled, exported
+                  over OTLP/HTTP to a receiver in this process (``bench/otlp_sink.py``)
+* ``dedup-traced-10``  the same, one trace in ten sampled (``parentbased_traceidratio``, 0.1)
+* ``dedup-baseline``  ``dedup`` run from another checkout (``--baseline DIR``, e.g. the commit before a
+                  change), side by side with this one
 
 Then (``--restore N``, 0 to skip) it writes N entries into the processed-ID
 changelog of a fresh app and times a worker with an empty data dir restoring it.
@@ -64,6 +69,10 @@ class Variant:
     label: str
     kind: str  # "faust" | "raw"
     env: dict[str, str] = field(default_factory=dict)
+    #: the checkout the consumer runs from (None: this one)
+    cwd: Path | None = None
+    #: its spans go to the benchmark's OTLP receiver
+    traced: bool = False
 
 
 VARIANTS = [
@@ -79,6 +88,11 @@ VARIANTS = [
     Variant("dedup", "streams dedup (RocksDB)", "faust", {"BENCH_IDEMPOTENT": "1"}),
     Variant("eos", "streams dedup + exactly_once", "faust",
             {"BENCH_IDEMPOTENT": "1", "STREAMS_PROCESSING_GUARANTEE": "exactly_once"}),
+    Variant("dedup-traced", "streams dedup, tracing on (all sampled, OTLP)", "faust", {"BENCH_IDEMPOTENT": "1"},
+            traced=True),
+    Variant("dedup-traced-10", "streams dedup, tracing on (10% sampled, OTLP)", "faust",
+            {"BENCH_IDEMPOTENT": "1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            traced=True),
 ]
 
 
@@ -102,9 +116,25 @@ class Result:
     loadavg_1m_max: float | None = None  # machine load seen while it ran (others' work skews numbers)
     error: str | None = None
     profile: dict | None = None
+    spans_exported: int | None = None  # traced variants: spans the OTLP receiver got
+    export_requests: int | None = None
+    #: CPU seconds (user + system, all threads) the consumer process used from ready to caught up, and
+    #: per message: far less sensitive than msgs/s to what else runs on a shared machine
+    cpu_s: float | None = None
+    cpu_us_per_msg: float | None = None
+
 
 
 # --- /proc ----------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used (all its threads), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> float:
     try:
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -143,9 +173,13 @@ def lag(ends: dict[int, int], done: dict[int, int]) -> int:
 
 
 # --- one consumer process ---------------------------------------------------------------
-def consumer_process(kind: str, env: dict[str, str], log_file: Path) -> WorkerProcess:
-    """The process of one variant, run and watched like a worker."""
+def consumer_process(kind: str, env: dict[str, str], log_file: Path, cwd: Path | None = None) -> WorkerProcess:
+    """The process of one variant, run and watched like a worker (``cwd``: another checkout to run from)."""
     if kind == "faust":
+        if cwd is not None:  # `python -m` puts the working directory first on sys.path: that checkout's streams
+            return WorkerProcess({**env, "PYTHONPATH": str(cwd)}, log_file, cwd=cwd,
+                                 command=[sys.executable, "-m", "streams.cli", "worker", "--without-web", "--app",
+                                          "bench.apps:app"])
         return WorkerProcess(env, log_file, args=["--without-web", "--app", "bench.apps:app"], cwd=ROOT)
     if kind == "bare":
         return WorkerProcess(env, log_file, cwd=ROOT, command=[sys.executable, "-m", "bench.bare_faust", "worker",
@@ -159,17 +193,21 @@ def consumer_process(kind: str, env: dict[str, str], log_file: Path) -> WorkerPr
 
 def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings: Settings, topic: str,
                 ends: dict[int, int], tmp: Path, suffix: str, poll: float, timeout: float,
-                stall: float, profile_seconds: float = 0.0) -> Result:
+                stall: float, profile_seconds: float = 0.0, sink: object = None) -> Result:
     group = f"bench-{variant.key}-{suffix}"
-    log_file = tmp / "logs" / f"{variant.key}.log"
+    log_file = tmp / "logs" / f"{variant.key}-{suffix}.log"
     env = {
         **base_env,
         "STREAMS_APP_ID": group,
-        "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / variant.key),
+        "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / f"{variant.key}-{suffix}"),
         **variant.env,
     }
+    if variant.traced:
+        assert sink is not None
+        sink.reset()  # type: ignore[attr-defined]
+        env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_SERVICE_NAME": group})  # type: ignore[attr-defined]
     result = Result(variant.label, variant.key, n, log_file=str(log_file))
-    proc = consumer_process(variant.kind, env, log_file)
+    proc = consumer_process(variant.kind, env, log_file, variant.cwd)
     t_start = time.monotonic()
     proc.start()
     rss = RssSampler(proc.pid)
@@ -177,6 +215,7 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
     try:
         proc.wait_ready(timeout=180)
         t_ready = time.monotonic()
+        cpu_ready = cpu_seconds(proc.pid)
         spy = None
         if profile_seconds:
             from bench import profile
@@ -207,6 +246,10 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
                 raise ServiceError(f"not caught up after {timeout:.0f}s (lag {remaining}):\n{tail(log_file, 40)}")
             time.sleep(poll)
         t_done = time.monotonic()
+        cpu_done = cpu_seconds(proc.pid)
+        if cpu_ready is not None and cpu_done is not None:
+            result.cpu_s = cpu_done - cpu_ready
+            result.cpu_us_per_msg = result.cpu_s / n * 1e6
         rss.sample()
         if spy is not None:
             spy.wait(timeout=profile_seconds + 30)
@@ -227,19 +270,64 @@ def run_variant(variant: Variant, *, n: int, base_env: dict[str, str], settings:
         text = log_file.read_text(errors="replace") if log_file.exists() else ""
         result.log_warnings = sum(1 for line in text.splitlines() if "[WARNING]" in line)
         result.log_errors = sum(1 for line in text.splitlines() if "[ERROR]" in line or "Traceback" in line)
+        if variant.traced and sink is not None:  # after the stop: the exporter flushed what it held
+            result.spans_exported, result.export_requests = sink.spans()  # type: ignore[attr-defined]
     return result
 
 
 # --- table restore -------------------------------------------------------------------------
-def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, tmp: Path, suffix: str) -> dict:
-    """Write ``entries`` processed-ID entries into the changelog of a fresh app (what a worker
-    leaves behind), then start a dedup worker on an empty data dir twice — once with an empty
-    changelog (baseline) and once with the full one — and time both to Ready."""
+def restore_logged(log: str) -> float | None:
+    """Seconds between Faust's "Restoring state from changelog topics" and "Done reading from
+    changelog topics" in a worker's log (the restore itself, without start-up and group join);
+    for a warm-up before joining, between its first and its last line."""
+    if "warming up" in log:
+        markers = (("start", "warming up"), ("end", "warmed up before joining"))
+    else:
+        markers = (("start", "Restoring state from changelog topics"), ("end", "Done reading from changelog"))
+    stamps = {}
+    for line in log.splitlines():
+        for key, marker in markers:
+            if marker in line and key not in stamps:
+                try:
+                    stamp = line[1:24] if line.startswith("[") else line[:23]
+                    stamps[key] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+                except ValueError:
+                    pass
+    if "start" in stamps and "end" in stamps:
+        return round((stamps["end"] - stamps["start"]).total_seconds(), 2)
+    return None
+
+
+async def fill_changelog(settings: Settings, changelog: str, count: int) -> None:
+    """Write ``count`` processed-ID entries (``id-<i>`` in partition i mod 6) as a worker leaves them."""
     from aiokafka import AIOKafkaProducer
 
+    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=20,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        now, pending = time.time(), []
+        for i in range(count):
+            value = {"at": now, "outcome": "handled", "p": i % PARTITIONS, "o": i // PARTITIONS, "attempts": 1}
+            pending.append(await producer.send(changelog, key=json.dumps(f"id-{i}").encode(),
+                                               value=json.dumps(value).encode(), partition=i % PARTITIONS))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, tmp: Path, suffix: str,
+                 paths: tuple[str, ...] = ("batch",), profile_seconds: float = 0.0) -> dict:
+    """Write ``entries`` processed-ID entries into the changelog of a fresh app (what a worker
+    leaves behind), then start a dedup worker on an empty data dir — once with an empty
+    changelog (baseline) and once per restore path (``STREAMS_RESTORE_PATH``) with the full
+    one — and time each to Ready; the restore's time is the difference to the baseline."""
     from streams.consume.dedup import changelog_configs
 
-    out: dict = {"entries": entries}
+    out: dict = {"entries": entries, "paths": {}}
     try:
         timings = {}
         for label, count in (("baseline", 0), ("full", entries)):
@@ -248,43 +336,61 @@ def time_restore(entries: int, *, base_env: dict[str, str], settings: Settings, 
             asyncio.run(ensure_topics(settings, [TopicSpec(changelog, PARTITIONS,
                                                            config=changelog_configs(7 * 24 * 3600.0))]))
 
-            async def fill() -> None:
-                producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=20,
-                                            max_batch_size=512 * 1024)
-                await producer.start()
-                try:
-                    now, pending = time.time(), []
-                    for i in range(count):
-                        value = {"at": now, "outcome": "handled", "p": i % PARTITIONS, "o": i // PARTITIONS,
-                                 "attempts": 1}
-                        pending.append(await producer.send(changelog, key=json.dumps(f"id-{i}").encode(),
-                                                           value=json.dumps(value).encode(),
-                                                           partition=i % PARTITIONS))
-                        if len(pending) >= 20_000:
-                            await asyncio.gather(*pending)
-                            pending.clear()
-                    await asyncio.gather(*pending)
-                finally:
-                    await producer.stop()
-
             t0 = time.monotonic()
-            asyncio.run(fill())
+            asyncio.run(fill_changelog(settings, changelog, count))
             if count:
                 out["write_s"] = round(time.monotonic() - t0, 1)
-            env = {**base_env, "STREAMS_APP_ID": group, "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / group),
-                   "BENCH_IDEMPOTENT": "1"}
-            proc = consumer_process("faust", env, tmp / "logs" / f"restore-{label}.log")
-            started = time.monotonic()
-            proc.start()
-            try:
-                proc.wait_ready(timeout=900)
-                timings[label] = time.monotonic() - started
-            finally:
-                proc.stop(timeout=60)
-        out["ready_s"] = round(timings["full"], 2)
-        out["baseline_s"] = round(timings["baseline"], 2)
-        out["seconds"] = round(max(0.01, timings["full"] - timings["baseline"]), 2)
-        out["entries_per_s"] = round(entries / out["seconds"])
+            for path in (("batch",) if label == "baseline" else paths):
+                # batch / events: the restore after joining (Faust's recovery); warmup: before joining
+                env = {**base_env, "STREAMS_APP_ID": group, "BENCH_IDEMPOTENT": "1",
+                       "STREAMS_RESTORE_PATH": "events" if path == "events" else "batch",
+                       "STREAMS_WARMUP_BEFORE_JOIN": "true" if path == "warmup" else "false",
+                       "STREAMS_WORKER_DATA_DIR": str(tmp / "worker" / f"{group}-{path}")}
+                proc = consumer_process("faust", env, tmp / "logs" / f"restore-{label}-{path}.log")
+                started = time.monotonic()
+                proc.start()
+                rss = RssSampler(proc.pid)
+                load = loadavg()
+                spy, raw_profile = None, tmp / "logs" / f"restore-{path}.profile.txt"
+                try:
+                    while True:
+                        try:
+                            proc.wait_ready(timeout=0.5)
+                            break
+                        except ServiceError as exc:
+                            if not proc.running() or time.monotonic() - started > 1800:
+                                raise exc
+                        rss.sample()
+                        load = max(load, loadavg())
+                        if (profile_seconds and count and spy is None
+                                and ("Restoring state from changelog topics" in proc.log_text()
+                                     or "warming up" in proc.log_text())):
+                            from bench import profile
+
+                            spy = profile.start(proc.started_pid, profile_seconds, raw_profile)
+                    timings[label, path] = time.monotonic() - started
+                    rss.sample()
+                finally:
+                    proc.stop(timeout=60)
+                if spy is not None:
+                    from bench import profile
+
+                    spy.wait(timeout=profile_seconds + 30)
+                    if raw_profile.exists():
+                        profile.print_summary(f"restore ({path} path)", profile.summarise(raw_profile, top=25))
+                if label == "full":
+                    data_dir = Path(env["STREAMS_WORKER_DATA_DIR"])
+                    disk = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
+                    out["paths"][path] = {"ready_s": round(timings[label, path], 2), "peak_rss_mib": round(rss.mib, 1),
+                                          "loadavg_1m_max": load, "logged_s": restore_logged(proc.log_text()),
+                                          "disk_mib": round(disk / 2**20, 1)}
+        baseline = timings["baseline", "batch"]
+        out["baseline_s"] = round(baseline, 2)
+        for row in out["paths"].values():
+            row["seconds"] = round(max(0.01, row["ready_s"] - baseline), 2)
+            row["entries_per_s"] = round(entries / row["seconds"])
+            if row["logged_s"]:
+                row["logged_entries_per_s"] = round(entries / row["logged_s"])
     except Exception as exc:  # noqa: BLE001 - reported with the table
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
@@ -301,21 +407,27 @@ def print_table(results: list[Result], meta: dict) -> None:
 
     table = Table(title=f"consume benchmark: {meta['messages']:,} Ping envelopes, {PARTITIONS} partitions "
                         f"(Kafka {KAFKA_VERSION}, {meta['cpus']} CPUs)")
-    for col in ("variant", "messages", "seconds", "msgs/s", "peak RSS MiB", "vs raw", "vs Quix dedup"):
+    for col in ("variant", "messages", "seconds", "msgs/s", "CPU µs/msg", "load", "peak RSS MiB", "vs raw",
+                "vs Quix dedup"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in results:
         table.add_row(r.variant, f"{r.messages:,}", fmt(r.seconds, ".2f"), fmt(r.msgs_per_s, ",.0f"),
+                      fmt(r.cpu_us_per_msg, ".1f"), fmt(r.loadavg_1m_max, ".1f"),
                       fmt(r.peak_rss_mib, ".1f"), fmt(r.ratio_vs_raw, ".2f"), fmt(r.ratio_vs_quix_dedup, ".2f"))
-    console = Console(width=130)
+    console = Console(width=160)
     console.print(table)
     restore = meta.get("restore")
     if restore:
         if restore.get("error"):
             console.print(f"[bold red]table restore failed:[/] {restore['error']}", highlight=False)
-        else:
-            console.print(f"table restore: {restore['entries']:,} processed-ID entries restored on a fresh node in "
-                          f"{restore['seconds']:.1f}s = {restore['entries_per_s']:,.0f} entries/s "
-                          f"(ready after {restore['ready_s']:.1f}s; an empty changelog: {restore['baseline_s']:.1f}s)",
+        for path, row in restore.get("paths", {}).items():
+            logged = (f"; in the worker's log {row['logged_s']:.1f}s = {row['logged_entries_per_s']:,.0f} entries/s"
+                      if row.get("logged_s") else "")
+            console.print(f"table restore ({path} path): {restore['entries']:,} processed-ID entries restored on a "
+                          f"fresh node in {row['seconds']:.1f}s = {row['entries_per_s']:,.0f} entries/s{logged} (ready after "
+                          f"{row['ready_s']:.1f}s; an empty changelog: {restore['baseline_s']:.1f}s; peak RSS "
+                          f"{row['peak_rss_mib']:.0f} MiB; on disk {row['disk_mib']:.0f} MiB; load average up to "
+                          f"{row['loadavg_1m_max']:.1f})",
                           highlight=False)
     for r in results:
         if r.error:
@@ -332,16 +444,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="max seconds per variant once ready")
     parser.add_argument("--stall", type=float, default=120.0, help="fail a variant after this long without progress")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (broker data, worker state)")
-    parser.add_argument("--profile", default="", help="comma-separated variants to sample with py-spy while they run")
+    parser.add_argument("--profile", default="", help="comma-separated variants to sample with py-spy while they run "
+                                                      "(restore: the restoring worker)")
     parser.add_argument("--profile-seconds", type=float, default=10.0, help="how long to sample each profiled variant")
     parser.add_argument("--restore", type=int, default=1_000_000,
                         help="processed-ID entries for the table-restore timing (0: skip)")
+    parser.add_argument("--restore-paths", default="batch",
+                        help="restore paths to time, comma-separated: batch (after joining, write batches), "
+                             "events (after joining, Faust's per-event path), warmup (before joining)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. `git archive <commit> | tar -x -C DIR`): adds dedup-baseline, "
+                             "the dedup variant run from it")
+    parser.add_argument("--repeat", type=int, default=1, help="run the selected variants this many rounds, "
+                                                              "interleaved (a loaded machine: compare the spread)")
     args = parser.parse_args(argv)
     wanted = [k.strip() for k in args.variants.split(",") if k.strip()]
-    unknown = set(wanted) - {v.key for v in VARIANTS}
+    catalogue = list(VARIANTS)
+    if args.baseline is not None:
+        catalogue.append(Variant("dedup-baseline", f"streams dedup from {args.baseline}", "faust",
+                                 {"BENCH_IDEMPOTENT": "1"}, cwd=args.baseline.resolve()))
+        if "dedup-baseline" not in wanted:
+            wanted.append("dedup-baseline")
+    unknown = set(wanted) - {v.key for v in catalogue}
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
-    variants = [v for v in VARIANTS if v.key in wanted]
+    variants = [v for v in catalogue if v.key in wanted] * max(args.repeat, 1)
     if any(v.kind == "quix" for v in variants):
         try:
             import quixstreams  # noqa: F401
@@ -356,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = LocalKafka(data_dir=tmp / "kafka", cache_dir=ROOT / ".streams" / "cache",
                         port=free_port(), controller_port=free_port())
     results: list[Result] = []
+    sink = None
     meta: dict = {"date": stamp, "messages": n, "partitions": PARTITIONS, "cpus": os.cpu_count(),
                   "python": platform.python_version(), "kafka": KAFKA_VERSION}
     try:
@@ -399,12 +527,16 @@ def main(argv: list[str] | None = None) -> int:
             "BENCH_COMMIT_INTERVAL": "0.5",
             "PYTHONUNBUFFERED": "1",
         }
-        for variant in variants:
+        if any(v.traced for v in variants):
+            from bench.otlp_sink import DiscardingSink
+
+            sink = DiscardingSink().start()
+        for round_, variant in enumerate(variants):
             print(f"[bench] {variant.label}: running ...", flush=True)
             profiled = variant.key in {k.strip() for k in args.profile.split(",")}
             r = run_variant(variant, n=n, base_env=base_env, settings=settings, topic=topic, ends=ends,
-                            tmp=tmp, suffix=suffix, poll=args.poll, timeout=args.timeout, stall=args.stall,
-                            profile_seconds=args.profile_seconds if profiled else 0.0)
+                            tmp=tmp, suffix=f"{suffix}-{round_}", poll=args.poll, timeout=args.timeout,
+                            stall=args.stall, profile_seconds=args.profile_seconds if profiled else 0.0, sink=sink)
             if r.profile:
                 from bench.profile import print_summary
 
@@ -413,15 +545,22 @@ def main(argv: list[str] | None = None) -> int:
             if r.error:
                 print(f"[bench] {variant.label}: FAILED ({r.error.splitlines()[0]})", flush=True)
             else:
+                spans = f", {r.spans_exported:,} spans exported" if r.spans_exported is not None else ""
+                spans += f", {r.cpu_us_per_msg:.1f} CPU µs/msg" if r.cpu_us_per_msg is not None else ""
                 print(f"[bench] {variant.label}: {r.seconds:.2f}s, {r.msgs_per_s:,.0f} msgs/s, "
                       f"peak RSS {r.peak_rss_mib:.1f} MiB (ready after {r.startup_s:.1f}s, "
-                      f"stopped in {r.stop_s:.1f}s, exit {r.exit_code})", flush=True)
+                      f"stopped in {r.stop_s:.1f}s, exit {r.exit_code}, load ≤ {r.loadavg_1m_max:.1f}{spans})",
+                      flush=True)
         if args.restore:
             print(f"[bench] table restore: writing {args.restore:,} processed-ID entries ...", flush=True)
             meta["restore"] = time_restore(args.restore, base_env=base_env, settings=settings, tmp=tmp,
-                                           suffix=suffix)
+                                           suffix=suffix, paths=tuple(p.strip() for p in args.restore_paths.split(",")
+                                                                      if p.strip()),
+                                           profile_seconds=args.profile_seconds if "restore" in args.profile else 0.0)
             print(f"[bench] table restore: {meta['restore']}", flush=True)
     finally:
+        if sink is not None:
+            sink.stop()
         broker.down()
         log_dir = LOGS / f"consume-{stamp}"
         if (tmp / "logs").exists():

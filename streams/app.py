@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from pydantic import BaseModel
 
+from streams import tracing
 from streams.consume.committed import CommittedAtAssignment
 from streams.consume.context import ConsumeContext
 from streams.consume.dead_letters import DeadLetters
@@ -122,6 +123,10 @@ class StreamsApp:
         consumer_fixes.install_cleared_events_fix(self.faust, on_clear=self._on_clear)
         if self.transactions.enabled:
             consumer_fixes.install_recovery_fix(self.faust, self.settings)
+        if self.settings.restore_path == "batch":  # table restores in write batches (streams.faust_compat.restore)
+            from streams.faust_compat import restore
+
+            restore.install(self.faust)
         self._outputs: list[Any] = []
         #: output topic → the message types its handlers send there; outbox topic → what the service writes
         self.output_types: dict[str, tuple[str, ...]] = {}
@@ -171,6 +176,7 @@ class StreamsApp:
             "stream_buffer_maxsize": s.stream_buffer_maxsize,
             "consumer_max_fetch_size": s.consumer_max_fetch_size,
             "broker_max_poll_records": s.broker_max_poll_records,
+            "table_standby_replicas": s.standby_replicas,
             "web_enabled": s.web_enabled,
             "web_bind": s.web_host,
             "web_port": s.web_port,
@@ -179,6 +185,8 @@ class StreamsApp:
             "topic_allow_declare": s.create_topics,
             "topic_disable_leader": True,  # the leader topic serves on_leader timers, which no agent uses
         }
+        if s.group_instance_id:  # static membership (KIP-345): aiokafka's group_instance_id
+            conf["consumer_group_instance_id"] = s.group_instance_id
         credentials = self._credentials()
         if credentials is not None:
             conf["broker_credentials"] = credentials
@@ -271,7 +279,7 @@ class StreamsApp:
             # Faust's default block cache is 2 GiB per database: size it for small machines.
             kwargs.setdefault("options", {
                 "block_cache_size": self.settings.rocksdb_block_cache_mb * 1024 * 1024,
-                "write_buffer_size": 8 * 1024 * 1024,
+                "write_buffer_size": self.settings.rocksdb_write_buffer_mb * 1024 * 1024,
                 "max_write_buffer_number": 2,
             })
         table = self.faust.Table(name, **kwargs)
@@ -415,6 +423,7 @@ class StreamsApp:
             capture_output(attempt.add(topic.name, envelope))
             return
         key, value, headers = envelope.to_record()
+        headers = tracing.output_headers(headers)
         capture_output(Output(topic.name, key, value, headers))
         await self.publisher.publish(topic.name, key, value, headers)
 
@@ -495,4 +504,5 @@ class StreamsApp:
     def main(self, argv: list[str] | None = None) -> None:
         """Run Faust's command line for this app (``streams worker`` calls this); see
         :mod:`streams.consume.lifecycle` for what a worker notes of an unclean stop."""
+        tracing.configure(service_name=self.app_id)
         run_worker(self.faust, self.data_dir, self.transactions, argv)

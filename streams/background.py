@@ -45,6 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from streams import tracing
 from streams.consume.retry import RetryPolicy
 from streams.errors import ConfigurationError
 from streams.settings import Settings
@@ -211,7 +212,7 @@ class BackgroundTasks:
             with self._lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="streams-task")
-                future = self._pool.submit(self._run_logged, name, fn, kwargs)
+                future = self._pool.submit(self._run_logged, name, fn, kwargs, tracing.current_span_context())
         except BaseException:
             self._slots.release()
             raise
@@ -219,8 +220,13 @@ class BackgroundTasks:
         future.add_done_callback(lambda _: self._slots.release())
         return future
 
-    def _run_logged(self, name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
-        attempts, exc = self._attempt(name, fn, kwargs)
+    def _run_logged(self, name: str, fn: Callable[..., Any], kwargs: dict[str, Any],
+                    submitted_in: Any = None) -> bool:
+        """Run a task in a ``task <name>`` span, child of the span it was submitted in (tracing on)."""
+        with tracing.task_span(f"task {name}", submitted_in, task=name) as span:
+            attempts, exc = self._attempt(name, fn, kwargs)
+            if exc is not None:
+                tracing.end_failed(span, exc, attempts=attempts)
         if exc is None:
             return True
         try:
@@ -245,6 +251,7 @@ class BackgroundTasks:
             try:
                 fn(**kwargs)
             except Exception as exc:  # noqa: BLE001 - classified by the policy
+                tracing.record_failure(exc, attempt=attempt)
                 if not self.policy.should_retry(exc, attempt):
                     return attempt, exc
                 self.stats["retried"] += 1
@@ -273,7 +280,10 @@ class BackgroundTasks:
         """Run a logged failure again (with the policy's retries, in this thread);
         marks it ``done`` or records the new attempts and error."""
         fn = self.function(failure.task)
-        attempts, exc = self._attempt(failure.task, fn, failure.args)
+        with tracing.task_span(f"task {failure.task} rerun", None, task=failure.task, failure_id=failure.id) as span:
+            attempts, exc = self._attempt(failure.task, fn, failure.args)
+            if exc is not None:
+                tracing.end_failed(span, exc, attempts=attempts)
         if exc is None:
             self.failure_log.mark_done(failure.id)
             return True

@@ -152,13 +152,49 @@ class Settings(BaseSettings):
         None, description="REST URL of an existing Kafka Connect cluster. Unset: the local worker.")
     local_connect_port: int = Field(8083, ge=1, le=65535, description="REST port of the local Connect worker.")
 
+    # --- RabbitMQ and Redis (other brokers of the outbox relay and of handlers) -------
+    rabbitmq_url: SecretStr | None = Field(
+        None, description="amqp://user:pass@host:port/vhost of an existing RabbitMQ. Unset: the local node "
+        "(`streams dev rabbitmq up`).")
+    local_rabbitmq_port: int = Field(5682, ge=1, le=65535, description="AMQP port of the local RabbitMQ node.")
+    local_rabbitmq_dist_port: int = Field(
+        25682, ge=1, le=65535, description="Erlang distribution port of the local node (rabbitmqctl uses the ten "
+        "ports above it).")
+    local_rabbitmq_epmd_port: int = Field(4379, ge=1, le=65535, description="Port of the local node's own epmd.")
+    rabbitmq_lanes: int = Field(
+        8, ge=1, le=1024, description="Lane queues per topic and group on RabbitMQ (murmur2 of the key, as Kafka "
+        "partitions; one active consumer per lane keeps a key's order). Publishers and consumers must agree.")
+    rabbitmq_prefetch: int = Field(
+        100, ge=1, le=65535, description="Unacknowledged messages RabbitMQ may push to each lane's consumer "
+        "(basic.qos): the consumer's backpressure.")
+    redis_read_count: int = Field(100, ge=1, le=100_000, description="Entries a Redis consumer reads per XREADGROUP.")
+    redis_claim_idle: float = Field(
+        60.0, gt=0, description="Seconds an entry may stay pending with a consumer (which may have died) before "
+        "another consumer of the group takes it over (XAUTOCLAIM).")
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:pass@]host:port/db of an existing Redis. Unset: the local server "
+        "(`streams dev redis up`).")
+    local_redis_port: int = Field(6389, ge=1, le=65535, description="Port of the local Redis server.")
+    redis_stream_maxlen: int | None = Field(
+        None, ge=1, description="Approximate MAXLEN of the streams the relay appends to (XADD MAXLEN ~ N). Unset: "
+        "never trimmed. Trimming drops the oldest entries even if a group has not read them yet.")
+    broker_routes: str = Field(
+        "", description="Which broker each topic lives on (the relay publishes it there, `streams consume` reads "
+        "it there): comma-separated PATTERN=BROKER, fnmatch patterns on the full topic name, first match wins; "
+        "brokers: kafka, rabbitmq, redis. Unmatched topics are on Kafka.")
+
     # --- worker -------------------------------------------------------------
     worker_app: str = Field("agents.main:app", description="module:attribute of the StreamsApp to run.")
     worker_data_dir: Path | None = Field(
         None, description="Local table state of this worker. Unset: <home>/worker/<app id>."
     )
     store: str = Field("rocksdb://", description="Faust table store URL.")
-    rocksdb_block_cache_mb: int = Field(64, ge=1, le=65536, description="RocksDB block cache per table partition, MiB.")
+    rocksdb_block_cache_mb: int = Field(
+        64, ge=1, le=65536, description="RocksDB block cache of each table partition database (MiB): with the "
+        "memtables, what a worker's RSS grows by per partition it holds.")
+    rocksdb_write_buffer_mb: int = Field(
+        8, ge=1, le=4096, description="RocksDB memtable size of each table partition database (MiB; two per "
+        "database).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
     web_advertised_host: str | None = Field(
         None, description="Host name other workers use to reach this one (table routing). Unset: STREAMS_WEB_HOST. "
@@ -180,6 +216,12 @@ class Settings(BaseSettings):
     dedup_retention: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a processed message id is remembered (default 7 days)."
     )
+    group_instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._\-]{1,249}$",
+        description="Static group membership (KIP-345): this worker's stable name in its consumer group, unique "
+        "per worker (the Helm chart sets the pod name). A worker restarted within the session timeout gets "
+        "its partitions back without a rebalance; a stopped one keeps them until the session timeout. Unset: "
+        "dynamic membership (every start and stop rebalances).")
     broker_session_timeout: float = Field(
         30.0, ge=6, le=1800, description="Seconds without heartbeat before the group drops a worker."
     )
@@ -189,6 +231,18 @@ class Settings(BaseSettings):
         4096, ge=1, description="Records a worker buffers per source topic before it stops fetching it.")
     consumer_max_fetch_size: int = Field(
         1024 * 1024, ge=1024, description="Bytes fetched per partition per request (the fetch buffer's size).")
+    standby_replicas: int = Field(
+        1, ge=0, le=10, description="Warm copies of each table partition kept on other workers of the group "
+        "(Faust's table_standby_replicas), fed from the changelog like a restore: when a worker leaves, its "
+        "partitions move to a worker holding such a copy and restore only the tail. 0: none.")
+    warmup_before_join: bool = Field(
+        True, description="`streams worker` brings its local copy of every table up to the changelogs' ends "
+        "before it joins its group (streams.faust_compat.warmup), so a joining worker takes over partitions "
+        "with their state already there instead of stopping them for a restore.")
+    restore_path: Literal["batch", "events"] = Field(
+        "batch", description="batch: table restores and standby replicas apply each fetch of a changelog "
+        "partition as one RocksDB write batch (streams.faust_compat.restore); events: Faust's own path, one "
+        "event per changelog record.")
     consume_path: Literal["batch", "events"] = Field(
         "batch", description="batch: handlers take each partition's fetches a batch at a time (streams.consume); "
         "events: one Faust agent per handler, one event at a time.")
@@ -234,6 +288,11 @@ class Settings(BaseSettings):
             if not 1 <= port <= 65535:
                 raise ValueError(f"port out of range in {server!r}")
         return ",".join(servers)
+
+    @field_validator("group_instance_id", mode="before")
+    @classmethod
+    def _blank_instance_id(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("app_id")
     @classmethod
@@ -281,6 +340,32 @@ class Settings(BaseSettings):
             return None
         if not re.match(r"^(postgres(ql)?|mysql|mariadb)://", value.get_secret_value()):
             raise ValueError("expected a postgresql:// or mysql://user:password@host:port/database URL")
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _check_rabbitmq_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not re.match(r"^amqps?://", value.get_secret_value()):
+            raise ValueError("expected an amqp://user:password@host:port/vhost URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not re.match(r"^rediss?://", value.get_secret_value()):
+            raise ValueError("expected a redis://[:password@]host:port/db URL")
+        return value
+
+    @field_validator("broker_routes")
+    @classmethod
+    def _check_broker_routes(cls, value: str) -> str:
+        from streams.broker_routes import parse_routes
+
+        parse_routes(value)  # raises ValueError naming the bad part
         return value
 
     @model_validator(mode="after")
@@ -366,6 +451,30 @@ class Settings(BaseSettings):
         return self.sftp_host is None
 
     @property
+    def uses_local_rabbitmq(self) -> bool:
+        """True when no RabbitMQ URL is configured and the local node is used."""
+        return self.rabbitmq_url is None
+
+    @property
+    def amqp_url(self) -> str:
+        """URL of the RabbitMQ to use (may contain a password: never log it)."""
+        if self.rabbitmq_url is not None:
+            return self.rabbitmq_url.get_secret_value()
+        return f"amqp://guest:guest@127.0.0.1:{self.local_rabbitmq_port}/"
+
+    @property
+    def uses_local_redis(self) -> bool:
+        """True when no Redis URL is configured and the local server is used."""
+        return self.redis_url is None
+
+    @property
+    def redis_connection_url(self) -> str:
+        """URL of the Redis to use (may contain a password: never log it)."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return f"redis://127.0.0.1:{self.local_redis_port}/0"
+
+    @property
     def home_path(self) -> Path:
         """Absolute project-local folder."""
         return self.home.expanduser().resolve()
@@ -409,14 +518,16 @@ class Settings(BaseSettings):
             elif isinstance(value, StrEnum):
                 value = value.value
             out[name] = value
-        if self.database_url is not None:
-            out["database_url"] = redact_url(self.database_url.get_secret_value())
+        for name in ("database_url", "rabbitmq_url", "redis_url"):
+            secret = getattr(self, name)
+            if secret is not None:
+                out[name] = redact_url(secret.get_secret_value())
         return out
 
 
 def redact_url(url: str) -> str:
     """Replace the password part of a URL with ``***``."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -434,7 +545,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = [str(p) for p in err.get("loc", ())]
         where = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
         given = err.get("input")
-        shown = "" if loc and ("password" in loc[0] or loc[0] in ("database_url", "web_token")) else f" (got {given!r})"
+        shown = "" if loc and ("password" in loc[0] or loc[0] in ("database_url", "web_token", "rabbitmq_url",
+                                                                       "redis_url")) else f" (got {given!r})"
         if isinstance(given, dict):
             shown = ""
         msg = err.get("msg", "invalid").removeprefix("Value error, ")

@@ -25,6 +25,7 @@ from streams.dev.process import free_port
 from tests.harness import (
     ROOT,
     SESSION_HOME,
+    BrokerServer,
     Isolated,
     Servers,
     artifact_name,
@@ -35,7 +36,7 @@ from tests.harness import (
 
 # The suite's settings come from here, not from a developer's .env or shell.
 for _name in [n for n in os.environ if n.startswith("STREAMS_") and n not in
-              ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_DATABASE_URL")]:
+              ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_DATABASE_URL", "STREAMS_RABBITMQ_URL", "STREAMS_REDIS_URL")]:
     del os.environ[_name]
 
 
@@ -133,6 +134,46 @@ def mariadb():
     print(f"\n[mariadb] {server.url} ({took:.1f}s)")
     try:
         yield SimpleNamespace(url=server.url, server=server)
+    finally:
+        server.down()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[BrokerServer]:
+    """The AMQP URL of this test process's RabbitMQ: the project's own node (Debian's
+    rabbitmq-server) on free ports, started on first use and stopped at the end, or the one
+    ``STREAMS_RABBITMQ_URL`` names. Tests share it: each declares its own exchanges and queues."""
+    from streams.dev.rabbitmq import LocalRabbitMQ
+
+    if url := os.environ.get("STREAMS_RABBITMQ_URL"):
+        yield BrokerServer(url)
+        return
+    SESSION_HOME.mkdir(parents=True, exist_ok=True)
+    node = LocalRabbitMQ(SESSION_HOME / "rabbitmq", free_port(), dist_port=free_port(), epmd_port=free_port())
+    took = node.up()
+    print(f"\n[rabbitmq] {node.url} ({took:.1f}s)")
+    try:
+        yield BrokerServer(node.url, node)
+    finally:
+        node.down()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[BrokerServer]:
+    """The URL of this test process's Redis: the project's own server (Debian's redis-server,
+    append-only file) on a free port, started on first use and stopped at the end, or the one
+    ``STREAMS_REDIS_URL`` names. Tests share it: each uses its own stream names."""
+    from streams.dev.redis import LocalRedis
+
+    if url := os.environ.get("STREAMS_REDIS_URL"):
+        yield BrokerServer(url)
+        return
+    SESSION_HOME.mkdir(parents=True, exist_ok=True)
+    server = LocalRedis(SESSION_HOME / "redis", free_port())
+    took = server.up()
+    print(f"\n[redis] {server.url} ({took:.1f}s)")
+    try:
+        yield BrokerServer(server.url, server)
     finally:
         server.down()
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -39,6 +40,15 @@ class Servers:
     kafka: LocalKafka | None = None
     postgres: LocalPostgres | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BrokerServer:
+    """Where a RabbitMQ or Redis of the session answers; ``local`` is the project's own server
+    (``LocalRabbitMQ`` / ``LocalRedis``, for restart tests) or None for one named by the environment."""
+
+    url: str
+    local: Any = None
 
 
 @dataclass

@@ -21,10 +21,15 @@ from tests.reference import read_topic
 RELAY_READY = "relay "  # first log line of a started relay contains "relay <name> started"
 
 
-def prepare(iso: Isolated, topic: str = "outbox.events", partitions: int = 6) -> str:
-    """Migrate the outbox in the test's database and create the target topic; returns its full name."""
+def prepare_outbox(iso: Isolated) -> None:
+    """Migrate the outbox in the test's database."""
     with psycopg.connect(iso.settings.dsn, autocommit=True) as conn:
         migrate(conn, iso.settings.outbox_table)
+
+
+def prepare(iso: Isolated, topic: str = "outbox.events", partitions: int = 6) -> str:
+    """Migrate the outbox in the test's database and create the target topic; returns its full name."""
+    prepare_outbox(iso)
     full = iso.topic(topic)
     run(ensure_topics(iso.settings, [TopicSpec(full, partitions)]))
     return full

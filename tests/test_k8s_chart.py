@@ -364,3 +364,11 @@ def test_a_worker_run_as_the_opened_rendering_serves_the_views_without_a_token(i
     assert items.status == 200 and items.json["value"]["message_id"] == args["message_id"], items.text
     assert http(f"{url}/api/info").json["auth"] is False
     assert http(f"{url}/metrics").status == 200
+
+
+def test_workers_are_static_members_named_by_their_pod_unless_turned_off() -> None:
+    """Each worker pod joins its group under its own pod name (static membership, KIP-345): a pod restarted
+    within the session timeout gets its partitions back without a rebalance (tests/test_static_membership.py)."""
+    assert _worker_env(kube.documents(kube.render()))["STREAMS_GROUP_INSTANCE_ID"] == "streams-worker-0"
+    off = _worker_env(kube.documents(kube.render(sets=["worker.staticMembership=false"])))
+    assert "STREAMS_GROUP_INSTANCE_ID" not in off

@@ -260,3 +260,84 @@ def test_outbox_commands_with_a_mysql_url(isolated_mysql):
     isql(iso, f"UPDATE {table} SET status = 'done', processed_at = UTC_TIMESTAMP(6) - INTERVAL 30 DAY")
     purged = streams(iso, "outbox", "purge")
     assert purged.returncode == 0 and "purged 5 row(s)" in purged.stdout
+
+
+@pytest.mark.timeout(240)
+def test_v3_outbox_gains_trace_columns_and_relay_routes_rows_to_kafka_and_redis(isolated_mysql, redis_server):
+    """As on PostgreSQL (tests/test_tracing.py): a v3 MariaDB outbox (no trace columns) keeps
+    taking rows while no span is current; ``migrate`` adds the columns (v4); the relay publishes
+    the old row without a context and a traced row with its create span, and sends each row to
+    the broker its topic routes to (``STREAMS_BROKER_ROUTES``: Kafka and Redis Streams)."""
+    from streams import tracing
+    from streams.outbox.mysql_relay import MySqlRelay
+    from streams.outbox.mysql_schema import schema_version
+    from streams.outbox.schema import SCHEMA_VERSION
+    from tests.broker_helpers import redis_read
+    from tests.outbox_helpers import relay_running
+    from tests.reference import read_topic
+    from tests.spans import from_sdk, memory_provider
+
+    iso = isolated_mysql
+    table = iso.settings.outbox_table
+    topic = prepare(iso, "traced.outbox", partitions=3)
+    streamed = iso.topic("traced.redis")
+    conn = mysql.connect(iso.settings.dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE `{table}` DROP COLUMN traceparent, DROP COLUMN tracestate, "
+                        "COMMENT = 'streams outbox schema v3'")
+            assert schema_version(cur, table) == 3
+        conn.begin()
+        old = event("ThingHappened", {"n": 1}, key="k1")
+        write_message(conn, old, topic=topic, table=table)
+        conn.commit()
+        assert migrate(conn, table)
+        with conn.cursor() as cur:
+            assert schema_version(cur, table) == SCHEMA_VERSION == 4
+        provider, exporter = memory_provider("shop")
+        with tracing.use(provider), tracing.span("checkout"):
+            conn.begin()
+            new = event("ThingHappened", {"n": 2}, key="k2")
+            write_message(conn, new, topic=topic, table=table)
+            routed = event("ThingHappened", {"n": 3}, key="k3")
+            write_message(conn, routed, topic=streamed, table=table)
+            conn.commit()
+    finally:
+        conn.close()
+    stored = dict(isql(iso, f"SELECT message_id, traceparent FROM `{table}`"))
+    spans = {s.name: s for s in (from_sdk(s) for s in exporter.get_finished_spans())}
+    create, create_routed = spans[f"create {topic}"], spans[f"create {streamed}"]
+    assert stored[old.message_id] is None
+    assert stored[new.message_id].rpartition("-")[0] == f"00-{create.trace_id}-{create.span_id}"
+    assert create.parent_id == spans["checkout"].span_id
+
+    settings = iso.settings.model_copy(update={"broker_routes": f"{streamed}=redis",
+                                               "redis_url": pydantic_secret(redis_server.url)})
+
+    async def publish() -> None:
+        async with relay_running(settings, MySqlRelay):
+            await wait_async(lambda: status_counts(iso).get("done") == 3, "3 rows done")
+
+    run(publish())
+    records = {dict(r.headers)["message_id"].decode(): r for r in read_topic(iso, topic)}
+    assert set(records) == {old.message_id, new.message_id}
+    assert dict(records[old.message_id].headers).get("traceparent") is None
+    assert dict(records[new.message_id].headers)["traceparent"].decode() == stored[new.message_id]
+    [held] = run(redis_read(redis_server.url, streamed))
+    assert held.message_id == routed.message_id and held.key == "k3"
+    assert stored[routed.message_id].rpartition("-")[0] == f"00-{create_routed.trace_id}-{create_routed.span_id}"
+
+
+def pydantic_secret(value: str):
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+async def wait_async(condition, what: str, timeout: float = 60) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)

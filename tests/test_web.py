@@ -327,7 +327,8 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     run(_produce_fast(iso, changelog, records))
     # nothing is handled here, so the database may as well be unreachable: the outbox view must say so
     dead_db = f"postgresql://postgres:unreachable-db-pa55@127.0.0.1:{free_port()}/nothing"
-    worker, url = web_worker(iso, "restorer", STREAMS_DATABASE_URL=dead_db)
+    # the restore after joining, which readiness reports (a warm-up before joining runs before the web server)
+    worker, url = web_worker(iso, "restorer", STREAMS_DATABASE_URL=dead_db, STREAMS_WARMUP_BEFORE_JOIN="false")
     worker.start()
     wait_for(lambda: answers(f"{url}/health/live"), 60, interval=0.1, what="the web server")
     seen_not_ready = []
@@ -348,7 +349,9 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     worker.wait_ready(30)
     # no token configured: the views answer without one
     stats = http(f"{url}/api/tables/{TABLE}")
-    assert stats.status == 200 and stats.json["active_entries"] == n
+    # ~16,700 entries a partition: sizes are RocksDB's estimates (no scan), within 1 % here
+    assert stats.status == 200 and abs(stats.json["active_entries"] - n) <= n * 0.01, stats.json["active_entries"]
+    assert all(r["entries_estimated"] for r in stats.json["per_partition"])
     assert stats.json["recovering"] is False and sorted(stats.json["active_partitions"]) == list(range(PARTITIONS))
     key = http(f"{url}/api/tables/{TABLE}/keys/key-4242").json
     assert key["value"]["message_id"] == "m-4242" and key["served_by"] == url
@@ -362,7 +365,7 @@ def test_readiness_false_while_a_big_changelog_recovers_then_true(isolated: Isol
     assert samples["streams_lag_up"] == 1
     entries = sum(s.value for f in text_string_to_metric_families(metrics.text) for s in f.samples
                   if s.name == "streams_table_entries" and s.labels["table"] == TABLE)
-    assert entries == n
+    assert abs(entries - n) <= n * 0.01
     worker.stop()
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import psycopg
 from pydantic import ValidationError
 
+from streams import tracing
 from streams.batch import ledger
 from streams.batch.formats import LineError, parse, read_lines, starts_with_bom
 from streams.batch.manifest import SUFFIX, Manifest, file_digest
@@ -165,8 +166,12 @@ async def _import_file(settings: Settings, spec: ImportSpec, remote: Remote, con
 
         recorder = ledger.PublishedRecorder(settings.dsn, spec.source, data_name)
         try:
-            result.published = await produce_envelopes(
-                settings, spec.topic, envelopes, on_acked=lambda sent: recorder.add([e.message_id for e in sent]))
+            # one trace per imported file: every row's record is a child of its span (tracing on)
+            with tracing.span(f"import {data_name}", attributes={"streams.batch.source": spec.source,
+                                                                "streams.batch.file": data_name,
+                                                                tracing.DESTINATION: spec.topic}):
+                result.published = await produce_envelopes(
+                    settings, spec.topic, envelopes, on_acked=lambda sent: recorder.add([e.message_id for e in sent]))
         except BaseException:
             recorder.close(check=False)  # what stopped the import is the error to report
             raise

@@ -150,8 +150,11 @@ def connector_config(spec: CdcSpec, dsn: str, replication_factor: int = 1,
             # the value is the envelope column: the relay's bytes, sent as they are
             "transforms.outbox.table.field.event.payload": "envelope",
             "transforms.outbox.table.expand.json.payload": "false",
+            # the writer's trace context (streams.tracing): a row written outside a trace has none,
+            # and its record a traceparent header without a value (read as none)
             "transforms.outbox.table.fields.additional.placement":
-                "message_id:header:message_id,message_type:header:message_type,kind:header:kind",
+                "message_id:header:message_id,message_type:header:message_type,kind:header:kind,"
+                "traceparent:header:traceparent,tracestate:header:tracestate",
             "key.converter": "org.apache.kafka.connect.storage.StringConverter",
             "value.converter": "org.apache.kafka.connect.storage.StringConverter",
             "transforms.unhandedRows.type": "org.apache.kafka.connect.transforms.Filter",

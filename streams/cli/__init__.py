@@ -16,6 +16,7 @@ from streams.cli.asyncapi import asyncapi_cmd
 from streams.cli.base import StreamsGroup
 from streams.cli.batch import batch
 from streams.cli.cdc import cdc
+from streams.cli.consume import consume_cmd
 from streams.cli.demo import demo
 from streams.cli.dev import dev
 from streams.cli.dlq import dlq
@@ -26,6 +27,7 @@ from streams.cli.schema import schema
 from streams.cli.state import state
 from streams.cli.tasks import tasks
 from streams.cli.topics import topics
+from streams.cli.trace import trace
 from streams.cli.worker import settings_cmd, worker_cmd
 
 
@@ -47,7 +49,8 @@ def cli(log_level: str | None) -> None:
 # --- settings --------------------------------------------------------------------
 
 
-for command in (settings_cmd, worker_cmd, asyncapi_cmd, batch, cdc, dev, dlq, lag_cmd, offsets, schema, state, tasks, topics):
+for command in (settings_cmd, worker_cmd, asyncapi_cmd, consume_cmd, batch, cdc, dev, dlq, lag_cmd, offsets, schema, state,
+                tasks, topics, trace):
     cli.add_command(command)
 help_tree.install(cli)
 cli.add_command(demo)

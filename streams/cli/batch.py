@@ -137,6 +137,9 @@ def import_cmd(ctx: Context, source: str, topic: str, registry_path: str, messag
         fail(f"message type {message_type!r} is not registered in {registry_path}", 2)
     spec = ImportSpec(source, topic, registry, message_type, key_column,
                       tuple(c.strip() for c in id_columns.split(",") if c.strip()))
+    from streams import tracing
+
+    tracing.configure(service_name="streams-batch")
 
     def once() -> bool:
         with _progress() as progress:

@@ -15,7 +15,7 @@ from streams.settings import Settings
 # --- dev services ------------------------------------------------------------------
 @click.group("dev")
 def dev() -> None:
-    """Local development services: a real Kafka broker, PostgreSQL and MariaDB servers, an SFTP server."""
+    """Local development services: a real Kafka broker, PostgreSQL, MariaDB, SFTP, RabbitMQ and Redis servers."""
 
 
 def _service_commands(group: click.Group, name: str, factory) -> None:
@@ -112,11 +112,53 @@ def _connect(settings: Settings):
     return LocalConnect.from_settings(settings)
 
 
+@dev.group("jaeger")
+def dev_jaeger() -> None:
+    """A local Jaeger (built once from its Go module) receiving traces over OTLP/HTTP (see streams.tracing)."""
+
+
+def _jaeger(settings: Settings):
+    from streams.dev.jaeger import LocalJaeger
+
+    return LocalJaeger.from_settings(settings)
+
+
+_service_commands(dev_jaeger, "jaeger", _jaeger)
+
+
+@dev.group("rabbitmq")
+def dev_rabbitmq() -> None:
+    """The project's RabbitMQ node (Debian's rabbitmq-server, private node name, ports and data folder)."""
+
+
+def _rabbitmq(settings: Settings):
+    from streams.dev.rabbitmq import LocalRabbitMQ
+
+    if not settings.uses_local_rabbitmq:
+        raise ServiceError("STREAMS_RABBITMQ_URL is set: no local RabbitMQ is managed")
+    return LocalRabbitMQ.from_settings(settings)
+
+
+@dev.group("redis")
+def dev_redis() -> None:
+    """The project's Redis server (Debian's redis-server, append-only file flushed every second)."""
+
+
+def _redis(settings: Settings):
+    from streams.dev.redis import LocalRedis
+
+    if not settings.uses_local_redis:
+        raise ServiceError("STREAMS_REDIS_URL is set: no local Redis is managed")
+    return LocalRedis.from_settings(settings)
+
+
 _service_commands(dev_kafka, "kafka", _kafka)
 _service_commands(dev_connect, "connect", _connect)
 _service_commands(dev_sftp, "sftp", _sftp)
 _service_commands(dev_postgres, "postgres", _postgres)
 _service_commands(dev_mariadb, "mariadb", _mariadb)
+_service_commands(dev_rabbitmq, "rabbitmq", _rabbitmq)
+_service_commands(dev_redis, "redis", _redis)
 
 
 @dev.command("up")

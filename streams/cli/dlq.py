@@ -119,5 +119,9 @@ def dlq_replay(ctx: Context, topic: str, types, ids, reasons, since, until, repl
     if dry_run:
         console.print(f"{len(letters)} dead letter(s) selected (dry run, nothing sent)")
         return
+    from streams import tracing
+
+    tracing.configure(service_name="streams-dlq")
     sent = asyncio.run(replay(ctx.settings, letters, to_topic))
+    tracing.shutdown()
     console.print(f"replayed {sent} dead letter(s)")

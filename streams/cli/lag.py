@@ -1,8 +1,10 @@
-"""``streams lag``: a consumer group's lag per partition, from the broker."""
+"""``streams lag``: a consumer group's lag per partition, from the broker (Kafka), or its backlog on
+RabbitMQ / Redis for topics ``STREAMS_BROKER_ROUTES`` puts there."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from rich.live import Live
@@ -69,6 +71,8 @@ def lag_cmd(ctx: Context, group: str, topics: tuple[str, ...], watch: bool, inte
     """
     settings = ctx.settings
     wanted = list(topics) or None
+    if wanted and _elsewhere(ctx, group, wanted, as_json):
+        return
 
     async def one() -> GroupLag:
         if not sample_rate:
@@ -102,3 +106,49 @@ def lag_cmd(ctx: Context, group: str, topics: tuple[str, ...], watch: bool, inte
         click.echo(json.dumps(lag.to_dict(), indent=2))
         return
     console.print(lag_table(lag))
+
+
+def _elsewhere(ctx: Context, group: str, topics: list[str], as_json: bool) -> bool:
+    """Topics STREAMS_BROKER_ROUTES puts on RabbitMQ or Redis: their backlog (queue depth; pending +
+    unread), printed here; True if every topic was one of those."""
+    import asyncio
+
+    from streams.broker_routes import Routes
+
+    settings = ctx.settings
+    routes = Routes(settings.broker_routes)
+    placed = {t: routes.broker(t) for t in topics}
+    if all(b == "kafka" for b in placed.values()):
+        return False
+    if any(b == "kafka" for b in placed.values()):
+        fail("give the Kafka topics and the RabbitMQ/Redis ones in separate calls", 2)
+    rows: list[dict[str, Any]] = []
+    for topic, broker in placed.items():
+        if broker == "rabbitmq":
+            from streams.rabbitmq.lag import queue_lag
+
+            q = asyncio.run(queue_lag(settings.amqp_url, topic, group, settings.rabbitmq_lanes))
+            if q.missing and not q.queues:
+                fail(f"group {group!r} has no queues for {topic!r} on RabbitMQ", 1)
+            rows.append({"topic": topic, "broker": broker, "lag": q.total, "queues": q.queues, "missing": q.missing})
+        else:
+            from streams.redis_streams.lag import stream_lag
+
+            r = asyncio.run(stream_lag(settings.redis_connection_url, topic, group))
+            if not r.exists:
+                fail(f"group {group!r} does not read stream {topic!r} on Redis", 1)
+            rows.append({"topic": topic, "broker": broker, "lag": r.total, "pending": r.pending, "unread": r.unread,
+                         "length": r.length, "consumers": r.consumers})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return True
+    table = Table(title=f"group {group} (RabbitMQ: ready messages of its queues; Redis: pending + unread entries)")
+    for name in ("topic", "broker", "lag", "detail"):
+        table.add_column(name, justify="right" if name == "lag" else "left")
+    for row in rows:
+        detail = (", ".join(f"{q}={n:,}" for q, n in row["queues"].items()) if row["broker"] == "rabbitmq" else
+                  f"pending {row['pending']:,}, unread {_fmt(row['unread'])}, length {row['length']:,}, "
+                  f"{row['consumers']} consumer(s)")
+        table.add_row(row["topic"], row["broker"], f"{row['lag']:,}", detail)
+    console.print(table)
+    return True

@@ -67,6 +67,7 @@ def reset_cmd(ctx: Context, group: str, topics: tuple[str, ...], earliest: bool,
         plan_reset,
     )
 
+    _refuse_elsewhere(ctx, topics)
     chosen = [(name, value) for name, value in (
         ("earliest", earliest or None), ("latest", latest or None), ("offset", to_offset),
         ("datetime", to_datetime), ("duration", by_duration), ("shift", shift_by)) if value is not None]
@@ -116,3 +117,21 @@ def reset_cmd(ctx: Context, group: str, topics: tuple[str, ...], earliest: bool,
             else " (already handled ones are skipped by the processed-ID tables)"))
     click.echo(f"applied: group {group} moved on {len(plan.rows)} partition(s); {what}; "
                f"{plan.to_skip:,} skipped", err=as_json)
+
+
+def _refuse_elsewhere(ctx: Context, topics: tuple[str, ...]) -> None:
+    """A reset of a topic STREAMS_BROKER_ROUTES puts on RabbitMQ or Redis is refused, saying why."""
+    from streams.broker_routes import Routes
+
+    routes = Routes(ctx.settings.broker_routes)
+    for spec in topics:
+        topic = spec.split(":", 1)[0]
+        broker = routes.broker(topic)
+        if broker == "rabbitmq":
+            fail(f"{topic!r} is on RabbitMQ: a queue deletes each message once it is acknowledged, so there is no "
+                 "offset to move back to and nothing to re-read; replay from the source instead (the outbox keeps "
+                 "published rows for STREAMS_RELAY_RETENTION)", 2)
+        if broker == "redis":
+            fail(f"{topic!r} is a Redis stream: it has no partitions or offsets to reset; move the group with Redis "
+                 f"itself: XGROUP SETID {topic} <group> <entry id, or <ms>-0 for a time> (the stream keeps entries "
+                 "until MAXLEN trims them)", 2)

@@ -223,6 +223,9 @@ def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool, g
         cls = MySqlPointerRelay if settings.relay_mode == "pointer" else MySqlRelay
     else:
         cls = PointerRelay if settings.relay_mode == "pointer" else Relay
+    from streams import tracing
+
+    tracing.configure(service_name="streams-relay")
 
     async def main() -> None:
         relay = cls(settings, name=name, held_topics=held)

@@ -76,6 +76,9 @@ def tasks_retry(ctx: Context, ids: tuple[int, ...], all_failed: bool, task: str 
     if ids and len(rows) != len(set(ids)):
         missing = sorted(set(ids) - {r.id for r in rows})
         fail(f"no failed task with id {', '.join(map(str, missing))} (see streams tasks list --status all)")
+    from streams import tracing
+
+    tracing.configure(service_name="streams-tasks")
     done = still_failing = 0
     for row in rows:
         if registry.rerun(row):
@@ -83,6 +86,7 @@ def tasks_retry(ctx: Context, ids: tuple[int, ...], all_failed: bool, task: str 
         else:
             still_failing += 1
             console.print(f"  task {row.id} ({row.task}) failed again")
+    tracing.shutdown()
     console.print(f"re-ran {len(rows)} failed task(s): {done} done, {still_failing} still failing")
     if still_failing:
         raise SystemExit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import click
 from rich.table import Table
@@ -58,4 +59,33 @@ def worker_cmd(app_path: str | None, web_port: int | None, without_web: bool, da
         # table views, health, metrics and the dashboard on the worker's web server
         app.web = WebApi(app)
         argv += ["--web-port", str(app.settings.web_port), "--web-bind", app.settings.web_host]
+    if app.settings.warmup_before_join:
+        _warm_up(app)
     app.main([*argv, *faust_args])
+
+
+def _warm_up(app: Any) -> None:
+    """Catch the local tables up with their changelogs before joining the group
+    (:mod:`streams.faust_compat.warmup`); a failure only costs the warm-up."""
+    import asyncio
+    import logging
+
+    from streams.faust_compat.warmup import warm_up
+
+    log = logging.getLogger("streams.warmup")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    # a loop of its own, closed after: the warm-up touches no Faust service (they bind the loop
+    # Faust's worker runs on afterwards)
+    loop = asyncio.new_event_loop()
+    try:
+        done = loop.run_until_complete(warm_up(app.faust, app.settings))
+    except Exception as exc:  # noqa: BLE001 - Faust's recovery restores what is missing
+        log.warning("warm-up before joining failed (%r); the restore after joining does it", exc)
+        return
+    finally:
+        loop.close()
+    if done.records or done.skipped:
+        log.info("warmed up before joining: %d changelog records in %.1fs (%s)%s", done.records, done.seconds,
+                 ", ".join(f"{k} {a}->{b}" for k, (a, b) in sorted(done.partitions.items())) or "nothing to read",
+                 f"; skipped: {done.skipped}" if done.skipped else "")

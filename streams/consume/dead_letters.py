@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import MessageSizeTooLargeError
 
+from streams import tracing
 from streams.consume.headers import Origin, headers_dict
 from streams.faust_compat.record_headers import BAD_HEADER_NAMES
 from streams.kafka.names import H_REPLAY_OF, H_VALUE_OMITTED, dead_letter_topic
@@ -132,6 +133,7 @@ class DeadLetters:
         if envelope is not None and not any(k == "message_id" for k, _ in out):
             out.append(("message_id", envelope.message_id.encode()))
         out.extend((k, v.encode("utf-8", errors="replace")) for k, v in extra.items())
+        out = tracing.output_headers(out)  # the trace of the attempts that failed
         topic = self.topic_for(spec.topic.name, spec.topic.partitions).get_topic_name()
         try:
             await self.publisher.publish(topic, message.key, message.value, out)

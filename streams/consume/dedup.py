@@ -13,8 +13,9 @@ Entry: key = ``message_id``; value = ``{"at": epoch seconds, "outcome":
 "handled" | "dead_lettered", "p": partition, "o": offset, "attempts": n}``.
 
 Expiry: entries older than the retention are deleted while the partition is
-being processed (at most every ``sweep_interval`` seconds, at most
-``sweep_batch`` per sweep). A delete writes a tombstone to the changelog, which
+being processed: each sweep reads the next ``sweep_batch`` entries of the
+partition after where the last one stopped (every ``sweep_interval`` seconds, or
+sooner under a steady stream of new ids: :mod:`streams.consume.expiry`). A delete writes a tombstone to the changelog, which
 compaction then removes, so local state and the changelog both stay bounded
 under a steady stream of new IDs. A partition that receives no messages does not
 sweep (its entries are kept until traffic resumes).
@@ -28,12 +29,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from streams.consume.changelog import collecting
+from streams.consume.expiry import ExpiryCursor
 from streams.faust_compat import table_store
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,8 @@ class ProcessedIds:
             extra_topic_configs=changelog_configs(retention),
             help=f"message ids handled by {handler}",
         )
-        # partition -> deque[(at, message_id)] in write order; None until the partition was scanned
-        self._index: dict[int, deque | None] = {}
-        self._last_sweep: dict[int, float] = {}
+        #: where each partition's expiry sweep stands (streams.consume.expiry)
+        self._expiry = ExpiryCursor(self.sweep_interval, sweep_batch)
         self.expired = 0
 
     # --- lookups and writes (inside a handler's event context) -----------------
@@ -117,9 +117,7 @@ class ProcessedIds:
             future = None
         else:
             future = self.table.send_changelog(partition, message_id, value)
-        index = self._index.get(partition)
-        if index is not None:
-            index.append((now, message_id))
+        self._expiry.note_write(partition)
         return future
 
     def purge_uncommitted(self, partition: int, committed: dict[str, int | None]) -> int:
@@ -140,41 +138,27 @@ class ProcessedIds:
         if removed:
             log.warning("processed-%s[%d]: dropped %d entr(y/ies) of aborted transactions", self.handler,
                         partition, removed)
-        self._index.pop(partition, None)
         return removed
 
     # --- expiry -----------------------------------------------------------------
     def forget_assignment(self) -> None:
-        """After a rebalance the partitions' contents may differ: rescan before the next sweep."""
-        self._index.clear()
+        """After a rebalance the partitions' contents may differ: their sweeps start over."""
+        self._expiry.reset()
 
     def maybe_sweep(self, partition: int) -> int:
-        """Delete expired entries of ``partition`` if a sweep is due; returns how many."""
+        """Delete expired entries of ``partition`` if a sweep is due (at most ``sweep_batch`` entries
+        read: :class:`~streams.consume.expiry.ExpiryCursor`); returns how many."""
         now = time.time()
-        if now - self._last_sweep.get(partition, 0.0) < self.sweep_interval:
+        if not self._expiry.due(partition, now):
             return 0
-        self._last_sweep[partition] = now
-        index = self._index.get(partition)
-        if index is None:
-            index = self._index[partition] = self._scan(partition)
-        cutoff = now - self.retention
         removed = 0
-        while index and index[0][0] <= cutoff and removed < self.sweep_batch:
-            _at, message_id = index.popleft()
-            value = self.table.get(message_id)
-            if value and float(value.get("at", 0)) <= cutoff:
-                del self.table[message_id]
-                removed += 1
+        for message_id in self._expiry.expired(self.table.data, partition, now - self.retention, now):
+            del self.table[message_id]
+            removed += 1
         if removed:
             self.expired += removed
             log.debug("processed-%s[%d]: expired %d ids", self.handler, partition, removed)
         return removed
-
-    def _scan(self, partition: int) -> deque:
-        items = sorted(
-            (float(v.get("at", 0)), k) for k, v in self.partition_items(partition)
-        )
-        return deque(items)
 
     def partition_items(self, partition: int) -> Iterator[tuple[str, dict]]:
         """(message_id, value) of the entries held locally for ``partition``."""
@@ -186,7 +170,3 @@ class ProcessedIds:
         for key, value in list(store.items()):
             if isinstance(value, dict) and int(value.get("p", -1)) == partition:
                 yield (key.decode() if isinstance(key, bytes) else key), value
-
-    def local_size(self) -> int:
-        """Entries held locally for the active partitions."""
-        return len(self.table)

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streams import tracing
+
 if TYPE_CHECKING:
     from streams.messages.envelope import Envelope
 
@@ -69,7 +71,7 @@ class AttemptOutputs:
             envelope = envelope.model_copy(
                 update={"message_id": output_message_id(self.consumer, self.input_id, len(self.items))})
         key, value, headers = envelope.to_record()
-        output = Output(topic, key, value, headers)
+        output = Output(topic, key, value, tracing.output_headers(headers))
         self.items.append(output)
         return output
 

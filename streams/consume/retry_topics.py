@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from streams import tracing
 from streams.consume.headers import Origin, headers_dict
 from streams.kafka.names import (
     H_ORIGIN_OFFSET,
@@ -91,4 +92,5 @@ class RetryTopics:
             ("retry.error", f"{type(error).__name__}: {error}"[:1000].encode("utf-8", "replace")),
         ]
         topic = retry_topic(spec.topic.name, level)
-        await self.publisher.publish(topic, message.key, message.value, out, partition=origin.partition)
+        await self.publisher.publish(topic, message.key, message.value, tracing.output_headers(out),
+                                     partition=origin.partition)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from streams import tracing
 from streams.consume import waiting
 from streams.consume.dedup import DEAD_LETTERED, HANDLED
 from streams.consume.delivery import Delivery
@@ -115,9 +116,16 @@ class HandlerRunner:
         """Handle one record (a Faust message, or an aiokafka record read by the gap guard) inside
         the Faust event of its partition; returns the outcome. ``headers``: the record's headers
         as :func:`~streams.consume.headers.headers_dict` reads them, if the caller has them. Its
-        processing time goes to the ``streams_processing_seconds`` histogram."""
-        started = time.perf_counter()
+        processing time goes to the ``streams_processing_seconds`` histogram. With tracing on
+        (:mod:`streams.tracing`) it runs inside the record's consumer span."""
         headers = headers_dict(msg) if headers is None else headers
+        if tracing.enabled():
+            return await tracing.process(self, msg, headers)
+        return await self.handle_record(msg, headers)
+
+    async def handle_record(self, msg: Any, headers: dict[str, bytes]) -> str:
+        """:meth:`process` without its span."""
+        started = time.perf_counter()
         try:
             origin = origin_of(msg, on_retry_topic=msg.topic != self.spec.topic.name, headers=headers)
         except DecodeError as exc:
@@ -140,6 +148,7 @@ class HandlerRunner:
         if envelope.message_type not in self.spec.message_types:
             self._count("ignored", origin)
             return "ignored"
+        tracing.note_message(envelope)
         seen = await self._seen(msg, origin, envelope)
         if seen.outcome is not None:
             return seen.outcome
@@ -270,6 +279,7 @@ class HandlerRunner:
                     await waiting.wait(policy.delay(1))
                     continue
                 first_failure = first_failure or time.time()
+                tracing.record_failure(exc, attempt=attempts)
                 if policy.should_retry(exc, tries_here):
                     delay = policy.delay(tries_here)
                     self._count("retried", origin)

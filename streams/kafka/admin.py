@@ -18,6 +18,7 @@ from aiokafka.errors import (
     for_code,
 )
 
+from streams import tracing
 from streams.kafka.clients import admin_client, durable_producer, plain_consumer, read_ranges, with_coordinator
 from streams.messages.envelope import Envelope
 from streams.settings import Settings
@@ -217,6 +218,7 @@ async def produce_envelopes(settings: Settings, topic: str, envelopes: Iterable[
         futures, sent = [], []
         for env in envelopes:
             key, value, headers = env.to_record()
+            headers = tracing.output_headers(headers)  # the current span's trace context (tracing on)
             futures.append(await producer.send(topic, value=value, key=key, headers=headers))
             sent.append(env)
             count += 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from streams import tracing
 from streams.errors import DecodeError
 from streams.kafka.admin import read_record, read_topic
 from streams.kafka.clients import durable_producer, plain_consumer, read_ranges
@@ -155,8 +156,20 @@ async def replay(settings: Settings, letters: Iterable[DeadLetter], to_topic: st
             headers = [(k, v) for k, v in dl.headers.items() if not k.startswith("dlq.") and k != H_REPLAY_OF]
             headers.append((H_REPLAY_OF, dl.ref.encode()))
             value = dl.value if H_VALUE_OMITTED not in dl.headers else await original_value(settings, dl)
-            await producer.send_and_wait(to_topic or dl.original_topic, value=value, key=dl.key,
-                                         headers=headers)
+            topic = to_topic or dl.original_topic
+            # a new trace, linked to the one the letter was parked in (tracing on)
+            replaying = tracing.start_send(topic, dl.message_id or "", None, operation="replay",
+                                           links=tracing.link_to(dl.headers.get(tracing.TRACEPARENT),
+                                                                 dl.headers.get(tracing.TRACESTATE)),
+                                           replay_of=dl.ref)
+            if replaying is not None:
+                headers = tracing.with_context(headers, replaying.get_span_context())
+            try:
+                await producer.send_and_wait(topic, value=value, key=dl.key, headers=headers)
+            except BaseException as exc:
+                tracing.end(replaying, exc if isinstance(exc, Exception) else None)
+                raise
+            tracing.end(replaying)
             count += 1
     finally:
         await producer.stop()

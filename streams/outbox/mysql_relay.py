@@ -18,8 +18,9 @@ MySQL's locks.
 * **No NOTIFY in MySQL**: the relay polls every ``relay_poll_interval`` seconds
   when a batch comes back short (at most 2 s).
 
-Failures, parking, missing topics, bounded batches and stop work as on PostgreSQL;
-only the SQL differs. Pointer mode: :class:`MySqlPointerRelay`.
+Failures, parking, missing topics, bounded batches, stop, the brokers a row's topic routes to
+(``STREAMS_BROKER_ROUTES``: Kafka, RabbitMQ, Redis Streams, :mod:`streams.outbox.brokers`) and the
+stored trace context sent with each record work as on PostgreSQL; only the SQL differs. Pointer mode: :class:`MySqlPointerRelay`.
 """
 
 from __future__ import annotations
@@ -33,17 +34,10 @@ from typing import Any
 
 from streams import mysql
 from streams.outbox.mysql_schema import lock_name
-from streams.outbox.relay import (
-    _ROW_COLUMNS,
-    PERMANENT_ERRORS,
-    PublishResult,
-    Relay,
-    RelayError,
-    backoff_delay,
-    describe_error,
-)
-from streams.outbox.rows import OutboxRow
+from streams.outbox.relay import _ROW_COLUMNS, Relay, RelayError, backoff_delay
+from streams.outbox.rows import OutboxRow, PublishResult
 from streams.outbox.schema import LANES, SCHEMA_VERSION
+from streams.outbox.to_kafka import PERMANENT_ERRORS, describe_error
 from streams.outbox.topics import TopicWatch
 from streams.settings import Settings, redact_url
 
@@ -70,10 +64,11 @@ def _lanes_clause(lanes: list[int] | None) -> tuple[str, list]:
 
 def to_row(values: tuple) -> OutboxRow:
     """An outbox row as MySQL returns it (JSON as text, UTC times without a zone)."""
-    (id_, message_id, message_type, kind, topic, key, payload, headers, meta, occurred_at, fail_count) = values
+    (id_, message_id, message_type, kind, topic, key, payload, headers, meta, occurred_at, fail_count,
+     traceparent, tracestate) = values
     return OutboxRow(id_, message_id, message_type, kind, topic, key, json.loads(payload),
                      json.loads(headers) if headers else {}, json.loads(meta) if meta else {},
-                     occurred_at.replace(tzinfo=UTC), fail_count)
+                     occurred_at.replace(tzinfo=UTC), fail_count, traceparent, tracestate)
 
 
 class MySqlTopicWatch(TopicWatch):
@@ -254,8 +249,7 @@ class MySqlRelay(Relay):
             rows = [to_row(r) for r in await mysql.fetch(conn, query, [*lanes, *skipped, *held,
                                                                        self.settings.relay_batch_size])]
             if rows:
-                assert self.publisher.producer is not None
-                batch = await self.topics.sort(self.publisher.producer.client, rows)
+                batch = await self.publisher.sort(self.topics, rows)
                 result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
                 result.failed += batch.park
                 await self._settle_rows(conn, result)
@@ -396,9 +390,8 @@ class MySqlPointerRelay(MySqlRelay):
                     break
                 walked.append((row, status))
                 expected = row.id + 1
-            assert self.publisher.producer is not None
-            batch = await self.topics.sort(self.publisher.producer.client,
-                                           [row for row, status in walked if status == "pending"] + requeued)
+            batch = await self.publisher.sort(self.topics,
+                                              [row for row, status in walked if status == "pending"] + requeued)
             waiting = {row.id for row in batch.wait}
             stop_at = next((i for i, (row, _) in enumerate(walked) if row.id in waiting), None)
             if stop_at is not None:  # the pointer stops before a row whose topic is missing

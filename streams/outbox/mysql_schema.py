@@ -25,6 +25,8 @@ What differs from :mod:`streams.outbox.schema`, and why:
 * ``lane`` is a stored generated column, ``CRC32(key or message_id) % LANES``;
   the relays share the lanes with ``GET_LOCK`` (:mod:`streams.outbox.mysql_relay`).
 * ``<outbox>_cursor`` holds the pointer mode's last sent id, as on PostgreSQL.
+* ``traceparent`` / ``tracestate`` (v4, as on PostgreSQL): the writer's W3C trace context, filled
+  only while a span is current, sent by the relay as the record's headers.
 * The schema version is the table's comment.
 
 Creating a trigger while the binary log is on needs the ``SUPER`` privilege or
@@ -59,6 +61,8 @@ CREATE TABLE IF NOT EXISTS `{t}` (
     lane                SMALLINT GENERATED ALWAYS AS (CRC32(COALESCE(`key`, message_id)) % {lanes}) STORED,
     envelope            LONGTEXT NULL,
     topic_missing_since DATETIME(6) NULL,
+    traceparent         VARCHAR(55) NULL,
+    tracestate          TEXT NULL,
     PRIMARY KEY (id),
     UNIQUE KEY `{t}_message_id_key` (message_id),
     KEY `{t}_pending_lane_id` (status, lane, id),
@@ -93,12 +97,28 @@ END
 
 #: the columns a writer fills (the rest have defaults)
 INSERT_COLUMNS = ("message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta", "occurred_at")
+#: v4: the writer's W3C trace context, written only when one is current (as on PostgreSQL)
+TRACE_COLUMNS = ("traceparent", "tracestate")
 
 
-def insert_sql(table: str) -> str:
-    """One outbox row, ``%(name)s`` parameters (the id is ``LAST_INSERT_ID()`` after it)."""
-    cols = ", ".join(f"`{c}`" for c in INSERT_COLUMNS)
-    return f"INSERT INTO `{table}` ({cols}) VALUES ({', '.join(f'%({c})s' for c in INSERT_COLUMNS)})"
+def insert_sql(table: str, values: dict[str, Any] | None = None) -> str:
+    """One outbox row, ``%(name)s`` parameters (the id is ``LAST_INSERT_ID()`` after it); with the
+    trace columns when ``values`` (:func:`streams.outbox.writer.row_values`) carries them."""
+    columns = (*INSERT_COLUMNS, *TRACE_COLUMNS) if values and "traceparent" in values else INSERT_COLUMNS
+    cols = ", ".join(f"`{c}`" for c in columns)
+    return f"INSERT INTO `{table}` ({cols}) VALUES ({', '.join(f'%({c})s' for c in columns)})"
+
+
+def _add_missing_columns(cur: Any, table: str) -> None:
+    """v3 → v4: the trace columns on a table created by an older release (MySQL 8 has no
+    ``ADD COLUMN IF NOT EXISTS``, so information_schema says which are missing)."""
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() "
+                "AND table_name = %s", (table,))
+    present = {r[0].lower() for r in cur.fetchall()}
+    added = [f"ADD COLUMN {c}" for name, c in (("traceparent", "traceparent VARCHAR(55) NULL"),
+                                               ("tracestate", "tracestate TEXT NULL")) if name not in present]
+    if added:
+        cur.execute(f"ALTER TABLE `{table}` {', '.join(added)}")
 
 
 def lock_name(url_database: str, table: str, what: str) -> str:
@@ -141,6 +161,7 @@ def migrate(conn: Any, table: str = "streams_outbox") -> bool:
                 return False
             fmt = {"t": table, "lanes": LANES, "version": _VERSION_TEXT.format(SCHEMA_VERSION)}
             cur.execute(_TABLE.format(**fmt))
+            _add_missing_columns(cur, table)
             cur.execute(_KEYS.format(**fmt))
             cur.execute(_CURSOR.format(**fmt))
             cur.execute(f"DROP TRIGGER IF EXISTS `{table}_key_order`")

@@ -149,9 +149,8 @@ class PointerRelay(Relay):
                         break
                     walked.append((row, status))
                     expected = row.id + 1
-                assert self.publisher.producer is not None
-                batch = await self.topics.sort(self.publisher.producer.client,
-                                               [row for row, status in walked if status == "pending"] + requeued)
+                batch = await self.publisher.sort(self.topics,
+                                                  [row for row, status in walked if status == "pending"] + requeued)
                 waiting = {row.id for row in batch.wait}
                 stop_at = next((i for i, (row, _) in enumerate(walked) if row.id in waiting), None)
                 if stop_at is not None:  # the pointer stops before a row whose topic is missing

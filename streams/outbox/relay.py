@@ -45,18 +45,17 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError
 from psycopg import sql
 
 from streams.db import first_row
-from streams.kafka.clients import durable_producer
-from streams.outbox.rows import OutboxRow
+from streams.outbox.brokers import RoutedPublisher
+from streams.outbox.rows import OutboxRow, PublishResult
 from streams.outbox.schema import LANES, channel
+from streams.outbox.to_kafka import PERMANENT_ERRORS, describe_error
 from streams.outbox.topics import TopicWatch
 from streams.settings import Settings, redact_url
 
@@ -65,22 +64,7 @@ log = logging.getLogger(__name__)
 #: extra Kafka header carrying the outbox row id (ordering checks, tracing back to the row)
 
 _ROW_COLUMNS = ("id", "message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta",
-                "occurred_at", "fail_count")
-
-#: errors a retry cannot fix: the row is parked at once
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, InvalidTopicError, ValueError,
-                                                     TypeError)
-
-
-@dataclass
-class PublishResult:
-    """What happened to one batch."""
-
-    sent: list[OutboxRow] = field(default_factory=list)
-    failed: list[tuple[OutboxRow, BaseException]] = field(default_factory=list)
-    #: rows not handed to the producer before the batch's time ran out (left as they are)
-    unsent: list[OutboxRow] = field(default_factory=list)
-
+                "occurred_at", "fail_count", "traceparent", "tracestate")
 
 @dataclass
 class RelayCounters:
@@ -98,88 +82,6 @@ def backoff_delay(settings: Settings, fail_count: int) -> float:
     return min(settings.relay_backoff_max, settings.relay_backoff_initial * 2 ** max(fail_count - 1, 0))
 
 
-def describe_error(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__doc__ or ""
-    return f"{exc.__class__.__name__}: {text.splitlines()[0] if text else ''}"[:500]
-
-
-class Publisher:
-    """Sends a batch of rows to Kafka and reports, per row, whether the broker took it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.producer: AIOKafkaProducer | None = None
-
-    async def start(self, stopping: asyncio.Event) -> bool:
-        """Start the producer, waiting for the broker as long as it takes, unless ``stopping``
-        is set first (then returns False)."""
-        timeout_ms = int(self.settings.relay_publish_timeout * 1000)
-        self.producer = durable_producer(self.settings, linger_ms=2, request_timeout_ms=timeout_ms,
-                                         max_batch_size=256 * 1024)
-        # the broker may be down when the relay starts: keep trying, rows wait in the outbox
-        delay = 1.0
-        while not stopping.is_set():
-            try:
-                await self.producer.start()
-                return True
-            except KafkaError as exc:
-                log.warning("Kafka at %s not reachable (%s); retrying in %.0fs",
-                            self.settings.bootstrap_servers, describe_error(exc), delay)
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                pass
-            delay = min(delay * 2, 10)
-        return False
-
-    async def stop(self, timeout: float | None = None) -> None:
-        """Flush and close the producer, for ``timeout`` seconds at most (default the publish timeout)."""
-        if self.producer is not None:
-            try:
-                await asyncio.wait_for(self.producer.stop(), timeout or self.settings.relay_publish_timeout)
-            except (TimeoutError, KafkaError) as exc:
-                log.warning("producer did not stop cleanly: %s", describe_error(exc))
-            self.producer = None
-
-    async def publish(self, rows: list[OutboxRow]) -> PublishResult:
-        """Send ``rows`` in order and wait for every acknowledgement, all within the publish
-        timeout. A send that cannot be handed over in time (no metadata, full buffers) is
-        cancelled, which keeps its record out of the producer: that row and the ones after it
-        come back as ``unsent``; a send handed over but not acknowledged in time is a failure."""
-        assert self.producer is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.relay_publish_timeout
-        result = PublishResult()
-        pending: list[tuple[OutboxRow, asyncio.Future]] = []
-        i = 0
-        try:
-            async with asyncio.timeout_at(deadline):  # cancels the send in progress when time is up
-                for i, row in enumerate(rows):  # noqa: B007 - i tells which row the time ran out on
-                    try:
-                        key, value, headers = row.record()
-                        fut = await self.producer.send(row.topic, value=value, key=key, headers=headers)
-                    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
-                        result.failed.append((row, exc))
-                        continue
-                    pending.append((row, fut))
-        except TimeoutError:
-            result.unsent = rows[i:]
-        if pending:
-            _done, _ = await asyncio.wait([f for _, f in pending], timeout=max(deadline - loop.time(), 0))
-        for row, fut in pending:
-            if not fut.done():
-                fut.cancel()
-                result.failed.append((row, TimeoutError(
-                    f"not acknowledged by Kafka within {self.settings.relay_publish_timeout:.0f}s")))
-            elif fut.cancelled():
-                result.failed.append((row, TimeoutError("send cancelled")))
-            elif (error := fut.exception()) is not None:
-                result.failed.append((row, error))
-            else:
-                result.sent.append(row)
-        return result
-
-
 class Relay:
     """Publishes the outbox (status mode). ``await relay.run()`` until ``relay.stop()``.
 
@@ -192,7 +94,7 @@ class Relay:
         self.settings = settings
         self.table = settings.outbox_table
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.publisher = Publisher(settings)
+        self.publisher = RoutedPublisher(settings)
         self.counters = RelayCounters()
         self.held_topics = held_topics
         self.lanes: set[int] = set()
@@ -249,8 +151,8 @@ class Relay:
     async def _work(self) -> None:
         if not await self.publisher.start(self._stopping):
             return
-        log.info("relay %s started (table %s, database %s, Kafka %s)", self.name, self.table,
-                 redact_url(self.settings.dsn), self.settings.bootstrap_servers)
+        log.info("relay %s started (table %s, database %s, brokers: %s)", self.name, self.table,
+                 redact_url(self.settings.dsn), self.publisher.describe())
         delay = 0.5
         while not self._stopping.is_set():
             try:
@@ -286,7 +188,7 @@ class Relay:
             raise RelayError(f"the outbox table {self.table!r} does not exist in {redact_url(self.settings.dsn)}; "
                              "run `streams outbox migrate` first")
         cur = await self._conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                                       "AND attname = 'topic_missing_since'", (self.table,))
+                                       "AND attname = 'traceparent'", (self.table,))
         if not first_row(await cur.fetchone())[0]:
             raise RelayError(f"the outbox table {self.table!r} has an older schema than this relay; "
                              "run `streams outbox migrate` first")
@@ -422,8 +324,7 @@ class Relay:
             rows = [OutboxRow(*r) for r in await cur.fetchall()]
             if not rows:
                 return 0
-            assert self.publisher.producer is not None
-            batch = await self.topics.sort(self.publisher.producer.client, rows)
+            batch = await self.publisher.sort(self.topics, rows)
             result = await self.publisher.publish(batch.send) if batch.send else PublishResult()
             result.failed += batch.park
             await self._settle(conn, result)

@@ -18,7 +18,9 @@ Columns (the seeds' names first): ``id`` (increasing bigint, allocated by a trig
 book-keeping: ``next_attempt_at``, ``last_error``, ``txid`` and ``lane`` (a hash of
 the key: all rows of a key share a lane, and one relay at a time owns a lane), and
 ``topic_missing_since`` (v3: set while the row's topic does not exist in Kafka, see
-:mod:`streams.outbox.topics`).
+:mod:`streams.outbox.topics`); ``traceparent`` / ``tracestate`` (v4: the W3C trace
+context of the span that wrote the row, sent as the record's headers, see
+:mod:`streams.tracing`).
 
 ``aggregatetype`` / ``aggregateid`` / ``type`` are generated copies of topic / key /
 message_type, so Debezium's outbox event router can read the same table with its
@@ -35,7 +37,7 @@ import psycopg
 from psycopg import sql
 
 #: bumped whenever the DDL below changes; stored as the table's comment
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _VERSION_TEXT = "streams outbox schema v{}"
 
 #: rows are spread over this many lanes (the most relays that can share the work)
@@ -69,6 +71,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     type            text GENERATED ALWAYS AS (message_type) STORED,
     envelope        text,
     topic_missing_since timestamptz,
+    traceparent     text,
+    tracestate      text,
     CONSTRAINT {uniq} UNIQUE (message_id),
     CONSTRAINT {status_check} CHECK (status IN ('pending', 'done', 'failed'))
 );
@@ -77,6 +81,9 @@ CREATE TABLE IF NOT EXISTS {table} (
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS envelope text;
 -- v2 → v3: when the relay found the row's topic missing (nullable, no default: no table rewrite)
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS topic_missing_since timestamptz;
+-- v3 → v4: the trace context of the writer (nullable, no default: no table rewrite)
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS traceparent text;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS tracestate text;
 
 -- the relay claims pending rows in id order, per lane
 CREATE INDEX IF NOT EXISTS {ix_pending} ON {table} (lane, id) WHERE status = 'pending';

@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from streams import tracing
 from streams.db import first_row
 from streams.errors import StreamsError
 from streams.kafka.names import topic_name_problem
@@ -43,7 +44,8 @@ class OutboxError(StreamsError):
 
 
 def row_values(envelope: Envelope, topic: str, key: str | None = None) -> dict[str, Any]:
-    """The column values of ``envelope`` as an outbox row (key defaults to the envelope's key)."""
+    """The column values of ``envelope`` as an outbox row (key defaults to the envelope's key);
+    ``traceparent`` / ``tracestate`` only when a trace context is current (:mod:`streams.tracing`)."""
     if not isinstance(envelope, Envelope):
         raise OutboxError(f"the outbox takes an Envelope, not {type(envelope).__name__}")
     if not topic or not isinstance(topic, str):
@@ -52,6 +54,8 @@ def row_values(envelope: Envelope, topic: str, key: str | None = None) -> dict[s
         raise OutboxError(f"{problem}; Kafka would never take the message")
     key = key if key is not None else envelope.key
     meta = {f: getattr(envelope, f) for f in _META_FIELDS if getattr(envelope, f) is not None}
+    traceparent, tracestate = tracing.outbox_context(topic, envelope)
+    trace_columns = {} if traceparent is None else {"traceparent": traceparent, "tracestate": tracestate}
     return {
         "message_id": envelope.message_id,
         "message_type": envelope.message_type,
@@ -62,17 +66,25 @@ def row_values(envelope: Envelope, topic: str, key: str | None = None) -> dict[s
         "headers": json.dumps(envelope.headers),
         "meta": json.dumps(meta),
         "occurred_at": envelope.occurred_at,
+        **trace_columns,
     }
 
 
 _COLUMNS = ("message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta", "occurred_at")
+#: written only when a trace context is current: a writer without one still works on a v3 table
+_TRACE_COLUMNS = ("traceparent", "tracestate")
 
 
-def _insert(table: str) -> sql.Composed:
+def _columns(values: dict[str, Any]) -> tuple[str, ...]:
+    return (*_COLUMNS, *_TRACE_COLUMNS) if "traceparent" in values else _COLUMNS
+
+
+def _insert(table: str, values: dict[str, Any]) -> sql.Composed:
+    columns = _columns(values)
     return sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
         sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
-        sql.SQL(", ").join(sql.Placeholder(c) for c in _COLUMNS),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder(c) for c in columns),
     )
 
 
@@ -109,7 +121,8 @@ def _write_mysql(conn: Any, envelope: Envelope, topic: str, key: str | None, tab
 
     _check_mysql_transaction(conn)
     with conn.cursor() as cur:
-        cur.execute(insert_sql(table), _mysql_values(envelope, topic, key))
+        values = _mysql_values(envelope, topic, key)
+        cur.execute(insert_sql(table, values), values)
         return cur.lastrowid
 
 
@@ -120,7 +133,8 @@ def write_message(conn: psycopg.Connection, envelope: Envelope, *, topic: str, k
     if _is_mysql(conn):
         return _write_mysql(conn, envelope, topic, key, table)
     _check_in_transaction(conn)
-    return first_row(conn.execute(_insert(table), row_values(envelope, topic, key)).fetchone())[0]
+    values = row_values(envelope, topic, key)
+    return first_row(conn.execute(_insert(table, values), values).fetchone())[0]
 
 
 async def write_message_async(conn: psycopg.AsyncConnection, envelope: Envelope, *, topic: str,
@@ -132,10 +146,12 @@ async def write_message_async(conn: psycopg.AsyncConnection, envelope: Envelope,
         _check_mysql_transaction(conn)
         my_conn: Any = conn
         async with my_conn.cursor() as my_cur:
-            await my_cur.execute(insert_sql(table), _mysql_values(envelope, topic, key))
+            values = _mysql_values(envelope, topic, key)
+            await my_cur.execute(insert_sql(table, values), values)
             return my_cur.lastrowid
     _check_in_transaction(conn)
-    cur = await conn.execute(_insert(table), row_values(envelope, topic, key))
+    values = row_values(envelope, topic, key)
+    cur = await conn.execute(_insert(table, values), values)
     return first_row(await cur.fetchone())[0]
 
 
@@ -149,15 +165,15 @@ def write_message_sqlalchemy(session: Any, envelope: Envelope, *, topic: str, ke
     if session.get_bind().dialect.name in ("mysql", "mariadb"):
         from streams.outbox.mysql_schema import insert_sql
 
-        statement = insert_sql(table)
-        for column in ("message_id", "message_type", "kind", "topic", "key", "payload", "headers", "meta",
-                       "occurred_at"):
+        my_values = _mysql_values(envelope, topic, key)
+        statement = insert_sql(table, my_values)
+        for column in my_values:
             statement = statement.replace(f"%({column})s", f":{column}")
-        session.execute(text(statement), _mysql_values(envelope, topic, key))
+        session.execute(text(statement), my_values)
         return session.execute(text("SELECT LAST_INSERT_ID()")).scalar_one()
-    cols = ", ".join(_COLUMNS)
+    row = row_values(envelope, topic, key)
+    cols = ", ".join(_columns(row))
     values = ", ".join(f"CAST(:{c} AS jsonb)" if c in ("payload", "headers", "meta") else f":{c}"
-                       for c in _COLUMNS)
-    result = session.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({values}) RETURNING id"),
-                             row_values(envelope, topic, key))
+                       for c in _columns(row))
+    result = session.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({values}) RETURNING id"), row)
     return result.scalar_one()

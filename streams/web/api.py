@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import ClientError, ClientTimeout, web
 from yarl import URL
 
+from streams.faust_compat import table_store
 from streams.faust_compat.private import web_server as faust_web_server
 from streams.kafka.names import dead_letter_topic
 from streams.metrics import Gauge, render_prometheus
@@ -459,7 +460,8 @@ class WebApi:
     def _table_gauges(self) -> list[Gauge]:
         ready = Gauge("streams_worker_ready", "1 when partitions are assigned and tables recovered.", ())
         ready.add(1 if self.health.readiness()["ready"] else 0)
-        entries = Gauge("streams_table_entries", "Entries of a table partition held by this worker.",
+        entries = Gauge("streams_table_entries", "Entries of a table partition held by this worker (RocksDB's "
+                        f"estimate above {table_store.EXACT_BELOW:,}, no scan).",
                         ("table", "partition", "role"))
         left = Gauge("streams_table_recovery_remaining", "Changelog records left to recover.",
                      ("table", "partition", "role"))

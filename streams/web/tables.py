@@ -148,11 +148,17 @@ class TableViews:
     # --- sizes and pages ---------------------------------------------------------------
     def entries(self, table: Any, partition: int) -> int | None:
         """Entries held here for one partition (None when this worker has no copy)."""
+        size = self.size(table, partition)
+        return None if size is None else size[0]
+
+    def size(self, table: Any, partition: int) -> tuple[int, bool] | None:
+        """(entries, estimated) held here for one partition, never by scanning a large one
+        (:func:`streams.faust_compat.table_store.entries`); None when this worker has no copy."""
         store = table.data
         if not table_store.is_partitioned(store):
             return None
         db = table_store.partition_dbs(store).get(partition)
-        return None if db is None else table_store.count(store, db)
+        return None if db is None else table_store.entries(store, db)
 
     def stats(self, table: Any) -> dict[str, Any]:
         """Per partition: role here, entries held here, changelog records left to recover, owner."""
@@ -165,13 +171,19 @@ class TableViews:
             tp = TP(topic, partition)
             role = self.role(table, partition)
             left = active_left.get(tp) if role == "active" else standby_left.get(tp) if role else None
+            size = self.size(table, partition)
+            lag = self.standby_lag(tp) if role == "standby" else None
             rows.append({
                 "partition": partition,
                 "role": role,
                 # a local copy can exist without a role: Faust leaves a changelog that was missing
                 # from the first assignment unassigned until the next rebalance, yet writes go on
-                "entries": self.entries(table, partition),
+                "entries": None if size is None else size[0],
+                # RocksDB's estimate (no scan) above table_store.EXACT_BELOW entries, exact below
+                "entries_estimated": None if size is None else size[1],
                 "recovery_remaining": int(left) if left is not None else None,
+                # a standby copy: changelog records written since (the end its consumer last saw)
+                "standby_lag": lag,
                 "owner": self.owner_url(table, partition),
             })
         active = [r for r in rows if r["role"] == "active"]
@@ -184,12 +196,23 @@ class TableViews:
             "standby_partitions": [r["partition"] for r in rows if r["role"] == "standby"],
             "active_entries": sum(r["entries"] or 0 for r in active),
             "standby_entries": sum(r["entries"] or 0 for r in rows if r["role"] == "standby"),
+            "standby_lag": sum(r["standby_lag"] or 0 for r in rows if r["role"] == "standby"),
             "local_entries": sum(r["entries"] or 0 for r in rows),
             "unassigned_local_partitions": [r["partition"] for r in rows
                                             if r["role"] is None and r["entries"] is not None],
             "recovering": any(r["recovery_remaining"] for r in rows),
             "per_partition": rows,
         }
+
+    def standby_lag(self, tp: TP) -> int | None:
+        """Records of a standby partition's changelog not applied here yet: the end offset the
+        consumer saw in its last fetch minus the next offset to apply (None before a fetch)."""
+        recovery = table_manager(self.app.faust).recovery
+        end = self.app.faust.consumer.highwater(tp)
+        applied = recovery.standby_offsets.get(tp)
+        if end is None or applied is None:
+            return None
+        return max(0, int(end) - 1 - int(applied))
 
     def page(self, table: Any, partitions: list[int], page: int, page_size: int) -> dict[str, Any]:
         """One page of the entries of ``partitions`` held here, in partition then key order."""

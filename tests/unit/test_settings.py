@@ -49,7 +49,7 @@ def test_dotenv_file_is_read(monkeypatch, tmp_path) -> None:
     ("STREAMS_APP_ID", "bad id!", "STREAMS_APP_ID: must start with a letter or digit"),
     ("STREAMS_LOCAL_KAFKA_HEAP", "lots", "STREAMS_LOCAL_KAFKA_HEAP: expected a JVM size"),
     ("STREAMS_STORE", "redis://x", "STREAMS_STORE: expected rocksdb://"),
-    ("STREAMS_DATABASE_URL", "mysql://u:p@h/db", "STREAMS_DATABASE_URL: expected a postgresql://"),
+    ("STREAMS_DATABASE_URL", "mongodb://u:p@h/db", "STREAMS_DATABASE_URL: expected a postgresql:// or mysql://"),
     ("STREAMS_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "file not found: /nonexistent/ca.pem"),
 ])
 def test_invalid_values_name_the_variable(monkeypatch, var: str, value: str, expected: str) -> None:
@@ -127,3 +127,13 @@ def test_explicit_app_id_overrides_code_default(tmp_path) -> None:
     assert StreamsApp("from-code", registry=MessageRegistry(), settings=Settings(home=tmp_path)).app_id == "from-code"
     assert StreamsApp("from-code", registry=MessageRegistry(),
                       settings=Settings(home=tmp_path, app_id="from-env")).app_id == "from-env"
+
+
+def test_group_instance_id_blank_means_dynamic_membership_and_a_bad_one_is_named(monkeypatch) -> None:
+    monkeypatch.setenv("STREAMS_GROUP_INSTANCE_ID", "")
+    assert load_settings().group_instance_id is None
+    monkeypatch.setenv("STREAMS_GROUP_INSTANCE_ID", "streams-worker-2")
+    assert load_settings().group_instance_id == "streams-worker-2"
+    monkeypatch.setenv("STREAMS_GROUP_INSTANCE_ID", "has space")
+    with pytest.raises(SettingsError, match="STREAMS_GROUP_INSTANCE_ID"):
+        load_settings()

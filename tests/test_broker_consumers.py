@@ -1,0 +1,189 @@
+"""Handlers on RabbitMQ queues and Redis streams (`streams consume`), against the real servers:
+killed -9 mid-stream (every effect once with effects=), hostile records written by the brokers' own
+clients (parked with reasons, consumer alive), the broker restarted during consumption (nothing lost)."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import pytest
+
+from streams.messages.envelope import event
+from streams.rabbitmq.messages import lane_of, to_message
+from streams.rabbitmq.topology import GroupTopology
+from streams.redis_streams.entries import to_fields
+from tests.apps.broker_app import SCHEMA
+from tests.broker_helpers import consumer_process, rabbit_headers, rabbit_publish, redis_add
+from tests.helpers import run, wait_for
+
+KEYS = 20
+
+
+@pytest.fixture(params=["rabbitmq", "redis"])
+def broker(request, isolated):
+    """(name, server, env) of the broker under test, the test database's effects schema made."""
+    name = request.param
+    server = request.getfixturevalue("rabbitmq" if name == "rabbitmq" else "redis_server")
+    with psycopg.connect(isolated.settings.dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    env = {"STREAMS_RABBITMQ_URL" if name == "rabbitmq" else "STREAMS_REDIS_URL": server.url,
+           "STREAMS_RABBITMQ_LANES": "4", "STREAMS_MAX_VALUE_BYTES": "4096", "STREAMS_REDIS_CLAIM_IDLE": "5"}
+    return name, server, env
+
+
+def orders(n: int, start: int = 0, tag: str = "o") -> list:
+    """Envelopes whose payload counts up per key (``seq``): effects in that order keep per-key order."""
+    return [event("OrderPlaced", {"order_id": f"{tag}-{i}", "seq": i // KEYS}, key=f"key-{i % KEYS}")
+            for i in range(start, start + n)]
+
+
+def publish(name: str, url: str, topic: str, envelopes: list) -> None:
+    """The envelopes, written by the broker's own client (as another service would)."""
+    if name == "rabbitmq":
+        msgs = []
+        for env in envelopes:
+            key, value, headers = env.to_record()
+            msgs.append((to_message(key, value, headers), lane_of(key, env.message_id, 4)))
+        run(rabbit_publish(url, topic, msgs))
+    else:
+        run(redis_add(url, topic, [to_fields(*env.to_record()) for env in envelopes]))
+
+
+def effects(iso) -> tuple[int, int, list[str]]:
+    """(rows, distinct message ids, keys whose first effects are out of seq order)."""
+    total, distinct = iso.sql("SELECT count(*), count(DISTINCT message_id) FROM broker_effects")[0]
+    rows = iso.sql("SELECT DISTINCT ON (message_id) key, seq, id FROM broker_effects ORDER BY message_id, id")
+    per_key: dict[str, list[tuple[int, int]]] = {}
+    for key, seq, applied in rows:
+        per_key.setdefault(key, []).append((applied, seq))
+    bad = [k for k, v in per_key.items() if [s for _, s in sorted(v)] != sorted(s for _, s in v)]
+    return total, distinct, bad
+
+
+@pytest.mark.timeout(300)
+def test_consumer_killed_mid_stream_applies_every_effect_once(isolated, broker):
+    name, server, env = broker
+    topic = isolated.topic("broker.orders")
+    consumer = consumer_process(isolated, "consumer", name, "--name", "c1", **env)
+    consumer.start().wait_ready(60)  # it declares the queues / the group
+    consumer.stop()  # the backlog is published while it is stopped: the kills land mid-stream
+    n = 2000
+    publish(name, server.url, topic, orders(n))
+    consumer.start().wait_ready(60)
+    kills = []
+    for threshold in (400, 1200):
+        wait_for(lambda: effects(isolated)[0] >= threshold, 120, interval=0.05, what=f"{threshold} effects")
+        consumer.kill()  # SIGKILL mid-stream: handled messages not yet acknowledged come again
+        kills.append(effects(isolated)[0])
+        consumer.start().wait_ready(60)
+    wait_for(lambda: effects(isolated)[1] >= n, 180, interval=0.5, what="every message's effect")
+    consumer.stop()
+    total, distinct, out_of_order = effects(isolated)
+    log = consumer.log_text()
+    lag = _lag(isolated, name, topic, env)
+    assert lag["lag"] == 0, lag  # `streams lag` reads the broker: nothing left waiting
+    print(f"\n[{name} consumer] {n} messages, SIGKILLs at effects={kills}: {total} effect rows, {distinct} distinct, "
+          f"{len(out_of_order)} keys out of order")
+    assert (total, distinct) == (n, n), "every effect exactly once"
+    assert not out_of_order, f"per-key order broken for {out_of_order[:5]}"
+    assert "Traceback" not in log, log[-3000:]
+
+
+def hostile(name: str) -> list[tuple[str, object]]:
+    """(expected dlq.reason, what the broker's own client writes)."""
+    good = event("OrderPlaced", {"order_id": "fine", "seq": 0}, key="k")
+    unknown = event("NoSuchType", {"x": 1}, key="k")
+    bad_payload = event("OrderPlaced", {"order_id": "x"}, key="k")  # seq missing
+    cases = [("not_json", b"\xff\xfe not json"), ("not_envelope", b'{"hello": "world"}'),
+             ("unknown_type", unknown.to_json()), ("invalid_payload", bad_payload.to_json()),
+             ("too_large", good.to_json().replace(b'"fine"', b'"' + b"x" * 5000 + b'"'))]
+    if name == "redis":
+        cases.append(("not_json", {b"something": b"else\xff"}))  # an entry without a value field
+    return cases
+
+
+@pytest.mark.timeout(180)
+def test_hostile_records_are_parked_with_reasons(isolated, broker):
+    import aio_pika
+
+    name, server, env = broker
+    topic = isolated.topic("broker.orders")
+    consumer = consumer_process(isolated, "consumer", name, **env)
+    consumer.start().wait_ready(60)
+    cases = hostile(name)
+    good = orders(1, tag="after-hostile")
+    if name == "rabbitmq":
+        msgs = [(aio_pika.Message(body), str(i % 4)) for i, (_, body) in enumerate(cases)]
+        run(rabbit_publish(server.url, topic, msgs))
+    else:
+        run(redis_add(server.url, topic, [c if isinstance(c, dict) else {b"value": c, b"key": b"k"}
+                                           for _, c in cases]))
+    publish(name, server.url, topic, good)
+    wait_for(lambda: effects(isolated)[0] == 1, 60, what="the good message handled after the hostile ones")
+    assert consumer.running()
+    consumer.stop()
+    if name == "rabbitmq":
+        dlq = GroupTopology(topic, isolated.settings.app_id, 4).dead_letters
+        reasons = [h["dlq.reason"] for h in run(rabbit_headers(server.url, dlq))]
+    else:
+        letters = run(_redis_letters(server.url, topic + ".dlq"))
+        reasons = [fields[b"h:dlq.reason"].decode() for fields in letters]
+        assert any(fields.get(b"h:redis.field.something") == b"else\xff" for fields in letters), \
+            "the fields of an entry without a value are kept with its dead letter"
+    print(f"\n[{name} hostile] parked: {reasons}")
+    assert sorted(reasons) == sorted(reason for reason, _ in cases)
+
+
+async def _redis_letters(url: str, stream: str) -> list[dict]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        return [fields for _, fields in await client.xrange(stream)]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.timeout(300)
+def test_broker_restart_during_consumption_loses_nothing(isolated, broker):
+    name, server, env = broker
+    if server.local is None:
+        pytest.skip("the broker is an external one (STREAMS_*_URL): the test restarts the project's own")
+    topic = isolated.topic("broker.orders")
+    consumer = consumer_process(isolated, "consumer", name, **env)
+    consumer.start().wait_ready(60)
+    publish(name, server.url, topic, orders(600))
+    wait_for(lambda: effects(isolated)[0] >= 200, 60, interval=0.05, what="consumption under way")
+    server.local.down()  # a clean stop (Redis: the append-only file is flushed), consumer still running
+    server.local.up()
+    publish(name, server.url, topic, orders(600, start=600))
+    wait_for(lambda: effects(isolated)[1] >= 1200, 180, interval=0.5, what="every message's effect")
+    assert consumer.running(), consumer.log_text()[-3000:]
+    consumer.stop()
+    total, distinct, out_of_order = effects(isolated)
+    print(f"\n[{name} restart] 1200 messages around a broker restart: {total} effect rows, {distinct} distinct")
+    assert (total, distinct) == (1200, 1200)
+    assert not out_of_order, _sequence(isolated, out_of_order[0])
+    assert "reconnecting" in consumer.log_text() or "retrying" in consumer.log_text()
+
+
+def _sequence(iso, key: str) -> str:
+    """Effects of ``key`` in the order applied (seq, lane, message id): what an order failure shows."""
+    rows = iso.sql("SELECT seq, lane, message_id FROM broker_effects WHERE key = %s ORDER BY id", (key,))
+    return f"{key}: " + ", ".join(f"{seq}@{lane}" for seq, lane, _ in rows)
+
+
+def _lag(iso, name: str, topic: str, env: dict[str, str]) -> dict:
+    """`streams lag --json` of the app's group on ``topic`` (routed to ``name`` by STREAMS_BROKER_ROUTES)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "lag", "-g", iso.settings.app_id, "-t", topic, "--json"],
+                         env={**os.environ, **iso.env, **env, "STREAMS_BROKER_ROUTES": f"{topic}={name}"},
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)[0]
