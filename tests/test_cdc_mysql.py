@@ -244,6 +244,24 @@ class Writer:
         return sum(len(v) for v in self.expected.values())
 
 
+def writer_transactions(iso: Isolated, file: str) -> list[tuple[str, int]]:
+    """(GTID, position of its GTID event) of the transactions in ``file`` that changed cdc_orders,
+    in log order (``SHOW BINLOG EVENTS``: a Table_map event names each table a row event changes)."""
+    out: list[tuple[str, int]] = []
+    current: tuple[str, int] | None = None
+    for _log, pos, kind, _server, _end, info in isql(iso, f"SHOW BINLOG EVENTS IN '{file}'"):
+        if kind == "Gtid":
+            current = (info.split()[-1], int(pos))
+        elif kind == "Table_map" and info.endswith(".cdc_orders)") and current and (not out or out[-1] != current):
+            out.append(current)
+    return out
+
+
+def previous_gtid(gtid: str) -> str:
+    domain, server_id, seq = gtid.split("-")
+    return f"{domain}-{server_id}-{int(seq) - 1}"
+
+
 # --- tests ---------------------------------------------------------------------------------
 def test_snapshot_then_changes_in_commit_order_per_key_and_positions_in_binlog_terms(cdc: Cdc) -> None:
     iso = cdc.iso
@@ -278,27 +296,58 @@ def test_snapshot_then_changes_in_commit_order_per_key_and_positions_in_binlog_t
     assert f"binlog {stored['file']}:{stored['pos']}" in text and f"GTID set {server['gtids']}" in text, text
     print("\n" + text)
 
+    shown = json.loads(cdc.cli("offsets", "show", name).stdout)
+    assert shown["binlog"]["stored"]["gtids"] == stored["gtids"] and shown["binlog"]["server"] == server
+
     # a stopped connector moved back to a GTID set re-sends the later transactions: dropped as copies
     cdc.cli("stop", name)
     refused = cdc.cli("offsets", "reset", name, "--to-position", "nonsense", "--execute", check=False)
     assert refused.returncode == 2
-    domain, server_id, seq = server["gtids"].split(",")[0].split("-")
-    back = f"{domain}-{server_id}-{int(seq) - 10}"
-    plan = json.loads(cdc.cli("offsets", "reset", name, "--to-gtid", back, "--execute").stdout)
-    assert plan["applied"] and plan["new"] == {"gtids": back}
+    # the consumer's own effect transactions are in the binlog too: count back by the writer's
+    writes = writer_transactions(iso, server["file"])
+    tenth, before_tenth = writes[-10], previous_gtid(writes[-10][0])
+    plan = json.loads(cdc.cli("offsets", "reset", name, "--to-gtid", before_tenth, "--execute").stdout)
+    moved = plan["new"][0]["offset"]
+    assert plan["applied"] and moved["gtids"] == before_tenth, plan
+    assert (moved["file"], moved["pos"]) == (server["file"], tenth[1]), "where that transaction begins"
+    back = before_tenth
     assert cdc.connectors.offsets(name)[0]["offset"]["gtids"] == back
     before = sum(run(end_offsets(iso.settings, cdc.topic)).values())
     cdc.cli("resume", name)
-    wait_for(lambda: sum(run(end_offsets(iso.settings, cdc.topic)).values()) > before, 60,
-             what="the last ten transactions sent again")
+    wait_for(lambda: sum(run(end_offsets(iso.settings, cdc.topic)).values()) >= before + 100, 60,
+             what="the last ten transactions (100 changes) sent again")
     writer.run(5, 10)
     wait_effects(cdc, writer.total)
     rows = changes(iso)
     assert len(rows) == len({r[0] for r in rows}) == writer.total, "re-sent transactions were dropped as copies"
     assert per_key(rows) == writer.expected
-    resent = sum(run(end_offsets(iso.settings, cdc.topic)).values()) - before
+    resent = len([r for r in run(read_topic(iso.settings, cdc.topic)) if r.value]) - writer.total
+    assert resent >= 100, resent
+
+    # --to-position: by file and byte position (the start of the 5th-last transaction's GTID event)
+    wait_for(lambda: cdc.connectors.status(name).binlog.get("bytes_behind") == 0, 60, interval=1,
+             what="the position of the last change stored")
+    now = cdc.connectors.status(name).binlog["server"]
+    fifth = writer_transactions(iso, now["file"])[-5]
+    target = f"{now['file']}:{fifth[1]}"
+    cdc.cli("stop", name)
+    plan = json.loads(cdc.cli("offsets", "reset", name, "--to-position", target, "--execute").stdout)
+    # MariaDB's connector streams by GTID only: the position's GTID set is stored with it
+    assert plan["new"][0]["offset"]["gtids"] == previous_gtid(fifth[0]) and plan["applied"], plan
+    before = sum(run(end_offsets(iso.settings, cdc.topic)).values())
+    cdc.cli("resume", name)
+    wait_for(lambda: sum(run(end_offsets(iso.settings, cdc.topic)).values()) >= before + 50, 60,
+             what="the last five transactions (50 changes) sent again")
+    writer.run(3, 10)
+    wait_effects(cdc, writer.total)
+    rows = changes(iso)
+    assert len(rows) == len({r[0] for r in rows}) == writer.total, "re-sent transactions were dropped as copies"
+    assert per_key(rows) == writer.expected
+    resent_after = len([r for r in run(read_topic(iso.settings, cdc.topic)) if r.value]) - writer.total - resent
+    assert resent_after >= 50, resent_after
     print(f"{writer.total} changes ({len(snapshot)} snapshot reads, {len(deletes)} deletes) handled once, in order; "
-          f"after --to-gtid {back}: {resent} records re-sent, none handled twice")
+          f"after --to-gtid {back}: {resent} change records re-sent; after --to-position {target}: "
+          f"{resent_after} re-sent; none handled twice")
 
 
 def test_connect_killed_mid_stream_redelivers_without_repeated_effects(cdc: Cdc) -> None:

@@ -86,6 +86,57 @@ def binary_logs(conn: Any) -> list[str]:
     return [r[0] for r in _fetch(conn, "SHOW BINARY LOGS")]
 
 
+def parse_mariadb_gtids(gtids: str) -> dict[int, int]:
+    """A MariaDB GTID set (``0-1-42,1-2-7``: domain-server-sequence, one per domain) → {domain: sequence}."""
+    out: dict[int, int] = {}
+    for part in filter(None, (p.strip() for p in gtids.split(","))):
+        pieces = part.split("-")
+        if len(pieces) != 3 or not all(p.isdigit() for p in pieces):
+            raise ValueError(f"{part!r} is not a MariaDB GTID (domain-server-sequence, e.g. 0-1-42)")
+        out[int(pieces[0])] = int(pieces[2])
+    return out
+
+
+_GTID_EVENT = re.compile(r"(?:BEGIN )?GTID (\d+)-(\d+)-(\d+)")
+
+
+def mariadb_gtid_start(conn: Any, gtids: str) -> BinlogPosition:
+    """Where the first transaction *after* the MariaDB GTID set ``gtids`` begins in the server's
+    binary log (its GTID event, from ``SHOW BINLOG EVENTS``); the current end of the log when
+    every transaction there is in the set. Raises ValueError when the log no longer holds the
+    set's next transaction (purged)."""
+    done = parse_mariadb_gtids(gtids)
+    files = binary_logs(conn)
+    first_seen: dict[int, int] = {}
+    for file in files:
+        for _log, pos, kind, _server, _end, info in _fetch(conn, f"SHOW BINLOG EVENTS IN '{file}'"):
+            if kind != "Gtid":
+                continue
+            match = _GTID_EVENT.match(info or "")
+            if not match:
+                continue
+            domain, seq = int(match.group(1)), int(match.group(3))
+            first_seen.setdefault(domain, seq)
+            if seq > done.get(domain, 0):
+                if first_seen[domain] > done.get(domain, 0) + 1 and file == files[0]:
+                    raise ValueError(f"the binary log starts at GTID {domain}-?-{first_seen[domain]}: the "
+                                     f"transactions after {gtids} in domain {domain} were purged")
+                return BinlogPosition(file, int(pos), gtids)
+    end = server_position(conn)
+    return BinlogPosition(end.file, end.pos, gtids)
+
+
+def mariadb_gtids_at(conn: Any, file: str, pos: int) -> str:
+    """The GTID set of a MariaDB server's log at ``file:pos`` (``BINLOG_GTID_POS``: the
+    transactions before that place); ValueError when the server cannot say (no such file, or
+    not the start of an event)."""
+    value = _fetch(conn, f"SELECT BINLOG_GTID_POS('{file.replace(chr(39), '')}', {int(pos)})")[0][0]
+    if value is None:
+        raise ValueError(f"MariaDB has no GTID position for {file}:{pos} (not the start of a transaction's "
+                         "event, or past the end of the file)")
+    return value
+
+
 def check_binlog(conn: Any) -> list[str]:
     """What keeps the server from being captured (empty: nothing)."""
     values = {name.lower(): str(value) for name, value in _fetch(

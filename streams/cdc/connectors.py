@@ -532,29 +532,60 @@ class CdcConnectors:
         return self.client.offsets(name)
 
     def reset_binlog_offsets(self, name: str, *, to_position: tuple[str, int] | None = None,
-                             to_gtid: str | None = None) -> list[dict[str, Any]]:
-        """Move a STOPPED binlog connector's stored position: to a binlog file and position (the GTID
-        set is dropped, so the connector reads from there), or to a GTID set (it resumes after those
-        transactions; the file and position stay as a fallback). Returns the offsets before."""
+                             to_gtid: str | None = None, apply: bool = True) -> tuple[list[dict[str, Any]],
+                                                                                     list[dict[str, Any]]]:
+        """Move a STOPPED binlog connector's stored position; returns the offsets (before, after).
+        ``apply=False`` only plans (any state).
+
+        ``to_position``: a binlog file and byte position (the start of an event; the GTID set
+        is dropped, so the connector reads from there by file and position). ``to_gtid``: resume
+        after the transactions of a GTID set. Debezium's MariaDB connector positions its
+        binlog client by the stored file and position as well as the set, so on MariaDB the
+        file and position are moved with it, to where the first transaction after the set
+        begins (:func:`streams.cdc.binlog.mariadb_gtid_start`); both names then agree."""
+        from streams import mysql
+
         state, _ = self.client.state(name)
-        if state != STOPPED:
+        if apply and state != STOPPED:
             raise CdcError(f"connector {name} is {state}; offsets change only on a stopped connector: "
                            f"streams cdc stop {name}")
         before = self.client.offsets(name)
         if not before:
             raise CdcError(f"connector {name} has no stored position to move")
+        config = self.client.config(name)
+        target: tuple[str, int] | None = to_position
+        gtids = to_gtid
+        mariadb = config.get("connector.class") == MARIADB_CONNECTOR
+        conn = mysql.connect(binlog_dsn(self.settings, config), connect_timeout=10)
+        try:
+            logs = binlog.binary_logs(conn)
+            if to_position is not None and to_position[0] not in logs:
+                raise CdcError(f"the server has no binlog file {to_position[0]!r} (it has {', '.join(logs)})")
+            try:
+                if mariadb and to_position is not None and to_gtid is None:
+                    gtids = binlog.mariadb_gtids_at(conn, *to_position)
+                elif mariadb and to_gtid is not None and to_position is None:
+                    start = binlog.mariadb_gtid_start(conn, to_gtid)
+                    assert start.file is not None and start.pos is not None
+                    target = (start.file, start.pos)
+            except ValueError as exc:
+                raise CdcError(str(exc)) from None
+        finally:
+            conn.close()
         moved = []
         for item in before:
-            offset = {k: v for k, v in (item.get("offset") or {}).items() if k not in ("snapshot", "snapshot_completed")}
-            offset.update({"event": 0, "row": 0})
-            if to_position is not None:
-                offset.update({"file": to_position[0], "pos": to_position[1]})
+            offset = {k: v for k, v in (item.get("offset") or {}).items()
+                      if k not in ("snapshot", "snapshot_completed", "event", "row")}
+            if target is not None:
+                offset.update({"file": target[0], "pos": target[1]})
+            if gtids is not None:
+                offset["gtids"] = gtids
+            elif to_position is not None:
                 offset.pop("gtids", None)
-            if to_gtid is not None:
-                offset["gtids"] = to_gtid
             moved.append({"partition": item["partition"], "offset": offset})
-        self.client.alter_offsets(name, moved)
-        return before
+        if apply:
+            self.client.alter_offsets(name, moved)
+        return before, moved
 
     def reset_offsets(self, name: str, *, to_lsn: int | None = None) -> list[dict[str, Any]]:
         """Forget (or with ``to_lsn`` move) the stored position of a STOPPED connector.

@@ -321,8 +321,13 @@ def offsets_group() -> None:
 @click.argument("name")
 @pass_ctx
 def offsets_show(ctx: Context, name: str) -> None:
-    """Print the stored positions as JSON."""
-    click.echo(json.dumps(_connectors(ctx).status(name).offsets, indent=2))
+    """Print the stored positions as JSON (a binlog connector's also in MySQL's terms, beside the
+    server's current position: ``{"offsets": [...], "binlog": {"stored": ..., "server": ...}}``)."""
+    st = _connectors(ctx).status(name)
+    if st.binlog is not None:
+        click.echo(json.dumps({"offsets": st.offsets, "binlog": st.binlog}, indent=2, default=str))
+        return
+    click.echo(json.dumps(st.offsets, indent=2))
 
 
 @offsets_group.command("reset")
@@ -372,10 +377,6 @@ def _reset_binlog(connectors, name: str, to_position: str | None, to_gtid: str |
     current = connectors.status(name)
     if current.binlog is None:
         fail(f"connector {name} does not read a binlog: use --to-lsn")
-    new = {**({"file": position[0], "pos": position[1]} if position else {}), **({"gtids": to_gtid} if to_gtid else {})}
-    plan = {"connector": name, "state": current.state, "current": current.offsets, "new": new}
-    if not execute:
-        click.echo(json.dumps({**plan, "applied": False}, indent=2))
-        return
-    connectors.reset_binlog_offsets(name, to_position=position, to_gtid=to_gtid)
-    click.echo(json.dumps({**plan, "applied": True}, indent=2))
+    before, after = connectors.reset_binlog_offsets(name, to_position=position, to_gtid=to_gtid, apply=execute)
+    click.echo(json.dumps({"connector": name, "state": current.state, "current": before, "new": after,
+                           "applied": execute}, indent=2))
