@@ -17,14 +17,23 @@ current one (``SHOW MASTER STATUS`` / ``SHOW BINARY LOG STATUS`` and
 a file purged by ``binlog_expire_logs_seconds`` before the connector read it is a gap
 the connector cannot cross (it fails and says so).
 
-**Ids of changes.** Debezium's source block names each row change by its event's
-``file`` and ``pos`` and the ``row`` within the event, and the transaction's ``gtid``.
-The GTID alone names a transaction, not a change (every row of it carries the same
-GTID, and one transaction may change one row twice), so a change's message id is the
-GTID with the event position and row: the same change read twice gets the same id; no
-two changes share one, even across servers (``file``/``pos`` restart on every server,
-GTIDs do not). A copy re-sent from *another* server after a failover (new coordinates)
-would get a new id: the processed-ID table catches copies from one server's log.
+**Ids of changes** (file + position + row, with the GTID in front). Debezium's source
+block names each row change by its event's ``file`` and ``pos`` and the ``row`` within
+that event, and carries the transaction's ``gtid``. A change's message id is
+``<table>:<gtid>:<file>:<pos>:<row>:<op>:<key>``:
+
+* **file + pos + row is what makes it unique and repeatable.** ``row`` counts rows
+  within one binlog *event*, and a transaction has many events (one per statement and
+  table), so "GTID + row" would give the first row of every statement of a transaction
+  the same id; the event's index within its transaction is in Connect's offset, not in
+  the change event. The same change read twice (a Connect crash, a rewind with ``offsets
+  reset``) comes from the same event of the same file: the same id.
+* **The GTID is in front** so that ids stay distinct across servers (file names and
+  positions start over on every server; GTIDs do not) and so that an id says which
+  transaction it came from.
+* The price: a copy re-read from *another* server after a failover (same GTID, other
+  file/position) gets another id, so the processed-ID table catches copies from one
+  server's log, not across a switch of primaries.
 """
 
 from __future__ import annotations

@@ -199,6 +199,9 @@ def binlog_connector_config(spec: CdcSpec, dsn: str, bootstrap: str, *, connecto
     if spec.outbox:
         raise ValueError("the outbox through the binlog is not supported on MySQL yet: use the relay "
                          "(streams relay), or give tables")
+    if spec.snapshot == "incremental":
+        raise ValueError("snapshot mode 'incremental' (a signal table) is PostgreSQL-only here: on MySQL use "
+                         "initial, when_needed, no_data or always")
     config: dict[str, Any] = {
         "connector.class": connector_class,
         "tasks.max": "1",

@@ -185,11 +185,14 @@ class CdcConnectors:
         replication = self.settings.topic_replication_factor or -1  # -1: the brokers' default
         dsn = database or self.settings.dsn
         if is_mysql_url(dsn):
-            return binlog_connector_config(
-                self.resolve(spec), dsn, self.settings.bootstrap_servers, connector_class=binlog_connector_class(dsn),
-                replication_factor=replication,
-                partitions=self.settings.topic_partitions if "partitions" not in spec.model_fields_set
-                else spec.partitions)
+            try:
+                return binlog_connector_config(
+                    self.resolve(spec), dsn, self.settings.bootstrap_servers,
+                    connector_class=binlog_connector_class(dsn), replication_factor=replication,
+                    partitions=self.settings.topic_partitions if "partitions" not in spec.model_fields_set
+                    else spec.partitions)
+            except ValueError as exc:
+                raise CdcError(f"cannot capture {_redacted(dsn)}: {exc}") from None
         return connector_config(self.resolve(spec), database or self.settings.dsn, replication_factor=replication,
                                 partitions=self.settings.topic_partitions if "partitions" not in spec.model_fields_set
                                 else spec.partitions)
