@@ -102,26 +102,6 @@ CREATE INDEX IF NOT EXISTS {index} ON {table} (processed_at);
 #: what a database that does not answer raises (psycopg, its pool's timeout; asyncmy and PyMySQL)
 DatabaseUnavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError, *_mysql.connection_errors())
 
-#: PostgreSQL states of a server going away (admin / crash shutdown, cannot connect now)
-_PG_GONE = ("57P01", "57P02", "57P03")
-#: MySQL server errors of a connection going away (shutdown in progress, connection killed, disconnected)
-_MYSQL_GONE = (1053, 1927, 4031)
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database is out of reach (a lost or refused connection, a pool
-    timeout), not that the statement or transaction failed (a deadlock, a lock or statement
-    timeout are :data:`DatabaseUnavailable` classes too, and stay the attempt's failure)."""
-    if isinstance(exc, psycopg.OperationalError):
-        state = exc.sqlstate
-        return state is None or state.startswith("08") or state in _PG_GONE
-    if not isinstance(exc, DatabaseUnavailable):
-        return False
-    if isinstance(exc, ConnectionError) or type(exc).__name__ == "InterfaceError":
-        return True  # the socket, or the driver's "connection is closed"
-    code = exc.args[0] if exc.args else None
-    return not isinstance(code, int) or 2000 <= code < 3000 or code in _MYSQL_GONE  # CR_*: the client's own
-
 
 class AlreadyProcessed(StreamsError):
     """The message's id is already in the processed-messages table: its effect is done.

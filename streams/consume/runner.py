@@ -39,7 +39,7 @@ from streams import tracing
 from streams.consume import waiting
 from streams.consume.dedup import DEAD_LETTERED, HANDLED
 from streams.consume.delivery import Delivery
-from streams.consume.effects import AlreadyProcessed, DatabaseUnavailable, is_outage
+from streams.consume.effects import AlreadyProcessed, DatabaseUnavailable
 from streams.consume.gap_guard import GapGuard
 from streams.consume.headers import Origin, headers_dict, origin_of, record_origin
 from streams.consume.outputs import AttemptOutputs, staging
@@ -243,7 +243,6 @@ class HandlerRunner:
         attempts = origin.attempts_before
         first_failure = origin.first_failure
         tries_here = 0
-        outages = 0
         while True:
             if sinks:
                 await self._wait_for_sinks(origin)
@@ -269,19 +268,6 @@ class HandlerRunner:
                 await waiting.wait(exc.retry_after, pause=self.sink_pause, why=f"{spec.name}: {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001 - a handler error must not stop the partition
-                if effects is not None and is_outage(exc):
-                    # the effects database went away during the attempt (its transaction rolled back):
-                    # the database's failure, not the message's: wait for it, no attempt used
-                    attempts -= 1
-                    tries_here -= 1
-                    outages += 1
-                    delay = min(30.0, 0.5 * 2 ** min(outages, 6))
-                    self._count("effects_unavailable", origin)
-                    why = f"{spec.name}: the effects database is unavailable ({str(exc).strip()[:200]})"
-                    log.warning("%s during %s %s; %s[%d]@%d waits %.1fs and tries again", why, envelope.message_type,
-                                envelope.message_id, origin.topic, origin.partition, origin.offset, delay)
-                    await waiting.wait(delay, pause=self.sink_pause, why=why)
-                    continue
                 # every guard hears of the failure (a list, not a short-circuiting generator)
                 if sinks and any([guard.on_failure(exc) for guard in sinks]):  # noqa: C419
                     # the downstream's failure, not the message's: it waits for recovery, no attempt used
