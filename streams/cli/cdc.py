@@ -334,9 +334,11 @@ def offsets_show(ctx: Context, name: str) -> None:
 @click.argument("name")
 @click.option("--to-lsn", default=None, help="Move to this LSN (0/1A2B3C or an integer) instead of forgetting.")
 @click.option("--to-position", default=None, metavar="FILE:POS",
-              help="MySQL / MariaDB: move to this binlog file and position (the GTID set is dropped).")
+              help="MySQL / MariaDB: move to this binlog file and position, where a transaction begins (MariaDB: "
+                   "the server's GTID set there is stored with it; MySQL: the GTID set is dropped).")
 @click.option("--to-gtid", default=None, metavar="GTID_SET",
-              help="MySQL / MariaDB: resume after the transactions of this GTID set (MariaDB 0-1-42, MySQL uuid:1-42).")
+              help="MySQL / MariaDB: resume after the transactions of this GTID set (MariaDB 0-1-42, MySQL uuid:1-42; "
+                   "MariaDB: the file and position move to where the next transaction begins).")
 @click.option("--execute", is_flag=True, help="Apply (the connector must be stopped: streams cdc stop NAME).")
 @pass_ctx
 def offsets_reset(ctx: Context, name: str, to_lsn: str | None, to_position: str | None, to_gtid: str | None,
@@ -345,7 +347,8 @@ def offsets_reset(ctx: Context, name: str, to_lsn: str | None, to_position: str 
 
     Without --to-lsn the position is forgotten: on resume the connector starts as a new
     one (a snapshot if its snapshot mode takes one, then the log from the slot). The slot
-    never goes back: a position before its confirmed LSN is read from there."""
+    never goes back: a position before its confirmed LSN is read from there.
+    A binlog connector (MySQL / MariaDB) moves with --to-position FILE:POS or --to-gtid SET."""
     from streams.cdc.slots import lsn_to_int
 
     connectors = _connectors(ctx)
