@@ -43,6 +43,17 @@ def connect_cluster(servers: Servers) -> Iterator[LocalConnectCluster]:
         cluster.down()
 
 
+def leader_port(cluster: LocalConnectCluster) -> int | None:
+    """The REST port of the group's leader, as the workers' logs last said it (Connect's REST API
+    does not tell)."""
+    import re
+
+    found = [(m.group(1), int(m.group(2))) for node in cluster.nodes if node.log_file.exists()
+             for m in re.finditer(r"^\[([^\]]+)\] INFO .*Joined group .*leader='connect-127\.0\.0\.1:(\d+)-",
+                                  node.log_file.read_text(errors="replace"), re.M)]
+    return max(found)[1] if found else None
+
+
 def _source(request, database: str):
     """(the test's CDC helper on the cluster, its module: Writer, changes, per_key, wait_effects)."""
     if database == "postgresql":
@@ -89,6 +100,7 @@ def test_the_task_moves_to_the_surviving_worker_and_every_change_is_handled_once
         wait_for(lambda: sum(run(end_offsets(iso.settings, topic)).values()) >= 800, 120,
                  what="Connect has sent 800 changes")
         sent_at_kill = sum(run(end_offsets(iso.settings, topic)).values())
+        was_leader = leader_port(connect_cluster) == connect_cluster.nodes[runs_on].port
         connect_cluster.kill(runs_on)
         killed = time.monotonic()
         assert thread.is_alive(), "the kill must land while the database is still being written"
@@ -114,7 +126,8 @@ def test_the_task_moves_to_the_surviving_worker_and_every_change_is_handled_once
         records = [r for r in run(read_topic(iso.settings, topic)) if r.value is not None]
         assert not [r for r in records if json.loads(r.value)["op"] == "r"], "resumed from the stored position"
         redelivered = len(records) - writer.total
-        print(f"\n[failover {database}] worker {runs_on} (of 2) SIGKILLed after {sent_at_kill} records: task RUNNING on "
+        print(f"\n[failover {database}] worker {runs_on} (of 2, {'the' if was_leader else 'not the'} group leader) "
+              f"SIGKILLed after {sent_at_kill} records: task RUNNING on "
               f"worker {1 - runs_on} after {took_move:.1f}s, changes flowing again after {took_flow:.1f}s; "
               f"{len(records)} change records for {writer.total} changes ({redelivered} re-delivered, dropped as "
               f"copies); {len(rows)} effects, each once")
