@@ -39,6 +39,7 @@ test: $(STAMP)
 	bash scripts/ensure-deb.sh $${STREAMS_CHROMIUM:-/usr/bin/chromium} chromium fonts-dejavu-core  # the dashboard's browser test
 	bash scripts/ensure-deb.sh $${STREAMS_SSHD:-/usr/sbin/sshd} openssh-server openssh-sftp-server   # the SFTP server of batch tests
 	bash scripts/ensure-deb.sh /usr/bin/sftp openssh-client   # OpenSSH's sftp client: partners' uploads in batch tests
+	bash scripts/ensure-deb.sh $${STREAMS_MARIADBD:-/usr/sbin/mariadbd} mariadb-server   # MariaDB: the MySQL dialect's tests
 	bash scripts/ensure-deb.sh $${STREAMS_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}/rabbitmq-server rabbitmq-server  # RabbitMQ of the broker tests
 	bash scripts/ensure-deb.sh $${STREAMS_REDIS_SERVER:-/usr/bin/redis-server} redis-server  # Redis of the broker tests
 	@# the end-to-end tier; on a first run, the tests needing a tool still being built run last, once it is ready

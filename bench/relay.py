@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.relay [--rows 50000] [--relays 1,2,4] [--rate 1000 --seconds 30]
     .venv/bin/python -m bench.relay --relays 2 --seconds 0 --repeat 3 --baseline /tmp/before   # paired runs
     .venv/bin/python -m bench.relay --relays 2 --seconds 0 --profile                          # where time goes
+    .venv/bin/python -m bench.relay --databases postgresql,mariadb                            # MariaDB beside it
 
 Starts its own Kafka broker and PostgreSQL server (free ports, data in a temp dir)
 and stops them at the end. Relays run as separate ``streams relay`` processes
@@ -59,12 +60,15 @@ import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.latency import latencies_ms, percentiles, steady_writes  # noqa: E402
+from streams import mysql  # noqa: E402
 from streams.dev.kafka import LocalKafka  # noqa: E402
+from streams.dev.mariadb import LocalMariaDB  # noqa: E402
 from streams.dev.postgres import LocalPostgres  # noqa: E402
 from streams.dev.process import free_port  # noqa: E402
 from streams.dev.worker import WorkerProcess  # noqa: E402
 from streams.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
 from streams.messages.envelope import event  # noqa: E402
+from streams.outbox import mysql_schema  # noqa: E402
 from streams.outbox.schema import migrate  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
@@ -152,6 +156,7 @@ class Bench:
         self.kafka = LocalKafka(data_dir=workdir / "kafka", cache_dir=ROOT / ".streams" / "cache",
                                 port=free_port(), controller_port=free_port())
         self.postgres = LocalPostgres(root=workdir / "postgres", port=free_port())
+        self.mariadb = LocalMariaDB(workdir / "mariadb", free_port())
         self.run_id = datetime.now().strftime("%H%M%S")
 
     def settings(self, db: str) -> Settings:
@@ -195,6 +200,55 @@ class Bench:
                              command=[sys.executable, "-m", "streams.cli", "relay", "--name", label],
                              ready_marker=f"relay {label} started")
         return proc
+
+    # --- throughput on MariaDB (--databases ...,mariadb) --------------------
+    def throughput_mariadb(self, relays: int, rows: int) -> ThroughputResult:
+        """The same run on MariaDB: rows inserted with ``executemany`` in chunks of 2,000 (through the
+        outbox's key-lock trigger), the relays of this checkout; rows/s, peak RSS and relay CPU."""
+        import uuid
+
+        name = f"tpm{relays}"
+        conn = mysql.connect(self.mariadb.url)
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cur.execute(f"CREATE DATABASE `{name}`")
+        conn.close()
+        settings = Settings(kafka_bootstrap=self.kafka.bootstrap, home=self.workdir / "home",
+                            database_url=self.mariadb.url.rsplit("/", 1)[0] + f"/{name}")
+        topic = f"{TOPIC}.mariadb.tp{relays}.{time.monotonic_ns()}"
+        asyncio.run(ensure_topics(settings, [TopicSpec(topic, PARTITIONS)]))
+        conn = mysql.connect(settings.dsn)
+        mysql_schema.migrate(conn, TABLE)
+        columns = "(message_id, message_type, topic, `key`, payload, occurred_at)"
+        with conn.cursor() as cur:
+            for start in range(0, rows, 2000):
+                cur.executemany(f"INSERT INTO {TABLE} {columns} VALUES (%s, 'Ping', %s, %s, %s, UTC_TIMESTAMP(6))",
+                                [(str(uuid.uuid4()), topic, f"key-{g % 1000}", json.dumps({"n": g, "note": "x" * 200}))
+                                 for g in range(start + 1, min(start + 2000, rows) + 1)])
+            cur.execute(f"ANALYZE TABLE {TABLE}")
+            cur.fetchall()
+        procs = [self.relay(settings, f"tp-mariadb{relays}-{i}") for i in range(relays)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.wait_ready(60)
+        started = time.monotonic()
+        cpu_ready = sum(cpu_seconds(p.started_pid) for p in procs)
+        with conn.cursor() as cur:
+            while True:
+                cur.execute(f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE status <> 'done')")
+                if not cur.fetchone()[0]:
+                    break
+                time.sleep(0.1)
+        seconds = time.monotonic() - started
+        conn.close()
+        rss = max(peak_rss_mib(p.started_pid) for p in procs)
+        cpu = sum(cpu_seconds(p.started_pid) for p in procs) - cpu_ready
+        for p in procs:
+            p.stop()
+        return ThroughputResult(relays, rows, round(seconds, 2), round(rows / seconds), round(rss, 1),
+                                relay_cpu_us_per_row=round(cpu * 1e6 / rows, 1), build="this checkout, MariaDB",
+                                load_1m=round(os.getloadavg()[0], 2))
 
     # --- throughput -------------------------------------------------------
     def throughput(self, relays: int, rows: int, code: Path = ROOT, build: str = "this checkout") -> ThroughputResult:
@@ -329,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="pg_stat_statements and py-spy (relay 0) on every throughput run.")
     parser.add_argument("--profile-seconds", type=float, default=6.0, help="How long py-spy samples relay 0.")
+    parser.add_argument("--databases", default="postgresql",
+                        help="Databases of the throughput runs: postgresql, mariadb (this checkout's relays only).")
     args = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
     builds: list[tuple[Path, str]] = [(ROOT, "this checkout")]
@@ -340,14 +396,22 @@ def main(argv: list[str] | None = None) -> int:
                       batch_size=args.batch_size)
         bench.kafka.up()
         bench.postgres.up()
+        databases = {d.strip() for d in args.databases.split(",") if d.strip()}
+        if "mariadb" in databases:
+            bench.mariadb.up()
         try:
             if args.profile:
                 bench.with_pg_stat_statements()
             tps = [bench.throughput(int(k), args.rows, code, build)
-                   for _ in range(args.repeat) for k in args.relays.split(",") for code, build in builds]
+                   for _ in range(args.repeat) for k in args.relays.split(",") for code, build in builds
+                   if "postgresql" in databases]
+            if "mariadb" in databases:
+                tps += [bench.throughput_mariadb(int(k), args.rows) for _ in range(args.repeat)
+                        for k in args.relays.split(",")]
             if args.seconds > 0:
                 lats = [bench.latency(args.rate, args.seconds, code, build) for code, build in builds]
         finally:
+            bench.mariadb.down()
             bench.postgres.down()
             bench.kafka.down()
     print(f"\nOutbox relay throughput ({args.rows:,} pending rows, 1,000 keys, batch {args.batch_size}, status mode)")

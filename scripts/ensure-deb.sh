@@ -4,8 +4,9 @@
 # Installs the packages with apt-get when PROGRAM is missing and we are root; otherwise says what to
 # install and exits non-zero. Used by `make test` for chromium (the dashboard's browser test) and
 # OpenSSH's sshd (the batch-transfer tests' SFTP server; the package's own service is not used) and its
-# sftp client (the batch tests upload partners' files with it), RabbitMQ and Redis (the broker tests;
-# the packages' own services are not started: the harness runs private servers, streams/dev/).
+# sftp client (the batch tests upload partners' files with it), MariaDB's mariadbd (the MySQL dialect's
+# tests), RabbitMQ and Redis (the broker tests; the packages' own services are not started: the
+# harness runs private servers, streams/dev/).
 set -euo pipefail
 PROGRAM=$1
 shift

@@ -402,7 +402,7 @@ class StreamsApp:
         return tuple(message_types)
 
     def effects(self, **options: Any) -> Effects:
-        """The app's processed-messages table in PostgreSQL (``STREAMS_DATABASE_URL``), for
+        """The app's processed-messages table in ``STREAMS_DATABASE_URL`` (PostgreSQL, or MySQL / MariaDB), for
         handlers declared with ``effects=`` (one per app; ``options`` go to
         :class:`~streams.consume.effects.Effects` the first time)."""
         if self._effects is None:

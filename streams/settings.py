@@ -10,8 +10,11 @@ Two settings switch from the project's own local services to existing ones:
 * ``STREAMS_KAFKA_BOOTSTRAP`` — bootstrap servers of an existing Kafka cluster.
   Unset: the project starts and uses its own single-node broker
   (``streams dev kafka up``) on ``127.0.0.1:STREAMS_LOCAL_KAFKA_PORT``.
-* ``STREAMS_DATABASE_URL`` — a PostgreSQL URL. Unset: the project starts and
-  uses its own embedded PostgreSQL on ``127.0.0.1:STREAMS_LOCAL_POSTGRES_PORT``.
+* ``STREAMS_DATABASE_URL`` — a PostgreSQL URL, or a ``mysql://`` (``mariadb://``)
+  URL of a MySQL 8 / MariaDB server: the URL's scheme chooses the dialect of the
+  outbox, the relay and the effects table (:attr:`Settings.database_dialect`).
+  Unset: the project starts and uses its own embedded PostgreSQL on
+  ``127.0.0.1:STREAMS_LOCAL_POSTGRES_PORT``.
 """
 
 from __future__ import annotations
@@ -117,11 +120,16 @@ class Settings(BaseSettings):
 
     # --- PostgreSQL -------------------------------------------------------
     database_url: SecretStr | None = Field(
-        None, description="postgresql://user:pass@host:port/db of an existing server. Unset: embedded."
+        None, description="postgresql://user:pass@host:port/db of an existing server, or mysql://user:pass@host:port/db "
+        "of a MySQL 8 / MariaDB server (the scheme chooses the dialect). Unset: embedded PostgreSQL."
     )
     local_postgres_port: int = Field(55432, ge=1, le=65535,
                                      description="Port of the local PostgreSQL (`streams dev postgres up`).")
     local_postgres_database: str = Field("streams", description="Database the local PostgreSQL creates and the app uses.")
+    local_mariadb_port: int = Field(3307, ge=1, le=65535,
+                                    description="Port of the local MariaDB (`streams dev mariadb up`).")
+    local_mariadb_database: str = Field("streams", pattern=r"^[A-Za-z0-9_]{1,64}$",
+                                        description="Database the local MariaDB creates.")
 
     # --- SFTP (batch file transfer) ----------------------------------------
     sftp_host: str | None = Field(
@@ -330,8 +338,8 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        if not re.match(r"^postgres(ql)?://", value.get_secret_value()):
-            raise ValueError("expected a postgresql://user:password@host:port/database URL")
+        if not re.match(r"^(postgres(ql)?|mysql|mariadb)://", value.get_secret_value()):
+            raise ValueError("expected a postgresql:// or mysql://user:password@host:port/database URL")
         return value
 
     @field_validator("rabbitmq_url")
@@ -422,6 +430,13 @@ class Settings(BaseSettings):
     def uses_local_postgres(self) -> bool:
         """True when no external database is configured and the embedded one is used."""
         return self.database_url is None
+
+    @property
+    def database_dialect(self) -> Literal["postgresql", "mysql"]:
+        """``mysql`` for a ``mysql://`` / ``mariadb://`` URL (MySQL 8, MariaDB), else ``postgresql``."""
+        if self.database_url is not None and re.match(r"^(mysql|mariadb)://", self.database_url.get_secret_value()):
+            return "mysql"
+        return "postgresql"
 
     @property
     def dsn(self) -> str:

@@ -118,6 +118,30 @@ def sftp_server():
 
 
 @pytest.fixture(scope="session")
+def mariadb():
+    """The project's own MariaDB server (binlog ROW + GTIDs) on a free port, started on first use in
+    this test process and stopped at its end; each test takes a database of its own
+    (:func:`isolated_mysql`). ``STREAMS_TEST_MYSQL_URL`` (a server's URL with a user allowed to
+    create databases) makes the tests use an existing MySQL 8 / MariaDB server instead."""
+    from types import SimpleNamespace
+
+    from streams.dev.mariadb import LocalMariaDB
+
+    external = os.environ.get("STREAMS_TEST_MYSQL_URL")
+    if external:
+        yield SimpleNamespace(url=external, server=None)
+        return
+    SESSION_HOME.mkdir(parents=True, exist_ok=True)
+    server = LocalMariaDB(SESSION_HOME / "mariadb", free_port())
+    took = server.up()
+    print(f"\n[mariadb] {server.url} ({took:.1f}s)")
+    try:
+        yield SimpleNamespace(url=server.url, server=server)
+    finally:
+        server.down()
+
+
+@pytest.fixture(scope="session")
 def rabbitmq() -> Iterator[BrokerServer]:
     """The AMQP URL of this test process's RabbitMQ: the project's own node (Debian's
     rabbitmq-server) on free ports, started on first use and stopped at the end, or the one
@@ -155,6 +179,15 @@ def redis_server() -> Iterator[BrokerServer]:
         yield BrokerServer(server.url, server)
     finally:
         server.down()
+
+
+@pytest.fixture
+def isolated_mysql(servers: Servers, mariadb, request, tmp_path: Path) -> Iterator[Isolated]:
+    """:func:`isolated` with its database on MariaDB (``STREAMS_DATABASE_URL=mysql://…``)."""
+    from tests.mysql_helpers import mysql_isolation
+
+    with mysql_isolation(servers, mariadb.url, artifact_name(request.node.name), tmp_path) as iso:
+        yield iso
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streams.cdc.values import RowConverter
 from streams.errors import DecodeError, DecodeReason
@@ -89,12 +89,28 @@ class SourcePosition(BaseModel):
     connector: str | None = None
     name: str | None = Field(None, description="The connector's topic prefix.")
     db: str | None = None
-    schema_name: str = Field(alias="schema")
+    schema_name: str | None = Field(None, alias="schema", description="PostgreSQL's schema (MySQL has none: the db).")
     table: str
     lsn: int | None = Field(None, description="Log sequence number of the change (PostgreSQL).")
     tx_id: int | None = Field(None, alias="txId")
+    file: str | None = Field(None, description="Binlog file of the change's event (MySQL / MariaDB).")
+    pos: int | None = Field(None, description="Byte position of the change's event in the binlog file.")
+    row: int | None = Field(None, description="The row's index within its binlog event.")
+    gtid: str | None = Field(None, description="GTID of the change's transaction (MySQL / MariaDB).")
+    server_id: int | None = Field(None, description="Id of the server that wrote the event.")
     ts_ms: int | None = Field(None, description="Commit time in the database, ms since the epoch.")
     snapshot: str | None = Field(None, description="true/first/last/... while snapshotting, else false.")
+
+    @model_validator(mode="after")
+    def _names_its_table(self) -> "SourcePosition":
+        if self.schema_name is None and self.db is None:
+            raise ValueError("the source block names no schema (PostgreSQL) or db (MySQL)")
+        return self
+
+    @property
+    def qualified_table(self) -> str:
+        """``schema.table`` (PostgreSQL) or ``database.table`` (MySQL / MariaDB)."""
+        return f"{self.schema_name if self.schema_name is not None else self.db}.{self.table}"
 
     @property
     def in_snapshot(self) -> bool:
@@ -135,12 +151,16 @@ def change_message_type(table: str) -> str:
 def change_message_id(table: str, source: SourcePosition, op: Operation, key: Any, row: Any = None) -> str:
     """The deterministic id of a change: the same change delivered twice gets the same id.
 
-    A change from the log: table, LSN, transaction id, operation, key. A snapshot read:
+    A change from the log: table, LSN, transaction id, operation, key (from a binlog: table, GTID,
+    the event's file and position, the row's index in the event, operation, key; see
+    :mod:`streams.cdc.binlog` for why). A snapshot read:
     table, key and the row read — a snapshot Debezium starts over after a crash reads
     the rows again at a new LSN, and an unchanged row must still be recognised."""
     name = table if len(table) <= 120 else table[:100] + "~" + hashlib.sha256(table.encode()).hexdigest()[:12]
     if op is Operation.READ:
         return f"cdc:{name}:r:{_digest(key)}:{_digest(row)}"
+    if source.file is not None:  # the binlog: the transaction's GTID, the event's place, the row in it
+        return f"cdc:{name}:{source.gtid or '-'}:{source.file}:{source.pos}:{source.row}:{op.value}:{_digest(key)}"
     return f"cdc:{name}:{source.lsn}:{source.tx_id}:{op.value}:{_digest(key)}"
 
 
@@ -203,7 +223,7 @@ class ChangeDecoder:
         except (ValueError, OverflowError, OSError) as exc:  # a commit time no clock can show
             raise DecodeError(DecodeReason.NOT_CHANGE_EVENT, f"the change event's commit time ts_ms="
                               f"{source.ts_ms} is out of range ({_short(exc)})") from None
-        table = f"{source.schema_name}.{source.table}"
+        table = source.qualified_table
         message_type = change_message_type(table)
         if table not in self.tables:
             raise DecodeError(DecodeReason.UNKNOWN_TABLE,

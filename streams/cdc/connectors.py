@@ -1,4 +1,5 @@
-"""What ``streams cdc`` does: connectors on Kafka Connect plus their slots in PostgreSQL.
+"""What ``streams cdc`` does: connectors on Kafka Connect plus their slots in PostgreSQL
+(or, for a ``mysql://`` database, the binary log's positions: :mod:`streams.cdc.binlog`).
 
 :class:`CdcConnectors` joins the two sides a CDC connector has — its config and tasks
 on Connect, its replication slot and publication in the database — so that
@@ -16,9 +17,16 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 
+from streams.cdc import binlog, signals
 from streams.cdc import outbox as outbox_mode
-from streams.cdc import signals
-from streams.cdc.config import POSTGRES_CONNECTOR, CdcSpec, connector_config
+from streams.cdc.config import (
+    MARIADB_CONNECTOR,
+    MYSQL_CONNECTOR,
+    POSTGRES_CONNECTOR,
+    CdcSpec,
+    binlog_connector_config,
+    connector_config,
+)
 from streams.cdc.connect_api import PAUSED, RUNNING, STOPPED, ConnectClient, ConnectError
 from streams.cdc.slots import (
     SlotError,
@@ -55,6 +63,9 @@ class ConnectorStatus:
     slot: SlotInfo | None
     #: Debezium's stored source positions (Connect's offsets)
     offsets: list[dict[str, Any]] = field(default_factory=list)
+    #: a binlog connector's positions in MySQL's terms: ``stored`` (Connect's), ``server`` (the
+    #: server's current end), ``stored_file_kept`` (the stored file is still on the server); else None
+    binlog: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -87,7 +98,7 @@ class ConnectorStatus:
         read the log from its ``slot``'s confirmed position (``no_data`` without a position)."""
         if self.snapshot_mode == "always":
             return "snapshot"
-        if resume_lsn(self.offsets) is not None:
+        if resume_lsn(self.offsets) is not None or (self.binlog is not None and self.binlog.get("stored")):
             return "resume"
         return "snapshot" if starts_over_without_position({"snapshot.mode": self.snapshot_mode}) else "slot"
 
@@ -103,6 +114,8 @@ class Created:
     waited: float
     #: what the checks of the captured tables found worth saying (see :func:`streams.cdc.tables.check_keys`)
     warnings: list[str] = field(default_factory=list)
+    #: a binlog connector's stored position (file, pos, gtids) a restart resumes from; None if none in time
+    resume_binlog: dict[str, Any] | None = None
 
 
 def resume_lsn(offsets: list[dict[str, Any]]) -> int | None:
@@ -170,6 +183,16 @@ class CdcConnectors:
     def config(self, spec: CdcSpec, database: str | None = None) -> dict[str, str]:
         """The Debezium config the framework generates for ``spec``."""
         replication = self.settings.topic_replication_factor or -1  # -1: the brokers' default
+        dsn = database or self.settings.dsn
+        if is_mysql_url(dsn):
+            try:
+                return binlog_connector_config(
+                    self.resolve(spec), dsn, self.settings.bootstrap_servers,
+                    connector_class=binlog_connector_class(dsn), replication_factor=replication,
+                    partitions=self.settings.topic_partitions if "partitions" not in spec.model_fields_set
+                    else spec.partitions)
+            except ValueError as exc:
+                raise CdcError(f"cannot capture {_redacted(dsn)}: {exc}") from None
         return connector_config(self.resolve(spec), database or self.settings.dsn, replication_factor=replication,
                                 partitions=self.settings.topic_partitions if "partitions" not in spec.model_fields_set
                                 else spec.partitions)
@@ -192,6 +215,8 @@ class CdcConnectors:
         spec = self.resolve(spec)
         config = self.config(spec, database)
         dsn = database or self.settings.dsn
+        if is_mysql_url(dsn):
+            return self._create_binlog(spec, config, dsn, timeout, position_timeout)
         warnings: list[str] = []
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
@@ -248,6 +273,63 @@ class CdcConnectors:
         lsn = self.wait_for_position(spec.name, position_timeout) if wait else None
         return Created(config, lsn, time.monotonic() - started, warnings)
 
+    def _create_binlog(self, spec: CdcSpec, config: dict[str, str], dsn: str, timeout: float,
+                       position_timeout: float) -> Created:
+        """:meth:`create` for a MySQL / MariaDB database: the binlog and the user's privileges are
+        checked first (each problem said, with the GRANT to run), and keyless tables need key columns."""
+        from streams import mysql
+
+        try:
+            conn = mysql.connect(dsn, connect_timeout=10)
+        except mysql.connection_errors() as exc:
+            raise CdcError(f"MySQL at {_redacted(dsn)} does not answer: {exc}") from None
+        try:
+            problems = binlog.check_binlog(conn)
+            missing = binlog.missing_privileges(conn)
+            keys = binlog.table_primary_keys(conn, spec.tables)
+        finally:
+            conn.close()
+        if missing:
+            user = config["database.user"]
+            problems.append(f"the user {user!r} lacks {', '.join(missing)}, which Debezium's binlog connector needs: "
+                            f"GRANT {', '.join(binlog.REQUIRED_PRIVILEGES)} ON *.* TO '{user}'@'<its host>'")
+        for table, columns in keys.items():
+            if columns == [] and table not in spec.key_columns:
+                problems.append(f"table {table} has no primary key: its change events would have no record key, so "
+                                f"copies of one change could land on different partitions and be handled twice. "
+                                f"Declare the columns that identify a row: --key-columns {table}:<column>[,...]")
+        if problems:
+            raise CdcError("cannot capture this database:\n  " + "\n  ".join(problems))
+        if config["connector.class"] not in self.client.plugins():
+            raise CdcError(f"Kafka Connect at {self.client.url} has no {config['connector.class']} plugin")
+        self._create_on_connect(spec.name, config, timeout)
+        started = time.monotonic()
+        position = None
+        if position_timeout > 0 and starts_over_without_position(config):
+            deadline = started + position_timeout
+            while (position := binlog.stored_position(self.client.offsets(spec.name))) is None:
+                if time.monotonic() >= deadline:
+                    break
+                self.client.wait_for(spec.name, RUNNING, 30)  # raises with the trace if the task failed
+                time.sleep(0.5)
+        return Created(config, None, time.monotonic() - started, [], position)
+
+    def _create_on_connect(self, name: str, config: dict[str, str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.create(name, config)
+                break
+            except ConnectError as exc:
+                if exc.status != 409:
+                    raise
+                if self.client.exists(name):
+                    raise CdcError(f"a connector named {name!r} already exists (streams cdc status {name})") from None
+                if time.monotonic() > deadline:  # 409 also means "the workers are rebalancing"
+                    raise
+                time.sleep(1)
+        self.client.wait_for(name, RUNNING, timeout)
+
     def wait_for_position(self, name: str, timeout: float) -> int | None:
         """Until Connect has stored a position the connector resumes from (its LSN), or None
         after ``timeout`` seconds; a failed task ends the wait with its error."""
@@ -275,6 +357,8 @@ class CdcConnectors:
         """Connector and task state, slot lag, stored positions."""
         st = self.client.status(name)
         config = self.client.config(name)
+        if config.get("connector.class") in (MARIADB_CONNECTOR, MYSQL_CONNECTOR):
+            return self._binlog_status(name, st, config)
         slot_name = config.get("slot.name", "debezium")
         slot = None
         outbox = "outbox" in (config.get("transforms") or "").split(",")
@@ -300,6 +384,35 @@ class CdcConnectors:
             slot_name=slot_name, publication=config.get("publication.name"), topic_prefix=config.get("topic.prefix"),
             tables=config.get("table.include.list"), outbox=outbox, snapshot_mode=config.get("snapshot.mode", "initial"),
             slot=slot, offsets=offsets)
+
+    def _binlog_status(self, name: str, st: dict[str, Any], config: dict[str, str]) -> ConnectorStatus:
+        from streams import mysql
+
+        offsets = [{"partition": item.get("partition"), "offset": dict(item.get("offset") or {})}
+                   for item in self.client.offsets(name)]
+        stored = binlog.stored_position(offsets)
+        info: dict[str, Any] = {"stored": stored, "server": None, "stored_file_kept": None}
+        try:
+            conn = mysql.connect(binlog_dsn(self.settings, config), connect_timeout=10)
+            try:
+                server = binlog.server_position(conn)
+                info["server"] = server.as_dict()
+                if stored:
+                    info["stored_file_kept"] = stored["file"] in binlog.binary_logs(conn)
+                    if stored["file"] == server.file and server.pos is not None:
+                        info["bytes_behind"] = server.pos - int(stored["pos"])
+            finally:
+                conn.close()
+        except mysql.connection_errors():
+            pass
+        return ConnectorStatus(
+            name=name, state=st["connector"]["state"],
+            tasks=[{"id": t["id"], "state": t["state"], "worker": t.get("worker_id"),
+                    "error": (t.get("trace") or "").strip().splitlines()[0] if t.get("trace") else None}
+                   for t in st.get("tasks", [])],
+            slot_name=None, publication=None, topic_prefix=config.get("topic.prefix"),
+            tables=config.get("table.include.list"), outbox=False, snapshot_mode=config.get("snapshot.mode", "initial"),
+            slot=None, offsets=offsets, binlog=info)
 
     def names(self) -> list[str]:
         return self.client.connectors()
@@ -332,6 +445,14 @@ class CdcConnectors:
         ``requeue_seconds`` are made pending again: the relay sends them, and consumers
         drop those the connector had already sent (same message_id). See :meth:`_drain`."""
         config = self.client.config(name)
+        if config.get("connector.class") in (MARIADB_CONNECTOR, MYSQL_CONNECTOR):
+            # no slot: the server keeps its binlog by its own expiry; a later connector of the same name must
+            # not resume from this one's position
+            self.client.stop(name)
+            self.client.wait_for(name, STOPPED, 60)
+            self.client.reset_offsets(name)
+            self.client.delete(name)
+            return {"connector": name, "schema_history_topic": config.get("schema.history.internal.kafka.topic")}
         dsn = connector_dsn(self.settings, config)
         slot = config.get("slot.name", "debezium")
         publication = config.get("publication.name")
@@ -413,6 +534,62 @@ class CdcConnectors:
     def offsets(self, name: str) -> list[dict[str, Any]]:
         return self.client.offsets(name)
 
+    def reset_binlog_offsets(self, name: str, *, to_position: tuple[str, int] | None = None,
+                             to_gtid: str | None = None, apply: bool = True) -> tuple[list[dict[str, Any]],
+                                                                                     list[dict[str, Any]]]:
+        """Move a STOPPED binlog connector's stored position; returns the offsets (before, after).
+        ``apply=False`` only plans (any state).
+
+        ``to_position``: a binlog file and byte position (the start of an event; the GTID set
+        is dropped, so the connector reads from there by file and position). ``to_gtid``: resume
+        after the transactions of a GTID set. Debezium's MariaDB connector positions its
+        binlog client by the stored file and position as well as the set, so on MariaDB the
+        file and position are moved with it, to where the first transaction after the set
+        begins (:func:`streams.cdc.binlog.mariadb_gtid_start`); both names then agree."""
+        from streams import mysql
+
+        state, _ = self.client.state(name)
+        if apply and state != STOPPED:
+            raise CdcError(f"connector {name} is {state}; offsets change only on a stopped connector: "
+                           f"streams cdc stop {name}")
+        before = self.client.offsets(name)
+        if not before:
+            raise CdcError(f"connector {name} has no stored position to move")
+        config = self.client.config(name)
+        target: tuple[str, int] | None = to_position
+        gtids = to_gtid
+        mariadb = config.get("connector.class") == MARIADB_CONNECTOR
+        conn = mysql.connect(binlog_dsn(self.settings, config), connect_timeout=10)
+        try:
+            logs = binlog.binary_logs(conn)
+            if to_position is not None and to_position[0] not in logs:
+                raise CdcError(f"the server has no binlog file {to_position[0]!r} (it has {', '.join(logs)})")
+            try:
+                if mariadb and to_position is not None and to_gtid is None:
+                    gtids = binlog.mariadb_gtids_at(conn, *to_position)
+                elif mariadb and to_gtid is not None and to_position is None:
+                    start = binlog.mariadb_gtid_start(conn, to_gtid)
+                    assert start.file is not None and start.pos is not None
+                    target = (start.file, start.pos)
+            except ValueError as exc:
+                raise CdcError(str(exc)) from None
+        finally:
+            conn.close()
+        moved = []
+        for item in before:
+            offset = {k: v for k, v in (item.get("offset") or {}).items()
+                      if k not in ("snapshot", "snapshot_completed", "event", "row")}
+            if target is not None:
+                offset.update({"file": target[0], "pos": target[1]})
+            if gtids is not None:
+                offset["gtids"] = gtids
+            elif to_position is not None:
+                offset.pop("gtids", None)
+            moved.append({"partition": item["partition"], "offset": offset})
+        if apply:
+            self.client.alter_offsets(name, moved)
+        return before, moved
+
     def reset_offsets(self, name: str, *, to_lsn: int | None = None) -> list[dict[str, Any]]:
         """Forget (or with ``to_lsn`` move) the stored position of a STOPPED connector.
 
@@ -436,6 +613,36 @@ class CdcConnectors:
                 moved.append({"partition": item["partition"], "offset": offset})
             self.client.alter_offsets(name, moved)
         return before
+
+
+def is_mysql_url(dsn: str) -> bool:
+    from streams.mysql import is_mysql_url as check
+
+    return check(dsn)
+
+
+def binlog_connector_class(dsn: str) -> str:
+    """Debezium's MariaDB connector for a MariaDB server, its MySQL connector for MySQL (MariaDB's
+    when the server cannot be asked)."""
+    from streams import mysql
+
+    try:
+        conn = mysql.connect(dsn, connect_timeout=5)
+    except mysql.connection_errors():
+        return MARIADB_CONNECTOR
+    try:
+        return MARIADB_CONNECTOR if binlog.is_mariadb(conn) else MYSQL_CONNECTOR
+    finally:
+        conn.close()
+
+
+def binlog_dsn(settings: Settings, config: dict[str, str]) -> str:
+    """The ``mysql://`` URL of the database a binlog connector reads, from its config."""
+    auth = quote(config.get("database.user", "root"), safe="")
+    if config.get("database.password"):
+        auth += ":" + quote(config["database.password"], safe="")
+    database = config.get("database.include.list", "").split(",")[0]
+    return f"mysql://{auth}@{config.get('database.hostname', '127.0.0.1')}:{config.get('database.port', '3306')}/{database}"
 
 
 def connect_url(settings: Settings) -> str:

@@ -30,7 +30,7 @@ class CdcGroup(click.Group):
 
 @click.group("cdc", cls=CdcGroup)
 def cdc() -> None:
-    """Change data capture: Debezium's PostgreSQL connector on Kafka Connect (STREAMS_CONNECT_URL)."""
+    """Change data capture: Debezium's PostgreSQL, MariaDB and MySQL connectors on Kafka Connect (STREAMS_CONNECT_URL)."""
 
 
 def _connectors(ctx: Context):
@@ -112,6 +112,9 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
 
     created = connectors.create(spec, database=database_url, reuse_slot=reuse_slot, position_timeout=wait_position)
     resolved = connectors.resolve(spec)
+    if created.config.get("database.server.id"):  # a binlog connector (MySQL / MariaDB)
+        _print_binlog_created(spec.name, resolved.prefix, created, wait_position)
+        return
     console.print(f"connector {spec.name} is RUNNING — slot {resolved.slot_name}, publication "
                   f"{resolved.publication_name}, topics {resolved.prefix}.<schema>.<table>"
                   + (" (the outbox's rows now go through the log)" if spec.outbox else ""), highlight=False)
@@ -131,6 +134,22 @@ def create_cmd(ctx: Context, name: str | None, spec_file: Path | None, tables: t
                       f"{wait_position:.0f}s (its offset.flush.interval.ms?); until it does, a Connect crash makes "
                       f"the connector start over with a new snapshot. Check: streams cdc status {spec.name}",
                       highlight=False)
+
+
+def _print_binlog_created(name: str, prefix: str, created, wait_position: float) -> None:
+    config = created.config
+    console.print(f"connector {name} is RUNNING — {config['connector.class'].rsplit('.', 1)[1]} reading the binlog as "
+                  f"replica {config['database.server.id']}, topics {prefix}.<database>.<table>, schema history "
+                  f"{config['schema.history.internal.kafka.topic']}", highlight=False)
+    if created.resume_binlog is not None:
+        where = created.resume_binlog
+        console.print(f"position stored after {created.waited:.1f}s: a restart resumes from binlog "
+                      f"{where['file']}:{where['pos']}" + (f" (GTID set {where['gtids']})" if where.get("gtids") else ""),
+                      highlight=False)
+    elif wait_position > 0 and config.get("snapshot.mode") in ("initial", "when_needed"):
+        console.print(f"[yellow]warning:[/] Connect has stored no position after the snapshot within "
+                      f"{wait_position:.0f}s; until it does, a Connect crash makes the connector start over with a "
+                      f"new snapshot. Check: streams cdc status {name}", highlight=False)
 
 
 def _key_columns(given: tuple[str, ...]) -> dict[str, list[str]]:
@@ -157,6 +176,12 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
             click.echo(json.dumps(st.as_dict(), default=str))
             continue
         slot = st.slot
+        if st.binlog is not None:
+            stored = st.binlog.get("stored") or {}
+            table.add_row(name, st.state, ", ".join(t["state"] for t in st.tasks) or "-",
+                          f"binlog {stored.get('file', '-')}:{stored.get('pos', '-')}",
+                          _bytes(st.binlog.get("bytes_behind")) if "bytes_behind" in st.binlog else "-", "-")
+            continue
         table.add_row(name, st.state, ", ".join(t["state"] for t in st.tasks) or "-",
                       f"{st.slot_name} ({'active' if slot and slot.active else 'inactive' if slot else 'missing'})",
                       _bytes(slot.lag_bytes) if slot else "-", _bytes(slot.retained_bytes) if slot else "-")
@@ -181,6 +206,10 @@ def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
     for t in st.tasks:
         table.add_row(f"task {t['id']}", t["state"] + (f" — {t['error']}" if t.get("error") else ""))
     table.add_row("captures", "the outbox (rows handed to the log)" if st.outbox else str(st.tables))
+    if st.binlog is not None:
+        _binlog_rows(table, st)
+        console.print(table)
+        return
     table.add_row("topics", f"{st.topic_prefix}.<schema>.<table>")
     table.add_row("publication", str(st.publication))
     if st.slot is None:
@@ -206,6 +235,32 @@ def status_cmd(ctx: Context, name: str, as_json: bool) -> None:
         "slot": f"reads the log from the slot's confirmed position (snapshot mode {st.snapshot_mode})",
     }[st.on_restart])
     console.print(table)
+
+
+def _binlog_rows(table: Table, st) -> None:
+    """A binlog connector's positions, in MySQL's terms, beside the server's."""
+    info = st.binlog
+    table.add_row("topics", f"{st.topic_prefix}.<database>.<table>")
+    stored, server = info.get("stored"), info.get("server")
+    if stored:
+        kept = {True: "", False: " — THIS FILE IS NO LONGER ON THE SERVER (purged): the connector cannot resume",
+                None: ""}[info.get("stored_file_kept")]
+        table.add_row("stored position", f"binlog {stored['file']}:{stored['pos']} (event {stored.get('event') or 0}, "
+                                         f"row {stored.get('row') or 0}){kept}")
+        table.add_row("stored GTID set", str(stored.get("gtids") or "none (a server without GTIDs)"))
+    else:
+        table.add_row("stored position", "none yet")
+    if server:
+        table.add_row("server now", f"binlog {server['file']}:{server['pos']}, GTID set {server['gtids']}")
+        if "bytes_behind" in info:
+            table.add_row("behind", f"{_bytes(info['bytes_behind'])} of binlog not yet stored as sent")
+    else:
+        table.add_row("server now", "the database does not answer")
+    table.add_row("a restart", {
+        "resume": "resumes from the stored position" + (" (by its GTID set)" if stored and stored.get("gtids") else ""),
+        "snapshot": f"takes the snapshot again (snapshot mode {st.snapshot_mode})",
+        "slot": f"reads the binlog from the server's current position (snapshot mode {st.snapshot_mode})",
+    }[st.on_restart])
 
 
 def _bytes(n: int | None) -> str:
@@ -266,24 +321,40 @@ def offsets_group() -> None:
 @click.argument("name")
 @pass_ctx
 def offsets_show(ctx: Context, name: str) -> None:
-    """Print the stored positions as JSON."""
-    click.echo(json.dumps(_connectors(ctx).status(name).offsets, indent=2))
+    """Print the stored positions as JSON (a binlog connector's also in MySQL's terms, beside the
+    server's current position: ``{"offsets": [...], "binlog": {"stored": ..., "server": ...}}``)."""
+    st = _connectors(ctx).status(name)
+    if st.binlog is not None:
+        click.echo(json.dumps({"offsets": st.offsets, "binlog": st.binlog}, indent=2, default=str))
+        return
+    click.echo(json.dumps(st.offsets, indent=2))
 
 
 @offsets_group.command("reset")
 @click.argument("name")
 @click.option("--to-lsn", default=None, help="Move to this LSN (0/1A2B3C or an integer) instead of forgetting.")
+@click.option("--to-position", default=None, metavar="FILE:POS",
+              help="MySQL / MariaDB: move to this binlog file and position, where a transaction begins (MariaDB: "
+                   "the server's GTID set there is stored with it; MySQL: the GTID set is dropped).")
+@click.option("--to-gtid", default=None, metavar="GTID_SET",
+              help="MySQL / MariaDB: resume after the transactions of this GTID set (MariaDB 0-1-42, MySQL uuid:1-42; "
+                   "MariaDB: the file and position move to where the next transaction begins).")
 @click.option("--execute", is_flag=True, help="Apply (the connector must be stopped: streams cdc stop NAME).")
 @pass_ctx
-def offsets_reset(ctx: Context, name: str, to_lsn: str | None, execute: bool) -> None:
+def offsets_reset(ctx: Context, name: str, to_lsn: str | None, to_position: str | None, to_gtid: str | None,
+                  execute: bool) -> None:
     """Plan (and with --execute apply) a reset of NAME's stored position.
 
     Without --to-lsn the position is forgotten: on resume the connector starts as a new
     one (a snapshot if its snapshot mode takes one, then the log from the slot). The slot
-    never goes back: a position before its confirmed LSN is read from there."""
+    never goes back: a position before its confirmed LSN is read from there.
+    A binlog connector (MySQL / MariaDB) moves with --to-position FILE:POS or --to-gtid SET."""
     from streams.cdc.slots import lsn_to_int
 
     connectors = _connectors(ctx)
+    if to_position or to_gtid:
+        _reset_binlog(connectors, name, to_position, to_gtid, execute)
+        return
     try:
         target = None if to_lsn is None else (lsn_to_int(to_lsn) if "/" in to_lsn else int(to_lsn))
     except ValueError:
@@ -296,3 +367,19 @@ def offsets_reset(ctx: Context, name: str, to_lsn: str | None, execute: bool) ->
         return
     connectors.reset_offsets(name, to_lsn=target)
     click.echo(json.dumps({**plan, "applied": True}, indent=2))
+
+
+def _reset_binlog(connectors, name: str, to_position: str | None, to_gtid: str | None, execute: bool) -> None:
+    position = None
+    if to_position:
+        file, sep, pos = to_position.rpartition(":")
+        if not sep or not file or not pos.isdigit():
+            raise click.BadParameter(f"{to_position!r}: expected FILE:POS (mysql-bin.000003:1472)",
+                                     param_hint="--to-position")
+        position = (file, int(pos))
+    current = connectors.status(name)
+    if current.binlog is None:
+        fail(f"connector {name} does not read a binlog: use --to-lsn")
+    before, after = connectors.reset_binlog_offsets(name, to_position=position, to_gtid=to_gtid, apply=execute)
+    click.echo(json.dumps({"connector": name, "state": current.state, "current": before, "new": after,
+                           "applied": execute}, indent=2))

@@ -15,7 +15,7 @@ from streams.settings import Settings
 # --- dev services ------------------------------------------------------------------
 @click.group("dev")
 def dev() -> None:
-    """Local development services: a real Kafka broker, PostgreSQL, SFTP, RabbitMQ and Redis servers."""
+    """Local development services: a real Kafka broker, PostgreSQL, MariaDB, SFTP, RabbitMQ and Redis servers."""
 
 
 def _service_commands(group: click.Group, name: str, factory) -> None:
@@ -23,11 +23,14 @@ def _service_commands(group: click.Group, name: str, factory) -> None:
     @click.option("--brokers", type=click.IntRange(1, 5), default=None,
                   help="Kafka only: nodes of the local cluster (3: replication factor 3, min.insync.replicas 2); "
                        "recorded, so later commands find the cluster.") if name == "kafka" else (lambda f: f)
+    @click.option("--workers", type=click.IntRange(1, 5), default=None,
+                  help="Connect only: workers of one distributed group (REST ports STREAMS_LOCAL_CONNECT_PORT + i); "
+                       "recorded, so later commands find them.") if name == "connect" else (lambda f: f)
     @pass_ctx
-    def up(ctx: Context, brokers: int | None = None) -> None:
+    def up(ctx: Context, brokers: int | None = None, workers: int | None = None) -> None:
         """Start it (no-op if it already runs); wait until it answers."""
         settings = ctx.settings if brokers is None else ctx.settings.model_copy(update={"local_kafka_brokers": brokers})
-        svc = factory(settings)
+        svc = factory(settings) if workers is None else factory(settings, workers)
         took = svc.up()
         state = "already running" if took == 0 else f"started in {took:.1f}s"
         console.print(f"{name}: {state} — {json.dumps(svc.status())}", highlight=False)
@@ -75,6 +78,17 @@ def _postgres(settings: Settings):
     return LocalPostgres.from_settings(settings)
 
 
+@dev.group("mariadb")
+def dev_mariadb() -> None:
+    """The project's MariaDB server (Debian's mariadb-server; binlog ROW + GTIDs): the MySQL dialect."""
+
+
+def _mariadb(settings: Settings):
+    from streams.dev.mariadb import LocalMariaDB
+
+    return LocalMariaDB.from_settings(settings)
+
+
 @dev.group("sftp")
 def dev_sftp() -> None:
     """The project's SFTP server (OpenSSH sshd, key authentication, SFTP only) for batch transfer."""
@@ -90,14 +104,18 @@ def _sftp(settings: Settings):
 
 @dev.group("connect")
 def dev_connect() -> None:
-    """The project's Kafka Connect worker (distributed mode) with Debezium's PostgreSQL connector."""
+    """The project's Kafka Connect worker (distributed mode; `up --workers 2`: a cluster of two) with Debezium's
+    PostgreSQL, MariaDB and MySQL connectors."""
 
 
-def _connect(settings: Settings):
-    from streams.dev.connect import LocalConnect
+def _connect(settings: Settings, workers: int | None = None):
+    from streams.dev.connect import LocalConnect, LocalConnectCluster, recorded_workers
 
     if settings.connect_url:
         raise ServiceError(f"STREAMS_CONNECT_URL is set ({settings.connect_url}): no local Connect worker is managed")
+    size = workers if workers is not None else recorded_workers(settings.home_path / "connect") or 1
+    if size > 1:
+        return LocalConnectCluster.from_settings(settings, size)
     return LocalConnect.from_settings(settings)
 
 
@@ -145,6 +163,7 @@ _service_commands(dev_kafka, "kafka", _kafka)
 _service_commands(dev_connect, "connect", _connect)
 _service_commands(dev_sftp, "sftp", _sftp)
 _service_commands(dev_postgres, "postgres", _postgres)
+_service_commands(dev_mariadb, "mariadb", _mariadb)
 _service_commands(dev_rabbitmq, "rabbitmq", _rabbitmq)
 _service_commands(dev_redis, "redis", _redis)
 

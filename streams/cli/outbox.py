@@ -19,6 +19,14 @@ log = logging.getLogger("streams.relay")
 
 
 def _connect(settings):
+    if settings.database_dialect == "mysql":
+        from streams import mysql
+        from streams.settings import redact_url
+
+        try:
+            return mysql.connect(settings.dsn)
+        except mysql.connection_errors() as exc:
+            fail(f"MySQL at {redact_url(settings.dsn)} does not answer: {exc}")
     try:
         return psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
@@ -36,11 +44,25 @@ def outbox() -> None:
 @pass_ctx
 def migrate_cmd(ctx: Context) -> None:
     """Create or update the outbox table, its indexes and triggers (idempotent)."""
+    _migrate(ctx.settings)
+    console.print(f"outbox table {ctx.settings.outbox_table!r} is ready")
+
+
+def _migrate(settings) -> None:
+    """The outbox table of ``settings``' database (PostgreSQL or MySQL / MariaDB)."""
+    if settings.database_dialect == "mysql":
+        from streams.outbox.mysql_schema import migrate as migrate_mysql
+
+        conn = _connect(settings)
+        try:
+            migrate_mysql(conn, settings.outbox_table)
+        finally:
+            conn.close()
+        return
     from streams.outbox.schema import migrate
 
-    with _connect(ctx.settings) as conn:
-        migrate(conn, ctx.settings.outbox_table)
-    console.print(f"outbox table {ctx.settings.outbox_table!r} is ready")
+    with _connect(settings) as conn:
+        migrate(conn, settings.outbox_table)
 
 
 @outbox.command("status")
@@ -48,11 +70,12 @@ def migrate_cmd(ctx: Context) -> None:
 @pass_ctx
 def status_cmd(ctx: Context, as_json: bool) -> None:
     """Pending, oldest pending age, parked (failed) rows, publish rate, rows waiting for a topic."""
+    from streams import mysql
     from streams.outbox.stats import outbox_stats
 
     try:
         stats = asyncio.run(outbox_stats(ctx.settings))
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, *mysql.connection_errors()) as exc:  # type: ignore[misc]
         fail(f"cannot read the outbox: {str(exc).strip()}")
     if as_json:
         click.echo(json.dumps(stats.to_dict(), indent=2, default=str))
@@ -149,6 +172,17 @@ def purge_cmd(ctx: Context) -> None:
     from streams.outbox.relay import purge_done
 
     async def go() -> int:
+        if ctx.settings.database_dialect == "mysql":
+            from streams import mysql
+            from streams.outbox import mysql_relay
+
+            conn = await mysql.connect_async(ctx.settings.dsn)
+            try:
+                purge = (mysql_relay.purge_below_pointer if ctx.settings.relay_mode == "pointer"
+                         else mysql_relay.purge_done)
+                return await purge(conn, ctx.settings)
+            finally:
+                await mysql.close_async(conn)
         async with await psycopg.AsyncConnection.connect(ctx.settings.dsn, autocommit=True) as conn:
             purge = purge_below_pointer if ctx.settings.relay_mode == "pointer" else purge_done
             return await purge(conn, ctx.settings)
@@ -174,8 +208,6 @@ def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool, g
     from streams.outbox.gates import HeldTopics, parse_gate
     from streams.outbox.pointer import PointerRelay
     from streams.outbox.relay import Relay, RelayError
-    from streams.outbox.schema import migrate as do_migrate
-
     settings = ctx.settings
     if mode:
         settings = settings.model_copy(update={"relay_mode": mode})
@@ -184,9 +216,14 @@ def relay_cmd(ctx: Context, mode: str | None, name: str | None, migrate: bool, g
     except ValueError as exc:
         fail(str(exc), 2)
     if migrate:
-        with _connect(settings) as conn:
-            do_migrate(conn, settings.outbox_table)
-    cls = PointerRelay if settings.relay_mode == "pointer" else Relay
+        _migrate(settings)
+    cls: type[Relay]
+    if settings.database_dialect == "mysql":
+        from streams.outbox.mysql_relay import MySqlPointerRelay, MySqlRelay
+
+        cls = MySqlPointerRelay if settings.relay_mode == "pointer" else MySqlRelay
+    else:
+        cls = PointerRelay if settings.relay_mode == "pointer" else Relay
     from streams import tracing
 
     tracing.configure(service_name="streams-relay")

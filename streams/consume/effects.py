@@ -46,6 +46,12 @@ What the framework does:
 * while the database does not answer the lookup, the handler's partitions pause
   and the lookup is tried again: an outage parks nothing and stops no worker.
 
+**MySQL 8 / MariaDB.** With a ``mysql://`` ``STREAMS_DATABASE_URL`` the table lives
+there (:mod:`streams.consume.effects_mysql` holds its SQL): ``delivery.transaction()``
+yields an asyncmy connection from the pool, and the transaction can be given as an
+asyncmy or PyMySQL ``Connection`` or a SQLAlchemy session on a ``mysql+…`` engine.
+Same guarantees, same tests.
+
 The transaction can also be given: ``async with delivery.transaction(aconn)`` (a
 psycopg ``AsyncConnection``), ``with delivery.transaction(conn)`` (a psycopg
 ``Connection``), ``with delivery.transaction(session)`` (a SQLAlchemy 2
@@ -66,6 +72,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from streams import mysql as _mysql
+from streams.consume.effects_mysql import MySqlEffects, in_transaction, is_mysql_connection, is_mysql_session
 from streams.consume.outputs import Output
 from streams.errors import StreamsError
 
@@ -91,8 +99,8 @@ CREATE INDEX IF NOT EXISTS {index} ON {table} (processed_at);
 """
 
 
-#: what a database that does not answer raises (psycopg; its pool's timeout is one too)
-DatabaseUnavailable = psycopg.OperationalError
+#: what a database that does not answer raises (psycopg, its pool's timeout; asyncmy and PyMySQL)
+DatabaseUnavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError, *_mysql.connection_errors())
 
 
 class AlreadyProcessed(StreamsError):
@@ -129,7 +137,8 @@ def capture_output(output: Output) -> bool:
 
 
 class Effects:
-    """The processed-messages table of an app in PostgreSQL, and a small connection pool."""
+    """The processed-messages table of an app in PostgreSQL (or MySQL / MariaDB: the URL's
+    dialect), and a small connection pool."""
 
     def __init__(self, settings: "Settings", *, table: str = DEFAULT_TABLE, retention: float | None = None,
                  pool_size: int = 10) -> None:
@@ -142,6 +151,9 @@ class Effects:
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
         self._schema_ready = False
+        #: the MySQL dialect's statements and pool (None: PostgreSQL)
+        self.mysql = (MySqlEffects(settings.dsn, table, self.retention, pool_size)
+                      if settings.database_dialect == "mysql" else None)
         t = sql.Identifier(table)
         # a row past the retention is taken over; in a forced reprocess, a row written before the
         # reprocess window opened (once: the row then carries a later time, so a second delivery of
@@ -173,6 +185,9 @@ class Effects:
     def migrate_once(self) -> None:
         """:meth:`migrate` once per process, on a short connection of its own (for the
         synchronous transactions, whose connection may be in any state)."""
+        if not self._schema_ready and self.mysql is not None:
+            self.mysql.migrate_sync()
+            self._schema_ready = True
         if not self._schema_ready:
             with psycopg.connect(self.settings.dsn, autocommit=True) as conn:
                 try:
@@ -185,6 +200,10 @@ class Effects:
     async def ensure_schema(self) -> None:
         """Create the table once per process (two workers racing on it is harmless)."""
         if self._schema_ready:
+            return
+        if self.mysql is not None:
+            await self.mysql.ensure_schema()
+            self._schema_ready = True
             return
         pool = await self.pool()
         async with pool.connection() as conn:
@@ -207,6 +226,8 @@ class Effects:
             return self._pool
 
     async def close(self) -> None:
+        if self.mysql is not None:
+            await self.mysql.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -216,6 +237,11 @@ class Effects:
         """When a message was processed and the outputs recorded with it, or None if it was not
         (or its row is past the retention)."""
         await self.ensure_schema()
+        if self.mysql is not None:
+            found = await self.mysql.lookup(consumer, message_id)
+            if found is None:
+                return None
+            return Processed(found[0], [Output.from_json(o) for o in json.loads(found[1] or "[]")])
         pool = await self.pool()
         async with pool.connection() as conn:
             cur = await conn.execute(self._lookup, (consumer, message_id, self.retention))
@@ -227,6 +253,8 @@ class Effects:
     async def purge(self, batch: int = 5000) -> int:
         """Delete rows older than the retention (in batches); returns how many."""
         await self.ensure_schema()
+        if self.mysql is not None:
+            return await self.mysql.purge(batch)
         pool = await self.pool()
         total = 0
         async with pool.connection() as conn:
@@ -271,6 +299,7 @@ class EffectTransaction:
         self.outputs: list[Output] = []
         self._token: Any = None
         self._stack: list[Any] = []
+        self._params: dict[str, Any] = {}  # MySQL: the attempt's claim parameters
 
     def _row(self) -> tuple:
         return (self.consumer, self.message_id, *self.where, self.reprocess_since, self.effects.retention)
@@ -292,6 +321,8 @@ class EffectTransaction:
         conn = self.conn
         if _is_sqlalchemy(conn):
             return await self._enter_async_session(conn)
+        if effects.mysql is not None:
+            return await self._enter_mysql(conn)
         await effects.ensure_schema()
         if conn is None:
             pool = await effects.pool()
@@ -324,6 +355,32 @@ class EffectTransaction:
         await self._unwind(exc_type, exc, tb)
         return False
 
+    async def _enter_mysql(self, conn: Any) -> Any:
+        """An asyncmy connection (given, or from the pool) in a transaction that starts with the row."""
+        effects = self.effects
+        assert effects.mysql is not None
+        if conn is not None and not is_mysql_connection(conn):
+            raise TypeError(f"the effects table is in MySQL: give an asyncmy connection, not {type(conn).__name__}")
+        await effects.ensure_schema()
+        if conn is None:
+            cm = effects.mysql.connection()
+            conn = await cm.__aenter__()
+            self._stack.append(("pool", cm))
+        try:
+            if not in_transaction(conn):
+                await conn.begin()
+                self._stack.append(("tx", _MySqlTransaction(conn)))
+            self._params = effects.mysql.claim_params(self.consumer, self.message_id, self.where,
+                                                      self.reprocess_since)
+            if not await effects.mysql.claim_async(conn, self._params):
+                raise AlreadyProcessed(self.consumer, self.message_id)
+        except BaseException as exc:
+            await self._unwind(type(exc), exc, exc.__traceback__)
+            raise
+        self._conn = conn
+        self._start_capture()
+        return conn
+
     async def _unwind(self, exc_type: Any, exc: Any, tb: Any) -> None:
         while self._stack:
             _, cm = self._stack.pop()
@@ -339,9 +396,17 @@ class EffectTransaction:
             self._stack.append(("tx", tx))
         self._conn = session
         try:
-            statement, named = _named(self.effects.insert_sql, self._row())
-            if (await session.execute(text(statement), named)).first() is None:
-                raise AlreadyProcessed(self.consumer, self.message_id)
+            if self.effects.mysql is not None and is_mysql_session(session):
+                my = self.effects.mysql
+                self._params = my.claim_params(self.consumer, self.message_id, self.where, self.reprocess_since)
+                await session.execute(text(my.named(my.claim_sql)), self._params)
+                owner = (await session.execute(text(my.named(my.owner_sql)), self._params)).first()
+                if owner is None or owner[0] != self._params["attempt"]:
+                    raise AlreadyProcessed(self.consumer, self.message_id)
+            else:
+                statement, named = _named(self.effects.insert_sql, self._row())
+                if (await session.execute(text(statement), named)).first() is None:
+                    raise AlreadyProcessed(self.consumer, self.message_id)
         except BaseException as exc:
             await self._unwind(type(exc), exc, exc.__traceback__)
             raise
@@ -349,6 +414,14 @@ class EffectTransaction:
         return session
 
     async def _execute_async(self, query: Any, params: tuple) -> Any:
+        if self.effects.mysql is not None:  # the outputs, MySQL's statement
+            my = self.effects.mysql
+            values = {**self._params, "outputs": params[0]}
+            if _is_sqlalchemy(self._conn):
+                from sqlalchemy import text
+
+                return await self._conn.execute(text(my.named(my.outputs_sql)), values)
+            return await _mysql.execute(self._conn, my.outputs_sql, values)
         if _is_sqlalchemy(self._conn):
             from sqlalchemy import text
 
@@ -364,6 +437,8 @@ class EffectTransaction:
                             "SQLAlchemy Session; use `async with delivery.transaction()` otherwise")
         if _is_sqlalchemy(conn):
             return self._enter_session(conn)
+        if self.effects.mysql is not None:
+            return self._enter_mysql_sync(conn)
         self.effects.migrate_once()
         tx = conn.transaction()
         tx.__enter__()
@@ -388,12 +463,41 @@ class EffectTransaction:
                 raise
         self._unwind_sync(exc_type, exc, tb)
 
+    def _enter_mysql_sync(self, conn: Any) -> Any:
+        my = self.effects.mysql
+        assert my is not None
+        if not is_mysql_connection(conn):
+            raise TypeError(f"the effects table is in MySQL: give a PyMySQL connection, not {type(conn).__name__}")
+        self.effects.migrate_once()
+        try:
+            if not in_transaction(conn):
+                conn.begin()
+                self._stack.append(("tx", _MySqlTransaction(conn)))
+            self._params = my.claim_params(self.consumer, self.message_id, self.where, self.reprocess_since)
+            if not my.claim_sync(conn, self._params):
+                raise AlreadyProcessed(self.consumer, self.message_id)
+        except BaseException as exc:
+            self._unwind_sync(type(exc), exc, exc.__traceback__)
+            raise
+        self._conn = conn
+        self._start_capture()
+        return conn
+
     def _unwind_sync(self, exc_type: Any, exc: Any, tb: Any) -> None:
         while self._stack:
             _, cm = self._stack.pop()
             cm.__exit__(exc_type, exc, tb)
 
     def _execute_sync(self, query: Any, params: tuple) -> Any:
+        if self.effects.mysql is not None:  # the outputs, MySQL's statement
+            my = self.effects.mysql
+            values = {**self._params, "outputs": params[0]}
+            if _is_sqlalchemy(self._conn):
+                from sqlalchemy import text
+
+                return self._conn.execute(text(my.named(my.outputs_sql)), values)
+            with self._conn.cursor() as cur:
+                return cur.execute(my.outputs_sql, values)
         if _is_sqlalchemy(self._conn):
             from sqlalchemy import text
 
@@ -411,14 +515,48 @@ class EffectTransaction:
             self._stack.append(("tx", tx))
         self._conn = session
         try:
-            statement, named = _named(self.effects.insert_sql, self._row())
-            if session.execute(text(statement), named).first() is None:
-                raise AlreadyProcessed(self.consumer, self.message_id)
+            if self.effects.mysql is not None and is_mysql_session(session):
+                my = self.effects.mysql
+                self._params = my.claim_params(self.consumer, self.message_id, self.where, self.reprocess_since)
+                session.execute(text(my.named(my.claim_sql)), self._params)
+                owner = session.execute(text(my.named(my.owner_sql)), self._params).first()
+                if owner is None or owner[0] != self._params["attempt"]:
+                    raise AlreadyProcessed(self.consumer, self.message_id)
+            else:
+                statement, named = _named(self.effects.insert_sql, self._row())
+                if session.execute(text(statement), named).first() is None:
+                    raise AlreadyProcessed(self.consumer, self.message_id)
         except BaseException as exc:
             self._unwind_sync(type(exc), exc, exc.__traceback__)
             raise
         self._start_capture()
         return session
+
+
+class _MySqlTransaction:
+    """The transaction the framework began on an asyncmy / PyMySQL connection: committed at a clean
+    exit, rolled back otherwise (``__aexit__`` for asyncmy, ``__exit__`` for PyMySQL)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            await self.conn.commit()
+        else:
+            try:
+                await self.conn.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection rolls back on the server
+                pass
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.conn.commit()
+        else:
+            try:
+                self.conn.rollback()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _is_sqlalchemy(conn: Any) -> bool:

@@ -1,17 +1,27 @@
-"""The project's Kafka Connect worker (distributed mode) with Debezium's PostgreSQL connector.
+"""The project's Kafka Connect worker (distributed mode) with Debezium's PostgreSQL and MariaDB connectors.
 
 ``streams dev connect up`` resolves, once, with Maven into ``<home>/cache``:
 
 * the Connect worker: ``org.apache.kafka:connect-runtime``, ``connect-json``,
   ``connect-transforms`` at the broker's version, plus the log4j2 backend;
-* Debezium's PostgreSQL connector (``io.debezium:debezium-connector-postgres``,
-  Kafka's own jars excluded) into its own folder under ``plugin.path``;
+* Debezium's PostgreSQL connector (``io.debezium:debezium-connector-postgres``) and its
+  binlog connectors for MariaDB (``debezium-connector-mariadb``) and MySQL
+  (``debezium-connector-mysql``), one Debezium version for all (the newest Maven Central
+  serves here with its dependencies for all three: 3.5.0.Final), Kafka's own jars
+  excluded, each in its own folder under ``plugin.path`` (Connect isolates plugins per folder);
 
 then starts ``org.apache.kafka.connect.cli.ConnectDistributed`` with its config,
 offsets and status in Kafka topics (``<group>-configs|offsets|status``),
 ``plugin.discovery=service_load`` (2–3 s start instead of 15–19 s), its REST API
 on a local port and its log under ``<home>/connect/``. Ready when the REST API
 lists the Debezium connector class.
+
+``streams dev connect up --workers 2`` starts a cluster instead
+(:class:`LocalConnectCluster`): workers in one group (the same config, offsets and
+status topics), REST ports ``port``, ``port + 1``, …; a worker that dies leaves the
+group after its session times out (``session.timeout.ms``, 10 s) and its connectors and
+tasks go to the survivors after ``scheduled.rebalance.max.delay.ms`` (Connect's default
+is 5 minutes, in case the worker comes back; here ``lost_worker_delay_ms``, 0).
 """
 
 from __future__ import annotations
@@ -24,12 +34,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.cdc.config import POSTGRES_CONNECTOR
+from streams.cdc.config import MARIADB_CONNECTOR, POSTGRES_CONNECTOR
 from streams.cdc.connect_api import ConnectClient, ConnectError
 from streams.dev.kafka import KAFKA_VERSION, LOG4J_VERSION, _require, java_major_version
 from streams.dev.process import ServiceError, file_lock, pid_alive, port_open, read_pid, spawn, tail, terminate
 
-DEBEZIUM_VERSION = "3.4.3.Final"
+DEBEZIUM_VERSION = "3.5.0.Final"
+#: the connectors resolved into the plugin path (artifact ids of group io.debezium)
+DEBEZIUM_CONNECTORS = ("debezium-connector-postgres", "debezium-connector-mariadb", "debezium-connector-mysql")
 _MAIN_CLASS = "org.apache.kafka.connect.cli.ConnectDistributed"
 
 log = logging.getLogger(__name__)
@@ -54,11 +66,11 @@ _WORKER_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 _PLUGIN_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.streams</groupId>
-  <artifactId>debezium-postgres-plugin</artifactId>
+  <artifactId>{artifact}-plugin</artifactId>
   <version>{debezium}</version>
   <packaging>pom</packaging>
   <dependencies>
-    <dependency><groupId>io.debezium</groupId><artifactId>debezium-connector-postgres</artifactId><version>{debezium}</version></dependency>
+    <dependency><groupId>io.debezium</groupId><artifactId>{artifact}</artifactId><version>{debezium}</version></dependency>
   </dependencies>
 </project>
 """
@@ -100,9 +112,10 @@ def resolve_connect(cache_dir: Path, kafka: str = KAFKA_VERSION, debezium: str =
             _mvn_copy(_WORKER_POM.format(kafka=kafka, log4j=LOG4J_VERSION), worker, worker / "lib")
             (worker / ".complete").write_text(kafka + "\n")
         if not (plugins / ".complete").exists():
-            log.info("resolving Debezium %s (PostgreSQL connector) from Maven Central", debezium)
-            _mvn_copy(_PLUGIN_POM.format(debezium=debezium), plugins / "build",
-                      plugins / "debezium-connector-postgres", "-DexcludeGroupIds=org.apache.kafka")
+            for artifact in DEBEZIUM_CONNECTORS:
+                log.info("resolving Debezium %s (%s) from Maven Central", debezium, artifact)
+                _mvn_copy(_PLUGIN_POM.format(debezium=debezium, artifact=artifact), plugins / "build" / artifact,
+                          plugins / artifact, "-DexcludeGroupIds=org.apache.kafka")
             (plugins / ".complete").write_text(debezium + "\n")
     return worker / "lib", plugins
 
@@ -119,6 +132,8 @@ class LocalConnect:
     heap: str = "512m"
     #: how often the worker stores its connectors' source positions (what a crash re-sends)
     offset_flush_ms: int = 1000
+    #: how long the group waits for a lost worker before its connectors and tasks move (cluster mode)
+    lost_worker_delay_ms: int | None = None
 
     @classmethod
     def from_settings(cls, settings) -> "LocalConnect":
@@ -179,6 +194,8 @@ class LocalConnect:
             "plugin.discovery=service_load",
             # topics Debezium writes to are created by Connect with these defaults
             "topic.creation.enable=true",
+            *([] if self.lost_worker_delay_ms is None
+              else [f"scheduled.rebalance.max.delay.ms={self.lost_worker_delay_ms}"]),
         ]) + "\n")
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2)
         return config
@@ -206,7 +223,7 @@ class LocalConnect:
                 raise ServiceError(f"Kafka Connect exited:\n{tail(self.log_file, 40)}")
             if port_open("127.0.0.1", self.port):
                 try:
-                    if POSTGRES_CONNECTOR in self.client(5).plugins():
+                    if {POSTGRES_CONNECTOR, MARIADB_CONNECTOR} <= set(self.client(5).plugins()):
                         return time.monotonic() - started
                 except ConnectError:
                     pass
@@ -226,3 +243,81 @@ class LocalConnect:
         pid = read_pid(self.pid_file)
         if pid is not None and pid_alive(pid, _MAIN_CLASS):
             os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class LocalConnectCluster:
+    """``workers`` Connect workers in distributed mode in one group: ``up``, ``down``, ``status``,
+    ``kill(i)`` (SIGKILL one). Worker ``i`` lives in ``<data_dir>/worker-<i>`` on REST port
+    ``port + i``. The size is recorded in ``<data_dir>/cluster.json`` (later commands find it)."""
+
+    data_dir: Path
+    cache_dir: Path
+    bootstrap: str
+    workers: int = 2
+    port: int = 8083
+    group: str = "streams-connect"
+    offset_flush_ms: int = 1000
+    lost_worker_delay_ms: int = 0
+
+    @classmethod
+    def from_settings(cls, settings, workers: int) -> "LocalConnectCluster":
+        return cls(settings.home_path / "connect", settings.home_path / "cache", settings.bootstrap_servers,
+                   workers=workers, port=settings.local_connect_port)
+
+    @property
+    def nodes(self) -> list[LocalConnect]:
+        return [LocalConnect(self.data_dir / f"worker-{i}", self.cache_dir, self.bootstrap, port=self.port + i,
+                             group=self.group, offset_flush_ms=self.offset_flush_ms,
+                             lost_worker_delay_ms=self.lost_worker_delay_ms) for i in range(self.workers)]
+
+    @property
+    def url(self) -> str:
+        """The REST URL of the first running worker (any worker serves the whole cluster)."""
+        for node in self.nodes:
+            if node.running():
+                return node.url
+        return self.nodes[0].url
+
+    def client(self, timeout: float = 30.0) -> ConnectClient:
+        return ConnectClient(self.url, timeout)
+
+    def running(self) -> bool:
+        return any(node.running() for node in self.nodes)
+
+    def up(self, timeout: float = 120.0) -> float:
+        """Start every worker that is not running; wait until each lists the Debezium connectors."""
+        import json
+
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "cluster.json").write_text(json.dumps({"workers": self.workers}) + "\n")
+        took = [node.up(timeout) for node in self.nodes]
+        return 0.0 if not any(took) else time.monotonic() - started
+
+    def down(self, timeout: float = 30.0) -> bool:
+        stopped = [node.down(timeout) for node in self.nodes]  # every one, not up to the first
+        return any(stopped)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL worker ``index`` (no offset flush, no leaving the group)."""
+        self.nodes[index].kill()
+
+    def worker_index(self, worker_id: str) -> int:
+        """The index of the worker a Connect status names (``127.0.0.1:<port>``)."""
+        return int(worker_id.rsplit(":", 1)[1]) - self.port
+
+    def status(self) -> dict:
+        nodes = [node.status() for node in self.nodes]
+        return {"running": all(n["running"] for n in nodes), "workers": nodes, "group": self.group,
+                "rest": self.url}
+
+
+def recorded_workers(data_dir: Path) -> int | None:
+    """The size ``streams dev connect up --workers N`` recorded (None: a single worker)."""
+    import json
+
+    try:
+        return int(json.loads((data_dir / "cluster.json").read_text())["workers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -54,6 +54,13 @@ def ensure_services(settings: Settings, *, kafka: bool = True, postgres: bool = 
             if took:
                 out.started.append("postgres")
             out.timings["postgres"] = took
+        elif settings.database_dialect == "mysql":
+            from streams import mysql
+
+            try:
+                mysql.connect(settings.dsn).close()
+            except mysql.connection_errors() as exc:
+                raise ServiceError(f"MySQL at {redact_url(settings.dsn)} does not answer: {exc}") from None
         else:
             import psycopg
 

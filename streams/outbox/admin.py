@@ -38,6 +38,23 @@ class RowFilter:
             params["until"] = self.until
         return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")), params
 
+    def where_mysql(self) -> tuple[str, list]:
+        """:meth:`where` for MySQL: a condition with ``%s`` parameters (times as UTC without a zone)."""
+        from datetime import UTC
+
+        parts: list[str] = []
+        params: list = []
+        for column, values in (("id", self.ids), ("message_id", self.message_ids), ("message_type", self.types),
+                               ("topic", self.topics)):
+            if values:
+                parts.append(f"`{column}` IN ({', '.join(['%s'] * len(values))})")
+                params += list(values)
+        for op, moment in ((">=", self.since), ("<", self.until)):
+            if moment is not None:
+                parts.append(f"occurred_at {op} %s")
+                params.append(moment.astimezone(UTC).replace(tzinfo=None))
+        return (" AND ".join(parts) if parts else "TRUE"), params
+
     @property
     def empty(self) -> bool:
         return not (self.ids or self.message_ids or self.types or self.topics or self.since or self.until)
@@ -45,6 +62,8 @@ class RowFilter:
 
 def list_rows(settings: Settings, status: str | None, flt: RowFilter, limit: int = 50) -> list[dict]:
     """Rows (newest first) with their routing and failure columns."""
+    if settings.database_dialect == "mysql":
+        return _list_rows_mysql(settings, status, flt, limit)
     where, params = flt.where()
     if status:
         where = sql.SQL("{} AND status = %(status)s").format(where)
@@ -65,6 +84,8 @@ def retry_parked(settings: Settings, flt: RowFilter) -> int:
 
     Their ``fail_count`` and ``last_error`` stay as a record of what happened; a row parked
     because its topic did not exist waits for it afresh."""
+    if settings.database_dialect == "mysql":
+        return _retry_parked_mysql(settings, flt)
     where, params = flt.where()
     query = sql.SQL(
         "UPDATE {t} SET status = 'pending', next_attempt_at = '-infinity', topic_missing_since = NULL "
@@ -77,3 +98,46 @@ def retry_parked(settings: Settings, flt: RowFilter) -> int:
         if count:
             conn.execute("SELECT pg_notify(%s, '')", (settings.outbox_table,))
         return count
+
+
+_LIST_COLUMNS = ("id", "message_id", "message_type", "topic", "key", "status", "fail_count", "occurred_at",
+                 "processed_at", "failed_at", "last_error", "topic_missing_since")
+
+
+def _list_rows_mysql(settings: Settings, status: str | None, flt: RowFilter, limit: int) -> list[dict]:
+    from datetime import UTC
+
+    from streams import mysql
+
+    where, params = flt.where_mysql()
+    if status:
+        where += " AND status = %s"
+        params.append(status)
+    cols = ", ".join(f"`{c}`" for c in _LIST_COLUMNS)
+    conn = mysql.connect(settings.dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT {cols} FROM `{settings.outbox_table}` WHERE {where} ORDER BY id DESC LIMIT %s",
+                        [*params, limit])
+            rows = [dict(zip(_LIST_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        conn.close()
+    for row in rows:  # UTC, as PostgreSQL's timestamptz reads
+        for column in ("occurred_at", "processed_at", "failed_at", "topic_missing_since"):
+            if row[column] is not None:
+                row[column] = row[column].replace(tzinfo=UTC)
+    return rows
+
+
+def _retry_parked_mysql(settings: Settings, flt: RowFilter) -> int:
+    from streams import mysql
+
+    where, params = flt.where_mysql()
+    conn = mysql.connect(settings.dsn)
+    try:
+        with conn.cursor() as cur:
+            return cur.execute(
+                f"UPDATE `{settings.outbox_table}` SET status = 'pending', next_attempt_at = '1970-01-01', "
+                f"topic_missing_since = NULL WHERE status = 'failed' AND {where}", params)
+    finally:
+        conn.close()

@@ -163,13 +163,17 @@ class Relay:
                 await self._connect()
                 delay = 0.5
                 await self._loop()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except self.connection_errors() as exc:
                 log.warning("database connection lost (%s); reconnecting in %.1fs", describe_error(exc), delay)
                 # let sends already handed to the producer land before our lanes can change hands
                 await self._flush_quietly()
                 await self._disconnect()
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        """What a lost database connection raises (the relay reconnects after it)."""
+        return (psycopg.OperationalError, psycopg.InterfaceError)
 
     @property
     def conn(self) -> psycopg.AsyncConnection:

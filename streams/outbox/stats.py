@@ -62,6 +62,14 @@ FROM {table}
 
 async def outbox_stats(settings: Settings) -> OutboxStats:
     """Figures for the configured outbox (``STREAMS_OUTBOX_TABLE`` in ``STREAMS_DATABASE_URL``)."""
+    if settings.database_dialect == "mysql":
+        from streams import mysql
+
+        conn = await mysql.connect_async(settings.dsn)
+        try:
+            return await read_stats_mysql(conn, settings.outbox_table)
+        finally:
+            await mysql.close_async(conn)
     async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
         return await read_stats(conn, settings.outbox_table)
 
@@ -91,5 +99,50 @@ async def read_stats(conn: psycopg.AsyncConnection, table: str = "streams_outbox
         table=table, exists=True, pending=pending, retrying=row[1], oldest_pending_age_s=round(oldest, 3),
         failed=row[3], done=done, published_last_minute=recent, publish_rate=round(recent / 60.0, 2),
         last_published_at=row[6], pointer=pointers or None,
+        waiting=sum(w["rows"] for w in waiting.values()), waiting_topics=waiting,
+    )
+
+
+_MYSQL_QUERY = """
+SELECT
+  coalesce(sum(status = 'pending'), 0),
+  coalesce(sum(status = 'pending' AND fail_count > 0), 0),
+  coalesce(timestampdiff(MICROSECOND, min(CASE WHEN status = 'pending' THEN occurred_at END), UTC_TIMESTAMP(6)), 0),
+  coalesce(sum(status = 'failed'), 0),
+  coalesce(sum(status = 'done'), 0),
+  coalesce(sum(status = 'done' AND processed_at > UTC_TIMESTAMP(6) - INTERVAL 60 SECOND), 0),
+  max(processed_at)
+FROM `{table}`
+"""
+
+
+async def read_stats_mysql(conn, table: str = "streams_outbox") -> OutboxStats:
+    """:func:`read_stats` on an asyncmy connection to MySQL / MariaDB."""
+    from datetime import UTC
+
+    from streams import mysql
+
+    if not await mysql.fetch(conn, "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                                   "AND table_name = %s", [table]):
+        return OutboxStats(table=table, exists=False)
+    row = (await mysql.fetch(conn, _MYSQL_QUERY.format(table=table)))[0]
+    pointers = {name: int(last) for name, last in await mysql.fetch(conn, f"SELECT name, last_id FROM `{table}_cursor`")}
+    pending, oldest, done = int(row[0]), float(row[2]) / 1e6, int(row[4])
+    waiting: dict[str, dict] = {topic: {"rows": int(n), "since": since.replace(tzinfo=UTC) if since else None}
+               for topic, n, since in await mysql.fetch(
+                   conn, f"SELECT topic, count(*), min(topic_missing_since) FROM `{table}` WHERE status = 'pending' "
+                         "AND topic_missing_since IS NOT NULL GROUP BY topic ORDER BY topic")}
+    if pointers:
+        low = min(pointers.values())
+        above, age, below = (await mysql.fetch(conn, (
+            "SELECT coalesce(sum(id > %s), 0), coalesce(timestampdiff(MICROSECOND, min(CASE WHEN id > %s THEN "
+            f"occurred_at END), UTC_TIMESTAMP(6)), 0), coalesce(sum(id <= %s), 0) FROM `{table}` "
+            "WHERE status = 'pending'"), [low, low, low]))[0]
+        pending, oldest, done = int(above), float(age) / 1e6, done + int(below)
+    recent = int(row[5])
+    return OutboxStats(
+        table=table, exists=True, pending=pending, retrying=int(row[1]), oldest_pending_age_s=round(oldest, 3),
+        failed=int(row[3]), done=done, published_last_minute=recent, publish_rate=round(recent / 60.0, 2),
+        last_published_at=row[6].replace(tzinfo=UTC) if row[6] else None, pointer=pointers or None,
         waiting=sum(w["rows"] for w in waiting.values()), waiting_topics=waiting,
     )

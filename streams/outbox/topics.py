@@ -167,19 +167,10 @@ class TopicWatch:
         return sql.SQL("lane = ANY(%(lanes)s)"), {"lanes": lanes}
 
     async def _still_missing(self, conn: psycopg.AsyncConnection, m: MissingTopic, lanes: list[int] | None) -> None:
-        in_lanes, params = self._lanes(lanes)
-        params |= {"topic": m.topic, "wait": timedelta(seconds=self.settings.relay_missing_topic_wait)}
-        await conn.execute(sql.SQL(
-            "UPDATE {t} SET topic_missing_since = now() WHERE status = 'pending' AND topic = %(topic)s "
-            "AND topic_missing_since IS NULL AND {lanes}").format(t=self.table, lanes=in_lanes), params)
         wait = self.settings.relay_missing_topic_wait
-        params["reason"] = (f"topic {m.topic!r} does not exist (waited {wait:.0f}s: STREAMS_RELAY_MISSING_TOPIC_WAIT); "
-                            f"create it, then `streams outbox retry --topic {m.topic}`")
-        cur = await conn.execute(sql.SQL(
-            "UPDATE {t} SET status = 'failed', failed_at = now(), last_error = %(reason)s "
-            "WHERE status = 'pending' AND topic = %(topic)s AND topic_missing_since <= now() - %(wait)s "
-            "AND {lanes}").format(t=self.table, lanes=in_lanes), params)
-        parked = max(cur.rowcount, 0)
+        reason = (f"topic {m.topic!r} does not exist (waited {wait:.0f}s: STREAMS_RELAY_MISSING_TOPIC_WAIT); "
+                  f"create it, then `streams outbox retry --topic {m.topic}`")
+        parked = await self._stamp_and_park(conn, m.topic, lanes, reason)
         m.parked_since_said += parked
         now = time.monotonic()
         rows, since = await self._waiting(conn, m.topic) if (
@@ -204,21 +195,45 @@ class TopicWatch:
     async def _forget_if_done(self, conn: psycopg.AsyncConnection, m: MissingTopic, lanes: list[int] | None) -> None:
         """Stop watching a topic none of whose rows waits here any more (all parked): a new row
         for it starts a new watch, said again."""
-        in_lanes, params = self._lanes(lanes)
-        cur = await conn.execute(sql.SQL(
-            "SELECT EXISTS (SELECT 1 FROM {t} WHERE status = 'pending' AND topic = %(topic)s AND {lanes})"
-        ).format(t=self.table, lanes=in_lanes), params | {"topic": m.topic})
-        if not first_row(await cur.fetchone())[0]:
+        if not await self._has_pending(conn, m.topic, lanes):
             del self.missing[m.topic]
 
     async def _appeared(self, conn: psycopg.AsyncConnection, m: MissingTopic, lanes: list[int] | None) -> None:
+        released = await self._release(conn, m.topic, lanes)
+        if m.said_at is not None:
+            log.info("topic %r exists now: its %d waiting row(s) flow", m.topic, released)
+
+    # --- the SQL of the book-keeping (PostgreSQL; streams.outbox.mysql_relay has MySQL's) -----------
+    async def _stamp_and_park(self, conn: psycopg.AsyncConnection, topic: str, lanes: list[int] | None,
+                              reason: str) -> int:
+        """Stamp the topic's unstamped pending rows; park those waiting past the bound; returns how many."""
+        in_lanes, params = self._lanes(lanes)
+        params |= {"topic": topic, "wait": timedelta(seconds=self.settings.relay_missing_topic_wait),
+                   "reason": reason}
+        await conn.execute(sql.SQL(
+            "UPDATE {t} SET topic_missing_since = now() WHERE status = 'pending' AND topic = %(topic)s "
+            "AND topic_missing_since IS NULL AND {lanes}").format(t=self.table, lanes=in_lanes), params)
+        cur = await conn.execute(sql.SQL(
+            "UPDATE {t} SET status = 'failed', failed_at = now(), last_error = %(reason)s "
+            "WHERE status = 'pending' AND topic = %(topic)s AND topic_missing_since <= now() - %(wait)s "
+            "AND {lanes}").format(t=self.table, lanes=in_lanes), params)
+        return max(cur.rowcount, 0)
+
+    async def _has_pending(self, conn: psycopg.AsyncConnection, topic: str, lanes: list[int] | None) -> bool:
+        in_lanes, params = self._lanes(lanes)
+        cur = await conn.execute(sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {t} WHERE status = 'pending' AND topic = %(topic)s AND {lanes})"
+        ).format(t=self.table, lanes=in_lanes), params | {"topic": topic})
+        return bool(first_row(await cur.fetchone())[0])
+
+    async def _release(self, conn: psycopg.AsyncConnection, topic: str, lanes: list[int] | None) -> int:
+        """Clear the stamps of the topic's waiting rows; returns how many."""
         in_lanes, params = self._lanes(lanes)
         cur = await conn.execute(sql.SQL(
             "UPDATE {t} SET topic_missing_since = NULL WHERE status = 'pending' AND topic = %(topic)s "
             "AND topic_missing_since IS NOT NULL AND {lanes}").format(t=self.table, lanes=in_lanes),
-            params | {"topic": m.topic})
-        if m.said_at is not None:
-            log.info("topic %r exists now: its %d waiting row(s) flow", m.topic, max(cur.rowcount, 0))
+            params | {"topic": topic})
+        return max(cur.rowcount, 0)
 
     async def _waiting(self, conn: psycopg.AsyncConnection, topic: str) -> tuple[int, str]:
         """Pending rows of ``topic`` in the whole outbox, and since when the first one waits."""

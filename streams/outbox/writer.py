@@ -5,7 +5,9 @@ transaction leaves no row, so nothing is published for it. The envelope's
 ``message_id`` is fixed here, so every copy the relay may ever send carries it
 and consumers can drop repeats.
 
-Three flavours for the three ways services talk to PostgreSQL::
+Three flavours for the three ways services talk to PostgreSQL (and the same three take a
+MySQL / MariaDB connection: a PyMySQL ``Connection``, an asyncmy ``Connection``, a SQLAlchemy
+session on a ``mysql+…`` engine; see :mod:`streams.outbox.mysql_schema`)::
 
     with conn.transaction():                      # psycopg 3
         conn.execute("UPDATE orders ...")
@@ -94,9 +96,42 @@ def _check_in_transaction(conn: psycopg.Connection | psycopg.AsyncConnection) ->
         )
 
 
+def _is_mysql(conn: Any) -> bool:
+    return type(conn).__module__.split(".")[0] in ("pymysql", "asyncmy")
+
+
+def _mysql_values(envelope: Envelope, topic: str, key: str | None) -> dict[str, Any]:
+    from datetime import UTC
+
+    values = row_values(envelope, topic, key)
+    values["occurred_at"] = values["occurred_at"].astimezone(UTC).replace(tzinfo=None)  # DATETIME(6), UTC
+    return values
+
+
+def _check_mysql_transaction(conn: Any) -> None:
+    # SERVER_STATUS_IN_TRANS (1): the server says a transaction is open on this session
+    if conn.get_autocommit() and not conn.server_status & 1:
+        raise OutboxError(
+            "write the outbox row inside the transaction of the business change "
+            "(`conn.begin()` first); this autocommit connection has none open")
+
+
+def _write_mysql(conn: Any, envelope: Envelope, topic: str, key: str | None, table: str) -> int:
+    from streams.outbox.mysql_schema import insert_sql
+
+    _check_mysql_transaction(conn)
+    with conn.cursor() as cur:
+        values = _mysql_values(envelope, topic, key)
+        cur.execute(insert_sql(table, values), values)
+        return cur.lastrowid
+
+
 def write_message(conn: psycopg.Connection, envelope: Envelope, *, topic: str, key: str | None = None,
                   table: str = "streams_outbox") -> int:
-    """Insert ``envelope`` for ``topic`` in ``conn``'s current transaction; returns the row id."""
+    """Insert ``envelope`` for ``topic`` in ``conn``'s current transaction; returns the row id.
+    ``conn``: a psycopg ``Connection``, or a PyMySQL ``Connection`` to MySQL / MariaDB."""
+    if _is_mysql(conn):
+        return _write_mysql(conn, envelope, topic, key, table)
     _check_in_transaction(conn)
     values = row_values(envelope, topic, key)
     return first_row(conn.execute(_insert(table, values), values).fetchone())[0]
@@ -104,7 +139,16 @@ def write_message(conn: psycopg.Connection, envelope: Envelope, *, topic: str, k
 
 async def write_message_async(conn: psycopg.AsyncConnection, envelope: Envelope, *, topic: str,
                               key: str | None = None, table: str = "streams_outbox") -> int:
-    """Async twin of :func:`write_message`."""
+    """Async twin of :func:`write_message` (a psycopg ``AsyncConnection`` or an asyncmy ``Connection``)."""
+    if _is_mysql(conn):
+        from streams.outbox.mysql_schema import insert_sql
+
+        _check_mysql_transaction(conn)
+        my_conn: Any = conn
+        async with my_conn.cursor() as my_cur:
+            values = _mysql_values(envelope, topic, key)
+            await my_cur.execute(insert_sql(table, values), values)
+            return my_cur.lastrowid
     _check_in_transaction(conn)
     values = row_values(envelope, topic, key)
     cur = await conn.execute(_insert(table, values), values)
@@ -118,6 +162,15 @@ def write_message_sqlalchemy(session: Any, envelope: Envelope, *, topic: str, ke
 
     if not table.replace("_", "").isalnum():
         raise OutboxError(f"invalid outbox table name {table!r}")
+    if session.get_bind().dialect.name in ("mysql", "mariadb"):
+        from streams.outbox.mysql_schema import insert_sql
+
+        my_values = _mysql_values(envelope, topic, key)
+        statement = insert_sql(table, my_values)
+        for column in my_values:
+            statement = statement.replace(f"%({column})s", f":{column}")
+        session.execute(text(statement), my_values)
+        return session.execute(text("SELECT LAST_INSERT_ID()")).scalar_one()
     row = row_values(envelope, topic, key)
     cols = ", ".join(_columns(row))
     values = ", ".join(f"CAST(:{c} AS jsonb)" if c in ("payload", "headers", "meta") else f":{c}"

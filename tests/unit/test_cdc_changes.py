@@ -233,3 +233,38 @@ def test_numbers_from_other_connector_modes_are_refused_or_read_exactly() -> Non
         with pytest.raises(DecodeError) as caught:
             typed_row({"id": 1, column: value})
         assert "time.precision.mode" in caught.value.details[0]["msg"], caught.value.details
+
+
+class Row(BaseModel):
+    id: int
+    status: str
+
+
+def binlog_event(*, gtid: str = "0-1-42", file: str = "mysql-bin.000001", pos: int = 1517, row: int = 0,
+                 op: str = "u", snapshot: str = "false") -> bytes:
+    """A change event as Debezium's MariaDB connector writes it (JSON converter, no schema)."""
+    return json.dumps({
+        "before": {"id": 7, "status": "new"}, "after": {"id": 7, "status": "paid"},
+        "source": {"version": "3.5.0.Final", "connector": "mariadb", "name": "cdc.orders", "ts_ms": 1796583341000,
+                   "snapshot": snapshot, "db": "shop", "sequence": None, "ts_us": 1796583341000000,
+                   "ts_ns": 1796583341000000000, "table": "cdc_orders", "server_id": 1, "gtid": gtid, "file": file,
+                   "pos": pos, "row": row, "thread": 12, "query": None},
+        "transaction": None, "op": op, "ts_ms": 1796583341522}).encode()
+
+
+def test_binlog_changes_are_named_by_gtid_file_position_and_row() -> None:
+    binlog = ChangeDecoder({"shop.cdc_orders": Row})
+    first = binlog.decode(binlog_event(), b'{"id":7}')
+    change = first.payload
+    assert change.table == "shop.cdc_orders" and change.source.schema_name is None
+    assert (change.source.gtid, change.source.file, change.source.pos, change.source.row) == (
+        "0-1-42", "mysql-bin.000001", 1517, 0)
+    assert first.message_id.startswith("cdc:shop.cdc_orders:0-1-42:mysql-bin.000001:1517:0:u:")
+    assert binlog.decode(binlog_event(), b'{"id":7}').message_id == first.message_id  # read again: same id
+    # the same transaction's next statement: another event, whose first row is row 0 as well
+    # ("GTID + row" would name both changes alike)
+    assert binlog.decode(binlog_event(pos=1705), b'{"id":7}').message_id != first.message_id
+    assert binlog.decode(binlog_event(row=1), b'{"id":7}').message_id != first.message_id
+    # a snapshot read is named by its row, as on PostgreSQL (a snapshot started over reads it alike)
+    reads = {binlog.decode(binlog_event(op="r", snapshot="true", pos=p), b'{"id":7}').message_id for p in (1, 2)}
+    assert len(reads) == 1

@@ -201,3 +201,22 @@ def test_create_takes_key_columns_from_the_command_line_over_the_spec_file(tmp_p
     other = CliRunner().invoke(cli, ["cdc", "create", "shop", "-t", "public.events", "--key-columns",
                                      "public.other:a", "--dry-run"])
     assert other.exit_code == 1 and "not one of the captured tables" in other.output, other.output
+
+
+def test_binlog_spec_gives_a_mariadb_connector_with_its_schema_history_and_a_stable_replica_id() -> None:
+    from streams.cdc.config import binlog_connector_config, binlog_server_id
+
+    spec = CdcSpec(name="shop-orders", tables=["shop.orders"])
+    config = binlog_connector_config(spec, "mysql://cdc:pw@db.example:3307/shop", "kafka:9092")
+    assert config["connector.class"] == "io.debezium.connector.mariadb.MariaDbConnector"
+    assert (config["database.hostname"], config["database.port"], config["database.user"]) == ("db.example", "3307",
+                                                                                               "cdc")
+    assert config["database.include.list"] == "shop" and config["table.include.list"] == "shop.orders"
+    assert config["schema.history.internal.kafka.topic"] == "cdc.shop-orders.schema-history"
+    assert config["schema.history.internal.kafka.bootstrap.servers"] == "kafka:9092"
+    assert config["database.server.id"] == str(binlog_server_id("shop-orders")) != str(binlog_server_id("other"))
+    assert all(isinstance(v, str) for v in config.values())
+    for refused, why in ((CdcSpec(name="o", outbox=True), "outbox"),
+                         (CdcSpec(name="t", tables=["shop.orders"], snapshot="incremental"), "incremental")):
+        with pytest.raises(ValueError, match=why):
+            binlog_connector_config(refused, "mysql://cdc:pw@db.example:3307/shop", "kafka:9092")

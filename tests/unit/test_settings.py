@@ -49,7 +49,7 @@ def test_dotenv_file_is_read(monkeypatch, tmp_path) -> None:
     ("STREAMS_APP_ID", "bad id!", "STREAMS_APP_ID: must start with a letter or digit"),
     ("STREAMS_LOCAL_KAFKA_HEAP", "lots", "STREAMS_LOCAL_KAFKA_HEAP: expected a JVM size"),
     ("STREAMS_STORE", "redis://x", "STREAMS_STORE: expected rocksdb://"),
-    ("STREAMS_DATABASE_URL", "mysql://u:p@h/db", "STREAMS_DATABASE_URL: expected a postgresql://"),
+    ("STREAMS_DATABASE_URL", "mongodb://u:p@h/db", "STREAMS_DATABASE_URL: expected a postgresql:// or mysql://"),
     ("STREAMS_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "file not found: /nonexistent/ca.pem"),
 ])
 def test_invalid_values_name_the_variable(monkeypatch, var: str, value: str, expected: str) -> None:
