@@ -157,9 +157,13 @@ def change_message_id(table: str, source: SourcePosition, op: Operation, key: An
     return f"cdc:{name}:{source.lsn}:{source.tx_id}:{op.value}:{_digest(key)}"
 
 
+#: what ``json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)`` writes, from one
+#: encoder (``dumps`` makes a new one per call when given ``default``)
+_DIGEST_TEXT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(_DIGEST_TEXT(value).encode()).hexdigest()[:16]
 
 
 class ChangeDecoder:
