@@ -482,3 +482,20 @@ def test_published_ids_are_forgotten_after_the_retention(isolated: Isolated) -> 
         assert ledger.forget_published(conn, "partner-a", 7 * 24 * 3600, batch=7) == 30
         left = {(s, str(m)) for s, m in conn.execute("SELECT source, message_id FROM streams_batch_published")}
     assert left == {("partner-a", m) for m in fresh} | {("partner-b", m) for m in other}
+
+
+def test_a_key_longer_than_an_envelope_key_is_a_bad_line_and_the_rest_flows(batch: Batch) -> None:
+    """The key column's value becomes the envelope's key (at most 1,000 characters): a longer one is
+    that line's error, reported like any other, not an import that stops half-way."""
+    long_id = "o-" + "9" * 1000
+    content = ("order_id,buyer,amount,note\n"
+               "o-1,ann,10,fine\n"
+               f"{long_id},bob,20,too long a key\n"
+               "o-3,cy,30,last\n").encode()
+    _partner_file(batch, "long-key.csv", content, rows=3)
+    [result] = run(run_import(batch.settings, batch.spec()))
+    assert (result.status, result.rows, result.published, result.bad_rows) == ("failed", 3, 2, 1), result
+    assert [(e.line, e.column) for e in result.errors] == [(3, "order_id")]
+    assert "a message key has at most 1,000" in result.errors[0].message
+    assert batch.published() == 2
+    assert batch.iso.sql("SELECT status, published FROM streams_batch_imports") == [("failed", 2)]

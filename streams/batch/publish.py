@@ -2,7 +2,7 @@
 
 The records go out with the idempotent ``acks=all`` producer
 (:func:`streams.kafka.clients.durable_producer`), each to the partition the Java
-client's default partitioner gives its key (murmur2; a record without a key goes to
+client's default partitioner gives its key (:func:`murmur2`; a record without a key goes to
 any partition), in the order given — so the rows of one key keep the file's order.
 Rather than one ``send`` (a coroutine and a future) per record, records are appended
 to a record batch per partition (aiokafka's batch API) that is handed to the producer
@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
-
-from aiokafka.partitioner import murmur2
 
 from streams.batch.records import Record
 from streams.kafka.clients import durable_producer
@@ -25,6 +24,32 @@ from streams.settings import Settings
 
 #: bytes of one record batch (the broker's default message.max.bytes is about 1 MiB)
 BATCH_BYTES = 256 * 1024
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's partitioner hash (the Java client's ``Utils.murmur2``): what
+    ``aiokafka.partitioner.murmur2`` returns, reading the key's 4-byte words in one unpack."""
+    length = len(data)
+    m = 0x5BD1E995
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    words = length >> 2
+    if words:
+        for k in struct.unpack_from(f"<{words}I", data):
+            k = (k * m) & 0xFFFFFFFF
+            k ^= k >> 24
+            k = (k * m) & 0xFFFFFFFF
+            h = ((h * m) & 0xFFFFFFFF) ^ k
+    extra = length & 3
+    if extra:
+        base = length & ~3
+        if extra >= 3:
+            h ^= data[base + 2] << 16
+        if extra >= 2:
+            h ^= data[base + 1] << 8
+        h = ((h ^ data[base]) * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    return h ^ (h >> 15)
 
 
 class RecordTooLarge(ValueError):

@@ -73,3 +73,14 @@ def test_the_spool_gives_back_every_record_in_order(tmp_path) -> None:
     assert [r for chunk in spool.chunks() for r in chunk] == records
     spool.close()
     assert list(tmp_path.iterdir()) == [], "nothing left on disk"
+
+
+@settings(max_examples=500, deadline=None)
+@given(key=st.binary(max_size=64))
+def test_the_partitioner_hash_is_kafkas(key: bytes) -> None:
+    from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+    from streams.batch.publish import murmur2
+
+    assert murmur2(key) == aiokafka_murmur2(key)
+    assert murmur2(b"order-12345") == aiokafka_murmur2(b"order-12345")
