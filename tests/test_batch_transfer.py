@@ -499,3 +499,20 @@ def test_a_key_longer_than_an_envelope_key_is_a_bad_line_and_the_rest_flows(batc
     assert "a message key has at most 1,000" in result.errors[0].message
     assert batch.published() == 2
     assert batch.iso.sql("SELECT status, published FROM streams_batch_imports") == [("failed", 2)]
+
+
+def test_every_imported_record_carries_the_files_import_span(batch: Batch) -> None:
+    """With tracing on, one trace per imported file: each row's record is a child of the
+    ``import <file>`` span (its context in the ``traceparent`` header)."""
+    from streams import tracing
+    from tests.spans import from_sdk, memory_provider
+
+    _partner_file(batch, "traced.csv", b"order_id,buyer,amount,note\no-1,ann,10,\no-2,bob,20,hi\no-3,cy,30,x\n")
+    provider, exporter = memory_provider("importer")
+    with tracing.use(provider):
+        [result] = run(run_import(batch.settings, batch.spec()))
+    assert (result.status, result.published) == ("done", 3)
+    [span] = [from_sdk(s) for s in exporter.get_finished_spans() if s.name == "import traced.csv"]
+    parents = [dict(r.headers or ()).get("traceparent", b"").decode().split("-")[1:3] for r in read_topic(batch.iso,
+                                                                                                        batch.topic)]
+    assert parents == [[span.trace_id, span.span_id]] * 3
