@@ -18,6 +18,7 @@ import struct
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter
@@ -29,6 +30,8 @@ from streams.messages.registry import MessageRegistry
 MAX_KEY = Envelope.model_fields["key"].metadata[0].max_length
 _TIME = TypeAdapter(datetime)
 _MID, _TS, _KEY, _LINE, _PAYLOAD = "@@mid@@", "@@occurred@@", "@@key@@", "@@line@@", "@@payload@@"
+#: the order in which :meth:`EnvelopeEncoder.value` makes the gaps' bytes
+FILL_ORDER = (_MID, _TS, _KEY, _LINE, _PAYLOAD)
 _KEY_TEXT = json.JSONEncoder(ensure_ascii=False).encode  # a key as the envelope's JSON writes it
 
 
@@ -47,16 +50,14 @@ class EnvelopeEncoder:
         wire = template.to_json()
         gaps = {f'"{_MID}"'.encode(): _MID, _TIME.dump_json(when): _TS, f'"{_KEY}"'.encode(): _KEY,
                 f'"{_LINE}"'.encode(): _LINE, f'"{_PAYLOAD}"'.encode(): _PAYLOAD}
-        found = sorted((wire.index(text), text) for text in gaps)
-        self._parts: list[bytes] = []
-        self._order: list[str] = []
-        at = 0
-        for index, text in found:
-            self._parts.append(wire[at:index])
-            self._order.append(gaps[text])
-            at = index + len(text)
-        self._parts.append(wire[at:])
         assert all(wire.count(text) == 1 for text in gaps), "a placeholder appears in the envelope twice"
+        # the envelope's bytes as a %-template (its own % doubled), gaps in the order they appear
+        order = [gaps[text] for _, text in sorted((wire.index(text), text) for text in gaps)]
+        pattern = wire.replace(b"%", b"%%")
+        for text in gaps:
+            pattern = pattern.replace(text, b"%s")
+        self._pattern = pattern
+        self._in_order = itemgetter(*(FILL_ORDER.index(name) for name in order))
         #: the record headers of every row but the message id (which comes first)
         self.headers = template.kafka_headers()[1:]
         self.stamp()
@@ -67,15 +68,9 @@ class EnvelopeEncoder:
 
     def value(self, message_id: str, key: str | None, line: int, payload: BaseModel) -> bytes:
         """The record value of a row's envelope (``payload``: an instance of the registered model)."""
-        fill = {_MID: b'"' + message_id.encode() + b'"', _TS: self._now,
-                _KEY: _KEY_TEXT(key).encode() if key is not None else b"null",
-                _LINE: b'"%d"' % line, _PAYLOAD: self._serialize(payload)}
-        parts = self._parts
-        out = [parts[0]]
-        for i, name in enumerate(self._order, start=1):
-            out.append(fill[name])
-            out.append(parts[i])
-        return b"".join(out)
+        return self._pattern % self._in_order((
+            b'"' + message_id.encode() + b'"', self._now, _KEY_TEXT(key).encode() if key is not None else b"null",
+            b'"%d"' % line, self._serialize(payload)))
 
     def record_headers(self, message_id: str) -> list[tuple[str, bytes]]:
         """The record headers of a row's envelope."""
