@@ -75,6 +75,7 @@ class ThroughputResult:
     to_handler_s: float
     kafka_rows_per_s: float
     handler_rows_per_s: float
+    load_1m: float = 0.0  # the 1-minute load average when the last change was handled
 
 
 @dataclass
@@ -147,7 +148,7 @@ class Bench:
                              ready_marker="relay bench started")
 
     # --- throughput ------------------------------------------------------------------
-    def throughput(self, rows: int) -> ThroughputResult:
+    def throughput(self, rows: int, profile_pid: int | None = None) -> ThroughputResult:
         s = self.settings
         with psycopg.connect(s.dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE bench_rows (id bigint PRIMARY KEY, note text NOT NULL)")
@@ -155,6 +156,13 @@ class Bench:
         connectors.create(CdcSpec(name="bench-rows", tables=["public.bench_rows"], snapshot="no_data",
                                   topic_prefix="bench.cdc.rows", before_rows="key"))
         topic = ROWS_TOPIC
+        spy = raw = None
+        if profile_pid is not None:  # py-spy on the worker while it handles the changes
+            from bench import profile
+
+            LOGS.mkdir(parents=True, exist_ok=True)
+            raw = LOGS / f"cdc-{self.run_id}-worker-profile.txt"
+            spy = profile.start(profile_pid, 900, raw, rate=100)
         started = time.monotonic()
         batch = 1000
         with psycopg.connect(s.dsn, autocommit=True) as conn:
@@ -173,12 +181,20 @@ class Bench:
                 committed = asyncio.run(committed_offsets(s, GROUP, topic))
                 if all(committed.get((topic, p), 0) >= e for p, e in ends.items()):
                     to_handler = time.monotonic() - started
+                    load = os.getloadavg()[0]
             time.sleep(0.25)
+        if spy is not None and raw is not None:
+            from bench import profile
+
+            spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
+            spy.wait(60)
+            profile.print_summary("worker handling the changes", profile.summarise(raw, top=25))
+            print(f"py-spy samples (raw): {raw}")
         if to_kafka is None or to_handler is None:
             raise RuntimeError("the change events did not all arrive within 15 minutes")
         connectors.delete("bench-rows")
         return ThroughputResult(rows, round(inserted, 2), round(to_kafka, 2), round(to_handler, 2),
-                                round(rows / to_kafka), round(rows / to_handler))
+                                round(rows / to_kafka), round(rows / to_handler), round(load, 1))
 
     # --- snapshot --------------------------------------------------------------------
     def snapshot(self, rows: int, mode: Literal["initial", "incremental"]) -> SnapshotResult:
@@ -276,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=1000, help="Outbox rows/s for the latency runs.")
     parser.add_argument("--seconds", type=int, default=20, help="Length of each latency run.")
     parser.add_argument("--snapshot-rows", type=int, default=100_000, help="Rows for the snapshot runs (0: skip).")
+    parser.add_argument("--profile", action="store_true", help="py-spy the worker during the throughput run.")
+    parser.add_argument("--skip-latency", action="store_true", help="Only the throughput (and snapshot) runs.")
     args = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
@@ -285,19 +303,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             worker = bench.worker().start()
             worker.wait_ready(120)
-            tp = bench.throughput(args.rows)
+            tp = bench.throughput(args.rows, worker.pid if args.profile else None)
             snaps = [bench.snapshot(args.snapshot_rows, mode) for mode in ("initial", "incremental")
                      if args.snapshot_rows]
-            lats = bench.latencies(args.rate, args.seconds)
+            lats = [] if args.skip_latency else bench.latencies(args.rate, args.seconds)
         finally:
             if worker is not None:
                 worker.stop()
             bench.down()
     print(f"\nChange events through Debezium into an idempotent handler ({tp.rows:,} inserted rows, "
           f"transactions of 1,000, {PARTITIONS} partitions)")
-    print(f"{'insert s':>9} {'on Kafka s':>11} {'handled s':>10} {'to Kafka rows/s':>16} {'handled rows/s':>15}")
+    print(f"{'insert s':>9} {'on Kafka s':>11} {'handled s':>10} {'to Kafka rows/s':>16} {'handled rows/s':>15} "
+          f"{'handled/Kafka':>14} {'load':>5}")
     print(f"{tp.insert_s:>9.2f} {tp.to_kafka_s:>11.2f} {tp.to_handler_s:>10.2f} {tp.kafka_rows_per_s:>16,.0f} "
-          f"{tp.handler_rows_per_s:>15,.0f}")
+          f"{tp.handler_rows_per_s:>15,.0f} {tp.handler_rows_per_s / tp.kafka_rows_per_s:>14.2f} {tp.load_1m:>5.1f}")
     if snaps:
         print(f"\nSnapshot of {args.snapshot_rows:,} existing rows, create → all reads on Kafka")
         print(f"{'snapshot mode':<14} {'seconds':>8} {'rows/s':>8}")

@@ -482,3 +482,37 @@ def test_published_ids_are_forgotten_after_the_retention(isolated: Isolated) -> 
         assert ledger.forget_published(conn, "partner-a", 7 * 24 * 3600, batch=7) == 30
         left = {(s, str(m)) for s, m in conn.execute("SELECT source, message_id FROM streams_batch_published")}
     assert left == {("partner-a", m) for m in fresh} | {("partner-b", m) for m in other}
+
+
+def test_a_key_longer_than_an_envelope_key_is_a_bad_line_and_the_rest_flows(batch: Batch) -> None:
+    """The key column's value becomes the envelope's key (at most 1,000 characters): a longer one is
+    that line's error, reported like any other, not an import that stops half-way."""
+    long_id = "o-" + "9" * 1000
+    content = ("order_id,buyer,amount,note\n"
+               "o-1,ann,10,fine\n"
+               f"{long_id},bob,20,too long a key\n"
+               "o-3,cy,30,last\n").encode()
+    _partner_file(batch, "long-key.csv", content, rows=3)
+    [result] = run(run_import(batch.settings, batch.spec()))
+    assert (result.status, result.rows, result.published, result.bad_rows) == ("failed", 3, 2, 1), result
+    assert [(e.line, e.column) for e in result.errors] == [(3, "order_id")]
+    assert "a message key has at most 1,000" in result.errors[0].message
+    assert batch.published() == 2
+    assert batch.iso.sql("SELECT status, published FROM streams_batch_imports") == [("failed", 2)]
+
+
+def test_every_imported_record_carries_the_files_import_span(batch: Batch) -> None:
+    """With tracing on, one trace per imported file: each row's record is a child of the
+    ``import <file>`` span (its context in the ``traceparent`` header)."""
+    from streams import tracing
+    from tests.spans import from_sdk, memory_provider
+
+    _partner_file(batch, "traced.csv", b"order_id,buyer,amount,note\no-1,ann,10,\no-2,bob,20,hi\no-3,cy,30,x\n")
+    provider, exporter = memory_provider("importer")
+    with tracing.use(provider):
+        [result] = run(run_import(batch.settings, batch.spec()))
+    assert (result.status, result.published) == ("done", 3)
+    [span] = [from_sdk(s) for s in exporter.get_finished_spans() if s.name == "import traced.csv"]
+    parents = [dict(r.headers or ()).get("traceparent", b"").decode().split("-")[1:3] for r in read_topic(batch.iso,
+                                                                                                        batch.topic)]
+    assert parents == [[span.trace_id, span.span_id]] * 3

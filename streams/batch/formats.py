@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NamedTuple, TextIO
 
 FORMATS = ("csv", "kv", "jsonl")
 EXTENSIONS = {"csv": "csv", "kv": "kv", "jsonl": "jsonl"}
@@ -75,9 +75,9 @@ class LineError:
         return f"line {self.line}, column {self.column}: {self.message}"
 
 
-@dataclass(frozen=True)
-class ParsedLine:
-    """One row of a file (``row``) or why it could not be read (``error``)."""
+class ParsedLine(NamedTuple):
+    """One row of a file (``row``) or why it could not be read (``error``). A named tuple: one
+    is made per row, at a third of a frozen dataclass's cost."""
 
     line: int
     row: dict[str, str | None] | None = None

@@ -8,9 +8,12 @@ One run (:func:`import_once`) goes through the remote folder and, for each
   file) and the ledger records why (``rejected``);
 * a file the ledger already finished (same name and checksum) is only moved
   out of the way;
-* the file is parsed once to count its records (a leading UTF-8 byte-order
-  mark is skipped and reported): a csv header unlike the manifest's columns,
-  or a count unlike the manifest's, is refused before anything is published;
+* the file is parsed **once**: its records are counted (a leading UTF-8
+  byte-order mark is skipped and reported) while every good row is validated
+  against the registered payload model and encoded as its envelope's Kafka
+  record into a spool on local disk (:mod:`streams.batch.records`); a csv
+  header unlike the manifest's columns, text that is not UTF-8, or a count
+  unlike the manifest's refuses the file with **nothing published**;
 * every good row becomes an envelope of the registered type with a
   **deterministic** ``message_id`` (:mod:`streams.batch.rowids`: from the
   source, the file name and the row's content, or from declared id columns)
@@ -18,13 +21,15 @@ One run (:func:`import_once`) goes through the remote folder and, for each
   before (``streams_batch_published``) is counted as *already published* and not
   sent: a corrected re-upload of a failed file publishes only the rows that were
   not published (ids are looked up only when one can have been published: with
-  id columns, or after an earlier import of the same file name). The others go
-  out with an idempotent ``acks=all`` producer, and their ids are recorded (in a
-  background thread) once the broker acknowledged them. A crash between an
+  id columns, or after an earlier import of the same file name). Once the count
+  is right the others go out from the spool, in file order, in whole record
+  batches per partition (:mod:`streams.batch.publish`) with an idempotent
+  ``acks=all`` producer, and their ids are recorded (in a background thread)
+  once the broker acknowledged their batch. A crash between an
   acknowledgement and its record publishes those rows again with the same ids:
   consumers' processed-ID tables drop them, so no effect repeats;
-* bad lines (unparseable, failing the payload model, an id that cannot be made)
-  are listed with line, column and reason; good lines still go through;
+* bad lines (unparseable, failing the payload model, an id that cannot be made,
+  a key longer than an envelope's key may be) are listed with line, column and reason; good lines still go through;
 * the file and its manifest move to ``done/``, or to ``failed/`` with
   ``<file>.errors.json`` beside them when some lines were bad; the ledger
   (``streams_batch_imports``) records rows, bad rows, published, already
@@ -36,7 +41,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +52,10 @@ from streams import tracing
 from streams.batch import ledger
 from streams.batch.formats import LineError, parse, read_lines, starts_with_bom
 from streams.batch.manifest import SUFFIX, Manifest, file_digest
+from streams.batch.publish import publish_records
+from streams.batch.records import MAX_KEY, EnvelopeEncoder, Record, Spool
 from streams.batch.remote import Remote
 from streams.batch.rowids import RowIdError, RowIds
-from streams.messages.envelope import Envelope
 from streams.messages.registry import MessageRegistry
 from streams.settings import Settings
 
@@ -89,19 +95,6 @@ class FileResult:
 
 
 BOM_NOTE = "starts with a UTF-8 byte-order mark (skipped)"
-
-
-def _count(path: Path, manifest: Manifest) -> tuple[int, str | None]:
-    """(records, why the file cannot be read) — records are rows and bad lines."""
-    records = 0
-    try:
-        for item in parse(read_lines(path), manifest.options, manifest.columns):
-            if item.error is not None and item.error.whole_file:
-                return 0, f"line {item.error.line}: {item.error.message} (left alone)"
-            records += 1
-    except UnicodeDecodeError as exc:
-        return 0, f"not UTF-8 at byte {exc.start}"
-    return records, None
 
 
 async def import_once(settings: Settings, spec: ImportSpec, remote: Remote, *,
@@ -151,31 +144,37 @@ async def _import_file(settings: Settings, spec: ImportSpec, remote: Remote, con
             return _reject(conn, spec, data_name, manifest.sha256,
                            f"{size} bytes, sha256 {sha256[:12]}…; the manifest says {manifest.size} bytes, "
                            f"sha256 {manifest.sha256[:12]}… (incomplete or replaced upload: left alone)")
-        records, unreadable = _count(local, manifest)
-        if unreadable or records != manifest.rows:
-            return _reject(conn, spec, data_name, sha256, unreadable or
-                           f"{records} records, the manifest says {manifest.rows} (left alone)")
         # default ids include the file name: only an earlier import of this name can have published one of them
         look_up = bool(spec.id_columns) or ledger.imported_before(conn, spec.source, data_name)
-        ledger.import_started(conn, spec.source, data_name, sha256, manifest.rows)
         result = FileResult(data_name, DONE, rows=manifest.rows)
-        if starts_with_bom(local):
-            result.notes.append(BOM_NOTE)
-        envelopes = _envelopes(spec, manifest, local, result, conn if look_up else None, progress)
-        from streams.kafka.admin import produce_envelopes
-
-        recorder = ledger.PublishedRecorder(settings.dsn, spec.source, data_name)
+        encoder = EnvelopeEncoder(spec.registry, spec.message_type, source=f"batch:{spec.source}", file=data_name)
+        spool = Spool(workdir)
         try:
-            # one trace per imported file: every row's record is a child of its span (tracing on)
-            with tracing.span(f"import {data_name}", attributes={"streams.batch.source": spec.source,
-                                                                "streams.batch.file": data_name,
-                                                                tracing.DESTINATION: spec.topic}):
-                result.published = await produce_envelopes(
-                    settings, spec.topic, envelopes, on_acked=lambda sent: recorder.add([e.message_id for e in sent]))
-        except BaseException:
-            recorder.close(check=False)  # what stopped the import is the error to report
-            raise
-        recorder.close()
+            records, unreadable = _read(spec, manifest, local, encoder, spool, result, conn if look_up else None,
+                                        progress)
+            if unreadable or records != manifest.rows:
+                return _reject(conn, spec, data_name, sha256, unreadable or
+                               f"{records} records, the manifest says {manifest.rows} (left alone)")
+            ledger.import_started(conn, spec.source, data_name, sha256, manifest.rows)
+            if starts_with_bom(local):
+                result.notes.append(BOM_NOTE)
+            recorder = ledger.PublishedRecorder(settings.dsn, spec.source, data_name)
+            try:
+                # one trace per imported file: every row's record is a child of its span (tracing on)
+                with tracing.span(f"import {data_name}", attributes={"streams.batch.source": spec.source,
+                                                                    "streams.batch.file": data_name,
+                                                                    tracing.DESTINATION: spec.topic}):
+                    trace = tracing.output_headers([])
+                    headers = (encoder.record_headers if not trace
+                               else lambda message_id: [*encoder.record_headers(message_id), *trace])
+                    result.published = await publish_records(settings, spec.topic, spool.chunks(), headers,
+                                                             on_acked=recorder.add)
+            except BaseException:
+                recorder.close(check=False)  # what stopped the import is the error to report
+                raise
+            recorder.close()
+        finally:
+            spool.close()
     finally:
         local.unlink(missing_ok=True)
     result.bad_rows = len(result.errors)
@@ -203,63 +202,72 @@ def _reject(conn: psycopg.Connection, spec: ImportSpec, name: str, sha256: str, 
     return FileResult(name, "rejected", detail=why)
 
 
-def _envelopes(spec: ImportSpec, manifest: Manifest, local: Path, result: FileResult,
-               conn: psycopg.Connection | None, progress: Callable[[str, int, int], None] | None
-               ) -> Iterator[Envelope]:
-    """The envelopes of the file's good rows that were not published before (counted in ``result``);
-    without ``conn``, none of their ids can have been published: no look-up."""
-    if conn is None:
-        yield from _rows(spec, manifest, local, result, progress)
-        return
-    pending: list[Envelope] = []
+def _read(spec: ImportSpec, manifest: Manifest, local: Path, encoder: EnvelopeEncoder, spool: Spool,
+          result: FileResult, conn: psycopg.Connection | None,
+          progress: Callable[[str, int, int], None] | None) -> tuple[int, str | None]:
+    """The one parse pass: (records read, why the file cannot be read). Every good row's record goes
+    to ``spool`` unless an earlier import published its id (looked up only with ``conn``; counted in
+    ``result``); bad lines go to ``result.errors``. Records are the rows and the bad lines."""
+    validate = encoder.model.model_validate
+    ids = RowIds(spec.source, manifest.file, spec.id_columns)
+    key_column = spec.key_column
+    pending: list[Record] = []
 
-    def not_yet_published() -> Iterator[Envelope]:
-        seen = ledger.published_among(conn, spec.source, [e.message_id for e in pending])
+    def add_not_yet_published() -> None:
+        seen = ledger.published_among(conn, spec.source, [r[2] for r in pending]) if conn is not None else set()
         result.already_published += len(seen)
-        yield from (e for e in pending if e.message_id not in seen)
+        for record in pending:
+            if record[2] not in seen:
+                spool.add(*record)
         pending.clear()
 
-    for envelope in _rows(spec, manifest, local, result, progress):
-        pending.append(envelope)
-        if len(pending) >= LOOKUP_CHUNK:
-            yield from not_yet_published()
-    yield from not_yet_published()
-
-
-def _rows(spec: ImportSpec, manifest: Manifest, local: Path, result: FileResult,
-          progress: Callable[[str, int, int], None] | None) -> Iterator[Envelope]:
-    """An envelope for every good row of the file; bad lines go to ``result.errors``."""
-    model = spec.registry.spec(spec.message_type).model
-    ids = RowIds(spec.source, manifest.file, spec.id_columns)
-    done = 0
-    for item in parse(read_lines(local), manifest.options, manifest.columns):
-        done += 1
-        if progress is not None and done % 5000 == 0:
-            progress(manifest.file, done, manifest.rows)
-        if item.error is not None:
-            result.errors.append(item.error)
-            continue
-        assert item.row is not None
-        row = {k: v for k, v in item.row.items() if v is not None}
-        try:
-            payload = model.model_validate(row)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            column = ".".join(str(p) for p in first["loc"]) or "-"
-            got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
-            result.errors.append(LineError(item.line, column, f"{first['msg']}{got}"[:300]))
-            continue
-        try:
-            message_id = ids(item.line, item.row)
-        except RowIdError as exc:
-            result.errors.append(LineError(item.line, exc.column, exc.message))
-            continue
-        key = row.get(spec.key_column) if spec.key_column else None
-        yield spec.registry.envelope(
-            payload, key=key, message_id=message_id, source=f"batch:{spec.source}",
-            headers={"batch.file": manifest.file, "batch.line": str(item.line)})
+    records = 0
+    try:
+        for item in parse(read_lines(local), manifest.options, manifest.columns):
+            records += 1
+            if records % 5000 == 0:
+                encoder.stamp()
+                if progress is not None:
+                    progress(manifest.file, records, manifest.rows)
+            if item.error is not None:
+                if item.error.whole_file:
+                    return 0, f"line {item.error.line}: {item.error.message} (left alone)"
+                result.errors.append(item.error)
+                continue
+            assert item.row is not None
+            row = {k: v for k, v in item.row.items() if v is not None}
+            try:
+                payload = validate(row)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                column = ".".join(str(p) for p in first["loc"]) or "-"
+                got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
+                result.errors.append(LineError(item.line, column, f"{first['msg']}{got}"[:300]))
+                continue
+            try:
+                message_id = ids(item.line, row)
+            except RowIdError as exc:
+                result.errors.append(LineError(item.line, exc.column, exc.message))
+                continue
+            key = row.get(key_column) if key_column else None
+            if key is not None and len(key) > MAX_KEY:
+                result.errors.append(LineError(item.line, str(key_column),
+                                               f"{len(key):,} characters, a message key has at most {MAX_KEY:,}"))
+                continue
+            record = (key.encode() if key is not None else None, encoder.value(message_id, key, item.line, payload),
+                      message_id)
+            if conn is None:
+                spool.add(*record)
+            else:
+                pending.append(record)
+                if len(pending) >= LOOKUP_CHUNK:
+                    add_not_yet_published()
+    except UnicodeDecodeError as exc:
+        return 0, f"not UTF-8 at byte {exc.start}"
+    add_not_yet_published()
     if progress is not None:
-        progress(manifest.file, done, manifest.rows)
+        progress(manifest.file, records, manifest.rows)
+    return records, None
 
 
 def read_report(data: bytes) -> dict:

@@ -146,8 +146,10 @@ def imported_before(conn: psycopg.Connection, source: str, file: str) -> bool:
 def record_published(conn: psycopg.Connection, source: str, file: str, message_ids: list[str]) -> None:
     """Remember ids that the broker acknowledged (call only after the acks)."""
     if message_ids:
+        # one array literal rather than a list of parameters to adapt: the ids are uuid text
         conn.execute("INSERT INTO streams_batch_published (source, message_id, file) "
-                     "SELECT %s, unnest(%s::uuid[]), %s ON CONFLICT DO NOTHING", (source, message_ids, file))
+                     "SELECT %s, unnest(%s::text::uuid[]), %s ON CONFLICT DO NOTHING",
+                     (source, "{" + ",".join(message_ids) + "}", file))
 
 
 class PublishedRecorder:

@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from streams.cdc.values import RowConverter
 from streams.errors import DecodeError, DecodeReason
@@ -143,6 +143,19 @@ class ChangeEvent(BaseModel, Generic[R]):
         return self.after if self.after is not None else self.before
 
 
+class _WireChange(BaseModel, Generic[R]):
+    """A change event as Debezium's JSON converter writes it (no schema), validated in one pydantic
+    pass from the record's bytes (:meth:`ChangeDecoder._decode_fast`)."""
+
+    model_config = ConfigDict(extra="allow")  # the careful way unwraps a value with both payload and schema
+
+    op: Operation
+    before: R | None = None
+    after: R | None = None
+    source: SourcePosition
+    ts_ms: StrictInt | None = None
+
+
 def change_message_type(table: str) -> str:
     """``public.orders`` → ``change:public.orders``."""
     return MESSAGE_TYPE_PREFIX + table
@@ -164,9 +177,13 @@ def change_message_id(table: str, source: SourcePosition, op: Operation, key: An
     return f"cdc:{name}:{source.lsn}:{source.tx_id}:{op.value}:{_digest(key)}"
 
 
+#: what ``json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)`` writes, from one
+#: encoder (``dumps`` makes a new one per call when given ``default``)
+_DIGEST_TEXT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(_DIGEST_TEXT(value).encode()).hexdigest()[:16]
 
 
 class ChangeDecoder:
@@ -178,6 +195,9 @@ class ChangeDecoder:
         self._events = {table: ChangeEvent[model] for table, model in self.tables.items()}  # type: ignore[valid-type]
         self._converters = {table: RowConverter(model) for table, model in self.tables.items()}
         self._envelopes = {table: Envelope[self._events[table]] for table in self.tables}  # type: ignore[name-defined]
+        # one pydantic pass from the bytes for the table of a one-table topic whose values need no conversion
+        [(only, model)] = self.tables.items() if len(self.tables) == 1 else [(None, None)]
+        self._fast = (only, _WireChange[model]) if only and not self._converters[only].columns else None  # type: ignore[valid-type]
 
     @property
     def message_types(self) -> tuple[str, ...]:
@@ -204,6 +224,10 @@ class ChangeDecoder:
     def _decode(self, value: bytes | None, key: bytes | None) -> Envelope | None:
         if value is None or value == b"":
             return None
+        if self._fast is not None:
+            envelope = self._decode_fast(value, key)
+            if envelope is not None:
+                return envelope
         data = parse_json(value, self.limits)
         if isinstance(data, dict) and "payload" in data and "schema" in data:
             data = data["payload"]  # the JSON converter with schemas enabled
@@ -256,11 +280,46 @@ class ChangeDecoder:
                     "renamed or retyped?); replay it once the model follows the table",
                     details=_errors(exc) if isinstance(exc, ValidationError) else None,
                     message_type=message_type, message_id=message_id) from None
-        event = self._events[table].model_construct(**fields)
-        return self._envelopes[table].model_construct(
-            message_id=message_id, message_type=message_type, kind=Kind.EVENT, occurred_at=occurred,
-            key=key.decode("utf-8", "replace") if key is not None else None, payload=event, source=source.name,
-            correlation_id=None, causation_id=None, trace_id=None, headers={})
+        return self._envelope(table, message_id, occurred, key, fields)
+
+    def _envelope(self, table: str, message_id: str, occurred: datetime, key: bytes | None,
+                  fields: dict[str, Any], *, every_field: bool = False) -> Envelope:
+        event = (construct(self._events[table], fields) if every_field
+                 else self._events[table].model_construct(**fields))
+        return construct(self._envelopes[table], {
+            "message_id": message_id, "message_type": change_message_type(table), "kind": Kind.EVENT,
+            "occurred_at": occurred, "key": key.decode("utf-8", "replace") if key is not None else None,
+            "payload": event, "source": event.source.name, "correlation_id": None, "causation_id": None,
+            "trace_id": None, "headers": {}})
+
+    def _decode_fast(self, value: bytes, key: bytes | None) -> Envelope | None:
+        """The envelope of a plain log change (not a snapshot read) of the topic's one table, in one
+        pydantic pass from the bytes; None for anything else, which :meth:`_decode` then reads the
+        careful way (and so says what is wrong): a value over the size or nesting limits, another
+        table, a row or source the models do not take, no record key."""
+        assert self._fast is not None
+        table, wire = self._fast
+        # nesting can be no deeper than the number of opening brackets (parse_json's bound)
+        if (not key or len(value) > self.limits.max_value_bytes
+                or value.count(b"{") + value.count(b"[") > self.limits.max_depth):
+            return None
+        try:
+            change = wire.model_validate_json(value)
+            source = change.source
+            occurred = source.committed_at or datetime.now(UTC)
+        except Exception:  # noqa: BLE001 - ValidationError, a time out of range, a row validator's own bug:
+            return None    # the careful way reads it again and says what is wrong (schema_change naming the model)
+        extra = change.model_extra or {}
+        if (change.op is Operation.READ or f"{source.schema_name}.{source.table}" != table
+                or ("payload" in extra and "schema" in extra)):
+            return None
+        record_key = self._key(key)
+        if record_key is None:
+            return None
+        message_id = change_message_id(table, source, change.op, record_key)
+        return self._envelope(table, message_id, occurred, key, {
+            "op": change.op, "table": table, "key": record_key, "before": change.before, "after": change.after,
+            "before_columns": None, "source": source, "ts_ms": change.ts_ms}, every_field=True)
 
     def _key(self, key: bytes | None) -> dict[str, Any] | None:
         """The record key's columns: JSON within the decode limits (``too_large`` / ``too_deep``
@@ -276,6 +335,21 @@ class ChangeDecoder:
         if isinstance(data, dict) and "payload" in data and "schema" in data:
             data = data["payload"]
         return data if isinstance(data, dict) else {"_key": data}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def construct(model: type[M], values: dict[str, Any]) -> M:
+    """``model.model_construct(**values)`` for ``values`` that hold every field of ``model`` under its
+    name (no alias, no default to fill): what ``model_construct`` does then, without its per-field
+    alias and default look-ups (a third of a change event's decoding)."""
+    instance = model.__new__(model)
+    object.__setattr__(instance, "__dict__", values)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
 
 
 def _short(value: Any, limit: int = 200) -> str:

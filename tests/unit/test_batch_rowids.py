@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.batch.formats import FormatOptions, parse, render
-from streams.batch.rowids import ID_NAMESPACE, RowIdError, RowIds, uuid5
+from streams.batch.rowids import _CANONICAL, ID_NAMESPACE, RowIdError, RowIds, canonical, sha1_of, uuid5
 
 COLUMNS = ["order_id", "buyer", "note"]
 ROWS = [{"order_id": "o-1", "buyer": "ann", "note": "first"},
@@ -88,3 +88,13 @@ def test_changing_one_row_changes_only_its_id(rows: list[dict], index: int, new_
     before, after = _ids(rows), _ids(changed)
     assert [a for i, a in enumerate(before) if i != index] == [b for i, b in enumerate(after) if i != index]
     assert before[index] != after[index]
+
+
+@settings(max_examples=300, deadline=None)
+@given(row=st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+                           st.none() | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20), max_size=6),
+       start=st.text(max_size=20), rest=st.text(max_size=20))
+def test_the_fast_content_text_and_prefixed_uuid5_are_the_plain_ones(row: dict, start: str, rest: str) -> None:
+    assert canonical(row) == _CANONICAL.encode({k: v for k, v in row.items() if v is not None})
+    assert uuid5(rest, prefix=sha1_of(start)) == uuid5(start + rest)
+    assert canonical({"n": 1, "s": "x", "none": None}) == '{"n":1,"s":"x"}'

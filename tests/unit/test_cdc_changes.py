@@ -268,3 +268,60 @@ def test_binlog_changes_are_named_by_gtid_file_position_and_row() -> None:
     # a snapshot read is named by its row, as on PostgreSQL (a snapshot started over reads it alike)
     reads = {binlog.decode(binlog_event(op="r", snapshot="true", pos=p), b'{"id":7}').message_id for p in (1, 2)}
     assert len(reads) == 1
+
+
+class Plain(BaseModel):
+    """Columns whose values need no conversion: the one-pass path decodes their changes."""
+
+    id: int
+    status: str
+    note: str | None = None
+
+
+def _both(value: bytes, key: bytes | None) -> tuple[Any, Any]:
+    """(one pass, careful) — each an envelope, None or the DecodeError."""
+    fast, careful = ChangeDecoder({"public.orders": Plain}), ChangeDecoder({"public.orders": Plain})
+    assert fast._fast is not None
+    careful._fast = None
+    out = []
+    for d in (fast, careful):
+        try:
+            out.append(d.decode(value, key))
+        except DecodeError as exc:
+            out.append((exc.reason, str(exc)))
+    return out[0], out[1]
+
+
+PLAIN_AFTER = {"id": 2, "status": "paid", "note": "a \"quoted\" note, {braces} [brackets]"}
+
+
+@pytest.mark.parametrize("value", [
+    event("c", after=PLAIN_AFTER), event("u", after=PLAIN_AFTER, before=PLAIN_AFTER),
+    event("d", before=PLAIN_AFTER), event("d", before={"id": 2}),  # a key-only before: kept aside
+    event("r", after=PLAIN_AFTER, snapshot="true"), event("u", after={"id": 2, "status": 5}),
+    event("u", after=PLAIN_AFTER, table="other"), {**event("c", after=PLAIN_AFTER), "ts_ms": "12"},
+    {**event("c", after=PLAIN_AFTER), "ts_ms": True}, {**event("c", after=PLAIN_AFTER), "op": "x"},
+    {"schema": {"type": "struct"}, "payload": event("c", after=PLAIN_AFTER)},
+    {**event("c", after=PLAIN_AFTER), "schema": {}, "payload": event("u", after={**PLAIN_AFTER, "id": 3})},
+    {**event("c", after=PLAIN_AFTER), "source": {**event()["source"], "ts_ms": 10**20}},
+    event("c", after={**PLAIN_AFTER, "added": [[[[1]]]]}),
+])
+@pytest.mark.parametrize("key", [b'{"id":2}', None, b"not json", b'{"schema":{},"payload":{"id":2}}'])
+def test_the_one_pass_decode_gives_what_the_careful_one_gives(value: dict, key: bytes | None) -> None:
+    fast, careful = _both(json.dumps(value).encode(), key)
+    if isinstance(careful, tuple) or careful is None:
+        assert fast == careful
+        return
+    assert (fast.model_dump(), fast.model_fields_set) == (careful.model_dump(), careful.model_fields_set)
+    assert fast.payload.model_dump() == careful.payload.model_dump()
+    assert type(fast) is type(careful) and type(fast.payload) is type(careful.payload)
+
+
+def test_the_one_pass_decode_keeps_the_limits() -> None:
+    deep = event("c", after={**PLAIN_AFTER, "extra": json.loads("[" * 70 + "]" * 70)})
+    big = event("c", after={**PLAIN_AFTER, "note": "x" * (1024 * 1024)})
+    for value, reason in ((deep, DecodeReason.TOO_DEEP), (big, DecodeReason.TOO_LARGE)):
+        fast, careful = _both(json.dumps(value).encode(), b'{"id":2}')
+        assert fast == careful and fast[0] is reason
+    fast, careful = _both(b'{"op": "c", "source": \xff}', b'{"id":2}')
+    assert fast == careful and fast[0] is DecodeReason.NOT_JSON
