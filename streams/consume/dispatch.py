@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
 from streams.consume.lane import BatchLane, InFlight, Revocations, Route
 from streams.faust_compat import fetches
-from streams.faust_compat.consumer_fixes import ack_offsets
+from streams.faust_compat.consumer_fixes import ack_offsets, add_gaps
 
 if TYPE_CHECKING:
     from streams.consume.runner import HandlerRunner
@@ -100,6 +101,11 @@ class BatchDispatcher:
             # a rebalance is under way: Faust seeks every partition back to its committed offset
             # (when its fetch finds the flow stopped, and on assignment), so these come again
             return
+        jumps = ([] if records[-1].offset - records[0].offset == len(records) - 1  # contiguous: the usual case
+                 else [(a.offset + 1, b.offset) for a, b in pairwise(records) if b.offset > a.offset + 1])
+        if jumps:  # transaction markers (or aborted records) between them: commits may pass those offsets
+            add_gaps(self.faust.consumer, tp, jumps)
+            self.routes[tp.topic].guard.note_gaps(tp, jumps)
         self._queues.setdefault(tp, deque()).append(records)
         self._queued[tp] = self._queued.get(tp, 0) + len(records)
         if self._queued[tp] >= self.max_buffered and tp not in self._buffer_full:
@@ -145,6 +151,8 @@ class BatchDispatcher:
         out: list[Any] = []
         while queue and len(out) < limit:
             head = queue[0]
+            if out and head[0].offset != out[-1].offset + 1:
+                break  # a jump between two fetches starts the next batch: the gap guard checks it
             room = limit - len(out)
             if len(head) <= room:
                 out.extend(queue.popleft())
