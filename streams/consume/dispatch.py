@@ -23,6 +23,10 @@ What Faust expects of an event consumer, kept here:
   dispatcher keeps its queues then;
 * **acknowledgements**: a batch's offsets are acknowledged together, once every
   write of the batch is durable; Faust's commit then passes them.
+* **commits**: besides Faust's timer (``STREAMS_BROKER_COMMIT_INTERVAL``), a commit
+  follows soon after a partition has handled everything fetched for it (at most one such
+  commit per :data:`CAUGHT_UP_COMMIT_SPACING`): what a worker handled before its traffic
+  paused is committed then, not up to a commit interval later.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ if TYPE_CHECKING:
     from streams.consume.transactions import Transactions
 
 log = logging.getLogger(__name__)
+
+#: seconds after a partition caught up before the commit (partitions catching up together share it)
+CAUGHT_UP_COMMIT_DELAY = 0.05
+#: at least this many seconds between two caught-up commits (the timer's commits come on top)
+CAUGHT_UP_COMMIT_SPACING = 0.5
 
 
 def _faust_tp(tp: Any) -> TP:
@@ -71,6 +80,8 @@ class BatchDispatcher:
         self._buffer_full: set[Any] = set()
         self._installed = False
         self._stopping = False
+        self._caught_up_commit: asyncio.Task | None = None
+        self._last_caught_up_commit = float("-inf")
         #: bumped whenever a rebalance drops queued batches: a waiting batch then gives its records up
         self.revocations = Revocations()
 
@@ -179,6 +190,8 @@ class BatchDispatcher:
                 if not records:
                     continue
                 await self._handle(route, tp, records)
+                if not self._queued.get(tp):
+                    self._caught_up()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -209,8 +222,32 @@ class BatchDispatcher:
         await BatchLane(self.faust, self.transactions, self.revocations, route, tp, records, generation,
                         acknowledge).run()
 
+    def _caught_up(self) -> None:
+        """A partition handled everything fetched for it: commit soon (one task at a time)."""
+        if self._caught_up_commit is None or self._caught_up_commit.done():
+            self._caught_up_commit = asyncio.ensure_future(self._commit_caught_up())
+
+    async def _commit_caught_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(CAUGHT_UP_COMMIT_DELAY,
+                                self._last_caught_up_commit + CAUGHT_UP_COMMIT_SPACING - loop.time()))
+        if self._stopping or not fetches.flow_active(self.faust):
+            return  # a rebalance or a stop commits on its own
+        self._last_caught_up_commit = loop.time()
+        # shielded: a stop does not cut a commit (or its transaction) in half
+        commit = asyncio.ensure_future(self.faust.consumer.commit())
+        commit.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen if cut off by a stop
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the timer's next commit tries again
+            log.warning("commit after catching up failed: %r (the next commit retries)", exc)
+
     async def stop(self) -> None:
         self._stopping = True
+        if self._caught_up_commit is not None:
+            self._caught_up_commit.cancel()
         for worker in self._workers.values():
             worker.cancel()
         for route in self.routes.values():
