@@ -39,6 +39,31 @@ def partition_items(store: Any, partition: int) -> Iterator[tuple[Any, Any]]:
     yield from items(store, require(store, "_db_for_partition")(partition))
 
 
+def encode(store: Any, key: Any, value: Any) -> tuple[bytes, bytes]:
+    """The bytes ``store`` keeps for ``key`` and ``value`` — the table's serializers, so the same
+    bytes its changelog carries (what Faust's ``Topic.prepare_key``/``prepare_value`` give)."""
+    return require(store, "_encode_key")(key), require(store, "_encode_value")(value)
+
+
+def encode_key(store: Any, key: Any) -> bytes:
+    return require(store, "_encode_key")(key)
+
+
+def get_raw(store: Any, partition: int, raw_key: bytes) -> bytes | None:
+    """The stored bytes of ``raw_key`` in ``partition``'s database (RocksDB store only)."""
+    return require(store, "_db_for_partition")(partition).get(raw_key)
+
+
+def write_raw(store: Any, partition: int, items: Any) -> None:
+    """``(raw key, raw value)`` pairs into ``partition``'s database, one RocksDB write batch."""
+    import rocksdict
+
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for raw_key, raw_value in items:
+        batch.put(raw_key, raw_value)
+    require(store, "_db_for_partition")(partition).write(batch)
+
+
 def partition_items_after(store: Any, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, Any, Any]]:
     """Up to ``limit`` entries of ``partition`` in key order, from the first key past ``after``
     (from the start when None): ``(raw key, key, value)``. Reads only those entries."""
