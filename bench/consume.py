@@ -152,6 +152,8 @@ class Result:
     #: per message: far less sensitive than msgs/s to what else runs on a shared machine
     cpu_s: float | None = None
     cpu_us_per_msg: float | None = None
+    #: the round (--repeat) it ran in; the "vs" ratios compare within a round
+    round: int = 0
 
 
 
@@ -604,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                 from bench.profile import print_summary
 
                 print_summary(variant.label, r.profile)
+            r.round = round_ // max(1, len(variants) // max(args.repeat, 1))
             results.append(r)
             if r.error:
                 print(f"[bench] {variant.label}: FAILED ({r.error.splitlines()[0]})", flush=True)
@@ -635,9 +638,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    raw = next((r for r in results if r.key == "raw" and r.msgs_per_s), None)
-    quix_dedup = next((r for r in results if r.key == "quix-dedup" and r.msgs_per_s), None)
     for r in results:
+        raw = next((x for x in results if x.key == "raw" and x.msgs_per_s and x.round == r.round), None)
+        quix_dedup = next((x for x in results if x.key == "quix-dedup" and x.msgs_per_s and x.round == r.round), None)
         if raw and r.msgs_per_s:
             r.ratio_vs_raw = r.msgs_per_s / raw.msgs_per_s
         if quix_dedup and r.msgs_per_s:
