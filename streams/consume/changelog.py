@@ -67,8 +67,9 @@ class ChangelogBatch:
         self._writes[(table, partition)].append((key, value))
 
     def put(self, table: Any, partition: int, raw_key: bytes, raw_value: bytes) -> None:
-        """An encoded write (``table_store.encode``) to ``table``'s partition ``partition``: into the
-        local database and the changelog at :meth:`send`."""
+        """An encoded write to ``table``'s partition ``partition`` (the bytes its store keeps and its
+        changelog carries: ``table_store.encoders``): into the local database and the changelog at
+        :meth:`send`."""
         self._encoded[(table, partition)][raw_key] = raw_value
 
     def pending(self, table: Any, partition: int, raw_key: bytes) -> bytes | None:

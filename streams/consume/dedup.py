@@ -86,11 +86,24 @@ class ProcessedIds:
             extra_topic_configs=changelog_configs(retention),
             help=f"message ids handled by {handler}",
         )
+        #: key and value encoders of the table's store (set on first use), the last key encoded
+        self._encoders: tuple[Any, Any] | None = None
+        self._last_key: tuple[str, bytes] = ("", b"")
         #: where each partition's expiry sweep stands (streams.consume.expiry)
         self._expiry = ExpiryCursor(self.sweep_interval, sweep_batch)
         self.expired = 0
 
     # --- lookups and writes (inside a handler's event context) -----------------
+    def _raw_key(self, message_id: str) -> bytes:
+        """The stored key of ``message_id`` (a lookup and the write after it encode it once)."""
+        if self._last_key[0] == message_id:
+            return self._last_key[1]
+        if self._encoders is None:
+            self._encoders = table_store.encoders(self.table.data)
+        raw = self._encoders[0](message_id)
+        self._last_key = (message_id, raw)
+        return raw
+
     def get(self, message_id: str, partition: int | None = None) -> ProcessedEntry | None:
         """The entry of ``message_id`` (in ``partition``, the current record's; inside a batch
         on a RocksDB store read straight from that partition's database, or from the batch's
@@ -98,7 +111,7 @@ class ProcessedIds:
         store = self.table.data
         batch = collecting()
         if partition is not None and batch is not None and table_store.is_partitioned(store):
-            raw_key = table_store.encode_key(store, message_id)
+            raw_key = self._raw_key(message_id)
             raw = batch.pending(self.table, partition, raw_key)
             if raw is None:
                 raw = table_store.get_raw(store, partition, raw_key)
@@ -126,7 +139,9 @@ class ProcessedIds:
         store = self.table.data
         if batch is not None and table_store.is_partitioned(store):
             # encoded once; local RocksDB and changelog with the rest of the batch (streams.consume)
-            batch.put(self.table, partition, *table_store.encode(store, message_id, value))
+            if self._encoders is None:
+                self._encoders = table_store.encoders(store)
+            batch.put(self.table, partition, self._raw_key(message_id), self._encoders[1](value))
             future = None
         elif batch is not None:
             store[message_id] = value  # the local store (partition of the current event)

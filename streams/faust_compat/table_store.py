@@ -39,14 +39,17 @@ def partition_items(store: Any, partition: int) -> Iterator[tuple[Any, Any]]:
     yield from items(store, require(store, "_db_for_partition")(partition))
 
 
-def encode(store: Any, key: Any, value: Any) -> tuple[bytes, bytes]:
-    """The bytes ``store`` keeps for ``key`` and ``value`` — the table's serializers, so the same
-    bytes its changelog carries (what Faust's ``Topic.prepare_key``/``prepare_value`` give)."""
-    return require(store, "_encode_key")(key), require(store, "_encode_value")(value)
+def encoders(store: Any) -> tuple[Any, Any]:
+    """``(encode key, encode value)`` for plain keys and values (str, dict: no Faust models) of
+    ``store``: its serializers' codecs themselves when they are named (what Faust's serializer
+    registry ends up calling for such keys and values, without its per-call model checks), else
+    the store's own encoding."""
+    from faust.serializers.codecs import get_codec
 
-
-def encode_key(store: Any, key: Any) -> bytes:
-    return require(store, "_encode_key")(key)
+    key_serializer, value_serializer = store.key_serializer, store.value_serializer
+    if isinstance(key_serializer, str) and isinstance(value_serializer, str):
+        return get_codec(key_serializer).dumps, get_codec(value_serializer).dumps
+    return require(store, "_encode_key"), require(store, "_encode_value")
 
 
 def get_raw(store: Any, partition: int, raw_key: bytes) -> bytes | None:

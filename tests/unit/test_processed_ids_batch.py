@@ -34,3 +34,13 @@ def test_a_batch_sees_its_own_entries_and_writes_them_as_faust_would(tmp_path: P
         # what send() does first: the local write, one write batch per partition
         table_store.write_raw(store, 1, batch._encoded[(table, 1)].items())
     assert table_store.get_raw(store, 1, raw_key) == held
+
+
+def test_the_encoders_give_faust_s_own_bytes(tmp_path: Path) -> None:
+    """The codecs used for processed ids give exactly what Faust's store (and changelog) would."""
+    store = faust.App("encoders-test", store="rocksdb://", datadir=str(tmp_path)).Table("p", partitions=1).data
+    encode_key, encode_value = table_store.encoders(store)
+    value = {"at": 1796582685.771234, "outcome": HANDLED, "p": 0, "o": 12, "attempts": 2, "rt": "t", "ro": 12}
+    for key in ("m-1", "ünïcödé-\u2603-☃", "x" * 200):
+        assert encode_key(key) == store._encode_key(key)
+    assert encode_value(value) == store._encode_value(value)
