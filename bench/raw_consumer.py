@@ -1,7 +1,8 @@
 """Raw aiokafka consumer loop: the Python limit for the benchmark.
 
 ``python -m bench.raw_consumer`` with ``STREAMS_*`` settings (bootstrap, app id =
-group id, topic prefix) and ``BENCH_COMMIT_INTERVAL`` (seconds, default 0.5).
+group id, topic prefix) and ``BENCH_COMMIT_INTERVAL`` (seconds; default 5.0, the interval of
+aiokafka's own auto-commit, ``auto_commit_interval_ms=5000``).
 Joins the group, ``getmany`` in a loop, decodes every record with
 ``registry.decode(value)`` and commits the consumed positions periodically.
 Prints ``BENCH-RAW READY`` once partitions are assigned. Stops on SIGTERM
@@ -22,6 +23,8 @@ from bench.messages import TOPIC, registry
 from streams import load_settings
 
 READY_MARKER = "BENCH-RAW READY"
+#: aiokafka's default auto-commit interval (``auto_commit_interval_ms=5000``), in seconds
+DEFAULT_COMMIT_INTERVAL = 5.0
 
 
 class _Ready(ConsumerRebalanceListener):
@@ -40,7 +43,7 @@ class _Ready(ConsumerRebalanceListener):
 async def main() -> int:
     settings = load_settings()
     topic = f"{settings.topic_prefix}{TOPIC}"
-    interval = float(os.environ.get("BENCH_COMMIT_INTERVAL", "0.5"))
+    interval = float(os.environ.get("BENCH_COMMIT_INTERVAL") or DEFAULT_COMMIT_INTERVAL)
     consumer = AIOKafkaConsumer(
         **settings.kafka_client_kwargs(),
         group_id=settings.app_id,

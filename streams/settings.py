@@ -226,7 +226,10 @@ class Settings(BaseSettings):
         30.0, ge=6, le=1800, description="Seconds without heartbeat before the group drops a worker."
     )
     broker_heartbeat_interval: float = Field(3.0, gt=0, description="Seconds between consumer heartbeats.")
-    broker_commit_interval: float = Field(2.8, gt=0, description="Seconds between offset commits.")
+    broker_commit_interval: float = Field(
+        2.8, gt=0, description="Seconds between offset commits. A handler's partition that has handled everything "
+        "fetched for it is also committed then (at most every 0.5 s), so what was handled before the traffic "
+        "paused does not wait for this interval.")
     stream_buffer_maxsize: int = Field(
         4096, ge=1, description="Records a worker buffers per source topic before it stops fetching it.")
     consumer_max_fetch_size: int = Field(

@@ -12,6 +12,12 @@ transactional producer, inside its transaction. When a batch is acknowledged,
 the table's persisted offset moves to its last record (what Faust does per
 write; under exactly_once only once the transaction commits), so a restart
 replays only what came after.
+
+Writes of a RocksDB-backed table can come already encoded (:meth:`ChangelogBatch.put`):
+they are encoded once for the lookup, the local write and the changelog, held here
+until :meth:`ChangelogBatch.send` (a lookup inside the batch sees them:
+:meth:`ChangelogBatch.pending`), then written to the partition's database in one
+RocksDB write batch, before their changelog records leave.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextvars
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from streams.faust_compat import table_store
 from streams.faust_compat.private import faust_producer, require
 
 if TYPE_CHECKING:
@@ -43,6 +50,8 @@ class ChangelogBatch:
         self.transactions = transactions
         self.faust = faust_app
         self._writes: dict[tuple[Any, int], list[tuple[Any, Any]]] = defaultdict(list)
+        #: encoded writes of RocksDB-backed tables, not yet in the local database: raw key → raw value
+        self._encoded: dict[tuple[Any, int], dict[bytes, bytes]] = defaultdict(dict)
         self._token: contextvars.Token | None = None
 
     def __enter__(self) -> "ChangelogBatch":
@@ -57,13 +66,40 @@ class ChangelogBatch:
         """A write to ``table``'s changelog partition ``partition`` (sent by :meth:`send`)."""
         self._writes[(table, partition)].append((key, value))
 
+    def put(self, table: Any, partition: int, raw_key: bytes, raw_value: bytes) -> None:
+        """An encoded write to ``table``'s partition ``partition`` (the bytes its store keeps and its
+        changelog carries: ``table_store.encoders``): into the local database and the changelog at
+        :meth:`send`."""
+        self._encoded[(table, partition)][raw_key] = raw_value
+
+    def pending(self, table: Any, partition: int, raw_key: bytes) -> bytes | None:
+        """The value :meth:`put` holds for ``raw_key`` (not yet in the local database), if any."""
+        held = self._encoded.get((table, partition))
+        return None if held is None else held.get(raw_key)
+
     def __len__(self) -> int:
-        return sum(len(v) for v in self._writes.values())
+        return sum(len(v) for v in self._writes.values()) + sum(len(v) for v in self._encoded.values())
 
     async def send(self) -> list[asyncio.Future]:
         """Send every collected write; returns the futures of the producer batches (the
         records are durable once all are done)."""
         futures: list[asyncio.Future] = []
+        for (table, partition), encoded in self._encoded.items():
+            if not encoded:
+                continue
+            table_store.write_raw(table.data, partition, encoded.items())  # local first, as Faust's writes
+            name = table.changelog_topic.get_topic_name()
+            producer = await self._producer(name, partition)
+            batch, count = producer.create_batch(), 0
+            for raw_key, raw_value in encoded.items():
+                if batch.append(key=raw_key, value=raw_value, timestamp=None, headers=[]) is None:
+                    futures.append(await self._send(producer, batch, table, name, partition, count))
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=raw_key, value=raw_value, timestamp=None, headers=[])
+                count += 1
+            if count:
+                futures.append(await self._send(producer, batch, table, name, partition, count))
+        self._encoded.clear()
         for (table, partition), writes in self._writes.items():
             topic = table.changelog_topic
             name = topic.get_topic_name()

@@ -86,13 +86,38 @@ class ProcessedIds:
             extra_topic_configs=changelog_configs(retention),
             help=f"message ids handled by {handler}",
         )
+        #: key and value encoders of the table's store (set on first use), the last key encoded
+        self._encoders: tuple[Any, Any] | None = None
+        self._last_key: tuple[str, bytes] = ("", b"")
         #: where each partition's expiry sweep stands (streams.consume.expiry)
         self._expiry = ExpiryCursor(self.sweep_interval, sweep_batch)
         self.expired = 0
 
     # --- lookups and writes (inside a handler's event context) -----------------
-    def get(self, message_id: str) -> ProcessedEntry | None:
-        value = self.table.get(message_id)
+    def _raw_key(self, message_id: str) -> bytes:
+        """The stored key of ``message_id`` (a lookup and the write after it encode it once)."""
+        if self._last_key[0] == message_id:
+            return self._last_key[1]
+        if self._encoders is None:
+            self._encoders = table_store.encoders(self.table.data)
+        raw = self._encoders[0](message_id)
+        self._last_key = (message_id, raw)
+        return raw
+
+    def get(self, message_id: str, partition: int | None = None) -> ProcessedEntry | None:
+        """The entry of ``message_id`` (in ``partition``, the current record's; inside a batch
+        on a RocksDB store read straight from that partition's database, or from the batch's
+        writes not yet there)."""
+        store = self.table.data
+        batch = collecting()
+        if partition is not None and batch is not None and table_store.is_partitioned(store):
+            raw_key = self._raw_key(message_id)
+            raw = batch.pending(self.table, partition, raw_key)
+            if raw is None:
+                raw = table_store.get_raw(store, partition, raw_key)
+            value = None if raw is None else table_store.decode_value(store, raw)
+        else:
+            value = self.table.get(message_id)
         if not value:
             return None
         return ProcessedEntry.from_value(message_id, value)
@@ -110,12 +135,20 @@ class ProcessedIds:
         value = {"at": now, "outcome": outcome, "p": partition, "o": offset, "attempts": attempts}
         if record_topic is not None:  # the record that wrote it (source or retry topic): see purge_uncommitted
             value["rt"], value["ro"] = record_topic, record_offset
-        self.table.data[message_id] = value  # local RocksDB (partition of the current event)
         batch = collecting()
-        if batch is not None:  # written with the rest of the batch (streams.consume)
+        store = self.table.data
+        if batch is not None and table_store.is_partitioned(store):
+            # encoded once; local RocksDB and changelog with the rest of the batch (streams.consume)
+            if self._encoders is None:
+                self._encoders = table_store.encoders(store)
+            batch.put(self.table, partition, self._raw_key(message_id), self._encoders[1](value))
+            future = None
+        elif batch is not None:
+            store[message_id] = value  # the local store (partition of the current event)
             batch.add(self.table, partition, message_id, value)
             future = None
         else:
+            store[message_id] = value
             future = self.table.send_changelog(partition, message_id, value)
         self._expiry.note_write(partition)
         return future

@@ -23,6 +23,10 @@ What Faust expects of an event consumer, kept here:
   dispatcher keeps its queues then;
 * **acknowledgements**: a batch's offsets are acknowledged together, once every
   write of the batch is durable; Faust's commit then passes them.
+* **commits**: besides Faust's timer (``STREAMS_BROKER_COMMIT_INTERVAL``), a commit
+  follows soon after a partition has handled everything fetched for it (at most one such
+  commit per :data:`CAUGHT_UP_COMMIT_SPACING`): what a worker handled before its traffic
+  paused is committed then, not up to a commit interval later.
 """
 
 from __future__ import annotations
@@ -30,19 +34,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
 from streams.consume.lane import BatchLane, InFlight, Revocations, Route
 from streams.faust_compat import fetches
-from streams.faust_compat.consumer_fixes import ack_offsets
+from streams.faust_compat.consumer_fixes import ack_offsets, add_gaps
 
 if TYPE_CHECKING:
     from streams.consume.runner import HandlerRunner
     from streams.consume.transactions import Transactions
 
 log = logging.getLogger(__name__)
+
+#: seconds after a partition caught up before the commit (partitions catching up together share it)
+CAUGHT_UP_COMMIT_DELAY = 0.05
+#: at least this many seconds between two caught-up commits (the timer's commits come on top)
+CAUGHT_UP_COMMIT_SPACING = 0.5
 
 
 def _faust_tp(tp: Any) -> TP:
@@ -70,6 +80,8 @@ class BatchDispatcher:
         self._buffer_full: set[Any] = set()
         self._installed = False
         self._stopping = False
+        self._caught_up_commit: asyncio.Task | None = None
+        self._last_caught_up_commit = float("-inf")
         #: bumped whenever a rebalance drops queued batches: a waiting batch then gives its records up
         self.revocations = Revocations()
 
@@ -100,6 +112,11 @@ class BatchDispatcher:
             # a rebalance is under way: Faust seeks every partition back to its committed offset
             # (when its fetch finds the flow stopped, and on assignment), so these come again
             return
+        jumps = ([] if records[-1].offset - records[0].offset == len(records) - 1  # contiguous: the usual case
+                 else [(a.offset + 1, b.offset) for a, b in pairwise(records) if b.offset > a.offset + 1])
+        if jumps:  # transaction markers (or aborted records) between them: commits may pass those offsets
+            add_gaps(self.faust.consumer, tp, jumps)
+            self.routes[tp.topic].guard.note_gaps(tp, jumps)
         self._queues.setdefault(tp, deque()).append(records)
         self._queued[tp] = self._queued.get(tp, 0) + len(records)
         if self._queued[tp] >= self.max_buffered and tp not in self._buffer_full:
@@ -145,6 +162,8 @@ class BatchDispatcher:
         out: list[Any] = []
         while queue and len(out) < limit:
             head = queue[0]
+            if out and head[0].offset != out[-1].offset + 1:
+                break  # a jump between two fetches starts the next batch: the gap guard checks it
             room = limit - len(out)
             if len(head) <= room:
                 out.extend(queue.popleft())
@@ -171,6 +190,8 @@ class BatchDispatcher:
                 if not records:
                     continue
                 await self._handle(route, tp, records)
+                if not self._queued.get(tp):
+                    self._caught_up()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -201,8 +222,32 @@ class BatchDispatcher:
         await BatchLane(self.faust, self.transactions, self.revocations, route, tp, records, generation,
                         acknowledge).run()
 
+    def _caught_up(self) -> None:
+        """A partition handled everything fetched for it: commit soon (one task at a time)."""
+        if self._caught_up_commit is None or self._caught_up_commit.done():
+            self._caught_up_commit = asyncio.ensure_future(self._commit_caught_up())
+
+    async def _commit_caught_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(CAUGHT_UP_COMMIT_DELAY,
+                                self._last_caught_up_commit + CAUGHT_UP_COMMIT_SPACING - loop.time()))
+        if self._stopping or not fetches.flow_active(self.faust):
+            return  # a rebalance or a stop commits on its own
+        self._last_caught_up_commit = loop.time()
+        # shielded: a stop does not cut a commit (or its transaction) in half
+        commit = asyncio.ensure_future(self.faust.consumer.commit())
+        commit.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen if cut off by a stop
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the timer's next commit tries again
+            log.warning("commit after catching up failed: %r (the next commit retries)", exc)
+
     async def stop(self) -> None:
         self._stopping = True
+        if self._caught_up_commit is not None:
+            self._caught_up_commit.cancel()
         for worker in self._workers.values():
             worker.cancel()
         for route in self.routes.values():

@@ -57,6 +57,8 @@ class GapGuard:
         self.settings = settings
         self.committed = committed
         self._expected: dict[Any, int] = {}
+        #: per partition: offset jumps seen inside fetched record lists, start → end (see note_gaps)
+        self._known_gaps: dict[Any, dict[int, int]] = {}
         self._idle_reads: dict[Any, tuple[int, int]] = {}
         self.topic_name: str | None = None
         self._reader: Any = None
@@ -76,6 +78,14 @@ class GapGuard:
         """After a rebalance: positions start afresh."""
         self._expected.clear()
         self._idle_reads.clear()
+        self._known_gaps.clear()
+
+    def note_gaps(self, tp: Any, ranges: list[tuple[int, int]]) -> None:
+        """Offset ranges ``[start, end)`` that one fetch of ``tp`` jumped over between two of its
+        records (transaction markers, aborted records): no record there was lost, so a batch
+        starting right after one is not a gap to read back (the consumer's commits already
+        pass them: :func:`~streams.faust_compat.consumer_fixes.add_gaps`)."""
+        self._known_gaps.setdefault(tp, {}).update(ranges)
 
     async def undelivered_tail(self) -> list[tuple[Any, list[Any]]]:
         """Records Faust's consumer read but never delivered, found while the stream is idle.
@@ -133,10 +143,15 @@ class GapGuard:
             # the first record since the assignment: it should sit at the committed offset (Faust
             # seeks there after recovery); records dropped before it are a gap like any other.
             expected = await self._start_offset(tp)
+        known = self._known_gaps.get(tp)
+        while known and expected is not None and expected < offset and expected in known:
+            expected = known.pop(expected)  # jumped over inside a fetch: nothing there to read
         self._expected[tp] = max(offset + 1, expected or 0)
         if expected is None or offset <= expected:
             return []
         records = await self._read_range(tp.topic, tp.partition, expected, offset)
+        # what holds no record (markers, aborted records) may be committed past
+        consumer_fixes.add_gaps(self.faust.consumer, tp, _empty_ranges(expected, offset, records))
         if records:
             self.records_recovered += len(records)
             log.warning("%s: the consumer skipped %d record(s) of %s[%d] in %d..%d; handling them now",
@@ -148,6 +163,10 @@ class GapGuard:
     def handled(self, tp: Any, offset: int) -> None:
         """Records of ``tp`` up to ``offset`` were handled (the next one expected is ``offset + 1``)."""
         self._expected[tp] = max(offset + 1, self._expected.get(tp) or 0)
+        known = self._known_gaps.get(tp)
+        if known:
+            for start in [start for start in known if start <= offset]:
+                del known[start]
 
     async def _start_offset(self, tp: Any) -> int | None:
         """Where the partition's delivery starts after an assignment: the group's committed
@@ -225,3 +244,15 @@ class GapGuard:
         if self._reader is not None:
             await self._reader.stop()
             self._reader = None
+
+
+def _empty_ranges(start: int, end: int, records: list[Any]) -> list[tuple[int, int]]:
+    """The ranges of ``start .. end - 1`` that hold none of ``records`` (in offset order)."""
+    out, position = [], start
+    for record in records:
+        if record.offset > position:
+            out.append((position, record.offset))
+        position = max(position, record.offset + 1)
+    if position < end:
+        out.append((position, end))
+    return out

@@ -208,7 +208,7 @@ class HandlerRunner:
         if processed is not None:
             await self.ctx.transactions.purge_aborted_once(processed, msg.partition)
             processed.maybe_sweep(msg.partition)
-            entry = processed.get(envelope.message_id)
+            entry = processed.get(envelope.message_id, msg.partition)
             if entry is not None:
                 reprocess_since = window_start(entry.at)
             if entry is not None and reprocess_since is None and (entry.outcome == HANDLED or not origin.replayed):

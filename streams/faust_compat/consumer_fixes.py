@@ -132,13 +132,13 @@ def install(consumer: Any) -> None:
                                   consumer._gap[tp], consumer._committed_offset[tp], start)
 
     consumer._new_offset = _new_offset
-    original_add_gap = consumer._add_gap
 
     async def _add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
         # Faust's fetch loop calls this with the offset of the record that revealed the gap as
         # ``offset_to`` and adds [offset_from, offset_to + 1): the revealing record itself was
-        # counted as done before any handler saw it. The gap is the offsets strictly between.
-        await original_add_gap(tp, offset_from, offset_to - 1)
+        # counted as done before any handler saw it. The gap is the offsets strictly between
+        # (and it may start at the committed offset: see add_gaps).
+        add_gaps(consumer, tp, [(offset_from, offset_to)])
 
     consumer._add_gap = _add_gap
     original_commit = consumer.commit
@@ -174,6 +174,26 @@ def ack_offsets(consumer: Any, tp: Any, offsets: list[int]) -> None:
     index.update(fresh)
     acked.extend(fresh)
     consumer._n_acked += len(fresh)
+
+
+def add_gaps(consumer: Any, tp: Any, ranges: list[tuple[int, int]]) -> None:
+    """Offsets ``start .. end - 1`` of ``tp`` (each of ``ranges``) hold no record this consumer is
+    handed — a transaction's commit marker, an aborted or compacted-away record: commits pass them
+    once the records before them are acknowledged (Faust's gaps, which
+    :func:`next_commit_offset` merges). Faust's own ``_add_gap`` starts a gap no lower than the
+    committed offset + 1, but the committed offset is the next one to read: a marker right there
+    (where the last commit stopped, at the end of a transaction) would then never be passed."""
+    committed = consumer._committed_offset.get(tp)
+    gaps = consumer._gap[tp]
+    added = False
+    for start, end in ranges:
+        if committed is not None:
+            start = max(start, committed)
+        if start < end:
+            gaps.addi(start, end)
+            added = True
+    if added:
+        gaps.merge_overlaps()
 
 
 def install_cleared_events_fix(faust_app: Any, on_clear: Any = None) -> None:

@@ -109,6 +109,10 @@ NAMES: tuple[PrivateName, ...] = (
     PrivateName("faust.stores.rocksdb:Store", "_visible_keys", "per-partition table sizes"),
     PrivateName("faust.stores.rocksdb:Store", "_decode_key", "per-partition table views"),
     PrivateName("faust.stores.rocksdb:Store", "_decode_value", "per-partition table views"),
+    PrivateName("faust.stores.base:Store", "_encode_key",
+                "processed ids: key bytes encoded once for the lookup, the local write and the changelog"),
+    PrivateName("faust.stores.base:Store", "_encode_value",
+                "processed ids: value bytes encoded once for the local write and the changelog"),
     # aiokafka
     PrivateName(_AIOKAFKA_CONSUMER, "_client", "metadata refresh while a topic is missing", instance=True),
     PrivateName(_AIOKAFKA_CONSUMER, "_coordinator", "the group's subscription", instance=True),

@@ -39,6 +39,34 @@ def partition_items(store: Any, partition: int) -> Iterator[tuple[Any, Any]]:
     yield from items(store, require(store, "_db_for_partition")(partition))
 
 
+def encoders(store: Any) -> tuple[Any, Any]:
+    """``(encode key, encode value)`` for plain keys and values (str, dict: no Faust models) of
+    ``store``: its serializers' codecs themselves when they are named (what Faust's serializer
+    registry ends up calling for such keys and values, without its per-call model checks), else
+    the store's own encoding."""
+    from faust.serializers.codecs import get_codec
+
+    key_serializer, value_serializer = store.key_serializer, store.value_serializer
+    if isinstance(key_serializer, str) and isinstance(value_serializer, str):
+        return get_codec(key_serializer).dumps, get_codec(value_serializer).dumps
+    return require(store, "_encode_key"), require(store, "_encode_value")
+
+
+def get_raw(store: Any, partition: int, raw_key: bytes) -> bytes | None:
+    """The stored bytes of ``raw_key`` in ``partition``'s database (RocksDB store only)."""
+    return require(store, "_db_for_partition")(partition).get(raw_key)
+
+
+def write_raw(store: Any, partition: int, items: Any) -> None:
+    """``(raw key, raw value)`` pairs into ``partition``'s database, one RocksDB write batch."""
+    import rocksdict
+
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for raw_key, raw_value in items:
+        batch.put(raw_key, raw_value)
+    require(store, "_db_for_partition")(partition).write(batch)
+
+
 def partition_items_after(store: Any, partition: int, after: bytes | None, limit: int) -> list[tuple[bytes, Any, Any]]:
     """Up to ``limit`` entries of ``partition`` in key order, from the first key past ``after``
     (from the start when None): ``(raw key, key, value)``. Reads only those entries."""
