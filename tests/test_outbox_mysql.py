@@ -270,8 +270,7 @@ def test_v3_outbox_gains_trace_columns_and_relay_routes_rows_to_kafka_and_redis(
     the broker its topic routes to (``STREAMS_BROKER_ROUTES``: Kafka and Redis Streams)."""
     from streams import tracing
     from streams.outbox.mysql_relay import MySqlRelay
-    from streams.outbox.mysql_schema import schema_version
-    from streams.outbox.schema import SCHEMA_VERSION
+    from streams.outbox.mysql_schema import SCHEMA_VERSION, schema_version
     from tests.broker_helpers import redis_read
     from tests.outbox_helpers import relay_running
     from tests.reference import read_topic

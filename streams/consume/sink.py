@@ -12,7 +12,8 @@ dead-letters nothing: the message waits and is retried after recovery.
 
 * :class:`CircuitBreaker` — closed → open after ``failure_threshold``
   consecutive downstream failures; open for ``reset_timeout`` seconds; then
-  half-open: one probe call; success closes it, failure opens it again.
+  half-open: one probe call; success closes it, failure opens it again (a probe that never
+  reports back is given out again after ``reset_timeout``).
 * :class:`RateLimiter` — token bucket: ``rate`` calls per second, bursts of
   ``burst``.
 * :class:`SinkThrottled` — raise it from a handler when the downstream says
@@ -77,7 +78,10 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = 0.0
         self.times_opened = 0
-        self._probe_out = False
+        #: when the half-open probe went out (None: none out); a probe whose caller never reports
+        #: (it waited on something else, was cancelled, or asks again itself) is given out again
+        #: one reset timeout later, so the breaker never waits for it forever
+        self._probe_since: float | None = None
 
     def acquire(self) -> float:
         if self.state == self.CLOSED:
@@ -87,16 +91,19 @@ class CircuitBreaker:
             if remaining > 0:
                 return remaining
             self.state = self.HALF_OPEN
-            self._probe_out = False
-        if self._probe_out:  # one probe at a time
-            return min(1.0, self.reset_timeout)
-        self._probe_out = True
+            self._probe_since = None
+        now = self.clock()
+        if self._probe_since is not None:  # one probe at a time, for a reset timeout at most
+            remaining = self._probe_since + self.reset_timeout - now
+            if remaining > 0:
+                return min(1.0, remaining)
+        self._probe_since = now
         return 0.0
 
     def on_success(self) -> None:
         self.state = self.CLOSED
         self.failures = 0
-        self._probe_out = False
+        self._probe_since = None
 
     def on_failure(self, exc: BaseException) -> bool:
         if not isinstance(exc, self.trip_on):
@@ -110,7 +117,7 @@ class CircuitBreaker:
         self.state = self.OPEN
         self.opened_at = self.clock()
         self.times_opened += 1
-        self._probe_out = False
+        self._probe_since = None
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self.state}, failures={self.failures})"

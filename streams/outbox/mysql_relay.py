@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streams import mysql
-from streams.outbox.mysql_schema import lock_name
+from streams.outbox.mysql_schema import SCHEMA_VERSION, lock_name
 from streams.outbox.relay import _ROW_COLUMNS, Relay, RelayError, backoff_delay
 from streams.outbox.rows import OutboxRow, PublishResult
-from streams.outbox.schema import LANES, SCHEMA_VERSION
+from streams.outbox.schema import LANES
 from streams.outbox.to_kafka import PERMANENT_ERRORS, describe_error
 from streams.outbox.topics import TopicWatch
 from streams.settings import Settings, redact_url

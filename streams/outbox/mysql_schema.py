@@ -38,7 +38,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from streams.outbox.schema import _VERSION_TEXT, LANES, SCHEMA_VERSION
+from streams.outbox.schema import _VERSION_TEXT, LANES
+
+#: the MySQL/MariaDB table's own DDL version, stored as its comment like PostgreSQL's; it follows
+#: PostgreSQL's numbers where the change exists on both (v4: the trace columns), and stays put for
+#: changes that are PostgreSQL's only (v5: the claim's partial indexes; MySQL has none)
+SCHEMA_VERSION = 4
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS `{t}` (

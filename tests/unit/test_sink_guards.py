@@ -49,6 +49,25 @@ def test_a_failed_probe_opens_again_at_once() -> None:
     assert breaker.acquire() == pytest.approx(1.0)
 
 
+def test_a_probe_never_reported_is_given_out_again_after_the_reset_timeout() -> None:
+    """The call that took the probe may never report back: it waited on something else (the effects
+    database's outage wait, another guard), was cancelled by a revocation, or asks again itself.
+    The breaker must not wait for it forever (seen: a CDC worker paused at half_open for minutes
+    after its effects database restarted, every lane waiting for a probe nobody held)."""
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=2.0, trip_on=(Down,), clock=clock)
+    breaker.on_failure(Down())
+    clock.now += 2.0
+    assert breaker.acquire() == 0.0  # the probe goes out ... and its caller never reports
+    clock.now += 1.0
+    assert breaker.acquire() == pytest.approx(1.0)  # the probe is still young: wait the rest
+    clock.now += 1.0
+    assert breaker.acquire() == 0.0  # a reset timeout later, another probe goes out
+    assert breaker.acquire() > 0  # one at a time still
+    breaker.on_success()
+    assert breaker.state == CircuitBreaker.CLOSED
+
+
 def test_other_errors_do_not_trip_the_breaker() -> None:
     breaker = CircuitBreaker(failure_threshold=1, trip_on=(Down,), clock=Clock())
     assert not breaker.on_failure(ValueError("a bug in the handler"))
