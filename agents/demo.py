@@ -181,14 +181,19 @@ def run(events: int, keep_services: bool, timeout: float, traced: bool = False) 
 
         rng = random.Random(run_id)
         placed, declined, grants = 0, [], []
+        # the first orders are paid by the buyers whose mailboxes are down, so some receipts always fail
+        # (with random buyers a 40-order run missed all three about one time in three)
+        first = sorted(FAILING_BUYERS)
         with psycopg.connect(settings.dsn) as conn:
             for i in range(events):
+                buyer = first[i] if i < len(first) else f"buyer-{rng.randint(1, 100)}"
                 order = OrderPlaced(order_id=f"{run_id}-{i}", seller_id=f"seller-{rng.randint(1, 20)}",
-                                    buyer_id=f"buyer-{rng.randint(1, 100)}",
+                                    buyer_id=buyer,
                                     total_amount=Decimal(rng.randint(1000, 90000)), item_count=rng.randint(1, 5))
+                paid = i < len(first) or rng.random() >= 0.05
                 try:
                     _, grant = order_service.place_order(conn, order, outbox_table=settings.outbox_table,
-                                                         payment_ok=rng.random() >= 0.05, tasks=receipts.tasks)
+                                                         payment_ok=paid, tasks=receipts.tasks)
                     placed += 1
                     grants.append(grant)
                 except order_service.OrderRejected:

@@ -34,6 +34,20 @@ def consumer_groups(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
+def client_quota(bootstrap: str, producer_byte_rate: int | None) -> None:
+    """``kafka-configs --alter --entity-type clients --entity-default``: every producer of the broker
+    limited to ``producer_byte_rate`` bytes/s (the broker delays its answers), or no limit (None)."""
+    lib = resolve_jars(ROOT / ".streams" / "cache", with_tools=True)
+    java = shutil.which("java")
+    assert java, "java is needed for Kafka's tools"
+    change = (["--add-config", f"producer_byte_rate={producer_byte_rate}"] if producer_byte_rate is not None
+              else ["--delete-config", "producer_byte_rate"])
+    out = subprocess.run([java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", f"{lib}/*", "kafka.admin.ConfigCommand",
+                          "--bootstrap-server", bootstrap, "--alter", *change, "--entity-type", "clients",
+                          "--entity-default"], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr + out.stdout
+
+
 def describe(bootstrap: str, group: str) -> list[ToolRow]:
     """Rows of ``kafka-consumer-groups --describe --group <group>``."""
     out = consumer_groups(bootstrap, "--describe", "--group", group)

@@ -30,6 +30,7 @@ from streams.settings import Settings
 from tests.apps.batch_app import SCHEMA, registry
 from tests.harness import ROOT, Isolated
 from tests.helpers import run, wait_for
+from tests.kafka_tool import client_quota
 from tests.reference import committed_to_end, read_topic
 
 TOPIC = "partner.orders"
@@ -211,11 +212,17 @@ def test_an_importer_killed_mid_file_repeats_no_handler_effect(batch: Batch) -> 
     result = run(run_export(batch.settings, ExportSpec("big", "seq", table="partner_orders",
                                                        options=FormatOptions("jsonl"))))
     assert result.rows == n
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "batch", *batch.import_args()], cwd=ROOT,
-                            env={**os.environ, **batch.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: batch.published() >= n // 5, 120, what="part of the file published")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    # the importer publishes a file in large record batches, fast: a broker quota (Kafka's own, the
+    # broker delays its answers) makes the file take a while, so the kill lands mid-file
+    client_quota(batch.settings.bootstrap_servers, 100_000)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "batch", *batch.import_args()], cwd=ROOT,
+                                env={**os.environ, **batch.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: batch.published() >= n // 5, 120, what="part of the file published")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        client_quota(batch.settings.bootstrap_servers, None)
     first = batch.published()
     assert first < n, "the kill must land mid-file"
     assert batch.iso.sql("SELECT status FROM streams_batch_imports")[0][0] == "importing"
