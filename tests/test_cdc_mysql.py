@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -251,7 +252,10 @@ def writer_transactions(iso: Isolated, file: str) -> list[tuple[str, int]]:
     current: tuple[str, int] | None = None
     for _log, pos, kind, _server, _end, info in isql(iso, f"SHOW BINLOG EVENTS IN '{file}'"):
         if kind == "Gtid":
-            current = (info.split()[-1], int(pos))
+            # "BEGIN GTID 0-1-866", with " cid=1722" after it when the transaction was group-committed
+            gtid = re.search(r"GTID (\d+-\d+-\d+)", info)
+            assert gtid, f"a GTID event without a GTID: {info!r}"
+            current = (gtid.group(1), int(pos))
         elif kind == "Table_map" and info.endswith(".cdc_orders)") and current and (not out or out[-1] != current):
             out.append(current)
     return out

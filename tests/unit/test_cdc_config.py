@@ -220,3 +220,44 @@ def test_binlog_spec_gives_a_mariadb_connector_with_its_schema_history_and_a_sta
                          (CdcSpec(name="t", tables=["shop.orders"], snapshot="incremental"), "incremental")):
         with pytest.raises(ValueError, match=why):
             binlog_connector_config(refused, "mysql://cdc:pw@db.example:3307/shop", "kafka:9092")
+
+
+class _RecordedServer:
+    """A PyMySQL-shaped connection answering two statements from rows MariaDB 10.11 printed."""
+
+    def __init__(self, answers: dict[str, list[tuple]]) -> None:
+        self.answers = answers
+
+    def cursor(self):  # noqa: ANN201 - a context manager like PyMySQL's
+        server = self
+
+        class Cursor:
+            def __enter__(self):  # noqa: ANN204
+                return self
+
+            def __exit__(self, *exc) -> None:
+                return None
+
+            def execute(self, query: str) -> None:
+                self.rows = server.answers[query]
+
+            def fetchall(self) -> list[tuple]:
+                return self.rows
+
+        return Cursor()
+
+
+def test_a_group_committed_transactions_gtid_event_is_found_by_its_gtid() -> None:
+    """A GTID event of a group-committed transaction reads "BEGIN GTID 0-1-867 cid=1722" (CI: a
+    test took "cid=1722" for the GTID); the reset finds where the transaction after the set begins."""
+    from streams.cdc.binlog import mariadb_gtid_start
+
+    events = [("mysql-bin.000001", 4, "Format_desc", 1, 256, "Server ver: 10.11.6-MariaDB-0+deb12u1-log"),
+              ("mysql-bin.000001", 1000, "Gtid", 1, 1042, "BEGIN GTID 0-1-866"),
+              ("mysql-bin.000001", 1200, "Xid", 1, 1231, "COMMIT /* xid=9 */"),
+              ("mysql-bin.000001", 1231, "Gtid", 1, 1273, "BEGIN GTID 0-1-867 cid=1722"),
+              ("mysql-bin.000001", 1400, "Xid", 1, 1431, "COMMIT /* xid=10 */")]
+    server = _RecordedServer({"SHOW BINARY LOGS": [("mysql-bin.000001", 1431)],
+                              "SHOW BINLOG EVENTS IN 'mysql-bin.000001'": events})
+    position = mariadb_gtid_start(server, "0-1-866")
+    assert (position.file, position.pos, position.gtids) == ("mysql-bin.000001", 1231, "0-1-866")
