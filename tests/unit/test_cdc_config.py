@@ -228,11 +228,11 @@ class _RecordedServer:
     def __init__(self, answers: dict[str, list[tuple]]) -> None:
         self.answers = answers
 
-    def cursor(self):  # noqa: ANN201 - a context manager like PyMySQL's
+    def cursor(self):
         server = self
 
         class Cursor:
-            def __enter__(self):  # noqa: ANN204
+            def __enter__(self):
                 return self
 
             def __exit__(self, *exc) -> None:
