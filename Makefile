@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 E2E    := $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --ignore=tests/unit
 
-.PHONY: demo test docs venv services-down clean bench bench-batch bench-brokers image k8s-check k8s-manifests asyncapi
+.PHONY: demo demo-mariadb test docs venv services-down clean bench bench-batch bench-brokers image k8s-check k8s-manifests asyncapi
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -26,6 +26,12 @@ venv: $(STAMP)
 # the summary prints one order's trace (docs/tracing.md)
 demo: $(STAMP)
 	$(BIN)/python -m agents.demo $(DEMO_ARGS)
+
+# the same reference app with everything it keeps in a database on the project's own MariaDB (Debian's
+# mariadb-server, installed when missing); a mysql:// STREAMS_DATABASE_URL runs `make demo` on any MySQL 8 / MariaDB
+demo-mariadb: $(STAMP)
+	bash scripts/ensure-deb.sh $${STREAMS_MARIADBD:-/usr/sbin/mariadbd} mariadb-server
+	$(BIN)/python -m agents.demo --database mariadb $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m streams.dev.prebuild start   # kube-apiserver, Jaeger, etcd, helm: built in the background, once (cached)

@@ -38,23 +38,22 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from streams import load_settings
+from streams import db, load_settings
 from streams.dev.process import free_port
 from streams.dev.services import ensure_services
 from streams.dev.worker import WorkerProcess
 from streams.kafka.admin import committed_offsets, end_offsets, produce_envelopes, produce_raw
-from streams.outbox.schema import migrate as migrate_outbox
 from streams.outbox.stats import outbox_stats
-from streams.settings import Settings
+from streams.settings import Settings, redact_url
 
 #: wide enough for the summary table when the output is a file or a pipe (CI logs, the README)
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -116,34 +115,35 @@ class Service:
         return sum(self.counters[k] for k in ("handled", "duplicate", "dead_lettered", "ignored"))
 
 
-def run(events: int, keep_services: bool, timeout: float, traced: bool = False) -> int:
-    settings = load_settings()
+def run(events: int, keep_services: bool, timeout: float, traced: bool = False, mariadb: bool = False) -> int:
     t0 = time.monotonic()
+    local_mariadb = _start_mariadb() if mariadb else None
+    settings = load_settings()
     _log_to_file(settings.home_path / "demo" / "demo.log")
     console.rule("[bold]streams demo: one order, five integrations")
     services = ensure_services(settings)
     for name, took in services.timings.items():
         console.print(f"  {name}: {f'started in {took:.1f}s' if took else 'already running'}")
     console.print(f"  kafka bootstrap: {settings.bootstrap_servers}")
+    console.print(f"  database: {_database_name(settings)} at {redact_url(settings.dsn)}", highlight=False)
     jaeger = _start_tracing(settings) if traced else None
 
     from agents import order_service, points, receipts, search_index, sms
     from agents.main import app
     from agents.messages import OrderPlaced
-    from agents.schema import Schema
-    from agents.seller_push import SCHEMA as PUSH_SCHEMA
+    from agents.seller_push import schema as push_schema
     from agents.sms_provider import SmsProvider
 
     apps = {"orders": app, "points": points.app, "search": search_index.app, "sms": sms.app}
     for a in apps.values():
         asyncio.run(a.ensure_topics())
-    with psycopg.connect(settings.dsn, autocommit=True) as conn:
-        migrate_outbox(conn, settings.outbox_table)
+    with closing(db.connect(settings, autocommit=True)) as conn:
+        _migrate_outbox(settings, conn)
         order_service.migrate(conn)
         receipts.migrate(conn)
-        for ddl in (PUSH_SCHEMA, points.SCHEMA, search_index.SCHEMA):
-            Schema(ddl).migrate(conn)
-        search_before = conn.execute("SELECT count(*) FROM order_search").fetchone()[0]
+        for schema in (push_schema, points.schema, search_index.schema):
+            schema.migrate(conn)
+        search_before = db.query(conn, "SELECT count(*) FROM order_search")[0][0]
 
     orders_topic = settings.topic_prefix + "orders.order-placed"
     points_topic = points.grant_points_topic.name
@@ -184,7 +184,7 @@ def run(events: int, keep_services: bool, timeout: float, traced: bool = False) 
         # the first orders are paid by the buyers whose mailboxes are down, so some receipts always fail
         # (with random buyers a 40-order run missed all three about one time in three)
         first = sorted(FAILING_BUYERS)
-        with psycopg.connect(settings.dsn) as conn:
+        with closing(db.connect(settings)) as conn:
             for i in range(events):
                 buyer = first[i] if i < len(first) else f"buyer-{rng.randint(1, 100)}"
                 order = OrderPlaced(order_id=f"{run_id}-{i}", seller_id=f"seller-{rng.randint(1, 20)}",
@@ -257,6 +257,8 @@ def run(events: int, keep_services: bool, timeout: float, traced: bool = False) 
         receipts.tasks.close(wait=False)
         if not keep_services:
             services.stop_started()
+            if local_mariadb is not None:
+                local_mariadb.down()
 
     if not outcome:
         return 1
@@ -289,8 +291,9 @@ def _start_tracing(settings: Settings):
 
 def _first_clean_order(settings: Settings, run_id: str) -> str | None:
     """An order of this run whose receipt went out at the first try (not via the failure log)."""
+    failed_order = _order_id_of_failure(settings).replace("args", "f.args")
     rows = _sql(settings, "SELECT o.order_id FROM orders o WHERE o.order_id LIKE %s AND NOT EXISTS ("
-                          "SELECT 1 FROM streams_task_failures f WHERE f.args->>'order_id' = o.order_id) "
+                          f"SELECT 1 FROM streams_task_failures f WHERE {failed_order} = o.order_id) "
                           "ORDER BY o.placed_at LIMIT 1", (f"{run_id}-%",))
     return rows[0][0] if rows else None
 
@@ -365,8 +368,41 @@ def _wait(check, timeout: float, what: str) -> None:
 
 
 def _sql(settings: Settings, query: str, params=None) -> list[tuple]:
-    with psycopg.connect(settings.dsn) as conn:
-        return conn.execute(query, params).fetchall()
+    with closing(db.connect(settings, autocommit=True)) as conn:
+        return db.query(conn, query, params)
+
+
+def _mysql(settings: Settings) -> bool:
+    return settings.database_dialect == "mysql"
+
+
+def _order_id_of_failure(settings: Settings) -> str:
+    """The ``order_id`` argument of a failure-log row, in the database's JSON syntax."""
+    return "JSON_VALUE(args, '$.order_id')" if _mysql(settings) else "args->>'order_id'"
+
+
+def _database_name(settings: Settings) -> str:
+    return "MySQL / MariaDB" if _mysql(settings) else "PostgreSQL"
+
+
+def _migrate_outbox(settings: Settings, conn) -> None:
+    if _mysql(settings):
+        from streams.outbox.mysql_schema import migrate
+    else:
+        from streams.outbox.schema import migrate
+    migrate(conn, settings.outbox_table)
+
+
+def _start_mariadb():
+    """``--database mariadb``: the project's own MariaDB (``streams dev mariadb up``) becomes this
+    run's database: ``STREAMS_DATABASE_URL`` is set for this process and every one it starts."""
+    from streams.dev.mariadb import LocalMariaDB
+
+    server = LocalMariaDB.from_settings(load_settings())
+    took = server.up()
+    console.print(f"  mariadb: {f'started in {took:.1f}s' if took else 'already running'}")
+    os.environ["STREAMS_DATABASE_URL"] = server.url
+    return server if took else None
 
 
 def _count(settings: Settings, table: str, like: str, extra: str = "TRUE") -> int:
@@ -385,13 +421,14 @@ def _committed_to_end(settings: Settings, group: str, topic: str) -> bool:
 
 def _seller_hits(settings: Settings, like: str) -> int:
     """Orders a search by their seller finds (the index is searchable by seller only when fixed)."""
-    return _sql(settings, "SELECT count(*) FROM order_search WHERE order_id LIKE %s "
-                          "AND document @@ plainto_tsquery('simple', seller_id)", (like,))[0][0]
+    from agents.search_index import FOUND_BY_SELLER
+
+    return _sql(settings, FOUND_BY_SELLER[settings.database_dialect], (like,))[0][0]
 
 
 def _failure_rows(settings: Settings, run_id: str) -> int:
     return _sql(settings, "SELECT count(*) FROM streams_task_failures WHERE task = 'send-receipt' "
-                          "AND args->>'order_id' LIKE %s", (f"{run_id}-%",))[0][0]
+                          f"AND {_order_id_of_failure(settings)} LIKE %s", (f"{run_id}-%",))[0][0]
 
 
 def _dead_letters(settings: Settings, dlq: str, since: datetime) -> Counter:
@@ -405,28 +442,30 @@ def _dead_letters(settings: Settings, dlq: str, since: datetime) -> Counter:
 def _outcome(settings: Settings, run_id: str, placed: int, declined: list[str], provider, failed_receipts: int,
              search_before: int) -> dict:
     like = f"{run_id}-%"
-    q = lambda query: _sql(settings, query, (like,))[0]  # noqa: E731
+    # SUM and COUNT of either server as ints (MySQL's SUM is a DECIMAL)
+    q = lambda query: tuple(int(v) for v in _sql(settings, query, (like,))[0])  # noqa: E731
+    declined_in = ", ".join(["%s"] * len(declined)) or "NULL"
     from agents.order_service import POINTS_PER
 
     return {
         "pushes": q("SELECT count(*), count(DISTINCT message_id) FROM seller_push_notifications "
                     "WHERE order_id LIKE %s"),
         "declined_announced": _sql(settings, "SELECT (SELECT count(*) FROM seller_push_notifications WHERE "
-                                             "order_id = ANY(%s)) + (SELECT count(*) FROM points_ledger WHERE "
-                                             "order_id = ANY(%s))", (declined, declined))[0][0],
+                                             f"order_id IN ({declined_in})) + (SELECT count(*) FROM points_ledger "
+                                             f"WHERE order_id IN ({declined_in}))", (*declined, *declined))[0][0],
         "ledger": q("SELECT count(*), count(DISTINCT message_id), coalesce(sum(points), 0) FROM points_ledger "
                     "WHERE order_id LIKE %s"),
         "points_expected": q(f"SELECT coalesce(sum(floor(total_amount / {POINTS_PER})), 0) FROM orders "
                              "WHERE order_id LIKE %s")[0],
-        "search": q("SELECT count(*), count(*) FILTER (WHERE indexer_version = 2), "
-                    "count(*) FILTER (WHERE writes = 2), coalesce(sum(writes), 0) FROM order_search "
-                    "WHERE order_id LIKE %s"),
+        "search": q("SELECT count(*), coalesce(sum(CASE WHEN indexer_version = 2 THEN 1 ELSE 0 END), 0), "
+                    "coalesce(sum(CASE WHEN writes = 2 THEN 1 ELSE 0 END), 0), coalesce(sum(writes), 0) "
+                    "FROM order_search WHERE order_id LIKE %s"),
         "seller_hits": _seller_hits(settings, like),
         "sms": sum(t.startswith(f"Order {run_id}-") for _, t in list(provider.messages.values())),
         "receipts": q("SELECT count(*), count(DISTINCT order_id) FROM order_receipts WHERE order_id LIKE %s"),
         "failed_receipts": failed_receipts,
         "still_failed": _sql(settings, "SELECT count(*) FROM streams_task_failures WHERE status = 'failed' "
-                                       "AND args->>'order_id' LIKE %s", (like,))[0][0],
+                                       f"AND {_order_id_of_failure(settings)} LIKE %s", (like,))[0][0],
     }
 
 
@@ -507,13 +546,16 @@ def _report(o: dict, svc: dict[str, Service], task_stats: Counter, provider: dic
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=500, help="orders to place (default 500)")
-    parser.add_argument("--keep-services", action="store_true", help="leave Kafka and PostgreSQL running")
+    parser.add_argument("--keep-services", action="store_true", help="leave Kafka and the database running")
+    parser.add_argument("--database", choices=("postgresql", "mariadb"), default="postgresql",
+                        help="mariadb: run on the project's own MariaDB (started like `streams dev mariadb up`) "
+                             "instead of PostgreSQL; a mysql:// STREAMS_DATABASE_URL runs on that server either way")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step")
     parser.add_argument("--tracing", action="store_true",
                         help="send every process's spans to a local Jaeger (built once from its Go module) and "
                              "print one order's trace")
     args = parser.parse_args(argv)
-    sys.exit(run(args.events, args.keep_services, args.timeout, args.tracing))
+    sys.exit(run(args.events, args.keep_services, args.timeout, args.tracing, args.database == "mariadb"))
 
 
 if __name__ == "__main__":

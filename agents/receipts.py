@@ -19,14 +19,15 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-
-import psycopg
+from typing import Any
 
 from agents.config import agent_settings
+from agents.schema import Schema
 from streams import RetryPolicy, TransientError, load_settings
 from streams.background import BackgroundTasks
+from streams.db import connect, query
 
-SCHEMA = """
+schema = Schema(postgresql="""
 CREATE TABLE IF NOT EXISTS order_receipts (
     id       bigserial   PRIMARY KEY,
     order_id text        NOT NULL,
@@ -34,7 +35,15 @@ CREATE TABLE IF NOT EXISTS order_receipts (
     body     text        NOT NULL,
     sent_at  timestamptz NOT NULL DEFAULT now()
 );
-"""
+""", mysql="""
+CREATE TABLE IF NOT EXISTS order_receipts (
+    id       BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    order_id VARCHAR(191) NOT NULL,
+    buyer_id VARCHAR(191) NOT NULL,
+    body     TEXT         NOT NULL,
+    sent_at  DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+""")
 
 settings = load_settings()
 tasks = BackgroundTasks(settings, max_workers=4, max_pending=200,
@@ -55,10 +64,10 @@ class MailApi:
         self._calls = itertools.count(1)
         self._local = threading.local()
 
-    def _conn(self) -> psycopg.Connection:
+    def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5)
+        if conn is None or not _is_open(conn):
+            conn = self._local.conn = connect(settings, autocommit=True, connect_timeout=5)
         return conn
 
     def send(self, order_id: str, buyer_id: str, body: str) -> None:
@@ -68,17 +77,22 @@ class MailApi:
             raise MailUnavailable(f"mailbox of {buyer_id} unavailable (550 4.2.2 mailbox full)")
         if self.flaky_every and next(self._calls) % self.flaky_every == 0:
             raise MailUnavailable("mail API timed out (try again)")
-        self._conn().execute("INSERT INTO order_receipts (order_id, buyer_id, body) VALUES (%s, %s, %s)",
-                             (order_id, buyer_id, body))
+        query(self._conn(), "INSERT INTO order_receipts (order_id, buyer_id, body) VALUES (%s, %s, %s)",
+              (order_id, buyer_id, body))
+
+
+def _is_open(conn: Any) -> bool:
+    """Whether a psycopg or PyMySQL connection is still open."""
+    closed = getattr(conn, "closed", None)
+    return not closed if closed is not None else bool(conn.open)
 
 
 mail_api = MailApi()
 
 
-def migrate(conn: psycopg.Connection) -> None:
-    """Create the receipts table and the failure log."""
-    with conn.transaction():
-        conn.execute(SCHEMA)
+def migrate(conn: Any) -> None:
+    """Create the receipts table and the failure log (a connection of :func:`streams.db.connect`)."""
+    schema.migrate(conn)
     tasks.failure_log.migrate(conn)
 
 

@@ -2,7 +2,8 @@
 
 Consumer group ``<base>.search`` reads the same ``OrderPlaced`` events as the
 seller push, at its own offsets, and upserts one document per order into a
-PostgreSQL full-text table (``order_search``). Writes are upserts, and the
+full-text table (``order_search``: a ``tsvector`` with a GIN index on PostgreSQL, a
+``FULLTEXT`` index on the body on MySQL / MariaDB). Writes are upserts, and the
 handler is idempotent by the framework's processed-ID table (RocksDB), so a
 redelivery changes nothing.
 
@@ -23,7 +24,7 @@ from agents.schema import Schema
 from agents.services import ORDER_PARTITIONS, ORDER_PLACED, service_app
 from streams import Database, Delivery, Envelope, Kind
 
-SCHEMA = """
+schema = Schema(postgresql="""
 CREATE TABLE IF NOT EXISTS order_search (
     order_id        text        PRIMARY KEY,
     seller_id       text        NOT NULL,
@@ -36,8 +37,41 @@ CREATE TABLE IF NOT EXISTS order_search (
     indexed_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS order_search_document ON order_search USING gin (document);
-"""
-schema = Schema(SCHEMA)
+""", mysql="""
+CREATE TABLE IF NOT EXISTS order_search (
+    order_id        VARCHAR(191) NOT NULL PRIMARY KEY,
+    seller_id       VARCHAR(191) NOT NULL,
+    buyer_id        VARCHAR(191) NOT NULL,
+    body            TEXT         NOT NULL,
+    indexer_version INT          NOT NULL,
+    message_id      VARCHAR(191) NOT NULL,
+    writes          INT          NOT NULL DEFAULT 1,
+    indexed_at      DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    FULLTEXT KEY order_search_document (body)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+""")
+#: the document's upsert in each dialect (the body twice on PostgreSQL: the text and its tsvector)
+UPSERT = {
+    "postgresql": (
+        "INSERT INTO order_search (order_id, seller_id, buyer_id, body, document, indexer_version, message_id) "
+        "VALUES (%s, %s, %s, %s, to_tsvector('simple', %s), %s, %s) "
+        "ON CONFLICT (order_id) DO UPDATE SET body = EXCLUDED.body, document = EXCLUDED.document, "
+        "indexer_version = EXCLUDED.indexer_version, writes = order_search.writes + 1, indexed_at = now()"),
+    "mysql": (
+        "INSERT INTO order_search (order_id, seller_id, buyer_id, body, indexer_version, message_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON DUPLICATE KEY UPDATE body = VALUES(body), indexer_version = VALUES(indexer_version), "
+        "writes = writes + 1, indexed_at = CURRENT_TIMESTAMP(6)"),
+}
+#: orders whose document a search by their seller finds (``%s``: an order-id pattern)
+FOUND_BY_SELLER = {
+    "postgresql": "SELECT count(*) FROM order_search WHERE order_id LIKE %s "
+                  "AND document @@ plainto_tsquery('simple', seller_id)",
+    # MATCH ... AGAINST takes a constant only (one seller's search: MATCH(body) AGAINST('"seller-7"'
+    # IN BOOLEAN MODE)); the check of every order against its own seller looks for the word in the body
+    "mysql": "SELECT count(*) FROM order_search WHERE order_id LIKE %s "
+             "AND CONCAT(' ', body, ' ') LIKE CONCAT('%% ', seller_id, ' %%')",
+}
 
 app = service_app("search")
 order_placed_topic = app.topic(ORDER_PLACED, kind=Kind.EVENT, partitions=ORDER_PARTITIONS)
@@ -58,9 +92,9 @@ async def index_order(message: Envelope[OrderPlaced], delivery: Delivery) -> Non
     await schema.ensure(db)
     order, version = message.payload, agent_settings.search_indexer_version
     body = document_text(order, version)
-    await db.execute(
-        "INSERT INTO order_search (order_id, seller_id, buyer_id, body, document, indexer_version, message_id) "
-        "VALUES (%s, %s, %s, %s, to_tsvector('simple', %s), %s, %s) "
-        "ON CONFLICT (order_id) DO UPDATE SET body = EXCLUDED.body, document = EXCLUDED.document, "
-        "indexer_version = EXCLUDED.indexer_version, writes = order_search.writes + 1, indexed_at = now()",
-        (order.order_id, order.seller_id, order.buyer_id, body, body, version, message.message_id))
+    values: tuple
+    if db.dialect == "mysql":
+        values = (order.order_id, order.seller_id, order.buyer_id, body, version, message.message_id)
+    else:
+        values = (order.order_id, order.seller_id, order.buyer_id, body, body, version, message.message_id)
+    await db.execute(UPSERT[db.dialect], values)

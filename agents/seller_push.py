@@ -1,6 +1,7 @@
 """Push the seller when an order is placed (the seeds' first example).
 
-The "push" is recorded as a row in PostgreSQL (``seller_push_notifications``),
+The "push" is recorded as a row in the application's database (``seller_push_notifications``;
+PostgreSQL, or MySQL / MariaDB for a ``mysql://`` ``STREAMS_DATABASE_URL``),
 which is what a notification service would consume; one row per handler call,
 so a repeated call would show as a second row for the same ``message_id``.
 
@@ -15,8 +16,7 @@ the id and sent again if a skipped redelivery's first send was aborted.
 from __future__ import annotations
 
 import asyncio
-
-import psycopg
+from typing import Any
 
 from agents.app import app, order_placed_topic, order_push_status, seller_notified_topic
 from agents.config import agent_settings
@@ -24,7 +24,7 @@ from agents.messages import OrderPlaced, SellerNotified, registry
 from agents.schema import Schema
 from streams import Database, Delivery, Envelope, TransientError
 
-SCHEMA = """
+schema = Schema(postgresql="""
 CREATE TABLE IF NOT EXISTS seller_push_notifications (
     id          bigserial PRIMARY KEY,
     message_id  text        NOT NULL,
@@ -38,8 +38,27 @@ CREATE TABLE IF NOT EXISTS seller_push_notifications (
 );
 CREATE INDEX IF NOT EXISTS seller_push_notifications_message_id
     ON seller_push_notifications (message_id);
-"""
-schema = Schema(SCHEMA)
+""", mysql="""
+CREATE TABLE IF NOT EXISTS seller_push_notifications (
+    id          BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    message_id  VARCHAR(191) NOT NULL,
+    order_id    VARCHAR(191) NOT NULL,
+    seller_id   VARCHAR(191) NOT NULL,
+    body        TEXT         NOT NULL,
+    topic       VARCHAR(255) NOT NULL,
+    `partition` INT          NOT NULL,
+    `offset`    BIGINT       NOT NULL,
+    pushed_at   DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    KEY seller_push_notifications_message_id (message_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+""")
+#: the push's row in each dialect (MySQL 8 has no INSERT ... RETURNING: the cursor's lastrowid)
+INSERT_PUSH = {
+    "postgresql": 'INSERT INTO seller_push_notifications (message_id, order_id, seller_id, body, topic, partition, '
+                  '"offset") VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id',
+    "mysql": "INSERT INTO seller_push_notifications (message_id, order_id, seller_id, body, topic, `partition`, "
+             "`offset`) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+}
 
 
 class SellerApiUnavailable(TransientError):
@@ -47,7 +66,7 @@ class SellerApiUnavailable(TransientError):
 
 
 class SellerNotifier:
-    """Writes push notifications for sellers into PostgreSQL."""
+    """Writes push notifications for sellers into the application's database."""
 
     def __init__(self, db: Database, latency_ms: float = 0.0, failing_sellers: set[str] | None = None) -> None:
         self.db = db
@@ -57,8 +76,9 @@ class SellerNotifier:
     async def ensure_schema(self) -> None:
         await schema.ensure(self.db)
 
-    async def push(self, order: OrderPlaced, delivery: Delivery, tx: psycopg.AsyncConnection) -> int:
-        """Record the push in ``tx`` (the delivery's effect transaction); returns its id."""
+    async def push(self, order: OrderPlaced, delivery: Delivery, tx: Any) -> int:
+        """Record the push in ``tx`` (the delivery's effect transaction: a psycopg or an asyncmy
+        connection); returns its id."""
         await self.ensure_schema()
         if self.latency:
             await asyncio.sleep(self.latency)  # the seller API's round trip
@@ -68,13 +88,13 @@ class SellerNotifier:
             f"New order {order.order_id}: {order.item_count} item(s), "
             f"{order.total_amount} {order.currency}"
         )
-        cur = await tx.execute(
-            'INSERT INTO seller_push_notifications (message_id, order_id, seller_id, body, topic, partition, "offset")'
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (delivery.idempotency_key, order.order_id, order.seller_id, body,
-             delivery.topic, delivery.partition, delivery.offset),
-        )
-        return (await cur.fetchone())[0]
+        values = (delivery.idempotency_key, order.order_id, order.seller_id, body,
+                  delivery.topic, delivery.partition, delivery.offset)
+        async with tx.cursor() as cur:
+            await cur.execute(INSERT_PUSH[self.db.dialect], values)
+            if self.db.dialect == "mysql":
+                return int(cur.lastrowid)
+            return (await cur.fetchone())[0]
 
 
 notifier = SellerNotifier(Database(app.settings), agent_settings.seller_api_latency_ms,

@@ -38,14 +38,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
-from streams import tracing
+from streams import db, tracing
 from streams.consume.retry import RetryPolicy
 from streams.errors import ConfigurationError
 from streams.settings import Settings
@@ -69,6 +69,24 @@ CREATE TABLE IF NOT EXISTS {table} (
     done_at         timestamptz
 );
 CREATE INDEX IF NOT EXISTS {index} ON {table} (status, id);
+"""
+
+#: the same table in MySQL / MariaDB (times in UTC: every connection runs in UTC)
+_MYSQL_DDL = """
+CREATE TABLE IF NOT EXISTS `{table}` (
+    id              BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    task            VARCHAR(191) NOT NULL,
+    args            LONGTEXT     NOT NULL,
+    status          VARCHAR(16)  NOT NULL DEFAULT 'failed' CHECK (status IN ('failed', 'done')),
+    attempts        INT          NOT NULL,
+    error_type      VARCHAR(255) NOT NULL,
+    error_message   TEXT         NOT NULL,
+    first_failed_at DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    failed_at       DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    reruns          INT          NOT NULL DEFAULT 0,
+    done_at         DATETIME(6)  NULL,
+    KEY `{table}_status` (status, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
 """
 
 
@@ -97,31 +115,54 @@ class TaskFailure:
 
 
 class FailureLog:
-    """The failure-log table in PostgreSQL (``streams_task_failures`` by default)."""
+    """The failure-log table (``streams_task_failures`` by default) in the application's
+    database: PostgreSQL, or MySQL / MariaDB for a ``mysql://`` URL."""
 
     def __init__(self, settings: Settings, table: str = DEFAULT_TABLE) -> None:
         self.settings = settings
         self.table = table
 
-    def migrate(self, conn: psycopg.Connection) -> None:
-        """Create the table (idempotent)."""
-        with conn.transaction():
-            conn.execute(sql.SQL(_DDL).format(table=sql.Identifier(self.table),
-                                              index=sql.Identifier(f"{self.table}_status")))
+    @property
+    def _mysql(self) -> bool:
+        return self.settings.database_dialect == "mysql"
 
-    def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=5)
+    def _mysql_sql(self, template: str) -> str:
+        """``template`` for MySQL: ``{}`` is the table's name, ``now()`` the current UTC time."""
+        if not self.table.replace("_", "").isalnum():
+            raise ConfigurationError(f"invalid failure-log table name {self.table!r}")
+        return template.replace("{}", f"`{self.table}`").replace("now()", "CURRENT_TIMESTAMP(6)")
+
+    def _run(self, conn: Any, template: str, params: Any = None) -> list[tuple]:
+        """Run ``template`` (``{}``: the table) in the dialect of ``conn``; its rows."""
+        if self._mysql:
+            return db.query(conn, self._mysql_sql(template), params)
+        return db.query(conn, sql.SQL(template).format(sql.Identifier(self.table)), params)  # type: ignore[arg-type]
+
+    def migrate(self, conn: Any) -> None:
+        """Create the table (idempotent) on a connection of :func:`streams.db.connect`."""
+        if self._mysql:
+            with db.transaction(conn):
+                self._mysql_sql("")  # the name is checked
+                db.query(conn, _MYSQL_DDL.format(table=self.table))
+            return
+        with db.transaction(conn):
+            db.query(conn, sql.SQL(_DDL).format(table=sql.Identifier(self.table),  # type: ignore[arg-type]
+                                                index=sql.Identifier(f"{self.table}_status")))
+
+    def connect(self) -> Any:
+        """An autocommit connection to the application's database (close it, or use ``with``)."""
+        return closing(db.connect(self.settings, autocommit=True))
 
     def record(self, task: str, args: dict[str, Any], attempts: int, exc: BaseException) -> int:
         """Write a failed task; returns its id."""
+        values = (task, json.dumps(args), attempts, type(exc).__name__, str(exc)[:2000])
+        insert = "INSERT INTO {} (task, args, attempts, error_type, error_message) VALUES (%s, %s, %s, %s, %s)"
         with self.connect() as conn:
-            row = conn.execute(
-                sql.SQL("INSERT INTO {} (task, args, attempts, error_type, error_message) "
-                        "VALUES (%s, %s, %s, %s, %s) RETURNING id").format(sql.Identifier(self.table)),
-                (task, json.dumps(args), attempts, type(exc).__name__, str(exc)[:2000]),
-            ).fetchone()
-            assert row is not None  # RETURNING always gives the row
-            return int(row[0])
+            if self._mysql:
+                with conn.cursor() as cur:
+                    cur.execute(self._mysql_sql(insert), values)
+                    return int(cur.lastrowid)
+            return int(self._run(conn, insert + " RETURNING id", values)[0][0])
 
     def list(self, status: str | None = "failed", task: str | None = None,
              ids: list[int] | None = None) -> list[TaskFailure]:
@@ -135,26 +176,34 @@ class FailureLog:
             where.append("task = %s")
             params.append(task)
         if ids:
-            where.append("id = ANY(%s)")
-            params.append(ids)
-        query = sql.SQL(
-            "SELECT id, task, args, status, attempts, error_type, error_message, first_failed_at, failed_at, "
-            "reruns, done_at FROM {}{} ORDER BY id"
-        ).format(sql.Identifier(self.table), sql.SQL(" WHERE " + " AND ".join(where) if where else ""))
+            where.append(f"id IN ({', '.join(['%s'] * len(ids))})")
+            params.extend(ids)
+        query = ("SELECT id, task, args, status, attempts, error_type, error_message, first_failed_at, failed_at, "
+                 "reruns, done_at FROM {}" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
         with self.connect() as conn:
-            return [TaskFailure(*row) for row in conn.execute(query, params).fetchall()]
+            return [self._failure(row) for row in self._run(conn, query, params)]
+
+    def _failure(self, row: tuple) -> TaskFailure:
+        if not self._mysql:
+            return TaskFailure(*row)
+        # MySQL: the arguments are JSON text, the times naive UTC
+        fields = list(row)
+        fields[2] = json.loads(fields[2])
+        for i in (7, 8, 10):
+            if fields[i] is not None:
+                fields[i] = fields[i].replace(tzinfo=UTC)
+        return TaskFailure(*fields)
 
     def mark_done(self, failure_id: int) -> None:
         with self.connect() as conn:
-            conn.execute(sql.SQL("UPDATE {} SET status = 'done', reruns = reruns + 1, done_at = now() "
-                                 "WHERE id = %s").format(sql.Identifier(self.table)), (failure_id,))
+            self._run(conn, "UPDATE {} SET status = 'done', reruns = reruns + 1, done_at = now() WHERE id = %s",
+                      (failure_id,))
 
     def mark_failed_again(self, failure_id: int, attempts: int, exc: BaseException) -> None:
         with self.connect() as conn:
-            conn.execute(sql.SQL(
-                "UPDATE {} SET attempts = attempts + %s, reruns = reruns + 1, error_type = %s, "
-                "error_message = %s, failed_at = now() WHERE id = %s").format(sql.Identifier(self.table)),
-                (attempts, type(exc).__name__, str(exc)[:2000], failure_id))
+            self._run(conn, "UPDATE {} SET attempts = attempts + %s, reruns = reruns + 1, error_type = %s, "
+                            "error_message = %s, failed_at = now() WHERE id = %s",
+                      (attempts, type(exc).__name__, str(exc)[:2000], failure_id))
 
 
 class BackgroundTasks:

@@ -11,13 +11,14 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from streams import db
 from streams.dev.kafka import LocalKafka
 from streams.dev.postgres import LocalPostgres
 from streams.dev.process import free_port
@@ -74,9 +75,9 @@ class Isolated:
         return f"{self.settings.topic_prefix}{name}"
 
     def sql(self, query: str, params=None) -> list[tuple]:
-        with psycopg.connect(self.settings.dsn, autocommit=True) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
+        """Run one statement (autocommit) on the test's database, PostgreSQL or MySQL; its rows."""
+        with closing(db.connect(self.settings, autocommit=True)) as conn:
+            return db.query(conn, query, params)
 
 
 def distinct_port_pairs(n: int) -> list[tuple[int, int]]:

@@ -15,7 +15,11 @@ from tests.harness import ROOT
 
 
 @pytest.mark.timeout(300)
-def test_demo_runs_every_integration_and_each_effect_happens_once(isolated):
+@pytest.mark.parametrize("database", ["postgresql", "mariadb"])
+def test_demo_runs_every_integration_and_each_effect_happens_once(database, request):
+    """The same run on PostgreSQL and, by setting one URL (``STREAMS_DATABASE_URL=mysql://…``),
+    on MariaDB: the orders, the outbox, the effects and the failure log all on that server."""
+    isolated = request.getfixturevalue("isolated" if database == "postgresql" else "isolated_mysql")
     env = {**os.environ, **isolated.env}
     out = subprocess.run([sys.executable, "-m", "agents.demo", "--events", "150", "--timeout", "120"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)

@@ -22,7 +22,6 @@ def main(n: int) -> None:
     tracing.configure(service_name="order-service")
     from agents import order_service, points, receipts, search_index, seller_push
     from agents.messages import OrderPlaced
-    from agents.schema import Schema
     from streams.outbox.schema import migrate
 
     settings = load_settings()
@@ -30,8 +29,8 @@ def main(n: int) -> None:
         migrate(conn, settings.outbox_table)
         order_service.migrate(conn)
         receipts.migrate(conn)
-        for ddl in (seller_push.SCHEMA, points.SCHEMA, search_index.SCHEMA):
-            Schema(ddl).migrate(conn)
+        for schema in (seller_push.schema, points.schema, search_index.schema):
+            schema.migrate(conn)
     receipts.mail_api.failing_buyers = set()
     receipts.mail_api.flaky_every = 0
     tag = uuid.uuid4().hex[:6]
