@@ -98,8 +98,7 @@ def runners(app: Any, writes: BrokerWrites, handlers: list[str] | None, *, broke
     """A runner per handler of ``app`` (those named in ``handlers``; None: all), wired to ``writes``.
 
     Refused with a sentence saying why: a handler whose topic's missing ``message_id`` would be
-    replaced by an offset on a broker without offsets (``offsets`` False), and delayed retries
-    where the broker has no delayed delivery (``broker == "redis"``)."""
+    replaced by an offset on a broker without offsets (``offsets`` False)."""
     names = list(app.handlers) if handlers is None else handlers
     unknown = [n for n in names if n not in app.handlers]
     if unknown:
@@ -117,11 +116,6 @@ def runners(app: Any, writes: BrokerWrites, handlers: list[str] | None, *, broke
                 f"handler {name!r}: its topic stands in an offset for a missing message_id, but a {broker} queue "
                 "has no offsets (a redelivered message would get another id): use message_id_fallback "
                 "'header' or 'reject'")
-        if broker == "redis" and spec.retry.delayed_retries:
-            raise ConfigurationError(
-                f"handler {name!r}: delayed retries need a message to come back later, and Redis Streams have "
-                "no delayed delivery (no TTL on an entry): use in-place retries (RetryPolicy.max_attempts) or "
-                "consume this topic from Kafka or RabbitMQ")
         # the processed-ID table is Kafka's (RocksDB + changelog): here, repeats are dropped by effects=
         out.append(HandlerRunner(dataclasses.replace(spec, processed=None, agents=[]), ctx))
     return out

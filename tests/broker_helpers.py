@@ -128,18 +128,33 @@ async def redis_add(url: str, stream: str, entries: list[dict]) -> None:
         await client.aclose()
 
 
-def consumer_process(iso, label: str, broker: str, *extra: str, **env: str):
-    """A ``streams consume`` process running the broker test app's handler (not started yet)."""
+def consumer_process(iso, label: str, broker: str, *extra: str, handler: str = "apply_order", **env: str):
+    """A ``streams consume`` process running the broker test app's handler (not started yet), its web
+    views on a free port (``proc.web_port``: :func:`consumer_web`)."""
     import sys
 
+    from streams.dev.process import free_port
     from tests.harness import ROOT
 
     proc = iso.worker(label, STREAMS_WORKER_APP="tests.apps.broker_app:app", **env)
-    proc.command = [sys.executable, "-m", "streams.cli", "consume", "--broker", broker, "--handler", "apply_order",
-                    *extra]
+    proc.web_port = free_port()
+    proc.command = [sys.executable, "-m", "streams.cli", "consume", "--broker", broker, "--handler", handler,
+                    "--web-port", str(proc.web_port), *extra]
     proc.ready_marker = "consumer ready"
     proc.cwd = ROOT
     return proc
+
+
+def consumer_web(proc, path: str) -> tuple[int, str]:
+    """(status, body) of ``GET path`` on a :func:`consumer_process`'s web views."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.web_port}{path}", timeout=15) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 async def rabbit_headers(url: str, queue: str) -> list[dict]:

@@ -1,9 +1,11 @@
 """Handlers on RabbitMQ queues and Redis streams (`streams consume`), against the real servers:
 killed -9 mid-stream (every effect once with effects=), hostile records written by the brokers' own
-clients (parked with reasons, consumer alive), the broker restarted during consumption (nothing lost)."""
+clients (parked with reasons, consumer alive), the broker restarted during consumption (nothing lost),
+delayed retries (each level's delay waited, the source going on meanwhile, then the dead letter)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import psycopg
@@ -13,8 +15,8 @@ from streams.messages.envelope import event
 from streams.rabbitmq.messages import lane_of, to_message
 from streams.rabbitmq.topology import GroupTopology
 from streams.redis_streams.entries import to_fields
-from tests.apps.broker_app import SCHEMA
-from tests.broker_helpers import consumer_process, rabbit_headers, rabbit_publish, redis_add
+from tests.apps.broker_app import FLAKY_DELAYS, SCHEMA
+from tests.broker_helpers import consumer_process, consumer_web, rabbit_headers, rabbit_publish, redis_add
 from tests.helpers import run, wait_for
 
 KEYS = 20
@@ -122,6 +124,22 @@ def test_hostile_records_are_parked_with_reasons(isolated, broker):
     publish(name, server.url, topic, good)
     wait_for(lambda: effects(isolated)[0] == 1, 60, what="the good message handled after the hostile ones")
     assert consumer.running()
+    # what it did, on its web views: each parked record counted, the backlog read from the broker
+    status, ready = consumer_web(consumer, "/health/ready")
+    assert status == 200 and json.loads(ready)["ready"] is True, ready
+    wait_for(lambda: json.loads(consumer_web(consumer, "/api/lag")[1])["lag"] == 0, 30,
+             what="the broker holding nothing more for the group")
+    totals = json.loads(consumer_web(consumer, "/api/metrics")[1])["totals"]
+    assert (totals.get("dead_lettered"), totals.get("handled")) == (len(cases), 1), totals
+    status, text = consumer_web(consumer, "/metrics")
+    assert status == 200, text
+    assert f'streams_broker_backlog{{broker="{name}",group="{isolated.settings.app_id}",topic="{topic}"}} 0.0' \
+        in text, text
+    parked = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("streams_dead_lettered_total{") and 'handler="apply_order"' in line
+                 and f'topic="{topic}"' in line)
+    assert parked == len(cases), text
+    assert "streams_lag_up 1.0" in text and "streams_worker_ready 1.0" in text, text
     consumer.stop()
     if name == "rabbitmq":
         dlq = GroupTopology(topic, isolated.settings.app_id, 4).dead_letters
@@ -187,3 +205,53 @@ def _lag(iso, name: str, topic: str, env: dict[str, str]) -> dict:
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)[0]
+
+
+def _attempts(iso, order_id: str) -> list:
+    """When ``flaky_order`` tried ``order_id`` (the database's clock), in order."""
+    return [at for (at,) in iso.sql("SELECT at FROM broker_attempts WHERE order_id = %s ORDER BY id", (order_id,))]
+
+
+@pytest.mark.timeout(240)
+def test_delayed_retries_wait_their_delay_while_the_source_goes_on(isolated, broker):
+    name, server, env = broker
+    topic = isolated.topic("broker.flaky")
+    consumer = consumer_process(isolated, "consumer", name, handler="flaky_order", **env)
+    consumer.start().wait_ready(60)
+    first = [event("OrderPlaced", {"order_id": oid, "seq": 0}, key=oid) for oid in ("flaky-1-a", "flaky-2-b", "doomed-c")]
+    publish(name, server.url, topic, first)
+    wait_for(lambda: len(_attempts(isolated, "doomed-c")) >= 1, 60, what="the first attempt of doomed-c")
+    ok = [event("OrderPlaced", {"order_id": f"ok-{i}", "seq": i}, key=f"ok-{i}") for i in range(20)]
+    publish(name, server.url, topic, ok)
+    wait_for(lambda: isolated.sql("SELECT count(*) FROM broker_effects")[0][0] >= 22, 60,
+             what="the 20 later orders and flaky-1-a, flaky-2-b applied")
+    # stopped and started while doomed-c may still wait for its last level: nothing is lost by it
+    consumer.stop()
+    consumer.start().wait_ready(60)
+    if name == "rabbitmq":
+        dlq = GroupTopology(topic, isolated.settings.app_id, 4).dead_letters
+        letters: list[dict] = []
+        wait_for(lambda: letters.extend(run(rabbit_headers(server.url, dlq))) or letters, 60,
+                 what="doomed-c's dead letter")
+    else:
+        wait_for(lambda: run(_redis_letters(server.url, topic + ".dlq")), 60, what="doomed-c's dead letter")
+        letters = [{k.decode().removeprefix("h:"): v.decode() for k, v in fields.items() if k.startswith(b"h:")}
+                   for fields in run(_redis_letters(server.url, topic + ".dlq"))]
+    wait_for(lambda: json.loads(consumer_web(consumer, "/api/lag")[1])["lag"] == 0, 30,
+             what="nothing left in the source or retry levels")
+    consumer.stop()
+
+    applied = dict(isolated.sql("SELECT message_id, count(*) FROM broker_effects GROUP BY message_id"))
+    ids = {e.payload["order_id"]: e.message_id for e in [*first, *ok]}
+    assert set(applied) == {ids[o] for o in ids if o != "doomed-c"} and set(applied.values()) == {1}, applied
+    tried = {o: _attempts(isolated, o) for o in ids}
+    assert [len(tried[o]) for o in ("flaky-1-a", "flaky-2-b", "doomed-c")] == [2, 3, 3], tried
+    assert all(len(tried[f"ok-{i}"]) == 1 for i in range(20))
+    for order in ("flaky-1-a", "flaky-2-b", "doomed-c"):
+        for level, (before, after) in enumerate(zip(tried[order], tried[order][1:], strict=False)):
+            waited = (after - before).total_seconds()
+            assert waited >= FLAKY_DELAYS[level] - 0.05, f"{order}: retry level {level + 1} after {waited:.2f}s"
+    last_ok = max(tried[f"ok-{i}"][0] for i in range(20))
+    assert last_ok < tried["doomed-c"][2], "the later orders were handled while doomed-c waited for its last level"
+    assert [(d.get("dlq.reason"), d.get("message_id")) for d in letters] == [("handler_error", ids["doomed-c"])], \
+        letters

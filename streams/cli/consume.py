@@ -25,9 +25,14 @@ log = logging.getLogger("streams.consume")
                    "this broker).")
 @click.option("--name", default=None, help="Redis: this consumer's name in the group (default host-pid; the same "
                                            "name after a restart finishes its pending entries).")
-def consume_cmd(broker: str, app_path: str | None, handlers: tuple[str, ...], name: str | None) -> None:
+@click.option("--web-port", type=int, default=None,
+              help="Port of /metrics, /health/ready and /api/lag (STREAMS_WEB_PORT; bound to STREAMS_WEB_HOST).")
+@click.option("--without-web", is_flag=True, help="Do not start the web server.")
+def consume_cmd(broker: str, app_path: str | None, handlers: tuple[str, ...], name: str | None,
+                web_port: int | None, without_web: bool) -> None:
     """Run handlers on RabbitMQ (lane queues, prefetch, ack after the effect) or Redis Streams
-    (consumer group, XACK after the effect, XAUTOCLAIM) until SIGTERM."""
+    (consumer group, XACK after the effect, XAUTOCLAIM) until SIGTERM; health, counters and the
+    group's backlog on the web port (/metrics, /health/ready, /api/lag)."""
     from streams.broker_routes import Routes
 
     settings = load_settings()
@@ -54,10 +59,25 @@ def consume_cmd(broker: str, app_path: str | None, handlers: tuple[str, ...], na
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, consumer.stop)
+        views = None
+        if not without_web:
+            from streams.web.consumer_views import ConsumerViews
+
+            views = ConsumerViews(consumer, broker)
+            port = web_port if web_port is not None else settings.web_port
+            try:
+                await views.start(settings.web_host, port)
+            except OSError as exc:
+                fail(f"the web views cannot listen on {settings.web_host}:{port} ({exc.strerror or exc}): "
+                     "give another --web-port, or --without-web", 1)
         task = asyncio.create_task(consumer.run())
-        await consumer.connected.wait()
-        log.info("consumer ready: %s on %s", ", ".join(chosen), broker)
-        await task
-        log.info("consumer stopped: %d message(s) handled", consumer.handled)
+        try:
+            await consumer.connected.wait()
+            log.info("consumer ready: %s on %s", ", ".join(chosen), broker)
+            await task
+            log.info("consumer stopped: %d message(s) handled", consumer.handled)
+        finally:
+            if views is not None:
+                await views.stop()
 
     asyncio.run(run())

@@ -20,8 +20,17 @@ For every stream its handlers read, the consumer creates the group (the app id) 
 Order: a stream is one sequence, and one consumer handles it in order. Several consumers of one
 group share the entries without regard to keys, so per-key order holds with one consumer per
 group (another one waits as a standby, taking over what the first left pending), not with
-several. Redis has no delayed delivery: delayed retries are refused (:mod:`streams.broker_consume`).
-Lag = pending entries + entries the group has not read yet (``XINFO GROUPS``: ``pending`` + ``lag``).
+several. Lag = pending entries + entries the group has not read yet (``XINFO GROUPS``:
+``pending`` + ``lag``), per stream, its retry streams included.
+
+**Delayed retries** (``RetryPolicy(delayed_retries=(5, 60))``): Redis has no delayed delivery, so
+each level is a stream of its own, ``<stream>.retry.<n>``, read by the same group in a loop of its
+own. A message that failed its in-place attempts is added there with its due time (the same
+``retry.*`` headers as a Kafka retry topic); the level's loop waits for the due time of its head
+(one delay per level: the head is always due first), then runs the handlers and acknowledges. The
+source stream goes on meanwhile; a consumer stopped or killed during the wait leaves the entry
+pending, and it is waited for and handled after the restart. The handlers of one stream share its
+levels, so they must have the same delays (as on RabbitMQ).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from typing import Any
 from streams.broker_consume import BrokerRecord, BrokerWrites, Sleeps, runners
 from streams.consume import waiting
 from streams.consume.headers import headers_dict
+from streams.errors import ConfigurationError
+from streams.kafka.names import retry_topic
 from streams.redis_streams.entries import from_fields, to_fields
 from streams.settings import redact_url
 
@@ -76,6 +87,16 @@ class RedisStreamConsumer:
         self.by_stream: dict[str, list[Any]] = {}
         for runner in self.runners:
             self.by_stream.setdefault(runner.spec.topic.name, []).append(runner)
+        #: retry stream -> the source stream whose handlers it feeds (one per delayed-retry level)
+        self.retry_streams: dict[str, str] = {}
+        for stream, stream_runners in self.by_stream.items():
+            delays = {r.spec.retry.delayed_retries for r in stream_runners} - {()}
+            if len(delays) > 1:
+                raise ConfigurationError(
+                    f"the handlers of {stream!r} have different delayed retries ({sorted(delays)}): on Redis a "
+                    "retry level is one stream per source stream and group; give them the same delays")
+            for level in range(1, len(next(iter(delays), ())) + 1):
+                self.retry_streams[retry_topic(stream, level)] = stream
         self._stop = asyncio.Event()
         self.handled = 0
         self.claimed = 0
@@ -122,7 +143,7 @@ class RedisStreamConsumer:
     async def _consume(self, client: Any) -> None:
         from redis.exceptions import ResponseError
 
-        for stream in self.by_stream:
+        for stream in [*self.by_stream, *self.retry_streams]:
             try:
                 await client.xgroup_create(stream, self.group, id="0", mkstream=True)
             except ResponseError as exc:
@@ -130,14 +151,28 @@ class RedisStreamConsumer:
                     raise
         self.connected.set()
         log.info("consuming %s from Redis (group %s, consumer %s)", ", ".join(self.by_stream), self.group, self.name)
-        # this consumer's own pending entries first (given to it before a restart, never acknowledged),
-        # paged from id 0; then new entries (">")
-        positions = dict.fromkeys(self.by_stream, "0")
+        # the source streams in one loop, each retry level in its own (its waits must not hold the others up)
+        loops = [asyncio.create_task(self._read(client, list(self.by_stream)), name="redis-sources")]
+        loops += [asyncio.create_task(self._read(client, [stream]), name=f"redis-{stream}")
+                  for stream in self.retry_streams]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a loop's error (the connection lost) ends this connection's work
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _read(self, client: Any, streams: list[str]) -> None:
+        """Read and handle ``streams`` until :meth:`stop`: this consumer's own pending entries first
+        (given to it before a restart, never acknowledged), paged from id 0; then new ones (``>``)."""
+        positions = dict.fromkeys(streams, "0")
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
         while not self._stop.is_set():
             if loop.time() >= next_claim:
-                await self._claim(client)
+                await self._claim(client, streams)
                 next_claim = loop.time() + max(self.settings.redis_claim_idle / 4, 0.5)
             backlog = any(p != ">" for p in positions.values())
             reply = await client.xreadgroup(self.group, self.name, positions, count=self.settings.redis_read_count,
@@ -148,15 +183,17 @@ class RedisStreamConsumer:
                 if positions[stream] != ">":
                     positions[stream] = entries[-1][0].decode() if entries else ">"
                 for entry_id, fields in entries:
+                    if self._stop.is_set() and stream in self.retry_streams:
+                        return  # not handled, not acknowledged: pending for the next start
                     if not fields:  # deleted (trimmed) while pending: nothing to handle
                         await client.xack(stream, self.group, entry_id)
                         continue
                     await self._handle(client, stream, entry_id, fields)
 
-    async def _claim(self, client: Any) -> None:
-        """Take over entries pending too long with another consumer (which may have died)."""
+    async def _claim(self, client: Any, streams: list[str]) -> None:
+        """Take over entries of ``streams`` pending too long with another consumer (which may have died)."""
         idle_ms = int(self.settings.redis_claim_idle * 1000)
-        for stream in self.by_stream:
+        for stream in streams:
             start = "0-0"
             while True:
                 reply = await client.xautoclaim(stream, self.group, self.name, idle_ms, start_id=start, count=100)
@@ -182,14 +219,30 @@ class RedisStreamConsumer:
             headers.extend((f"redis.field.{name.decode('utf-8', 'replace')}", raw) for name, raw in fields.items()
                            if name not in known and not name.startswith(b"h:"))
         parsed = headers_dict(record)
-        for runner in self.by_stream[stream]:
+        source = self.retry_streams.get(stream)
+        handlers = self.by_stream[source or stream]
+        if source is not None and not await self._until_due(handlers[0], record, parsed):
+            return  # stopped while waiting: the entry stays pending
+        for runner in handlers:
             await runner.process(record, parsed)
         await client.xack(stream, self.group, entry_id)
         self.handled += 1
+
+    async def _until_due(self, runner: Any, record: BrokerRecord, headers: dict[str, bytes]) -> bool:
+        """Wait for a retry entry's due time; False when :meth:`stop` came first."""
+        due = asyncio.ensure_future(runner.wait_until_due(record, headers))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([due, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (due, stop):
+                task.cancel()
+            await asyncio.gather(due, stop, return_exceptions=True)
+        return not self._stop.is_set() or (due.done() and not due.cancelled())
 
     async def lag(self) -> dict[str, int]:
         """Per stream: entries pending in the group + entries it has not read yet (:mod:`streams.redis_streams.lag`)."""
         from streams.redis_streams.lag import stream_lag
 
         return {stream: (await stream_lag(self.settings.redis_connection_url, stream, self.group)).total
-                for stream in self.by_stream}
+                for stream in [*self.by_stream, *self.retry_streams]}

@@ -17,7 +17,8 @@ def test_offsets_reset_of_a_topic_on_rabbitmq_or_redis_is_refused(monkeypatch, b
     assert says in result.output
 
 
-def test_redis_handler_with_delayed_retries_is_refused() -> None:
+def test_redis_handlers_of_one_stream_with_different_delayed_retries_are_refused() -> None:
+    """A retry level is one stream per source stream: its handlers must share the delays."""
     from pydantic import BaseModel
 
     from streams import Kind, MessageRegistry, RetryPolicy, StreamsApp
@@ -38,5 +39,11 @@ def test_redis_handler_with_delayed_retries_is_refused() -> None:
     async def on_ping(message, delivery) -> None:
         return None
 
-    with pytest.raises(ConfigurationError, match="no delayed delivery"):
+    assert RedisStreamConsumer(app).retry_streams == {"pings.retry.1": "pings"}
+
+    @app.handler(topic, "Ping", retry=RetryPolicy(delayed_retries=(5.0, 60.0)), name="on_ping_too")
+    async def on_ping_too(message, delivery) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="different delayed retries"):
         RedisStreamConsumer(app)
