@@ -118,6 +118,14 @@ class Service:
 def run(events: int, keep_services: bool, timeout: float, traced: bool = False, mariadb: bool = False) -> int:
     t0 = time.monotonic()
     local_mariadb = _start_mariadb() if mariadb else None
+    try:
+        return _run(events, keep_services, timeout, traced, t0)
+    finally:
+        if local_mariadb is not None and not keep_services:
+            local_mariadb.down()
+
+
+def _run(events: int, keep_services: bool, timeout: float, traced: bool, t0: float) -> int:
     settings = load_settings()
     _log_to_file(settings.home_path / "demo" / "demo.log")
     console.rule("[bold]streams demo: one order, five integrations")
@@ -257,8 +265,6 @@ def run(events: int, keep_services: bool, timeout: float, traced: bool = False, 
         receipts.tasks.close(wait=False)
         if not keep_services:
             services.stop_started()
-            if local_mariadb is not None:
-                local_mariadb.down()
 
     if not outcome:
         return 1
@@ -378,7 +384,7 @@ def _mysql(settings: Settings) -> bool:
 
 def _order_id_of_failure(settings: Settings) -> str:
     """The ``order_id`` argument of a failure-log row, in the database's JSON syntax."""
-    return "JSON_VALUE(args, '$.order_id')" if _mysql(settings) else "args->>'order_id'"
+    return "JSON_UNQUOTE(JSON_EXTRACT(args, '$.order_id'))" if _mysql(settings) else "args->>'order_id'"
 
 
 def _database_name(settings: Settings) -> str:

@@ -70,7 +70,7 @@ FOUND_BY_SELLER = {
     # MATCH ... AGAINST takes a constant only (one seller's search: MATCH(body) AGAINST('"seller-7"'
     # IN BOOLEAN MODE)); the check of every order against its own seller looks for the word in the body
     "mysql": "SELECT count(*) FROM order_search WHERE order_id LIKE %s "
-             "AND CONCAT(' ', body, ' ') LIKE CONCAT('%% ', seller_id, ' %%')",
+             "AND LOCATE(CONCAT(' ', seller_id, ' '), CONCAT(' ', body, ' ')) > 0",
 }
 
 app = service_app("search")

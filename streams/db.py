@@ -11,6 +11,7 @@ in its server's dialect (:attr:`Database.dialect`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,10 +45,11 @@ class Database:
         return redact_url(self.settings.dsn)
 
     async def connection(self) -> Any:
-        """The connection: a psycopg ``AsyncConnection`` or an asyncmy ``Connection``."""
+        """The connection: a psycopg ``AsyncConnection`` or an asyncmy ``Connection`` (a closed one
+        is replaced: asyncmy closes its connection itself when a statement is cancelled)."""
         async with self._lock:
             if self.dialect == "mysql":
-                if self._conn is None:
+                if self._conn is None or not self._conn.connected:
                     self._conn = await _mysql.connect_async(self.settings.dsn,
                                                             connect_timeout=self.connect_timeout)
             elif self._conn is None or self._conn.closed:
@@ -58,25 +60,32 @@ class Database:
 
     async def execute(self, sql: str, params: Any = None) -> int:
         """Run one statement; returns the row count. A broken connection is dropped."""
-        conn = await self.connection()
-        try:
-            async with self._busy, conn.cursor() as cur:
-                await cur.execute(sql, params)
-                return cur.rowcount
-        except connection_errors():
-            await self.close()
-            raise
+        async with self._busy:
+            conn = await self.connection()
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(sql, params)
+                    return cur.rowcount
+            except connection_errors():
+                await self._discard(conn)
+                raise
 
     async def fetch(self, sql: str, params: Any = None) -> list[tuple]:
         """Run one query; returns its rows. A broken connection is dropped."""
-        conn = await self.connection()
-        try:
-            async with self._busy, conn.cursor() as cur:
-                await cur.execute(sql, params)
-                return list(await cur.fetchall())
-        except connection_errors():
+        async with self._busy:
+            conn = await self.connection()
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(sql, params)
+                    return list(await cur.fetchall())
+            except connection_errors():
+                await self._discard(conn)
+                raise
+
+    async def _discard(self, conn: Any) -> None:
+        """Drop ``conn`` after it failed, unless it was replaced meanwhile."""
+        if self._conn is conn:
             await self.close()
-            raise
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -106,10 +115,22 @@ def connect(settings: Settings, *, autocommit: bool = False, connect_timeout: fl
 @contextmanager
 def transaction(conn: Any) -> Iterator[Any]:
     """One transaction on a synchronous connection of :func:`connect`: committed when the block
-    ends, rolled back when it raises. Yields the connection."""
+    ends, rolled back when it raises. Yields the connection. Inside a transaction already open
+    it is a savepoint on either driver (psycopg's own rule; PyMySQL's ``begin()`` would commit
+    the open one)."""
     if isinstance(conn, psycopg.Connection):
         with conn.transaction():
             yield conn
+        return
+    if conn.server_status & _SERVER_STATUS_IN_TRANS:
+        name = f"streams_{next(_savepoints)}"
+        query(conn, f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            query(conn, f"ROLLBACK TO SAVEPOINT {name}")
+            raise
+        query(conn, f"RELEASE SAVEPOINT {name}")
         return
     conn.begin()
     try:
@@ -118,6 +139,11 @@ def transaction(conn: Any) -> Iterator[Any]:
         conn.rollback()
         raise
     conn.commit()
+
+
+#: MySQL's "a transaction is open" bit of a connection's server status
+_SERVER_STATUS_IN_TRANS = 1
+_savepoints = itertools.count(1)
 
 
 def query(conn: Any, sql: str, params: Any = None) -> list[tuple]:

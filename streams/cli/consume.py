@@ -64,16 +64,26 @@ def consume_cmd(broker: str, app_path: str | None, handlers: tuple[str, ...], na
             from streams.web.consumer_views import ConsumerViews
 
             views = ConsumerViews(consumer, broker)
+            asked = web_port is not None or "web_port" in settings.model_fields_set
             port = web_port if web_port is not None else settings.web_port
             try:
                 await views.start(settings.web_host, port)
             except OSError as exc:
-                fail(f"the web views cannot listen on {settings.web_host}:{port} ({exc.strerror or exc}): "
-                     "give another --web-port, or --without-web", 1)
+                if asked:
+                    fail(f"the web views cannot listen on {settings.web_host}:{port} ({exc.strerror or exc}): "
+                         "give another --web-port, or --without-web", 1)
+                # the default port, taken (a worker or another consumer on this host): go on without
+                log.warning("web views not started: %s:%d is taken (%s); give --web-port or STREAMS_WEB_PORT",
+                            settings.web_host, port, exc.strerror or exc)
+                views = None
         task = asyncio.create_task(consumer.run())
         try:
-            await consumer.connected.wait()
-            log.info("consumer ready: %s on %s", ", ".join(chosen), broker)
+            # the consumer may fail before it ever connects (a refused group, a bad setting): not a hang
+            connected = asyncio.ensure_future(consumer.connected.wait())
+            await asyncio.wait([task, connected], return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            if not task.done():
+                log.info("consumer ready: %s on %s", ", ".join(chosen), broker)
             await task
             log.info("consumer stopped: %d message(s) handled", consumer.handled)
         finally:

@@ -117,6 +117,7 @@ class LocalMariaDB:
             self._init()
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         pid = spawn(self.command(), self.root / "mariadbd.out", self.pid_file, cwd=self.root, env=_clean_env())
+        last_error = "the socket and the port were not both open yet"
         while time.monotonic() - started < timeout:
             if _exited(pid):
                 raise ServiceError(f"mariadbd exited while starting:\n{_tail_from(self.log_file, offset)}\n"
@@ -125,10 +126,10 @@ class LocalMariaDB:
                 try:
                     self._ensure_database()
                     return time.monotonic() - started
-                except Exception:  # noqa: BLE001 - still starting up: try again
-                    pass
+                except Exception as exc:  # noqa: BLE001 - still starting up: try again
+                    last_error = f"setting up the database failed: {type(exc).__name__}: {exc}"
             time.sleep(0.1)
-        raise ServiceError(f"MariaDB did not answer on {self.host}:{self.port} within {timeout:.0f}s:\n"
+        raise ServiceError(f"MariaDB did not answer on {self.host}:{self.port} within {timeout:.0f}s ({last_error}):\n"
                            f"{_tail_from(self.log_file, offset)}")
 
     def down(self, timeout: float = 60.0) -> bool:

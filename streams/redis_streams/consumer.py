@@ -39,17 +39,28 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from streams.broker_consume import BrokerRecord, BrokerWrites, Sleeps, runners
 from streams.consume import waiting
 from streams.consume.headers import headers_dict
 from streams.errors import ConfigurationError
-from streams.kafka.names import retry_topic
+from streams.kafka.names import H_RETRY_DUE, retry_topic
 from streams.redis_streams.entries import from_fields, to_fields
 from streams.settings import redact_url
 
 log = logging.getLogger(__name__)
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def entry_offset(entry_id: bytes | str) -> int:
@@ -151,31 +162,40 @@ class RedisStreamConsumer:
                     raise
         self.connected.set()
         log.info("consuming %s from Redis (group %s, consumer %s)", ", ".join(self.by_stream), self.group, self.name)
-        # the source streams in one loop, each retry level in its own (its waits must not hold the others up)
-        loops = [asyncio.create_task(self._read(client, list(self.by_stream)), name="redis-sources")]
-        loops += [asyncio.create_task(self._read(client, [stream]), name=f"redis-{stream}")
+        # the source streams in one loop, each retry level in its own (its waits must not hold the others up);
+        # a loop that fails (the connection lost) halts the others between entries, never inside a handler
+        halt = asyncio.Event()
+        loops = [asyncio.create_task(self._read(client, list(self.by_stream), halt), name="redis-sources")]
+        loops += [asyncio.create_task(self._read(client, [stream], halt), name=f"redis-{stream}")
                   for stream in self.retry_streams]
         try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # a loop's error (the connection lost) ends this connection's work
+            _, pending = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            if pending:
+                halt.set()
+                await asyncio.wait(pending)
+            for task in loops:
+                task.result()  # a loop's error ends this connection's work
         finally:
             for task in loops:
-                task.cancel()
+                task.cancel()  # only if this coroutine itself was cancelled: the loops are done otherwise
             await asyncio.gather(*loops, return_exceptions=True)
 
-    async def _read(self, client: Any, streams: list[str]) -> None:
-        """Read and handle ``streams`` until :meth:`stop`: this consumer's own pending entries first
-        (given to it before a restart, never acknowledged), paged from id 0; then new ones (``>``)."""
+    async def _read(self, client: Any, streams: list[str], halt: asyncio.Event) -> None:
+        """Read and handle ``streams`` until :meth:`stop` (or ``halt``: another loop failed): this
+        consumer's own pending entries first (given to it before a restart, never acknowledged),
+        paged from id 0; then new ones (``>``). A retry level is read one entry at a time: only its
+        head waits for its due time, pending with this consumer."""
+        retry = streams[0] in self.retry_streams
+        count = 1 if retry else self.settings.redis_read_count
         positions = dict.fromkeys(streams, "0")
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not halt.is_set():
             if loop.time() >= next_claim:
-                await self._claim(client, streams)
+                await self._claim(client, streams, halt)
                 next_claim = loop.time() + max(self.settings.redis_claim_idle / 4, 0.5)
             backlog = any(p != ">" for p in positions.values())
-            reply = await client.xreadgroup(self.group, self.name, positions, count=self.settings.redis_read_count,
+            reply = await client.xreadgroup(self.group, self.name, positions, count=count,
                                             block=None if backlog else 1000)
             got = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in (reply or [])}
             for stream in list(positions):
@@ -183,20 +203,22 @@ class RedisStreamConsumer:
                 if positions[stream] != ">":
                     positions[stream] = entries[-1][0].decode() if entries else ">"
                 for entry_id, fields in entries:
-                    if self._stop.is_set() and stream in self.retry_streams:
+                    if retry and (self._stop.is_set() or halt.is_set()):
                         return  # not handled, not acknowledged: pending for the next start
                     if not fields:  # deleted (trimmed) while pending: nothing to handle
                         await client.xack(stream, self.group, entry_id)
                         continue
-                    await self._handle(client, stream, entry_id, fields)
+                    await self._handle(client, stream, entry_id, fields, halt)
 
-    async def _claim(self, client: Any, streams: list[str]) -> None:
+    async def _claim(self, client: Any, streams: list[str], halt: asyncio.Event) -> None:
         """Take over entries of ``streams`` pending too long with another consumer (which may have died)."""
         idle_ms = int(self.settings.redis_claim_idle * 1000)
         for stream in streams:
             start = "0-0"
-            while True:
-                reply = await client.xautoclaim(stream, self.group, self.name, idle_ms, start_id=start, count=100)
+            while not (self._stop.is_set() or halt.is_set()):
+                # a retry level's entries one at a time: each waits for its due time, the rest must not idle meanwhile
+                count = 1 if stream in self.retry_streams else 100
+                reply = await client.xautoclaim(stream, self.group, self.name, idle_ms, start_id=start, count=count)
                 start, entries = reply[0], reply[1]
                 for entry_id, fields in entries:
                     self.claimed += 1
@@ -205,11 +227,11 @@ class RedisStreamConsumer:
                     if not fields:
                         await client.xack(stream, self.group, entry_id)
                         continue
-                    await self._handle(client, stream, entry_id, fields)
+                    await self._handle(client, stream, entry_id, fields, halt)
                 if start in (b"0-0", "0-0"):
                     break
 
-    async def _handle(self, client: Any, stream: str, entry_id: bytes, fields: dict) -> None:
+    async def _handle(self, client: Any, stream: str, entry_id: bytes, fields: dict, halt: asyncio.Event) -> None:
         key, value, headers = from_fields(fields)
         record = BrokerRecord(stream, 0, entry_offset(entry_id), key, value, headers)
         if value is None:  # an entry some other client wrote without a value field: nothing to decode (not_json);
@@ -221,24 +243,35 @@ class RedisStreamConsumer:
         parsed = headers_dict(record)
         source = self.retry_streams.get(stream)
         handlers = self.by_stream[source or stream]
-        if source is not None and not await self._until_due(handlers[0], record, parsed):
+        if source is not None and not await self._until_due(client, stream, entry_id, parsed, halt):
             return  # stopped while waiting: the entry stays pending
         for runner in handlers:
             await runner.process(record, parsed)
         await client.xack(stream, self.group, entry_id)
         self.handled += 1
 
-    async def _until_due(self, runner: Any, record: BrokerRecord, headers: dict[str, bytes]) -> bool:
-        """Wait for a retry entry's due time; False when :meth:`stop` came first."""
-        due = asyncio.ensure_future(runner.wait_until_due(record, headers))
-        stop = asyncio.ensure_future(self._stop.wait())
+    async def _until_due(self, client: Any, stream: str, entry_id: bytes, headers: dict[str, bytes],
+                         halt: asyncio.Event) -> bool:
+        """Wait for a retry entry's due time (``retry.due_at``; unreadable: due now); False when
+        :meth:`stop` or ``halt`` came first. While it waits, the entry's idle time is set back to 0
+        every quarter of ``STREAMS_REDIS_CLAIM_IDLE`` (``XCLAIM … JUSTID``): another consumer's
+        ``XAUTOCLAIM`` takes over entries of a consumer that died, not of one that waits."""
         try:
-            await asyncio.wait([due, stop], return_when=asyncio.FIRST_COMPLETED)
+            due = float(headers.get(H_RETRY_DUE) or 0)
+        except ValueError:
+            due = 0.0
+        step = max(self.settings.redis_claim_idle / 4, 0.5)
+        stopped = asyncio.ensure_future(_first_set(self._stop, halt))
+        try:
+            while (remaining := due - time.time()) > 0:
+                done, _ = await asyncio.wait([stopped], timeout=min(remaining, step))
+                if done:
+                    return False
+                await client.xclaim(stream, self.group, self.name, 0, [entry_id], justid=True)
+            return not stopped.done()
         finally:
-            for task in (due, stop):
-                task.cancel()
-            await asyncio.gather(due, stop, return_exceptions=True)
-        return not self._stop.is_set() or (due.done() and not due.cancelled())
+            stopped.cancel()
+            await asyncio.gather(stopped, return_exceptions=True)
 
     async def lag(self) -> dict[str, int]:
         """Per stream: entries pending in the group + entries it has not read yet (:mod:`streams.redis_streams.lag`)."""
