@@ -119,3 +119,18 @@ def runners(app: Any, writes: BrokerWrites, handlers: list[str] | None, *, broke
         # the processed-ID table is Kafka's (RocksDB + changelog): here, repeats are dropped by effects=
         out.append(HandlerRunner(dataclasses.replace(spec, processed=None, agents=[]), ctx))
     return out
+
+
+def delays_per_topic(by_topic: dict[str, list[HandlerRunner]], level: str) -> dict[str, tuple[float, ...]]:
+    """The delayed-retry delays of each topic, which its handlers must share: on these brokers a
+    retry level is one ``level`` (a queue, a stream) per topic and group. Different delays on one
+    topic are refused with a sentence saying why."""
+    out: dict[str, tuple[float, ...]] = {}
+    for topic, topic_runners in by_topic.items():
+        delays = {r.spec.retry.delayed_retries for r in topic_runners} - {()}
+        if len(delays) > 1:
+            raise ConfigurationError(
+                f"the handlers of {topic!r} have different delayed retries ({sorted(delays)}): a retry level is "
+                f"one {level} per topic and group; give them the same delays")
+        out[topic] = next(iter(delays), ())
+    return out

@@ -30,10 +30,9 @@ import asyncio
 import logging
 from typing import Any
 
-from streams.broker_consume import BrokerRecord, BrokerWrites, Sleeps, runners
+from streams.broker_consume import BrokerRecord, BrokerWrites, Sleeps, delays_per_topic, runners
 from streams.consume import waiting
 from streams.consume.headers import headers_dict
-from streams.errors import ConfigurationError
 from streams.kafka.names import dead_letter_topic, retry_topic
 from streams.rabbitmq.messages import HEADER_KEY, lane_of, record_headers, to_message
 from streams.rabbitmq.topology import GroupTopology, declare_group
@@ -85,14 +84,9 @@ class RabbitConsumer:
         self.by_topic: dict[str, list[Any]] = {}
         for runner in self.runners:
             self.by_topic.setdefault(runner.spec.topic.name, []).append(runner)
-        self.delays: dict[str, tuple[float, ...]] = {}
-        for topic, topic_runners in self.by_topic.items():
-            delays = {r.spec.retry.delayed_retries for r in topic_runners} - {()}
-            if len(delays) > 1:
-                raise ConfigurationError(
-                    f"the handlers of {topic!r} have different delayed retries ({sorted(delays)}): on RabbitMQ a "
-                    "retry level is one queue with one TTL per topic and group; give them the same delays")
-            self.delays[topic] = next(iter(delays), ())
+        #: per topic the delays of its retry levels (a level is one queue with one TTL per topic and group)
+        self.delays = delays_per_topic(self.by_topic, "RabbitMQ queue (one TTL)")
+        for topic in self.by_topic:
             self.writes.topologies[topic] = GroupTopology(topic, self.group, self.settings.rabbitmq_lanes)
         self._stop = asyncio.Event()
         self.handled = 0

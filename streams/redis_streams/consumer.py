@@ -42,10 +42,9 @@ import socket
 import time
 from typing import Any
 
-from streams.broker_consume import BrokerRecord, BrokerWrites, Sleeps, runners
+from streams.broker_consume import BrokerRecord, BrokerWrites, Sleeps, delays_per_topic, runners
 from streams.consume import waiting
 from streams.consume.headers import headers_dict
-from streams.errors import ConfigurationError
 from streams.kafka.names import H_RETRY_DUE, retry_topic
 from streams.redis_streams.entries import from_fields, to_fields
 from streams.settings import redact_url
@@ -100,13 +99,8 @@ class RedisStreamConsumer:
             self.by_stream.setdefault(runner.spec.topic.name, []).append(runner)
         #: retry stream -> the source stream whose handlers it feeds (one per delayed-retry level)
         self.retry_streams: dict[str, str] = {}
-        for stream, stream_runners in self.by_stream.items():
-            delays = {r.spec.retry.delayed_retries for r in stream_runners} - {()}
-            if len(delays) > 1:
-                raise ConfigurationError(
-                    f"the handlers of {stream!r} have different delayed retries ({sorted(delays)}): on Redis a "
-                    "retry level is one stream per source stream and group; give them the same delays")
-            for level in range(1, len(next(iter(delays), ())) + 1):
+        for stream, delays in delays_per_topic(self.by_stream, "Redis stream").items():
+            for level in range(1, len(delays) + 1):
                 self.retry_streams[retry_topic(stream, level)] = stream
         self._stop = asyncio.Event()
         self.handled = 0
