@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import psycopg
 import pytest
@@ -255,3 +256,30 @@ def test_delayed_retries_wait_their_delay_while_the_source_goes_on(isolated, bro
     assert last_ok < tried["doomed-c"][2], "the later orders were handled while doomed-c waited for its last level"
     assert [(d.get("dlq.reason"), d.get("message_id")) for d in letters] == [("handler_error", ids["doomed-c"])], \
         letters
+
+
+@pytest.mark.timeout(180)
+def test_a_redis_retry_entry_waiting_with_one_consumer_is_not_taken_over_by_another(isolated, redis_server):
+    """Two consumers of one group, entries idle for 2 s taken over (``XAUTOCLAIM``): the doomed
+    message's last level waits 6 s with one of them, which keeps it (its idle time set back while it
+    waits), so it is tried 3 times and parked once — not taken over and tried by both."""
+    with psycopg.connect(isolated.settings.dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    env = {"STREAMS_REDIS_URL": redis_server.url, "STREAMS_REDIS_CLAIM_IDLE": "2"}
+    topic = isolated.topic("broker.flaky")
+    consumers = [consumer_process(isolated, f"consumer-{n}", "redis", "--name", f"c{n}", handler="flaky_order", **env)
+                 for n in (1, 2)]
+    for consumer in consumers:
+        consumer.start().wait_ready(60)
+    doomed = event("OrderPlaced", {"order_id": "doomed-x", "seq": 0}, key="doomed-x")
+    publish("redis", redis_server.url, topic, [doomed])
+    wait_for(lambda: run(_redis_letters(redis_server.url, topic + ".dlq")), 60, what="the dead letter")
+    time.sleep(3)  # a second copy taken over by the other consumer would be tried and parked within this
+    letters = run(_redis_letters(redis_server.url, topic + ".dlq"))
+    for consumer in consumers:
+        consumer.stop()
+    tried = _attempts(isolated, "doomed-x")
+    assert len(tried) == 3 and len(letters) == 1, (tried, letters)
+    assert (tried[2] - tried[1]).total_seconds() >= FLAKY_DELAYS[1] - 0.05
+    taken_over = [f"consumer-{n}" for n, c in enumerate(consumers, 1) if "took over entry" in c.log_text()]
+    assert not taken_over, taken_over
