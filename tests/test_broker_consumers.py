@@ -224,9 +224,11 @@ def test_delayed_retries_wait_their_delay_while_the_source_goes_on(isolated, bro
     wait_for(lambda: len(_attempts(isolated, "doomed-c")) >= 1, 60, what="the first attempt of doomed-c")
     ok = [event("OrderPlaced", {"order_id": f"ok-{i}", "seq": i}, key=f"ok-{i}") for i in range(20)]
     publish(name, server.url, topic, ok)
-    wait_for(lambda: isolated.sql("SELECT count(*) FROM broker_effects")[0][0] >= 22, 60,
-             what="the 20 later orders and flaky-1-a, flaky-2-b applied")
-    # stopped and started while doomed-c may still wait for its last level: nothing is lost by it
+    # stopped and started while doomed-c and flaky-2-b wait for their last level (tried twice each, the
+    # 20 later orders and flaky-1-a applied): the waiting messages are not lost by it
+    wait_for(lambda: len(_attempts(isolated, "doomed-c")) == len(_attempts(isolated, "flaky-2-b")) == 2
+             and isolated.sql("SELECT count(*) FROM broker_effects")[0][0] == 21, 60,
+             what="the 20 later orders and flaky-1-a applied, doomed-c and flaky-2-b at their last level")
     consumer.stop()
     consumer.start().wait_ready(60)
     if name == "rabbitmq":
@@ -283,3 +285,19 @@ def test_a_redis_retry_entry_waiting_with_one_consumer_is_not_taken_over_by_anot
     assert (tried[2] - tried[1]).total_seconds() >= FLAKY_DELAYS[1] - 0.05
     taken_over = [f"consumer-{n}" for n, c in enumerate(consumers, 1) if "took over entry" in c.log_text()]
     assert not taken_over, taken_over
+
+
+@pytest.mark.timeout(180)
+def test_a_stopped_consumer_finishes_the_message_it_is_handling(isolated, broker):
+    """SIGTERM while a handler is inside its effect's transaction (``slow-…`` orders wait there 3 s):
+    the consumer finishes it — effect committed, message acknowledged — before it exits."""
+    name, server, env = broker
+    topic = isolated.topic("broker.orders")
+    consumer = consumer_process(isolated, "consumer", name, **env)
+    consumer.start().wait_ready(60)
+    slow = event("OrderPlaced", {"order_id": "slow-1", "seq": 0}, key="slow-1")
+    publish(name, server.url, topic, [slow])
+    wait_for(lambda: len(_attempts(isolated, "slow-1")) == 1, 60, what="the slow order's handler started")
+    assert consumer.stop() == 0, consumer.log_text()[-3000:]
+    assert isolated.sql("SELECT message_id FROM broker_effects") == [(slow.message_id,)], "its effect committed"
+    assert _lag(isolated, name, topic, env)["lag"] == 0, "and the message acknowledged"

@@ -72,6 +72,10 @@ class RabbitWrites(BrokerWrites):
         await exchange.publish(to_message(key, value or b"", pairs), routing_key=key_text, mandatory=True)
 
 
+#: seconds a stopping consumer lets its lanes finish the message each is handling
+DRAIN_TIMEOUT = 30.0
+
+
 class RabbitConsumer:
     """Runs ``app``'s handlers (``handlers``: their names; None: all) on RabbitMQ until :meth:`stop`."""
 
@@ -89,6 +93,7 @@ class RabbitConsumer:
         for topic in self.by_topic:
             self.writes.topologies[topic] = GroupTopology(topic, self.group, self.settings.rabbitmq_lanes)
         self._stop = asyncio.Event()
+        self._busy: set[str] = set()  # names of the lane tasks handling a message
         self.handled = 0
         self.connected = asyncio.Event()
 
@@ -169,25 +174,45 @@ class RabbitConsumer:
                     task.result()  # a lane that failed: its error ends this connection's work
             if closed in done:
                 raise ConnectionError("the connection was closed")
+            await self._drain(lanes)
         finally:
             stop.cancel()
             for task in lanes:
                 task.cancel()
             await asyncio.gather(*lanes, stop, return_exceptions=True)
 
+    async def _drain(self, lanes: list[asyncio.Task]) -> None:
+        """On :meth:`stop`: a lane waiting for a message ends now; a lane handling one finishes it (its
+        effect, then its ack) within :data:`DRAIN_TIMEOUT` seconds. What was pushed and not taken goes
+        back to the queue when the channel closes."""
+        busy = [task for task in lanes if task.get_name() in self._busy]
+        for task in lanes:
+            if task not in busy:
+                task.cancel()
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=DRAIN_TIMEOUT)
+            if late:
+                log.warning("%d lane(s) still handling a message %.0fs after the stop: cancelled (the message "
+                            "is delivered again)", len(late), DRAIN_TIMEOUT)
+
     async def _lane(self, topic: str, lane: int, inbox: asyncio.Queue) -> None:
         """One lane's messages, one after the other: every handler of the topic, then the ack."""
         waiting.waits_of(Sleeps())
         topology = self.writes.topologies[topic]
         retry_queues = {topology.retry(level): level for level in range(1, len(self.delays[topic]) + 1)}
-        while True:
+        name = asyncio.current_task().get_name()  # type: ignore[union-attr]
+        while not self._stop.is_set():
             message = await inbox.get()
-            record = self._record(topic, lane, message, retry_queues)
-            headers = headers_dict(record)
-            for runner in self.by_topic[topic]:
-                await runner.process(record, headers)
-            await message.ack()
-            self.handled += 1
+            self._busy.add(name)  # no await since the get: a stop sees this lane busy or idle, never between
+            try:
+                record = self._record(topic, lane, message, retry_queues)
+                headers = headers_dict(record)
+                for runner in self.by_topic[topic]:
+                    await runner.process(record, headers)
+                await message.ack()
+                self.handled += 1
+            finally:
+                self._busy.discard(name)
 
     def _record(self, topic: str, lane: int, message: Any, retry_queues: dict[str, int]) -> BrokerRecord:
         amqp = dict(message.headers or {})

@@ -12,6 +12,8 @@ first n attempts, ``doomed-…`` every one; any other order succeeds at once.
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel
 
 from streams import Database, Delivery, Envelope, Kind, MessageRegistry, RetryPolicy, StreamsApp, TransientError
@@ -35,18 +37,26 @@ class OrderPlaced(BaseModel):
 
 
 app = StreamsApp("broker-app", registry=registry)
+db = Database(app.settings)
 orders = app.topic("broker.orders", kind=Kind.EVENT, partitions=4)
+
+
+#: ``slow-…`` orders take this long inside their effect's transaction (the graceful-stop test)
+SLOW_SECONDS = 3.0
 
 
 @app.handler(orders, "OrderPlaced", effects=app.effects())
 async def apply_order(message: Envelope[OrderPlaced], delivery: Delivery) -> None:
     async with delivery.transaction() as tx:
+        if message.payload.order_id.startswith("slow-"):
+            await db.execute("INSERT INTO broker_attempts (message_id, order_id, topic) VALUES (%s, %s, %s)",
+                             (message.message_id, message.payload.order_id, delivery.topic))
+            await asyncio.sleep(SLOW_SECONDS)
         await tx.execute("INSERT INTO broker_effects (message_id, key, seq, lane) VALUES (%s, %s, %s, %s)",
                          (message.message_id, message.key, message.payload.seq, delivery.partition))
 
 
 flaky = app.topic("broker.flaky", kind=Kind.EVENT, partitions=4)
-db = Database(app.settings)
 
 
 class OrderSystemDown(TransientError):
