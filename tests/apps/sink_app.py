@@ -4,6 +4,8 @@ and records every call (``calls`` table), so a test can count calls during an ou
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel
 
 from streams import (
@@ -46,7 +48,11 @@ limiter = RateLimiter("downstream", rate=40, burst=5)
 
 @app.handler(jobs, "Job", sink=(breaker, limiter), retry=RetryPolicy(max_attempts=2))
 async def deliver(message: Envelope[Job], delivery: Delivery) -> None:
+    # when the sink guards let this call through (not when its row is written: the statements before
+    # the insert share one connection with the other partitions' calls and may wait for it)
+    admitted = time.time()
     state = (await db.fetch("SELECT state FROM downstream WHERE id = 1"))[0][0]
-    await db.execute("INSERT INTO calls (message_id, ok) VALUES (%s, %s)", (message.message_id, state == "up"))
+    await db.execute("INSERT INTO calls (message_id, ok, at) VALUES (%s, %s, to_timestamp(%s))",
+                     (message.message_id, state == "up", admitted))
     if state != "up":
         raise DownstreamDown("downstream returned 503")
