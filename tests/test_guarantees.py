@@ -144,10 +144,15 @@ def commits_between(samples: list[tuple[float, dict[int, int]]], start: float, e
 
 
 def sample_commits(iso: Isolated, topics: list[str], until, samples: dict[str, list], timeout: float) -> None:
+    """The group's committed offsets of ``topics`` every 0.4 s, in one request per sample (a request
+    per topic made samples rare on a loaded machine), stamped when the answer came."""
     deadline = time.time() + timeout
+    names = {iso.topic(topic): topic for topic in topics}
     while time.time() < deadline and not until():
-        for topic in topics:
-            samples[topic].append((time.time(), committed(iso, topic)))
+        offsets = run(committed_offsets(iso.settings, iso.settings.app_id))
+        at = time.time()
+        for name, topic in names.items():
+            samples[topic].append((at, {p: o for (t, p), o in offsets.items() if t == name}))
         time.sleep(0.4)
     assert until(), f"gave up after {timeout:.0f}s"
 
