@@ -115,11 +115,11 @@ def commit_interval(variant: Variant) -> float:
     if variant.kind == "quix":
         if variant.env.get("BENCH_COMMIT_INTERVAL"):
             return float(variant.env["BENCH_COMMIT_INTERVAL"])
-        import inspect
-
-        from quixstreams import Application
-
-        return float(inspect.signature(Application).parameters["commit_interval"].default)
+        # Quix Streams lives in its own environment (quix_python): ask its interpreter
+        probe = ("import inspect; from quixstreams import Application; "
+                 "print(inspect.signature(Application).parameters['commit_interval'].default)")
+        out = subprocess.run([str(quix_python()), "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+        return float(out.stdout.strip())
     from bench.raw_consumer import DEFAULT_COMMIT_INTERVAL
 
     return float(variant.env.get("BENCH_COMMIT_INTERVAL") or DEFAULT_COMMIT_INTERVAL)
