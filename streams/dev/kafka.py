@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -357,10 +358,7 @@ class LocalKafka:
     def _format(self, java: str, lib: Path) -> None:
         if (self.log_dirs / "meta.properties").exists():
             return
-        cluster_id_file = self.cluster_id_file or self.data_dir / "cluster.id"
-        if not cluster_id_file.exists():
-            cluster_id_file.write_text(_random_cluster_id() + "\n")
-        cluster_id = cluster_id_file.read_text().strip()
+        cluster_id = shared_cluster_id(self.cluster_id_file or self.data_dir / "cluster.id")
         cmd = self._java_cmd(java, lib, _STORAGE_TOOL, "format", "-t", cluster_id,
                              "-c", str(self.config_file), "--ignore-formatted")
         result = subprocess.run(cmd, capture_output=True, text=True, env=self._env(), check=False)
@@ -452,6 +450,7 @@ class LocalKafkaCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         resolve_jars(self.cache_dir, self.version)
         (self.data_dir / "cluster.json").write_text(f'{{"brokers": {self.brokers}}}\n')
+        shared_cluster_id(self.data_dir / "cluster.id")  # one id, before the nodes start side by side
         started = time.monotonic()
         with ThreadPoolExecutor(self.brokers) as pool:
             for future in [pool.submit(node.up) for node in self.nodes]:
@@ -465,6 +464,30 @@ class LocalKafkaCluster:
         with ThreadPoolExecutor(self.brokers) as pool:
             stopped = list(pool.map(lambda node: node.down(timeout), self.nodes))
         return any(stopped)
+
+
+def shared_cluster_id(path: Path) -> str:
+    """The cluster id kept in ``path``, made on first use; every caller gets the same one.
+
+    The nodes of a cluster format their storage side by side, one thread each. A
+    check-then-write let two of them each make an id (seen in CI: a node's controller
+    answered the others' votes with INCONSISTENT_CLUSTER_ID and start-up failed). The id
+    is written to a private file and linked into place, which fails if another caller got
+    there first: the file is never seen half written, and the first id stays."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    draft.write_text(_random_cluster_id() + "\n")
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return path.read_text().strip()
 
 
 def _random_cluster_id() -> str:
