@@ -60,6 +60,7 @@ from streams.consume.spec import Handler, HandlerSpec, StreamTopic
 from streams.consume.transactions import Transactions
 from streams.errors import ConfigurationError, DecodeError
 from streams.faust_compat import diagnostics, private
+from streams.faust_compat.startup import before_ready
 from streams.faust_compat.subscriptions import (
     SubscriptionWatch,
     install_changelog_check,
@@ -134,7 +135,7 @@ class StreamsApp:
         self._effects: Effects | None = None
         self._effects_purged: list[Effects] = []
         self._runners: list[HandlerRunner] = []
-        self.faust.task(self._declare_topics)
+        before_ready(self.faust, self._declare_topics, "DeclareTopics")
         if self.settings.consume_path == "batch":
             self.dispatcher = BatchDispatcher(self.faust, self.transactions, max_batch=self.settings.batch_max_records,
                                               max_buffered=self.settings.stream_buffer_maxsize)
@@ -435,7 +436,8 @@ class StreamsApp:
 
     async def _declare_topics(self) -> None:
         """Create every topic this app writes to but does not consume (Faust only creates the ones
-        it subscribes to); and ``kill -USR1 <worker pid>`` logs where every asyncio task waits."""
+        it subscribes to), before the worker says it is ready; and ``kill -USR1 <worker pid>``
+        logs where every asyncio task waits."""
         diagnostics.install_stack_dump(self.faust, self.transactions.barrier)
         for t in [*self.dead_letters.topics(), *self.retry_topics.topics(), *(o.faust_topic for o in self._outputs)]:
             await t.maybe_declare()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import uuid
 
 from streams.kafka.admin import TopicSpec, ensure_topics, produce_envelopes
+from streams.kafka.clients import admin_client
+from streams.kafka.names import dead_letter_topic, retry_topics
 from tests.harness import Isolated
 from tests.helpers import run, wait_for
 from tests.reference import (
@@ -36,6 +38,30 @@ def _changelogs(iso: Isolated) -> list[TopicSpec]:
 
 def _log_has(worker, text: str) -> bool:
     return text in worker.log_text()
+
+
+async def _topics(iso: Isolated) -> set[str]:
+    admin = admin_client(iso.settings)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def test_a_worker_says_ready_only_once_every_topic_it_writes_to_exists(isolated: Isolated) -> None:
+    """``Ready`` in the log means a handler's output topic, its dead-letter topic and its retry
+    topics exist: asked once, right when the worker said it (no polling). The output topic
+    was created by a task Faust only schedules before it says ``Ready``; in CI a test read it
+    right after and found no such topic."""
+    iso = isolated
+    worker = iso.worker("jobs", STREAMS_WORKER_APP="tests.apps.jobs_app:app").start()
+    worker.wait_ready(interval=0.02)
+    source = iso.topic("jobs")
+    written = {iso.topic("jobs.done"), dead_letter_topic(source), *retry_topics(source, 2)}
+    missing = written - run(_topics(iso))
+    assert not missing, f"the worker said Ready while {sorted(missing)} did not exist"
+    assert worker.running()
 
 
 def test_a_worker_started_before_its_topics_exist_consumes_once_they_do(isolated: Isolated) -> None:

@@ -71,8 +71,9 @@ class WorkerProcess:
         except FileNotFoundError:
             return ""
 
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Wait until the worker reports it is ready (partitions assigned, tables recovered)."""
+    def wait_ready(self, timeout: float = 120.0, interval: float = 0.2) -> float:
+        """Wait until the worker reports it is ready (partitions assigned, tables recovered);
+        its log is read every ``interval`` seconds."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.ready_marker in self.log_text():
@@ -81,7 +82,7 @@ class WorkerProcess:
                 raise ServiceError("worker not started")
             if not self.running():
                 raise ServiceError(f"worker exited with code {self.proc.returncode}:\n{tail(self.log_file, 40)}")
-            time.sleep(0.2)
+            time.sleep(interval)
         raise ServiceError(f"worker not ready after {timeout:.0f}s:\n{tail(self.log_file, 40)}")
 
     def stop(self, timeout: float = 60.0) -> int | None:
