@@ -10,6 +10,11 @@ form of Redlock — ``SET lane NAME NX PX ttl`` to take a lane, a compare-and-``
 renew it every 2 s, a compare-and-``DEL`` to give it back; members count each other by keys
 that expire the same way. A lock that expires is someone else's at once, whatever its former
 holder is doing.
+
+``STREAMS_TEST_FREEZE_FILE`` names a file the test creates to freeze this relay: at its next
+batch, right after the claim and before any row is handed to Kafka, the relay removes the file
+and stops itself (``SIGSTOP``) until the test sends ``SIGCONT``. So the freeze always lands
+where the notes' question puts it: rows claimed and locked, none sent.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import math
 import os
 import signal
 import sys
+from pathlib import Path
 
 from streams.outbox.relay import Relay
 from streams.outbox.schema import LANES
@@ -43,6 +49,18 @@ class RedisLockRelay(Relay):
         self.redis = aioredis.Redis.from_url(self.settings.redis_connection_url)
         database = self.settings.dsn.rsplit("/", 1)[-1]
         self.prefix = f"streams-relay:{database}:{self.table}"
+
+    async def _publish_and_mark(self, conn, rows):
+        freeze = os.environ.get("STREAMS_TEST_FREEZE_FILE")
+        if freeze:
+            try:
+                Path(freeze).unlink()
+            except FileNotFoundError:
+                pass
+            else:
+                log.warning("relay %s frozen with %d claimed rows (the test asked for it)", self.name, len(rows))
+                os.kill(os.getpid(), signal.SIGSTOP)
+        return await super()._publish_and_mark(conn, rows)
 
     async def _rebalance(self) -> None:
         r, name, ttl = self.redis, self.name, self.ttl_ms

@@ -183,9 +183,14 @@ class Writer:
                     self.expected[key].append(("d", self.versions.pop(key)))
         self.transactions += 1
 
-    def run(self, transactions: int, size: int, pause: float = 0.0) -> None:
+    def run(self, transactions: int, size: int, pause: float = 0.0,
+            hold_at: int | None = None, resume: threading.Event | None = None) -> None:
+        """Write ``transactions`` transactions of ``size`` changes; with ``hold_at``, wait before
+        that one until ``resume`` is set (so what a test does meanwhile lands mid-write)."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            for _ in range(transactions):
+            for i in range(transactions):
+                if i == hold_at and resume is not None:
+                    resume.wait(300)
                 self.transaction(conn, size)
                 if pause:
                     time.sleep(pause)
@@ -229,8 +234,11 @@ def test_connect_killed_mid_stream_redelivers_without_repeated_effects(cdc: Cdc)
     worker = cdc.worker()
     worker.wait_ready()
     writer = Writer(iso.settings.dsn, seed=11)
-    # paced, so the database is still being written for a while after the kill
-    thread = threading.Thread(target=writer.run, kwargs={"transactions": 400, "size": 25, "pause": 0.02}, daemon=True)
+    # paced, and held at its 200th transaction (5,000 changes) until the kill: half of it is written
+    # after the kill, while Connect is down and restarting, however slowly Connect caught up before
+    resume = threading.Event()
+    thread = threading.Thread(target=writer.run, kwargs={"transactions": 400, "size": 25, "pause": 0.02,
+                                                         "hold_at": 200, "resume": resume}, daemon=True)
     thread.start()
     topic = iso.topic(ORDERS)
     wait_for(lambda: sum(run(end_offsets(iso.settings, topic)).values()) >= 1500, 120,
@@ -238,8 +246,10 @@ def test_connect_killed_mid_stream_redelivers_without_repeated_effects(cdc: Cdc)
     try:
         cdc.connect.kill()  # type: ignore[attr-defined]
         assert thread.is_alive(), "the crash must land while the database is still being written"
+        resume.set()
         time.sleep(1)
     finally:
+        resume.set()
         took = cdc.connect.up()  # type: ignore[attr-defined]
     cdc.connectors.client.wait_for(name, "RUNNING", 120)
     thread.join(300)

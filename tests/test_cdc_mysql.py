@@ -232,9 +232,14 @@ class Writer:
         self.transactions += 1
         return conn
 
-    def run(self, transactions: int, size: int, pause: float = 0.0) -> None:
+    def run(self, transactions: int, size: int, pause: float = 0.0,
+            hold_at: int | None = None, resume: threading.Event | None = None) -> None:
+        """Write ``transactions`` transactions of ``size`` changes; with ``hold_at``, wait before
+        that one until ``resume`` is set (so what a test does meanwhile lands mid-write)."""
         conn = self._connect()
-        for _ in range(transactions):
+        for i in range(transactions):
+            if i == hold_at and resume is not None:
+                resume.wait(300)
             conn = self.transaction(conn, size)
             if pause:
                 time.sleep(pause)
@@ -360,15 +365,20 @@ def test_connect_killed_mid_stream_redelivers_without_repeated_effects(cdc: Cdc)
     worker = cdc.worker()
     worker.wait_ready()
     writer = Writer(iso.settings.dsn, seed=11)
-    thread = threading.Thread(target=writer.run, kwargs={"transactions": 300, "size": 20, "pause": 0.02}, daemon=True)
+    # held at its 150th transaction (3,000 changes) until the kill: half of it is written after the kill
+    resume = threading.Event()
+    thread = threading.Thread(target=writer.run, kwargs={"transactions": 300, "size": 20, "pause": 0.02,
+                                                         "hold_at": 150, "resume": resume}, daemon=True)
     thread.start()
     wait_for(lambda: sum(run(end_offsets(iso.settings, cdc.topic)).values()) >= 1500, 120,
              what="Connect has sent 1,500 changes")
     try:
         cdc.connect.kill()
         assert thread.is_alive(), "the crash must land while the database is still being written"
+        resume.set()
         time.sleep(1)
     finally:
+        resume.set()
         took = cdc.connect.up()
     cdc.connectors.client.wait_for(name, "RUNNING", 120)
     thread.join(300)

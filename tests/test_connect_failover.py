@@ -94,8 +94,10 @@ def test_the_task_moves_to_the_surviving_worker_and_every_change_is_handled_once
         worker = cdc.worker()
         worker.wait_ready()
         writer = module.Writer(iso.settings.dsn, seed=23)
-        thread = threading.Thread(target=writer.run, kwargs={"transactions": 300, "size": 10, "pause": 0.03},
-                                  daemon=True)
+        # held at its 150th transaction (1,500 changes) until the kill: half of it is written after the kill
+        resume = threading.Event()
+        thread = threading.Thread(target=writer.run, kwargs={"transactions": 300, "size": 10, "pause": 0.03,
+                                                             "hold_at": 150, "resume": resume}, daemon=True)
         thread.start()
         wait_for(lambda: sum(run(end_offsets(iso.settings, topic)).values()) >= 800, 120,
                  what="Connect has sent 800 changes")
@@ -104,6 +106,7 @@ def test_the_task_moves_to_the_surviving_worker_and_every_change_is_handled_once
         connect_cluster.kill(runs_on)
         killed = time.monotonic()
         assert thread.is_alive(), "the kill must land while the database is still being written"
+        resume.set()
 
         def moved() -> bool:
             tasks = survivor.client(10).status(name)["tasks"]
@@ -132,6 +135,8 @@ def test_the_task_moves_to_the_surviving_worker_and_every_change_is_handled_once
               f"{len(records)} change records for {writer.total} changes ({redelivered} re-delivered, dropped as "
               f"copies); {len(rows)} effects, each once")
     finally:
+        if "resume" in locals():
+            resume.set()
         for w in iso.workers:
             w.kill()
         connect_cluster.up()  # the killed worker back, for the next test

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,12 @@ def _prefill(iso, topic: str) -> None:
         "FROM generate_series(1, %s) AS g", (topic, KEYS, ROWS))
 
 
+def _stopped(pid: int) -> bool:
+    """True when the process is stopped by a signal (state ``T`` in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
 def _relay(iso, label: str, lock: str, **env: str):
     proc = iso.worker(label, STREAMS_RELAY_BATCH_SIZE="1000", STREAMS_TEST_LOCK_TTL_MS=str(TTL_MS), **env)
     proc.command = ([sys.executable, "-m", "tests.redis_lock_relay", label] if lock == "redis" else
@@ -43,11 +50,14 @@ def _relay(iso, label: str, lock: str, **env: str):
 @pytest.mark.parametrize("lock", ["postgres", "redis"])
 def test_relay_frozen_past_the_lock_expiry(isolated, lock, request):
     env = {}
+    freeze_file = isolated.settings.home_path / "freeze-relay-a"
+    freeze_file.parent.mkdir(parents=True, exist_ok=True)
     if lock == "redis":
         env["STREAMS_REDIS_URL"] = request.getfixturevalue("redis_server").url
     topic = prepare(isolated, partitions=6)
     _prefill(isolated, topic)
-    a, b = _relay(isolated, "relay-a", lock, **env), _relay(isolated, "relay-b", lock, **env)
+    a = _relay(isolated, "relay-a", lock, STREAMS_TEST_FREEZE_FILE=str(freeze_file), **env)
+    b = _relay(isolated, "relay-b", lock, **env)
     a.start().wait_ready(60)
     b.start().wait_ready(60)
 
@@ -62,11 +72,21 @@ def test_relay_frozen_past_the_lock_expiry(isolated, lock, request):
             "AND state = 'idle in transaction' AND query LIKE 'SELECT%%FOR UPDATE SKIP LOCKED' "
             "AND clock_timestamp() - state_change < interval '15 milliseconds'"))
 
+    def freeze_a() -> None:
+        """Freeze relay-a just after a claim: its rows locked, not all sent (the Redis-lock relay stops
+        itself at that point when asked; the product's relay is stopped from outside within 15 ms
+        of its claim — there, whatever the point, the lanes stay its own)."""
+        if lock == "redis":
+            freeze_file.touch()
+            wait_for(lambda: _stopped(a.started_pid), 60, interval=0.01, what="relay-a frozen after a claim")
+        else:
+            wait_for(a_in_batch, 60, interval=0.002, what="relay-a in a batch")
+            os.kill(a.started_pid, signal.SIGSTOP)
+
     wait_for(lambda: done() >= 500, 120, interval=0.05, what="both relays publishing")
     during = []
-    for _ in range(FREEZES):  # frozen just after its claim: its rows are locked and not all sent yet
-        wait_for(a_in_batch, 60, interval=0.002, what="relay-a in a batch")
-        os.kill(a.started_pid, signal.SIGSTOP)
+    for _ in range(FREEZES):
+        freeze_a()
         frozen_at = done()
         time.sleep(TTL_MS / 1000 + 5)  # past the expiry and two of relay-b's lane checks
         during.append(done() - frozen_at)
