@@ -359,7 +359,7 @@ def test_snapshot_then_changes_in_commit_order_per_key_and_positions_in_binlog_t
           f"{resent_after} re-sent; none handled twice")
 
 
-def test_connect_killed_mid_stream_redelivers_without_repeated_effects(cdc: Cdc) -> None:
+def test_connect_killed_mid_stream_on_mariadb_redelivers_without_repeated_effects(cdc: Cdc) -> None:
     iso = cdc.iso
     name, _ = cdc.create_orders()
     worker = cdc.worker()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from streams.dev.connect import LocalConnectCluster
-from streams.dev.process import free_port, port_open
+from streams.dev.process import free_port
 from streams.kafka.admin import end_offsets, read_topic
 from tests.harness import ROOT, SESSION_HOME, Servers
 from tests.helpers import run, wait_for
@@ -26,14 +26,16 @@ pytestmark = pytest.mark.xdist_group("cdc")
 
 @pytest.fixture(scope="module")
 def connect_cluster(servers: Servers) -> Iterator[LocalConnectCluster]:
-    """Two Connect workers in one group (REST ports p and p + 1), offsets stored every 5 s, a lost
+    """Two Connect workers in one group (each REST port reserved for this test process, so that no
+    other process is handed the port of a worker that is down), offsets stored every 5 s, a lost
     worker's tasks reassigned as soon as the group notices it is gone."""
-    port = free_port()
-    while port_open("127.0.0.1", port + 1):
-        port = free_port()
+    ports = [free_port(), free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = free_port()
     SESSION_HOME.mkdir(parents=True, exist_ok=True)
     cluster = LocalConnectCluster(SESSION_HOME / "connect-cluster", ROOT / ".streams" / "cache", servers.bootstrap,
-                                  workers=2, port=port, group=f"streams-connect-cluster-{os.getpid()}",
+                                  workers=2, port=ports[0], ports=ports,
+                                  group=f"streams-connect-cluster-{os.getpid()}",
                                   offset_flush_ms=5000, lost_worker_delay_ms=0)
     took = cluster.up()
     print(f"\n[connect cluster] {[n.url for n in cluster.nodes]} ({took:.1f}s)")

@@ -73,7 +73,7 @@ def test_pool_transaction_commits_once_refuses_a_second_delivery_and_rolls_back(
                                 "WHERE consumer = 'app:handler' AND message_id = 'm-1'") == [("orders", 2, 41)]
 
 
-def test_two_deliveries_at_once_one_wins(isolated_mysql: Isolated, effects: Effects) -> None:
+def test_two_deliveries_at_once_one_wins_on_mariadb(isolated_mysql: Isolated, effects: Effects) -> None:
     """A zombie worker and its successor handle the same message at the same moment: the second
     upsert waits for the first transaction's row lock, then finds the row is not its own."""
     first_in, release = asyncio.Event(), asyncio.Event()
@@ -150,7 +150,7 @@ def test_given_asyncmy_and_pymysql_connections_with_the_outbox_in_the_same_trans
     assert [r[0] for r in isql(iso, f"SELECT payload FROM {table} ORDER BY id")] == ['{"n":2}', '{"n":3}']
 
 
-def test_sqlalchemy_sessions_sync_and_async(isolated_mysql: Isolated, effects: Effects) -> None:
+def test_sqlalchemy_sessions_sync_and_async_on_mariadb(isolated_mysql: Isolated, effects: Effects) -> None:
     from sqlalchemy import create_engine, text
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
     from sqlalchemy.orm import Session

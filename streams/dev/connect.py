@@ -243,6 +243,18 @@ class LocalConnect:
         pid = read_pid(self.pid_file)
         if pid is not None and pid_alive(pid, _MAIN_CLASS):
             os.kill(pid, signal.SIGKILL)
+            # gone, and its REST port closed: an ``up`` right after must start a new worker (it does
+            # nothing while the old pid still shows; a JVM takes a while to exit on a loaded machine)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                if not pid_alive(pid) and not port_open("127.0.0.1", self.port, timeout=0.2):
+                    break
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
 
 
 @dataclass
@@ -259,6 +271,8 @@ class LocalConnectCluster:
     group: str = "streams-connect"
     offset_flush_ms: int = 1000
     lost_worker_delay_ms: int = 0
+    #: each worker's REST port, instead of ``port + i`` (tests: ports reserved with ``free_port``)
+    ports: list[int] | None = None
 
     @classmethod
     def from_settings(cls, settings, workers: int) -> "LocalConnectCluster":
@@ -267,9 +281,12 @@ class LocalConnectCluster:
 
     @property
     def nodes(self) -> list[LocalConnect]:
-        return [LocalConnect(self.data_dir / f"worker-{i}", self.cache_dir, self.bootstrap, port=self.port + i,
+        return [LocalConnect(self.data_dir / f"worker-{i}", self.cache_dir, self.bootstrap, port=self._port(i),
                              group=self.group, offset_flush_ms=self.offset_flush_ms,
                              lost_worker_delay_ms=self.lost_worker_delay_ms) for i in range(self.workers)]
+
+    def _port(self, index: int) -> int:
+        return self.ports[index] if self.ports else self.port + index
 
     @property
     def url(self) -> str:
@@ -305,7 +322,8 @@ class LocalConnectCluster:
 
     def worker_index(self, worker_id: str) -> int:
         """The index of the worker a Connect status names (``127.0.0.1:<port>``)."""
-        return int(worker_id.rsplit(":", 1)[1]) - self.port
+        port = int(worker_id.rsplit(":", 1)[1])
+        return next(i for i in range(self.workers) if self._port(i) == port)
 
     def status(self) -> dict:
         nodes = [node.status() for node in self.nodes]
